@@ -1,1 +1,31 @@
+//! toolhost runs AI-agent tools as sandboxed WebAssembly components.
+//!
+//! A [`Host`] loads tools (components of the `toolhost:tool` WIT world, see `wit/`), grants
+//! each one what the [`Policy`] allows and nothing else, and runs their calls in
+//! [`Session`]s: each session has its own instances and its own state, so sessions never
+//! see each other. A call that traps, runs past its CPU deadline or its memory cap, or
+//! returns oversized output fails with a typed [`CallError`]; its instance is dropped,
+//! nothing it wrote is committed, and every other session keeps running.
+//!
+//! Module map: [`engine`] (wasmtime configuration, compile cache, limits), [`policy`]
+//! (grants), [`capability`] (one module per host import), [`store`] (persistence),
+//! [`tool`] (a loaded tool), [`session`] (instances and steps), [`host`] (the entry point).
 
+mod bindings;
+pub mod capability;
+pub mod engine;
+pub mod error;
+pub mod guest_build;
+pub mod host;
+mod instance;
+pub mod policy;
+pub mod session;
+pub mod store;
+pub mod tool;
+
+pub use engine::{CacheStatus, EngineConfig, Limits};
+pub use error::{CallError, HostError, LoadError, ToolFailure, TrapKind};
+pub use host::{Host, HostConfig};
+pub use policy::{Access, Policy, StateGrant, StateQuota, ToolGrants};
+pub use session::Session;
+pub use tool::{Descriptor, Tool, ToolKind};

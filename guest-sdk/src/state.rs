@@ -114,7 +114,8 @@ impl Namespace {
 
     /// Stores `value` under `key` as JSON.
     pub fn set_json<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| StateError::Decode(format!("key `{key}`: {e}")))?;
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| StateError::Decode(format!("key `{key}`: {e}")))?;
         self.set(key, &bytes)
     }
 }

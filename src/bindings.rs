@@ -1,0 +1,13 @@
+//! Host bindings for the `toolhost:tool` WIT package, generated once here. wasmtime's
+//! `bindgen!` output changes between majors; nothing outside `engine`, `tool`, `session` and
+//! `capability` names these types.
+
+wasmtime::component::bindgen!({
+    world: "stateful-tool",
+    path: "wit",
+    imports: { default: async },
+    exports: { default: async },
+});
+
+pub(crate) use exports::toolhost::tool::{stateful, tool};
+pub(crate) use toolhost::tool::{log, model, state, types};

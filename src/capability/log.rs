@@ -1,0 +1,61 @@
+//! The `log` import: guest diagnostics into the host's `tracing` output.
+
+use wasmtime::component::{HasData, Linker};
+
+use crate::bindings::log::{self as wit, Level};
+
+/// Longest message kept; longer ones are cut at a character boundary.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Per-instance log context: who is logging.
+pub struct LogCtx {
+    session: String,
+    tool: String,
+}
+
+impl LogCtx {
+    pub(crate) fn new(session: String, tool: String) -> Self {
+        Self { session, tool }
+    }
+}
+
+fn truncate(message: &str) -> &str {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
+impl wit::Host for LogCtx {
+    async fn log(&mut self, level: Level, message: String) {
+        let (session, tool, message) = (
+            self.session.as_str(),
+            self.tool.as_str(),
+            truncate(&message),
+        );
+        match level {
+            Level::Trace => tracing::trace!(target: "toolhost::guest", session, tool, "{message}"),
+            Level::Debug => tracing::debug!(target: "toolhost::guest", session, tool, "{message}"),
+            Level::Info => tracing::info!(target: "toolhost::guest", session, tool, "{message}"),
+            Level::Warn => tracing::warn!(target: "toolhost::guest", session, tool, "{message}"),
+            Level::Error => tracing::error!(target: "toolhost::guest", session, tool, "{message}"),
+        }
+    }
+}
+
+struct HasLog;
+
+impl HasData for HasLog {
+    type Data<'a> = &'a mut LogCtx;
+}
+
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut LogCtx,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasLog>(linker, get)
+}

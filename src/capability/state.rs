@@ -1,0 +1,273 @@
+//! The `state` import: key-value state scoped to (session, tool, namespace), with a write
+//! buffer per step so a call's writes commit together or not at all.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker};
+
+use crate::bindings::state::{self as wit, StateError};
+use crate::policy::StateGrant;
+use crate::store::{StateScope, StateStore, StateUsage, StateWrite};
+
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Longest namespace name.
+pub const MAX_NAMESPACE_CHARS: usize = 64;
+
+/// Per-instance state context: the scope, the grant and the current step's writes.
+pub struct StateCtx {
+    scope: StateScope,
+    grant: Arc<StateGrant>,
+    store: Arc<dyn StateStore>,
+    /// This step's writes by (namespace, key); `None` is a delete.
+    pending: BTreeMap<(String, String), Option<Vec<u8>>>,
+    /// Usage committed before this step, read on the step's first write.
+    committed_usage: Option<StateUsage>,
+}
+
+impl StateCtx {
+    pub(crate) fn new(
+        scope: StateScope,
+        grant: Arc<StateGrant>,
+        store: Arc<dyn StateStore>,
+    ) -> Self {
+        Self {
+            scope,
+            grant,
+            store,
+            pending: BTreeMap::new(),
+            committed_usage: None,
+        }
+    }
+
+    /// Takes this step's writes, leaving the buffer empty for the next step.
+    pub(crate) fn take_writes(&mut self) -> Vec<StateWrite> {
+        self.committed_usage = None;
+        std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|((namespace, key), value)| StateWrite {
+                namespace,
+                key,
+                value,
+            })
+            .collect()
+    }
+
+    pub(crate) fn scope(&self) -> &StateScope {
+        &self.scope
+    }
+
+    fn check(
+        &self,
+        namespace: &str,
+        key: Option<&str>,
+        write: bool,
+        op: &str,
+    ) -> Result<(), StateError> {
+        validate_namespace(namespace)?;
+        if let Some(key) = key {
+            validate_key(key)?;
+        }
+        let request = format!(
+            "{op} {namespace}/{}",
+            key.map(printable).unwrap_or_default()
+        );
+        let decision = match self.grant.namespaces.get(namespace) {
+            None => Err(format!("namespace `{namespace}` is not granted")),
+            Some(access) if write && !access.allows_write() => {
+                Err(format!("namespace `{namespace}` is read-only"))
+            }
+            Some(_) => Ok(()),
+        };
+        match decision {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                super::audit(
+                    &self.scope.session,
+                    &self.scope.tool,
+                    "state",
+                    &request,
+                    false,
+                    &reason,
+                );
+                Err(StateError::Denied(reason))
+            }
+        }
+    }
+
+    /// Usage as it would be after this step's writes so far.
+    async fn usage_with_pending(&mut self) -> Result<StateUsage, StateError> {
+        let committed = match self.committed_usage {
+            Some(u) => u,
+            None => {
+                let u = self
+                    .store
+                    .usage(&self.scope)
+                    .await
+                    .map_err(|e| StateError::Unavailable(e.0))?;
+                self.committed_usage = Some(u);
+                u
+            }
+        };
+        let mut usage = committed;
+        for ((namespace, key), value) in &self.pending {
+            let before = self
+                .store
+                .get(&self.scope, namespace, key)
+                .await
+                .map_err(|e| StateError::Unavailable(e.0))?;
+            apply_delta(&mut usage, key, before.as_deref(), value.as_deref());
+        }
+        Ok(usage)
+    }
+
+    /// The value as this step sees it: its own write if any, else the committed one.
+    async fn current(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some(pending) = self.pending.get(&(namespace.to_owned(), key.to_owned())) {
+            return Ok(pending.clone());
+        }
+        self.store
+            .get(&self.scope, namespace, key)
+            .await
+            .map_err(|e| StateError::Unavailable(e.0))
+    }
+}
+
+fn apply_delta(usage: &mut StateUsage, key: &str, before: Option<&[u8]>, after: Option<&[u8]>) {
+    let size = |v: &[u8]| (key.len() + v.len()) as u64;
+    if let Some(b) = before {
+        usage.keys -= 1;
+        usage.bytes -= size(b);
+    }
+    if let Some(a) = after {
+        usage.keys += 1;
+        usage.bytes += size(a);
+    }
+}
+
+/// Keys are shown in audit records escaped, so a crafted key cannot forge log lines.
+fn printable(key: &str) -> String {
+    key.escape_debug().take(MAX_KEY_BYTES).collect()
+}
+
+fn validate_namespace(namespace: &str) -> Result<(), StateError> {
+    let ok = !namespace.is_empty()
+        && namespace.len() <= MAX_NAMESPACE_CHARS
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::InvalidKey(format!(
+            "namespace `{}` must be 1-{MAX_NAMESPACE_CHARS} chars of [a-z0-9_-]",
+            printable(namespace)
+        )))
+    }
+}
+
+fn validate_key(key: &str) -> Result<(), StateError> {
+    if key.is_empty() {
+        return Err(StateError::InvalidKey("key is empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(StateError::InvalidKey(format!(
+            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    if key.contains('\0') {
+        return Err(StateError::InvalidKey(format!(
+            "key `{}` contains a NUL byte",
+            printable(key)
+        )));
+    }
+    Ok(())
+}
+
+impl wit::Host for StateCtx {
+    async fn get(&mut self, namespace: String, key: String) -> Result<Option<Vec<u8>>, StateError> {
+        self.check(&namespace, Some(&key), false, "get")?;
+        self.current(&namespace, &key).await
+    }
+
+    async fn set(
+        &mut self,
+        namespace: String,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), StateError> {
+        self.check(&namespace, Some(&key), true, "set")?;
+        let quota = self.grant.quota;
+        if value.len() as u64 > quota.max_value_bytes {
+            return Err(StateError::QuotaExceeded(format!(
+                "value of {} bytes exceeds the limit of {} bytes",
+                value.len(),
+                quota.max_value_bytes
+            )));
+        }
+        let mut usage = self.usage_with_pending().await?;
+        let before = self.current(&namespace, &key).await?;
+        apply_delta(&mut usage, &key, before.as_deref(), Some(&value));
+        if usage.keys > quota.max_keys {
+            return Err(StateError::QuotaExceeded(format!(
+                "the limit of {} keys is reached",
+                quota.max_keys
+            )));
+        }
+        if usage.bytes > quota.max_total_bytes {
+            return Err(StateError::QuotaExceeded(format!(
+                "state would hold {} bytes; the limit is {}",
+                usage.bytes, quota.max_total_bytes
+            )));
+        }
+        self.pending.insert((namespace, key), Some(value));
+        Ok(())
+    }
+
+    async fn delete(&mut self, namespace: String, key: String) -> Result<bool, StateError> {
+        self.check(&namespace, Some(&key), true, "delete")?;
+        let existed = self.current(&namespace, &key).await?.is_some();
+        self.pending.insert((namespace, key), None);
+        Ok(existed)
+    }
+
+    async fn list_keys(
+        &mut self,
+        namespace: String,
+        prefix: String,
+    ) -> Result<Vec<String>, StateError> {
+        self.check(&namespace, None, false, "list-keys")?;
+        let mut keys: std::collections::BTreeSet<String> = self
+            .store
+            .list_keys(&self.scope, &namespace, &prefix)
+            .await
+            .map_err(|e| StateError::Unavailable(e.0))?
+            .into_iter()
+            .collect();
+        for ((ns, key), value) in &self.pending {
+            if ns == &namespace && key.starts_with(&prefix) {
+                if value.is_some() {
+                    keys.insert(key.clone());
+                } else {
+                    keys.remove(key);
+                }
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+}
+
+struct HasState;
+
+impl HasData for HasState {
+    type Data<'a> = &'a mut StateCtx;
+}
+
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut StateCtx,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasState>(linker, get)
+}

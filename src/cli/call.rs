@@ -1,0 +1,49 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use toolhost::{CallError, Policy};
+
+use super::CliHostConfig;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The tool component (.wasm)
+    tool: PathBuf,
+    /// The input, as JSON (`-` reads it from stdin)
+    input: String,
+    /// Grant the tool what it requests (state namespaces, models). Without it, the tool is
+    /// granted nothing and such uses are denied.
+    #[arg(long)]
+    grant_requested: bool,
+}
+
+pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
+    let text = if args.input == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the input from stdin")?
+    } else {
+        args.input
+    };
+    let input: serde_json::Value =
+        serde_json::from_str(&text).context("the input is not valid JSON")?;
+    let policy = if args.grant_requested {
+        Policy::grant_requested()
+    } else {
+        Policy::deny_all()
+    };
+    let host = config.host(policy)?;
+    let tool = host.load_tool(&args.tool).await?;
+    let mut session = host.new_session();
+    match session.call(&tool, &input).await {
+        Ok(output) => {
+            println!("{}", serde_json::to_string_pretty(&output)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        // A tool's own error is an answer, not a host failure: print it and exit 2.
+        Err(CallError::Tool { tool, failure }) => {
+            eprintln!("error: tool `{tool}` reported an error: {failure}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

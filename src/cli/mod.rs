@@ -1,0 +1,118 @@
+//! `toolhost` subcommands. Each parses its arguments, drives the library and renders the
+//! result; none holds logic the library lacks.
+
+mod call;
+mod inspect;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use toolhost::{EngineConfig, Host, HostConfig, Policy};
+
+#[derive(Parser)]
+#[command(
+    name = "toolhost",
+    version,
+    about = "Run AI-agent tools as sandboxed WebAssembly components"
+)]
+struct Cli {
+    /// Compiled-component cache folder [default: the user cache folder]
+    #[arg(long, global = true, env = "TOOLHOST_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile every tool from scratch, without reading or writing the cache
+    #[arg(long, global = true)]
+    no_cache: bool,
+
+    /// More log output (-v: info, -vv: debug, -vvv: trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what a tool is and what it asks for
+    Inspect(inspect::Args),
+    /// Call a tool once in a fresh session and print its JSON output
+    Call(call::Args),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Inspect(args) => {
+                inspect::run(&cli_host_config(cli.cache_dir.clone(), cli.no_cache), args).await
+            }
+            Command::Call(args) => {
+                call::run(&cli_host_config(cli.cache_dir.clone(), cli.no_cache), args).await
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(error: anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Engine settings shared by the subcommands; each adds its own policy.
+struct CliHostConfig {
+    engine: EngineConfig,
+}
+
+fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool) -> CliHostConfig {
+    let cache_dir = if no_cache {
+        None
+    } else {
+        cache_dir.or_else(EngineConfig::default_cache_dir)
+    };
+    // One-shot commands need few instance slots; a small pool starts faster.
+    CliHostConfig {
+        engine: EngineConfig {
+            cache_dir,
+            max_instances: 16,
+            ..EngineConfig::default()
+        },
+    }
+}
+
+impl CliHostConfig {
+    fn host(&self, policy: Policy) -> anyhow::Result<Host> {
+        Ok(Host::new(HostConfig {
+            engine: self.engine.clone(),
+            policy,
+        })?)
+    }
+}

@@ -1,0 +1,102 @@
+//! Per-call resource limits and the limiter that enforces memory and table caps.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Limits on one tool call. Each tool gets [`Limits::default`] unless its grants say otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory the tool's instance may hold, in bytes, across all its memories.
+    pub memory_bytes: u64,
+    /// CPU time one call may run in the guest (host calls such as model requests don't count).
+    #[serde(with = "duration_ms", rename = "cpu_time_ms")]
+    pub cpu_time: Duration,
+    /// Size of the JSON a call may return.
+    pub max_output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            cpu_time: Duration::from_secs(5),
+            max_output_bytes: 1 << 20,
+        }
+    }
+}
+
+mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// Raised (as the trap's error) when a guest grows memory past its cap. `trap_on_grow_failure`
+/// semantics: the guest traps at the `memory.grow` instead of seeing -1 and aborting inside
+/// its allocator, and the host can tell this trap from any other.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("memory limit of {limit_bytes} bytes exceeded (asked for {requested_bytes})")]
+pub(crate) struct MemoryLimitExceeded {
+    pub limit_bytes: u64,
+    pub requested_bytes: u64,
+}
+
+/// Largest table a guest may grow to (function tables of ordinary programs are far smaller).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Enforces [`Limits::memory_bytes`] over all memories of one instance.
+#[derive(Debug)]
+pub(crate) struct GuestLimiter {
+    limit_bytes: u64,
+    /// Bytes held by memories other than the one growing, summed as they grow.
+    used_bytes: u64,
+}
+
+impl GuestLimiter {
+    pub fn new(limit_bytes: u64) -> Self {
+        Self {
+            limit_bytes,
+            used_bytes: 0,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grow_by = (desired - current) as u64;
+        let requested = self.used_bytes.saturating_add(grow_by);
+        if requested > self.limit_bytes {
+            return Err(MemoryLimitExceeded {
+                limit_bytes: self.limit_bytes,
+                requested_bytes: requested,
+            }
+            .into());
+        }
+        self.used_bytes = requested;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}

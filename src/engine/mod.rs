@@ -1,0 +1,188 @@
+//! The wasmtime engine, configured once per host: pooling allocation, copy-on-write memory
+//! images, epoch interruption and the compile cache. This module and [`crate::tool`] are the
+//! only places that configure or compile with wasmtime directly.
+
+mod cache;
+mod limits;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::Component;
+
+pub use cache::CacheStatus;
+use cache::CompileCache;
+pub(crate) use cache::sha256_hex;
+pub use limits::Limits;
+pub(crate) use limits::{GuestLimiter, MemoryLimitExceeded};
+
+use crate::error::HostError;
+
+/// How the host's engine is set up. The defaults suit a service running many short sessions.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where compiled components are cached; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Pre-allocate instance slots (fast instantiation, ~10x cheaper than on demand). When
+    /// every slot is in use, further instantiations fail with a typed error.
+    pub pooling: bool,
+    /// Instances that can be alive at once with pooling (one per session and tool in use).
+    pub max_instances: u32,
+    /// The largest memory any tool may be granted; per-tool caps are in [`Limits`].
+    pub max_memory_bytes: u64,
+    /// Granularity of CPU deadlines: the epoch advances every tick and a running guest
+    /// yields to the async executor at each one.
+    pub epoch_tick: Duration,
+    /// Native stack available to wasm frames.
+    pub max_wasm_stack: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            pooling: true,
+            max_instances: 1_000,
+            max_memory_bytes: 1 << 30,
+            epoch_tick: Duration::from_millis(10),
+            max_wasm_stack: 512 << 10,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The per-user cache folder (`$XDG_CACHE_HOME/toolhost/components` on Linux).
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        dirs::cache_dir().map(|d| d.join("toolhost").join("components"))
+    }
+}
+
+/// A compiled component and where it came from.
+pub(crate) struct Compiled {
+    pub component: Component,
+    pub digest: String,
+    pub cache: CacheStatus,
+}
+
+/// The engine plus the thread that advances its epoch.
+pub(crate) struct Engine {
+    wasmtime: wasmtime::Engine,
+    cache: Option<CompileCache>,
+    /// Length of one epoch tick, the unit of CPU deadlines.
+    epoch_tick: Duration,
+    max_memory_bytes: u64,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Engine {
+    pub fn new(config: &EngineConfig) -> Result<Self, HostError> {
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if config.pooling {
+            let mut pool = wasmtime::PoolingAllocationConfig::default();
+            pool.total_component_instances(config.max_instances)
+                .total_core_instances(config.max_instances.saturating_mul(8))
+                .total_memories(config.max_instances.saturating_mul(2))
+                .total_tables(config.max_instances.saturating_mul(4))
+                .max_core_instances_per_component(32)
+                .max_memories_per_component(4)
+                .max_tables_per_component(8)
+                .max_memory_size(config.max_memory_bytes as usize);
+            wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
+        let wasmtime =
+            wasmtime::Engine::new(&wasm).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let cache =
+            match &config.cache_dir {
+                Some(dir) => Some(CompileCache::open(dir, &wasmtime).map_err(|source| {
+                    HostError::CacheDir {
+                        path: dir.clone(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(wasmtime.clone(), config.epoch_tick, ticker_stop.clone());
+        Ok(Self {
+            wasmtime,
+            cache,
+            epoch_tick: config.epoch_tick,
+            max_memory_bytes: config.max_memory_bytes,
+            ticker_stop,
+        })
+    }
+
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.wasmtime
+    }
+
+    pub fn max_memory_bytes(&self) -> u64 {
+        self.max_memory_bytes
+    }
+
+    /// Compiles `bytes` (already checked to be a component), or reads it from the cache.
+    pub fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Compiled, crate::LoadError> {
+        let digest = sha256_hex(bytes);
+        if let Some(cache) = &self.cache {
+            if let Some(component) = cache.get(&self.wasmtime, &digest) {
+                tracing::debug!(path = %path.display(), %digest, "compile cache hit");
+                return Ok(Compiled {
+                    component,
+                    digest,
+                    cache: CacheStatus::Hit,
+                });
+            }
+        }
+        let started = std::time::Instant::now();
+        let component =
+            Component::new(&self.wasmtime, bytes).map_err(|e| crate::LoadError::Compile {
+                path: path.to_owned(),
+                reason: format!("{e:#}"),
+            })?;
+        tracing::debug!(path = %path.display(), %digest, elapsed = ?started.elapsed(), "compiled component");
+        let status = match &self.cache {
+            Some(cache) => {
+                cache.put(&digest, &component);
+                CacheStatus::Miss
+            }
+            None => CacheStatus::Disabled,
+        };
+        Ok(Compiled {
+            component,
+            digest,
+            cache: status,
+        })
+    }
+
+    /// Epoch ticks that make up `cpu_time`, at least one.
+    pub fn ticks_for(&self, cpu_time: Duration) -> u64 {
+        (cpu_time.as_nanos() / self.epoch_tick.as_nanos().max(1)).max(1) as u64
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Advances the engine's epoch every `tick` until `stop` is set. A plain thread rather than a
+/// tokio task: it must keep ticking while a guest hogs an executor thread.
+fn spawn_epoch_ticker(engine: wasmtime::Engine, tick: Duration, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("toolhost-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            }
+        })
+        .expect("spawning the epoch thread");
+}

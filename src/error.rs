@@ -1,0 +1,157 @@
+//! The library's typed errors. Every failure a caller can act on has its own variant; the
+//! messages name the file, tool or limit involved.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why a tool could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not a WebAssembly binary (it does not start with the `\\0asm` magic)")]
+    NotWasm { path: PathBuf },
+
+    #[error(
+        "{path} is a core WebAssembly module, not a component; build tools with \
+         `cargo build --target wasm32-wasip2` (which emits a component)"
+    )]
+    CoreModule { path: PathBuf },
+
+    #[error("{path} does not compile: {reason}")]
+    Compile { path: PathBuf, reason: String },
+
+    #[error(
+        "{path} is a component but not a toolhost tool: it does not export `{expected}` \
+         (it exports: {found})"
+    )]
+    WrongWorld {
+        path: PathBuf,
+        expected: &'static str,
+        found: String,
+    },
+
+    #[error("{path} needs imports the host does not provide: {reason}")]
+    UnsatisfiedImports { path: PathBuf, reason: String },
+
+    #[error("{path}: calling `describe` failed: {reason}")]
+    Describe { path: PathBuf, reason: String },
+
+    #[error("{path}: the tool's descriptor is invalid: {reason}")]
+    InvalidDescriptor { path: PathBuf, reason: String },
+}
+
+/// How a tool reported its own failure (the WIT `tool-error`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[serde(tag = "kind", content = "message", rename_all = "kebab-case")]
+pub enum ToolFailure {
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("denied: {0}")]
+    Denied(String),
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+/// What made a tool's instance stop abruptly. The instance is dropped; the session rebuilds
+/// it on the next call and nothing from the aborted call is committed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrapKind {
+    /// The native or guest stack overflowed (Rust guests keep their stack in linear memory,
+    /// so unbounded recursion there shows as an out-of-bounds access).
+    StackOverflow,
+    /// An out-of-bounds memory access.
+    MemoryOutOfBounds,
+    /// `unreachable` (a Rust panic in the guest lands here).
+    Unreachable,
+    /// Any other trap, by wasmtime's description.
+    Other(String),
+}
+
+impl std::fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::StackOverflow => f.write_str("stack overflow"),
+            Self::MemoryOutOfBounds => {
+                f.write_str("out-of-bounds memory access (possibly guest stack overflow)")
+            }
+            Self::Unreachable => f.write_str("unreachable executed (guest panic)"),
+            Self::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Why a tool call did not produce output.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("input for `{tool}` does not match its schema: {}", errors.join("; "))]
+    InvalidInput { tool: String, errors: Vec<String> },
+
+    #[error("tool `{tool}` reported an error: {failure}")]
+    Tool { tool: String, failure: ToolFailure },
+
+    #[error("tool `{tool}` exceeded its CPU time limit of {limit:?}")]
+    Deadline { tool: String, limit: Duration },
+
+    #[error(
+        "tool `{tool}` exceeded its memory limit of {limit_bytes} bytes (asked for {requested_bytes})"
+    )]
+    MemoryLimit {
+        tool: String,
+        limit_bytes: u64,
+        requested_bytes: u64,
+    },
+
+    #[error("tool `{tool}` trapped: {trap}")]
+    Trap { tool: String, trap: TrapKind },
+
+    #[error("tool `{tool}` returned {bytes} bytes of output; the limit is {limit}")]
+    OutputTooLarge {
+        tool: String,
+        bytes: usize,
+        limit: usize,
+    },
+
+    #[error("tool `{tool}` returned output that is not valid: {reason}")]
+    InvalidOutput { tool: String, reason: String },
+
+    #[error("cannot start an instance of `{tool}`: {reason}")]
+    Instantiate { tool: String, reason: String },
+
+    #[error("state store failed during a call to `{tool}`: {reason}")]
+    Store { tool: String, reason: String },
+}
+
+impl CallError {
+    /// The tool the call was for.
+    pub fn tool(&self) -> &str {
+        match self {
+            Self::InvalidInput { tool, .. }
+            | Self::Tool { tool, .. }
+            | Self::Deadline { tool, .. }
+            | Self::MemoryLimit { tool, .. }
+            | Self::Trap { tool, .. }
+            | Self::OutputTooLarge { tool, .. }
+            | Self::InvalidOutput { tool, .. }
+            | Self::Instantiate { tool, .. }
+            | Self::Store { tool, .. } => tool,
+        }
+    }
+}
+
+/// Why a host could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("invalid engine configuration: {0}")]
+    Engine(String),
+    #[error("cannot create the compile cache folder {path}")]
+    CacheDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,353 @@
+//! A loaded tool: its compiled component, ready to instantiate, and what it says about itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{Component, InstancePre, types::ComponentItem};
+
+use crate::bindings::{self, stateful, tool as tool_export, types as wit};
+use crate::engine::CacheStatus;
+use crate::error::LoadError;
+use crate::instance::InstanceState;
+use crate::policy::{Access, ToolGrants};
+
+/// The export every tool has.
+pub(crate) const TOOL_EXPORT: &str = "toolhost:tool/tool@0.1.0";
+/// The export of tools whose state the host snapshots.
+pub(crate) const STATEFUL_EXPORT: &str = "toolhost:tool/stateful@0.1.0";
+
+/// Longest tool name.
+const MAX_NAME_CHARS: usize = 64;
+
+/// A state namespace a tool asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRequest {
+    pub namespace: String,
+    pub access: Access,
+}
+
+/// A directory a tool asks to see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesystemRequest {
+    pub guest_path: String,
+    pub access: Access,
+}
+
+/// Everything a tool asks to be granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub state: Vec<StateRequest>,
+    pub models: Vec<String>,
+    pub filesystem: Vec<FilesystemRequest>,
+    pub network: Vec<String>,
+    pub env: Vec<String>,
+}
+
+/// What a tool says about itself (its `describe` export), with the schemas parsed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Descriptor {
+    pub name: String,
+    pub description: String,
+    pub version: String,
+    pub input_schema: serde_json::Value,
+    pub output_schema: Option<serde_json::Value>,
+    pub capabilities: Capabilities,
+}
+
+/// Whether the host can snapshot the tool's in-memory state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ToolKind {
+    /// Exports only `tool`: stateless, or rebuilt by replaying its steps.
+    Plain,
+    /// Also exports `stateful` (snapshot/restore).
+    Stateful,
+}
+
+/// A tool, compiled and linked, shared by every session that uses it.
+pub struct Tool {
+    pub(crate) descriptor: Descriptor,
+    pub(crate) kind: ToolKind,
+    pub(crate) path: PathBuf,
+    pub(crate) cache: CacheStatus,
+    pub(crate) grants: Arc<ToolGrants>,
+    pub(crate) blueprint: Blueprint,
+    input_validator: jsonschema::Validator,
+    output_validator: Option<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for Tool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tool")
+            .field("name", &self.descriptor.name)
+            .field("kind", &self.kind)
+            .field("digest", &self.blueprint.digest)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tool {
+    pub fn name(&self) -> &str {
+        &self.descriptor.name
+    }
+
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.descriptor
+    }
+
+    pub fn kind(&self) -> ToolKind {
+        self.kind
+    }
+
+    /// Lowercase hex sha256 of the component file.
+    pub fn digest(&self) -> &str {
+        &self.blueprint.digest
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether this load compiled the component or read it from the compile cache.
+    pub fn cache_status(&self) -> CacheStatus {
+        self.cache
+    }
+
+    pub fn grants(&self) -> &ToolGrants {
+        &self.grants
+    }
+
+    /// Checks `input` against the tool's input schema; one message per violation, each
+    /// naming the JSON pointer of the offending value.
+    pub fn validate_input(&self, input: &serde_json::Value) -> Result<(), Vec<String>> {
+        validate(&self.input_validator, input)
+    }
+
+    pub(crate) fn validate_output(&self, output: &serde_json::Value) -> Result<(), Vec<String>> {
+        match &self.output_validator {
+            Some(v) => validate(v, output),
+            None => Ok(()),
+        }
+    }
+}
+
+fn validate(
+    validator: &jsonschema::Validator,
+    value: &serde_json::Value,
+) -> Result<(), Vec<String>> {
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            if at.is_empty() {
+                e.to_string()
+            } else {
+                format!("at `{at}`: {e}")
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks that `bytes` is a component, not a core module or something else. The wasm header
+/// is 4 magic bytes and a 4-byte version/layer field: layer 0 is a core module, 1 a component.
+pub(crate) fn check_component_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm {
+            path: path.to_owned(),
+        });
+    }
+    if bytes[6..8] == [0, 0] {
+        return Err(LoadError::CoreModule {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Names of a component's exports, for error messages.
+fn export_names(component: &Component, engine: &wasmtime::Engine) -> String {
+    let names: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if names.is_empty() {
+        "nothing".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Finds the tool exports; a component that lacks `tool` is of the wrong world.
+pub(crate) fn locate_exports(
+    path: &Path,
+    engine: &wasmtime::Engine,
+    pre: &InstancePre<InstanceState>,
+) -> Result<(tool_export::GuestIndices, Option<stateful::GuestIndices>), LoadError> {
+    let component = pre.component();
+    let tool_indices = tool_export::GuestIndices::new(pre).map_err(|e| {
+        let has_tool_instance = component
+            .component_type()
+            .exports(engine)
+            .any(|(name, item)| {
+                name == TOOL_EXPORT && matches!(item.ty, ComponentItem::ComponentInstance(_))
+            });
+        if has_tool_instance {
+            LoadError::WrongWorld {
+                path: path.to_owned(),
+                expected: TOOL_EXPORT,
+                found: format!("`{TOOL_EXPORT}` with the wrong shape: {e:#}"),
+            }
+        } else {
+            LoadError::WrongWorld {
+                path: path.to_owned(),
+                expected: TOOL_EXPORT,
+                found: export_names(component, engine),
+            }
+        }
+    })?;
+    let exports_stateful = component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name == STATEFUL_EXPORT);
+    let stateful_indices = if exports_stateful {
+        Some(
+            stateful::GuestIndices::new(pre).map_err(|e| LoadError::WrongWorld {
+                path: path.to_owned(),
+                expected: STATEFUL_EXPORT,
+                found: format!("`{STATEFUL_EXPORT}` with the wrong shape: {e:#}"),
+            })?,
+        )
+    } else {
+        None
+    };
+    Ok((tool_indices, stateful_indices))
+}
+
+fn access(a: wit::Access) -> Access {
+    match a {
+        wit::Access::Read => Access::Read,
+        wit::Access::ReadWrite => Access::ReadWrite,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_CHARS
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Turns the guest's descriptor into ours, checking names and schemas.
+pub(crate) fn parse_descriptor(
+    path: &Path,
+    raw: bindings::types::Descriptor,
+) -> Result<
+    (
+        Descriptor,
+        jsonschema::Validator,
+        Option<jsonschema::Validator>,
+    ),
+    LoadError,
+> {
+    let invalid = |reason: String| LoadError::InvalidDescriptor {
+        path: path.to_owned(),
+        reason,
+    };
+    if !valid_name(&raw.name) {
+        return Err(invalid(format!(
+            "name `{}` must be 1-{MAX_NAME_CHARS} chars of [a-z0-9_-]",
+            raw.name.escape_debug()
+        )));
+    }
+    let schema = |which: &str,
+                  text: &str|
+     -> Result<(serde_json::Value, jsonschema::Validator), LoadError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| invalid(format!("{which} schema is not JSON: {e}")))?;
+        let validator = jsonschema::validator_for(&value)
+            .map_err(|e| invalid(format!("{which} schema is not a valid JSON Schema: {e}")))?;
+        Ok((value, validator))
+    };
+    let (input_schema, input_validator) = schema("input", &raw.input_schema)?;
+    let (output_schema, output_validator) = match &raw.output_schema {
+        Some(text) => {
+            let (value, validator) = schema("output", text)?;
+            (Some(value), Some(validator))
+        }
+        None => (None, None),
+    };
+    let caps = raw.capabilities;
+    let descriptor = Descriptor {
+        name: raw.name,
+        description: raw.description,
+        version: raw.version,
+        input_schema,
+        output_schema,
+        capabilities: Capabilities {
+            state: caps
+                .state
+                .into_iter()
+                .map(|r| StateRequest {
+                    namespace: r.namespace,
+                    access: access(r.access),
+                })
+                .collect(),
+            models: caps.models,
+            filesystem: caps
+                .filesystem
+                .into_iter()
+                .map(|r| FilesystemRequest {
+                    guest_path: r.guest_path,
+                    access: access(r.access),
+                })
+                .collect(),
+            network: caps.network,
+            env: caps.env,
+        },
+    };
+    Ok((descriptor, input_validator, output_validator))
+}
+
+/// What it takes to instantiate a tool: the linked component and where its exports are.
+pub(crate) struct Blueprint {
+    pub pre: InstancePre<InstanceState>,
+    pub tool_indices: tool_export::GuestIndices,
+    pub stateful_indices: Option<stateful::GuestIndices>,
+    /// Lowercase hex sha256 of the component.
+    pub digest: String,
+}
+
+/// Everything about a tool except its grants, which the host adds from its policy.
+pub(crate) struct Loaded {
+    pub descriptor: Descriptor,
+    pub kind: ToolKind,
+    pub path: PathBuf,
+    pub cache: CacheStatus,
+    pub blueprint: Blueprint,
+    pub input_validator: jsonschema::Validator,
+    pub output_validator: Option<jsonschema::Validator>,
+}
+
+impl Loaded {
+    pub(crate) fn into_tool(self, grants: ToolGrants) -> Tool {
+        Tool {
+            descriptor: self.descriptor,
+            kind: self.kind,
+            path: self.path,
+            cache: self.cache,
+            grants: Arc::new(grants),
+            blueprint: self.blueprint,
+            input_validator: self.input_validator,
+            output_validator: self.output_validator,
+        }
+    }
+}
