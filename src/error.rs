@@ -8,10 +8,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
 
     #[error("{path} is not a WebAssembly binary (it does not start with the `\\0asm` magic)")]
     NotWasm { path: PathBuf },
@@ -29,11 +26,7 @@ pub enum LoadError {
         "{path} is a component but not a toolhost tool: it does not export `{expected}` \
          (it exports: {found})"
     )]
-    WrongWorld {
-        path: PathBuf,
-        expected: &'static str,
-        found: String,
-    },
+    WrongWorld { path: PathBuf, expected: &'static str, found: String },
 
     #[error("{path} needs imports the host does not provide: {reason}")]
     UnsatisfiedImports { path: PathBuf, reason: String },
@@ -77,9 +70,7 @@ impl std::fmt::Display for TrapKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::StackOverflow => f.write_str("stack overflow"),
-            Self::MemoryOutOfBounds => {
-                f.write_str("out-of-bounds memory access (possibly guest stack overflow)")
-            }
+            Self::MemoryOutOfBounds => f.write_str("out-of-bounds memory access (possibly guest stack overflow)"),
             Self::Unreachable => f.write_str("unreachable executed (guest panic)"),
             Self::Other(m) => f.write_str(m),
         }
@@ -98,24 +89,14 @@ pub enum CallError {
     #[error("tool `{tool}` exceeded its CPU time limit of {limit:?}")]
     Deadline { tool: String, limit: Duration },
 
-    #[error(
-        "tool `{tool}` exceeded its memory limit of {limit_bytes} bytes (asked for {requested_bytes})"
-    )]
-    MemoryLimit {
-        tool: String,
-        limit_bytes: u64,
-        requested_bytes: u64,
-    },
+    #[error("tool `{tool}` exceeded its memory limit of {limit_bytes} bytes (asked for {requested_bytes})")]
+    MemoryLimit { tool: String, limit_bytes: u64, requested_bytes: u64 },
 
     #[error("tool `{tool}` trapped: {trap}")]
     Trap { tool: String, trap: TrapKind },
 
     #[error("tool `{tool}` returned {bytes} bytes of output; the limit is {limit}")]
-    OutputTooLarge {
-        tool: String,
-        bytes: usize,
-        limit: usize,
-    },
+    OutputTooLarge { tool: String, bytes: usize, limit: usize },
 
     #[error("tool `{tool}` returned output that is not valid: {reason}")]
     InvalidOutput { tool: String, reason: String },
@@ -150,8 +131,5 @@ pub enum HostError {
     #[error("invalid engine configuration: {0}")]
     Engine(String),
     #[error("cannot create the compile cache folder {path}")]
-    CacheDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CacheDir { path: PathBuf, source: std::io::Error },
 }

@@ -19,16 +19,9 @@ pub enum GuestBuildError {
     )]
     TargetMissing(String),
     #[error("`{command}` failed ({status}):\n{stderr}")]
-    Cargo {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    Cargo { command: String, status: String, stderr: String },
     #[error("cannot run `{program}`")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
+    Spawn { program: String, source: std::io::Error },
 }
 
 /// Serializes builds within a process; cargo's own lock covers other processes.
@@ -40,9 +33,7 @@ fn cargo() -> String {
 
 fn run(mut command: Command) -> Result<std::process::Output, GuestBuildError> {
     let program = command.get_program().to_string_lossy().into_owned();
-    command
-        .output()
-        .map_err(|source| GuestBuildError::Spawn { program, source })
+    command.output().map_err(|source| GuestBuildError::Spawn { program, source })
 }
 
 /// Makes sure the standard library for [`TARGET`] is installed, installing it with rustup
@@ -52,12 +43,7 @@ pub fn ensure_target() -> Result<(), GuestBuildError> {
     rustc.args(["--print", "sysroot"]);
     let sysroot = run(rustc)?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
-    if sysroot
-        .join("lib/rustlib")
-        .join(TARGET)
-        .join("lib")
-        .is_dir()
-    {
+    if sysroot.join("lib/rustlib").join(TARGET).join("lib").is_dir() {
         return Ok(());
     }
     eprintln!("toolhost: installing the {TARGET} Rust target (rustup target add {TARGET})");
@@ -65,9 +51,7 @@ pub fn ensure_target() -> Result<(), GuestBuildError> {
     rustup.args(["target", "add", TARGET]);
     let out = run(rustup).map_err(|e| GuestBuildError::TargetMissing(e.to_string()))?;
     if !out.status.success() {
-        return Err(GuestBuildError::TargetMissing(
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        ));
+        return Err(GuestBuildError::TargetMissing(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
     }
     Ok(())
 }
@@ -79,28 +63,16 @@ pub fn build(workspace: &Path, packages: &[&str]) -> Result<Vec<PathBuf>, GuestB
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     ensure_target()?;
     let mut command = Command::new(cargo());
-    command.current_dir(workspace).args([
-        "build",
-        "--quiet",
-        "--target",
-        TARGET,
-        "--profile",
-        PROFILE,
-    ]);
+    command.current_dir(workspace).args(["build", "--quiet", "--target", TARGET, "--profile", PROFILE]);
     for package in packages {
         command.args(["-p", package]);
     }
     // Flags meant for the host build (coverage, sanitizers) do not apply to guests.
-    command
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    command.env_remove("RUSTFLAGS").env_remove("CARGO_ENCODED_RUSTFLAGS");
     let out = run(command)?;
     if !out.status.success() {
         return Err(GuestBuildError::Cargo {
-            command: format!(
-                "cargo build --target {TARGET} --profile {PROFILE} -p {}",
-                packages.join(" -p ")
-            ),
+            command: format!("cargo build --target {TARGET} --profile {PROFILE} -p {}", packages.join(" -p ")),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
@@ -111,11 +83,7 @@ pub fn build(workspace: &Path, packages: &[&str]) -> Result<Vec<PathBuf>, GuestB
         .iter()
         .map(|p| {
             let bin = dir.join(format!("{p}.wasm"));
-            if bin.exists() {
-                bin
-            } else {
-                dir.join(format!("{}.wasm", p.replace('-', "_")))
-            }
+            if bin.exists() { bin } else { dir.join(format!("{}.wasm", p.replace('-', "_"))) }
         })
         .collect())
 }

@@ -56,16 +56,8 @@ impl Host {
     /// A host whose tool state lives in `store`.
     pub fn with_store(config: HostConfig, store: Arc<dyn StateStore>) -> Result<Self, HostError> {
         let engine = Engine::new(&config.engine)?;
-        let linker = crate::instance::linker(engine.wasmtime())
-            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
-        Ok(Self {
-            inner: Arc::new(HostInner {
-                engine,
-                linker,
-                policy: config.policy,
-                state: store,
-            }),
-        })
+        let linker = crate::instance::linker(engine.wasmtime()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        Ok(Self { inner: Arc::new(HostInner { engine, linker, policy: config.policy, state: store }) })
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -85,61 +77,33 @@ impl Host {
     /// grants the policy gives it.
     pub async fn load_tool(&self, path: impl AsRef<Path>) -> Result<Arc<Tool>, LoadError> {
         let path = path.as_ref().to_owned();
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|source| LoadError::Read {
-                path: path.clone(),
-                source,
-            })?;
+        let bytes = tokio::fs::read(&path).await.map_err(|source| LoadError::Read { path: path.clone(), source })?;
         self.load_tool_bytes(&path, bytes).await
     }
 
     /// Like [`Host::load_tool`], from bytes; `origin` names them in errors.
-    pub async fn load_tool_bytes(
-        &self,
-        origin: &Path,
-        bytes: Vec<u8>,
-    ) -> Result<Arc<Tool>, LoadError> {
+    pub async fn load_tool_bytes(&self, origin: &Path, bytes: Vec<u8>) -> Result<Arc<Tool>, LoadError> {
         tool::check_component_header(origin, &bytes)?;
         let this = self.clone();
         let path = origin.to_owned();
         // Compiling is CPU-bound and can take seconds: keep it off the async executor.
         let compiled =
-            tokio::task::spawn_blocking(move || this.inner.engine.compile(&path, &bytes))
-                .await
-                .map_err(|e| LoadError::Compile {
-                    path: origin.to_owned(),
-                    reason: format!("compiler task failed: {e}"),
-                })??;
+            tokio::task::spawn_blocking(move || this.inner.engine.compile(&path, &bytes)).await.map_err(|e| {
+                LoadError::Compile { path: origin.to_owned(), reason: format!("compiler task failed: {e}") }
+            })??;
 
         let pre = self
             .inner
             .linker
             .instantiate_pre(&compiled.component)
-            .map_err(|e| LoadError::UnsatisfiedImports {
-                path: origin.to_owned(),
-                reason: format!("{e:#}"),
-            })?;
-        let (tool_indices, stateful_indices) =
-            tool::locate_exports(origin, self.inner.engine.wasmtime(), &pre)?;
-        let kind = if stateful_indices.is_some() {
-            ToolKind::Stateful
-        } else {
-            ToolKind::Plain
-        };
-        let blueprint = Blueprint {
-            pre,
-            tool_indices,
-            stateful_indices,
-            digest: compiled.digest,
-        };
+            .map_err(|e| LoadError::UnsatisfiedImports { path: origin.to_owned(), reason: format!("{e:#}") })?;
+        let (tool_indices, stateful_indices) = tool::locate_exports(origin, self.inner.engine.wasmtime(), &pre)?;
+        let kind = if stateful_indices.is_some() { ToolKind::Stateful } else { ToolKind::Plain };
+        let blueprint = Blueprint { pre, tool_indices, stateful_indices, digest: compiled.digest };
 
         // `describe` runs in a throwaway instance that is granted nothing.
         let describe_grants = ToolGrants::default();
-        let describe_error = |reason: String| LoadError::Describe {
-            path: origin.to_owned(),
-            reason,
-        };
+        let describe_error = |reason: String| LoadError::Describe { path: origin.to_owned(), reason };
         let mut instance = Instance::new(
             &self.inner.engine,
             &blueprint,

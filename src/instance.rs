@@ -31,10 +31,7 @@ pub(crate) struct InstanceState {
 
 impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -71,10 +68,7 @@ impl Instance {
         grants: &ToolGrants,
         store: Arc<dyn StateStore>,
     ) -> Result<Self, CallError> {
-        let scope = StateScope {
-            session: session.to_owned(),
-            tool: tool_name.to_owned(),
-        };
+        let scope = StateScope { session: session.to_owned(), tool: tool_name.to_owned() };
         // No env, args, preopens, sockets or stdio: WASI is denied until the policy grants it.
         let wasi = WasiCtxBuilder::new().build();
         let data = InstanceState {
@@ -83,11 +77,7 @@ impl Instance {
             limiter: GuestLimiter::new(grants.limits.memory_bytes.min(engine.max_memory_bytes())),
             state: StateCtx::new(scope, Arc::new(grants.state.clone()), store),
             log: LogCtx::new(session.to_owned(), tool_name.to_owned()),
-            model: ModelCtx::new(
-                session.to_owned(),
-                tool_name.to_owned(),
-                Arc::new(grants.models.clone()),
-            ),
+            model: ModelCtx::new(session.to_owned(), tool_name.to_owned(), Arc::new(grants.models.clone())),
             cpu_ticks_left: engine.ticks_for(grants.limits.cpu_time),
         };
         let mut wasm_store = Store::new(engine.wasmtime(), data);
@@ -103,31 +93,16 @@ impl Instance {
             Ok(UpdateDeadline::Yield(1))
         });
         wasm_store.set_epoch_deadline(1);
-        let fail = |e: wasmtime::Error| CallError::Instantiate {
-            tool: tool_name.to_owned(),
-            reason: format!("{e:#}"),
-        };
-        let instance = blueprint
-            .pre
-            .instantiate_async(&mut wasm_store)
-            .await
-            .map_err(fail)?;
-        let tool = blueprint
-            .tool_indices
-            .load(&mut wasm_store, &instance)
-            .map_err(fail)?;
+        let fail = |e: wasmtime::Error| CallError::Instantiate { tool: tool_name.to_owned(), reason: format!("{e:#}") };
+        let instance = blueprint.pre.instantiate_async(&mut wasm_store).await.map_err(fail)?;
+        let tool = blueprint.tool_indices.load(&mut wasm_store, &instance).map_err(fail)?;
         let stateful = blueprint
             .stateful_indices
             .as_ref()
             .map(|i| i.load(&mut wasm_store, &instance))
             .transpose()
             .map_err(fail)?;
-        Ok(Self {
-            store: wasm_store,
-            tool,
-            stateful,
-            digest: blueprint.digest.clone(),
-        })
+        Ok(Self { store: wasm_store, tool, stateful, digest: blueprint.digest.clone() })
     }
 
     /// Resets the per-call CPU budget.
@@ -148,12 +123,7 @@ impl Instance {
     /// Runs `call`. `Err` means the instance is unusable (trap, deadline, memory) and must
     /// be dropped.
     #[allow(clippy::ptr_arg)] // the generated binding takes `&String`
-    pub async fn call(
-        &mut self,
-        engine: &Engine,
-        tool: &Tool,
-        input: &String,
-    ) -> Result<CallOutcome, CallError> {
+    pub async fn call(&mut self, engine: &Engine, tool: &Tool, input: &String) -> Result<CallOutcome, CallError> {
         let limits = tool.grants.limits;
         self.arm(engine, &limits);
         match self.tool.call_call(&mut self.store, input).await {
@@ -176,18 +146,11 @@ impl Instance {
 fn classify(error: wasmtime::Error, tool: &str, limits: &Limits) -> CallError {
     let tool = tool.to_owned();
     if let Some(m) = error.downcast_ref::<MemoryLimitExceeded>() {
-        return CallError::MemoryLimit {
-            tool,
-            limit_bytes: m.limit_bytes,
-            requested_bytes: m.requested_bytes,
-        };
+        return CallError::MemoryLimit { tool, limit_bytes: m.limit_bytes, requested_bytes: m.requested_bytes };
     }
     let trap = match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => {
-            return CallError::Deadline {
-                tool,
-                limit: limits.cpu_time,
-            };
+            return CallError::Deadline { tool, limit: limits.cpu_time };
         }
         Some(Trap::StackOverflow) => TrapKind::StackOverflow,
         Some(Trap::MemoryOutOfBounds) => TrapKind::MemoryOutOfBounds,

@@ -33,11 +33,7 @@ pub struct StateQuota {
 
 impl Default for StateQuota {
     fn default() -> Self {
-        Self {
-            max_keys: 10_000,
-            max_value_bytes: 1 << 20,
-            max_total_bytes: 64 << 20,
-        }
+        Self { max_keys: 10_000, max_value_bytes: 1 << 20, max_total_bytes: 64 << 20 }
     }
 }
 
@@ -66,11 +62,7 @@ impl ToolGrants {
         let caps = &descriptor.capabilities;
         Self {
             state: StateGrant {
-                namespaces: caps
-                    .state
-                    .iter()
-                    .map(|r| (r.namespace.clone(), r.access))
-                    .collect(),
+                namespaces: caps.state.iter().map(|r| (r.namespace.clone(), r.access)).collect(),
                 quota: StateQuota::default(),
             },
             models: caps.models.iter().cloned().collect(),
@@ -96,10 +88,7 @@ impl Policy {
 
     /// Grants each tool what it requests. Only for development and trusted tools.
     pub fn grant_requested() -> Self {
-        Self {
-            grant_requested: true,
-            ..Self::default()
-        }
+        Self { grant_requested: true, ..Self::default() }
     }
 
     /// Sets the grants of the tool named `tool`.

@@ -27,11 +27,7 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     pub(crate) fn new(id: String, host: Host) -> Self {
-        Self {
-            id,
-            host,
-            instances: HashMap::new(),
-        }
+        Self { id, host, instances: HashMap::new() }
     }
 
     pub fn id(&self) -> &str {
@@ -47,46 +43,13 @@ impl Session {
     /// schema, the call runs under the tool's limits, and its state writes commit only if it
     /// ran to completion. A trap, deadline or memory overrun drops the instance (the next
     /// call starts a fresh one) and commits nothing; other sessions are unaffected.
-    pub async fn call(
-        &mut self,
-        tool: &Tool,
-        input: &serde_json::Value,
-    ) -> Result<serde_json::Value, CallError> {
+    pub async fn call(&mut self, tool: &Tool, input: &serde_json::Value) -> Result<serde_json::Value, CallError> {
         let name = tool.name().to_owned();
-        tool.validate_input(input)
-            .map_err(|errors| CallError::InvalidInput {
-                tool: name.clone(),
-                errors,
-            })?;
+        tool.validate_input(input).map_err(|errors| CallError::InvalidInput { tool: name.clone(), errors })?;
         let input_text = input.to_string();
+        self.ensure_instance(tool).await?;
         let engine = self.host.engine();
-
-        let stale = self
-            .instances
-            .get(&name)
-            .is_some_and(|i| i.digest != tool.digest());
-        if stale {
-            self.instances.remove(&name);
-        }
-        if !self.instances.contains_key(&name) {
-            if !wasmtime::Engine::same(tool.blueprint.pre.component().engine(), engine.wasmtime()) {
-                return Err(CallError::Instantiate {
-                    tool: name,
-                    reason: "the tool was loaded by another host".into(),
-                });
-            }
-            let instance = Instance::new(
-                engine,
-                &tool.blueprint,
-                &name,
-                &self.id,
-                &tool.grants,
-                self.host.state_store(),
-            )
-            .await?;
-            self.instances.insert(name.clone(), instance);
-        }
-        let instance = self.instances.get_mut(&name).expect("inserted above");
+        let instance = self.instances.get_mut(&name).expect("ensured above");
 
         let outcome = match instance.call(engine, tool, &input_text).await {
             Ok(outcome) => outcome,
@@ -103,10 +66,7 @@ impl Session {
                     return Err(invalid);
                 }
             },
-            Err(failure) => Err(CallError::Tool {
-                tool: name.clone(),
-                failure,
-            }),
+            Err(failure) => Err(CallError::Tool { tool: name.clone(), failure }),
         };
 
         // The call ran to completion (with output or a tool error): its memory has moved on,
@@ -116,15 +76,35 @@ impl Session {
         if !writes.is_empty() {
             let scope = instance.state().scope().clone();
             if let Err(e) = self.host.state_store().commit(&scope, writes).await {
-                let error = CallError::Store {
-                    tool: name.clone(),
-                    reason: e.0,
-                };
+                let error = CallError::Store { tool: name.clone(), reason: e.0 };
                 self.abort(&name, &error);
                 return Err(error);
             }
         }
         output
+    }
+
+    /// Starts this session's instance of `tool` now rather than on the first call, so the
+    /// first call does not pay for instantiation.
+    pub async fn prewarm(&mut self, tool: &Tool) -> Result<(), CallError> {
+        self.ensure_instance(tool).await
+    }
+
+    async fn ensure_instance(&mut self, tool: &Tool) -> Result<(), CallError> {
+        let name = tool.name();
+        if self.instances.get(name).is_some_and(|i| i.digest != tool.digest()) {
+            self.instances.remove(name);
+        }
+        if self.instances.contains_key(name) {
+            return Ok(());
+        }
+        let engine = self.host.engine();
+        if !wasmtime::Engine::same(tool.blueprint.pre.component().engine(), engine.wasmtime()) {
+            return Err(CallError::Instantiate { tool: name.to_owned(), reason: "the tool was loaded by another host".into() });
+        }
+        let instance = Instance::new(engine, &tool.blueprint, name, &self.id, &tool.grants, self.host.state_store()).await?;
+        self.instances.insert(name.to_owned(), instance);
+        Ok(())
     }
 
     /// Drops the instance of `tool` with everything its aborted call did.
@@ -137,21 +117,13 @@ impl Session {
 fn check_output(tool: &Tool, text: &str) -> Result<serde_json::Value, CallError> {
     let limit = tool.grants.limits.max_output_bytes;
     if text.len() > limit {
-        return Err(CallError::OutputTooLarge {
-            tool: tool.name().to_owned(),
-            bytes: text.len(),
-            limit,
-        });
+        return Err(CallError::OutputTooLarge { tool: tool.name().to_owned(), bytes: text.len(), limit });
     }
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| CallError::InvalidOutput {
-            tool: tool.name().to_owned(),
-            reason: format!("not JSON: {e}"),
-        })?;
-    tool.validate_output(&value)
-        .map_err(|errors| CallError::InvalidOutput {
-            tool: tool.name().to_owned(),
-            reason: format!("does not match the output schema: {}", errors.join("; ")),
-        })?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| CallError::InvalidOutput { tool: tool.name().to_owned(), reason: format!("not JSON: {e}") })?;
+    tool.validate_output(&value).map_err(|errors| CallError::InvalidOutput {
+        tool: tool.name().to_owned(),
+        reason: format!("does not match the output schema: {}", errors.join("; ")),
+    })?;
     Ok(value)
 }

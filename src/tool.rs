@@ -133,56 +133,33 @@ impl Tool {
     }
 }
 
-fn validate(
-    validator: &jsonschema::Validator,
-    value: &serde_json::Value,
-) -> Result<(), Vec<String>> {
+fn validate(validator: &jsonschema::Validator, value: &serde_json::Value) -> Result<(), Vec<String>> {
     let errors: Vec<String> = validator
         .iter_errors(value)
         .map(|e| {
             let at = e.instance_path().to_string();
-            if at.is_empty() {
-                e.to_string()
-            } else {
-                format!("at `{at}`: {e}")
-            }
+            if at.is_empty() { e.to_string() } else { format!("at `{at}`: {e}") }
         })
         .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
 /// Checks that `bytes` is a component, not a core module or something else. The wasm header
 /// is 4 magic bytes and a 4-byte version/layer field: layer 0 is a core module, 1 a component.
 pub(crate) fn check_component_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err(LoadError::NotWasm {
-            path: path.to_owned(),
-        });
+        return Err(LoadError::NotWasm { path: path.to_owned() });
     }
     if bytes[6..8] == [0, 0] {
-        return Err(LoadError::CoreModule {
-            path: path.to_owned(),
-        });
+        return Err(LoadError::CoreModule { path: path.to_owned() });
     }
     Ok(())
 }
 
 /// Names of a component's exports, for error messages.
 fn export_names(component: &Component, engine: &wasmtime::Engine) -> String {
-    let names: Vec<String> = component
-        .component_type()
-        .exports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
-    if names.is_empty() {
-        "nothing".into()
-    } else {
-        names.join(", ")
-    }
+    let names: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
+    if names.is_empty() { "nothing".into() } else { names.join(", ") }
 }
 
 /// Finds the tool exports; a component that lacks `tool` is of the wrong world.
@@ -196,9 +173,7 @@ pub(crate) fn locate_exports(
         let has_tool_instance = component
             .component_type()
             .exports(engine)
-            .any(|(name, item)| {
-                name == TOOL_EXPORT && matches!(item.ty, ComponentItem::ComponentInstance(_))
-            });
+            .any(|(name, item)| name == TOOL_EXPORT && matches!(item.ty, ComponentItem::ComponentInstance(_)));
         if has_tool_instance {
             LoadError::WrongWorld {
                 path: path.to_owned(),
@@ -213,18 +188,13 @@ pub(crate) fn locate_exports(
             }
         }
     })?;
-    let exports_stateful = component
-        .component_type()
-        .exports(engine)
-        .any(|(name, _)| name == STATEFUL_EXPORT);
+    let exports_stateful = component.component_type().exports(engine).any(|(name, _)| name == STATEFUL_EXPORT);
     let stateful_indices = if exports_stateful {
-        Some(
-            stateful::GuestIndices::new(pre).map_err(|e| LoadError::WrongWorld {
-                path: path.to_owned(),
-                expected: STATEFUL_EXPORT,
-                found: format!("`{STATEFUL_EXPORT}` with the wrong shape: {e:#}"),
-            })?,
-        )
+        Some(stateful::GuestIndices::new(pre).map_err(|e| LoadError::WrongWorld {
+            path: path.to_owned(),
+            expected: STATEFUL_EXPORT,
+            found: format!("`{STATEFUL_EXPORT}` with the wrong shape: {e:#}"),
+        })?)
     } else {
         None
     };
@@ -241,38 +211,24 @@ fn access(a: wit::Access) -> Access {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_CHARS
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Turns the guest's descriptor into ours, checking names and schemas.
 pub(crate) fn parse_descriptor(
     path: &Path,
     raw: bindings::types::Descriptor,
-) -> Result<
-    (
-        Descriptor,
-        jsonschema::Validator,
-        Option<jsonschema::Validator>,
-    ),
-    LoadError,
-> {
-    let invalid = |reason: String| LoadError::InvalidDescriptor {
-        path: path.to_owned(),
-        reason,
-    };
+) -> Result<(Descriptor, jsonschema::Validator, Option<jsonschema::Validator>), LoadError> {
+    let invalid = |reason: String| LoadError::InvalidDescriptor { path: path.to_owned(), reason };
     if !valid_name(&raw.name) {
         return Err(invalid(format!(
             "name `{}` must be 1-{MAX_NAME_CHARS} chars of [a-z0-9_-]",
             raw.name.escape_debug()
         )));
     }
-    let schema = |which: &str,
-                  text: &str|
-     -> Result<(serde_json::Value, jsonschema::Validator), LoadError> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| invalid(format!("{which} schema is not JSON: {e}")))?;
+    let schema = |which: &str, text: &str| -> Result<(serde_json::Value, jsonschema::Validator), LoadError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| invalid(format!("{which} schema is not JSON: {e}")))?;
         let validator = jsonschema::validator_for(&value)
             .map_err(|e| invalid(format!("{which} schema is not a valid JSON Schema: {e}")))?;
         Ok((value, validator))
@@ -296,19 +252,13 @@ pub(crate) fn parse_descriptor(
             state: caps
                 .state
                 .into_iter()
-                .map(|r| StateRequest {
-                    namespace: r.namespace,
-                    access: access(r.access),
-                })
+                .map(|r| StateRequest { namespace: r.namespace, access: access(r.access) })
                 .collect(),
             models: caps.models,
             filesystem: caps
                 .filesystem
                 .into_iter()
-                .map(|r| FilesystemRequest {
-                    guest_path: r.guest_path,
-                    access: access(r.access),
-                })
+                .map(|r| FilesystemRequest { guest_path: r.guest_path, access: access(r.access) })
                 .collect(),
             network: caps.network,
             env: caps.env,

@@ -69,19 +69,13 @@ impl Capabilities {
             state: self
                 .state
                 .into_iter()
-                .map(|(namespace, a)| types::StateRequest {
-                    namespace,
-                    access: access(a),
-                })
+                .map(|(namespace, a)| types::StateRequest { namespace, access: access(a) })
                 .collect(),
             models: self.models,
             filesystem: self
                 .filesystem
                 .into_iter()
-                .map(|(guest_path, a)| types::FilesystemRequest {
-                    guest_path,
-                    access: access(a),
-                })
+                .map(|(guest_path, a)| types::FilesystemRequest { guest_path, access: access(a) })
                 .collect(),
             network: self.network,
             env: self.env,

@@ -58,9 +58,7 @@ pub use tool::{Stateful, Tool};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::bindings::export as export_plain_tool;
-    pub use crate::bindings::exports::toolhost::tool::tool::{
-        Descriptor, Guest as ToolGuest, ToolError,
-    };
+    pub use crate::bindings::exports::toolhost::tool::tool::{Descriptor, Guest as ToolGuest, ToolError};
     pub use crate::tool::{call, describe, restore, snapshot};
     pub use wit_bindgen;
 }

@@ -9,26 +9,21 @@
 use crate::ToolError;
 use crate::bindings::toolhost::tool::model as wit;
 pub use crate::bindings::toolhost::tool::model::{
-    ChatRequest, ChatResponse, FinishReason, Message, ModelError, Role, ToolCall, ToolChoice,
-    ToolDefinition, Usage,
+    ChatRequest, ChatResponse, FinishReason, Message, ModelError, Role, ToolCall, ToolChoice, ToolDefinition, Usage,
 };
 
 impl From<ModelError> for ToolError {
     fn from(e: ModelError) -> Self {
         match e {
             ModelError::Denied(m) => ToolError::Denied(format!("model call denied: {m}")),
-            ModelError::BudgetExceeded(m) => {
-                ToolError::Failed(format!("model budget exceeded: {m}"))
-            }
+            ModelError::BudgetExceeded(m) => ToolError::Failed(format!("model budget exceeded: {m}")),
             ModelError::RateLimited(m) => ToolError::Failed(format!("model rate limited: {m}")),
             ModelError::Timeout(m) => ToolError::Failed(format!("model call timed out: {m}")),
             ModelError::ProviderError(p) => ToolError::Failed(match p.status {
                 Some(status) => format!("model provider error (HTTP {status}): {}", p.message),
                 None => format!("model provider error: {}", p.message),
             }),
-            ModelError::InvalidRequest(m) => {
-                ToolError::Failed(format!("invalid model request: {m}"))
-            }
+            ModelError::InvalidRequest(m) => ToolError::Failed(format!("invalid model request: {m}")),
         }
     }
 }
@@ -47,12 +42,7 @@ impl Message {
     }
 
     fn text(role: Role, content: impl Into<String>) -> Self {
-        Self {
-            role,
-            content: content.into(),
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-        }
+        Self { role, content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
     }
 }
 

@@ -106,16 +106,15 @@ impl Namespace {
     pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
         match self.get(key)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StateError::Decode(format!("key `{key}`: {e}"))),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| StateError::Decode(format!("key `{key}`: {e}")))
+            }
         }
     }
 
     /// Stores `value` under `key` as JSON.
     pub fn set_json<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| StateError::Decode(format!("key `{key}`: {e}")))?;
+        let bytes = serde_json::to_vec(value).map_err(|e| StateError::Decode(format!("key `{key}`: {e}")))?;
         self.set(key, &bytes)
     }
 }

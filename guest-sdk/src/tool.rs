@@ -71,8 +71,7 @@ pub fn call<T: Tool>(slot: &mut Option<T>, input: &str) -> Result<String, WitToo
     })?;
     let tool = slot.get_or_insert_with(T::default);
     let output = tool.call(parsed).map_err(WitToolError::from)?;
-    serde_json::to_string(&output)
-        .map_err(|e| WitToolError::Failed(format!("output does not serialize to JSON: {e}")))
+    serde_json::to_string(&output).map_err(|e| WitToolError::Failed(format!("output does not serialize to JSON: {e}")))
 }
 
 /// `snapshot` for `T`: the serde JSON of the tool value.
@@ -83,8 +82,7 @@ pub fn snapshot<T: Stateful>(slot: &mut Option<T>) -> Vec<u8> {
 
 /// `restore` for `T`: replaces the tool value with the deserialized snapshot.
 pub fn restore<T: Stateful>(slot: &mut Option<T>, bytes: &[u8]) -> Result<(), String> {
-    let tool: T =
-        serde_json::from_slice(bytes).map_err(|e| format!("snapshot does not decode: {e}"))?;
+    let tool: T = serde_json::from_slice(bytes).map_err(|e| format!("snapshot does not decode: {e}"))?;
     *slot = Some(tool);
     Ok(())
 }
@@ -166,8 +164,7 @@ macro_rules! __export_tool_core {
             fn call(
                 input: ::std::string::String,
             ) -> ::std::result::Result<::std::string::String, $crate::__private::ToolError> {
-                __TOOLHOST_INSTANCE
-                    .with(|slot| $crate::__private::call::<$tool>(&mut slot.borrow_mut(), &input))
+                __TOOLHOST_INSTANCE.with(|slot| $crate::__private::call::<$tool>(&mut slot.borrow_mut(), &input))
             }
         }
 
@@ -188,16 +185,11 @@ mod tests {
                 .join(" ")
         }
         let wit = include_str!("../../wit/tool.wit");
-        let start = wit
-            .find("interface stateful {")
-            .expect("wit has interface stateful");
+        let start = wit.find("interface stateful {").expect("wit has interface stateful");
         let end = start + wit[start..].find("\n}").expect("interface closes") + 2;
         let canonical = normalize(&wit[start..end]);
         let macro_source = include_str!("tool.rs");
         let inline = normalize(macro_source);
-        assert!(
-            inline.contains(&canonical),
-            "export_stateful_tool! WIT drifted from wit/tool.wit:\n{canonical}"
-        );
+        assert!(inline.contains(&canonical), "export_stateful_tool! WIT drifted from wit/tool.wit:\n{canonical}");
     }
 }

@@ -32,11 +32,7 @@ fn truncate(message: &str) -> &str {
 
 impl wit::Host for LogCtx {
     async fn log(&mut self, level: Level, message: String) {
-        let (session, tool, message) = (
-            self.session.as_str(),
-            self.tool.as_str(),
-            truncate(&message),
-        );
+        let (session, tool, message) = (self.session.as_str(), self.tool.as_str(), truncate(&message));
         match level {
             Level::Trace => tracing::trace!(target: "toolhost::guest", session, tool, "{message}"),
             Level::Debug => tracing::debug!(target: "toolhost::guest", session, tool, "{message}"),

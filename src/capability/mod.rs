@@ -9,14 +9,7 @@ pub mod state;
 
 /// Records a capability decision. Denials are warnings: they mean a tool tried something its
 /// policy does not allow.
-pub(crate) fn audit(
-    session: &str,
-    tool: &str,
-    capability: &str,
-    request: &str,
-    allowed: bool,
-    reason: &str,
-) {
+pub(crate) fn audit(session: &str, tool: &str, capability: &str, request: &str, allowed: bool, reason: &str) {
     if allowed {
         tracing::debug!(target: "toolhost::audit", session, tool, capability, request, decision = "allow", reason);
     } else {

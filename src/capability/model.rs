@@ -18,40 +18,22 @@ pub struct ModelCtx {
 
 impl ModelCtx {
     pub(crate) fn new(session: String, tool: String, granted: Arc<BTreeSet<String>>) -> Self {
-        Self {
-            session,
-            tool,
-            granted,
-        }
+        Self { session, tool, granted }
     }
 }
 
 impl wit::Host for ModelCtx {
-    async fn chat(
-        &mut self,
-        model: String,
-        _request: ChatRequest,
-    ) -> Result<ChatResponse, ModelError> {
+    async fn chat(&mut self, model: String, _request: ChatRequest) -> Result<ChatResponse, ModelError> {
         let request = format!("chat {}", model.escape_debug());
         if !self.granted.contains(&model) {
             let reason = format!("model `{}` is not granted", model.escape_debug());
             super::audit(&self.session, &self.tool, "model", &request, false, &reason);
             return Err(ModelError::Denied(reason));
         }
-        super::audit(
-            &self.session,
-            &self.tool,
-            "model",
-            &request,
-            true,
-            "granted",
-        );
+        super::audit(&self.session, &self.tool, "model", &request, true, "granted");
         Err(ModelError::ProviderError(ProviderFailure {
             status: None,
-            message: format!(
-                "no model provider is configured for `{}`",
-                model.escape_debug()
-            ),
+            message: format!("no model provider is configured for `{}`", model.escape_debug()),
         }))
     }
 }

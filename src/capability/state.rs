@@ -27,18 +27,8 @@ pub struct StateCtx {
 }
 
 impl StateCtx {
-    pub(crate) fn new(
-        scope: StateScope,
-        grant: Arc<StateGrant>,
-        store: Arc<dyn StateStore>,
-    ) -> Self {
-        Self {
-            scope,
-            grant,
-            store,
-            pending: BTreeMap::new(),
-            committed_usage: None,
-        }
+    pub(crate) fn new(scope: StateScope, grant: Arc<StateGrant>, store: Arc<dyn StateStore>) -> Self {
+        Self { scope, grant, store, pending: BTreeMap::new(), committed_usage: None }
     }
 
     /// Takes this step's writes, leaving the buffer empty for the next step.
@@ -46,11 +36,7 @@ impl StateCtx {
         self.committed_usage = None;
         std::mem::take(&mut self.pending)
             .into_iter()
-            .map(|((namespace, key), value)| StateWrite {
-                namespace,
-                key,
-                value,
-            })
+            .map(|((namespace, key), value)| StateWrite { namespace, key, value })
             .collect()
     }
 
@@ -58,39 +44,21 @@ impl StateCtx {
         &self.scope
     }
 
-    fn check(
-        &self,
-        namespace: &str,
-        key: Option<&str>,
-        write: bool,
-        op: &str,
-    ) -> Result<(), StateError> {
+    fn check(&self, namespace: &str, key: Option<&str>, write: bool, op: &str) -> Result<(), StateError> {
         validate_namespace(namespace)?;
         if let Some(key) = key {
             validate_key(key)?;
         }
-        let request = format!(
-            "{op} {namespace}/{}",
-            key.map(printable).unwrap_or_default()
-        );
+        let request = format!("{op} {namespace}/{}", key.map(printable).unwrap_or_default());
         let decision = match self.grant.namespaces.get(namespace) {
             None => Err(format!("namespace `{namespace}` is not granted")),
-            Some(access) if write && !access.allows_write() => {
-                Err(format!("namespace `{namespace}` is read-only"))
-            }
+            Some(access) if write && !access.allows_write() => Err(format!("namespace `{namespace}` is read-only")),
             Some(_) => Ok(()),
         };
         match decision {
             Ok(()) => Ok(()),
             Err(reason) => {
-                super::audit(
-                    &self.scope.session,
-                    &self.scope.tool,
-                    "state",
-                    &request,
-                    false,
-                    &reason,
-                );
+                super::audit(&self.scope.session, &self.scope.tool, "state", &request, false, &reason);
                 Err(StateError::Denied(reason))
             }
         }
@@ -101,22 +69,14 @@ impl StateCtx {
         let committed = match self.committed_usage {
             Some(u) => u,
             None => {
-                let u = self
-                    .store
-                    .usage(&self.scope)
-                    .await
-                    .map_err(|e| StateError::Unavailable(e.0))?;
+                let u = self.store.usage(&self.scope).await.map_err(|e| StateError::Unavailable(e.0))?;
                 self.committed_usage = Some(u);
                 u
             }
         };
         let mut usage = committed;
         for ((namespace, key), value) in &self.pending {
-            let before = self
-                .store
-                .get(&self.scope, namespace, key)
-                .await
-                .map_err(|e| StateError::Unavailable(e.0))?;
+            let before = self.store.get(&self.scope, namespace, key).await.map_err(|e| StateError::Unavailable(e.0))?;
             apply_delta(&mut usage, key, before.as_deref(), value.as_deref());
         }
         Ok(usage)
@@ -127,10 +87,7 @@ impl StateCtx {
         if let Some(pending) = self.pending.get(&(namespace.to_owned(), key.to_owned())) {
             return Ok(pending.clone());
         }
-        self.store
-            .get(&self.scope, namespace, key)
-            .await
-            .map_err(|e| StateError::Unavailable(e.0))
+        self.store.get(&self.scope, namespace, key).await.map_err(|e| StateError::Unavailable(e.0))
     }
 }
 
@@ -154,9 +111,7 @@ fn printable(key: &str) -> String {
 fn validate_namespace(namespace: &str) -> Result<(), StateError> {
     let ok = !namespace.is_empty()
         && namespace.len() <= MAX_NAMESPACE_CHARS
-        && namespace
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        && namespace.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -172,16 +127,10 @@ fn validate_key(key: &str) -> Result<(), StateError> {
         return Err(StateError::InvalidKey("key is empty".into()));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(StateError::InvalidKey(format!(
-            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
-            key.len()
-        )));
+        return Err(StateError::InvalidKey(format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())));
     }
     if key.contains('\0') {
-        return Err(StateError::InvalidKey(format!(
-            "key `{}` contains a NUL byte",
-            printable(key)
-        )));
+        return Err(StateError::InvalidKey(format!("key `{}` contains a NUL byte", printable(key))));
     }
     Ok(())
 }
@@ -192,12 +141,7 @@ impl wit::Host for StateCtx {
         self.current(&namespace, &key).await
     }
 
-    async fn set(
-        &mut self,
-        namespace: String,
-        key: String,
-        value: Vec<u8>,
-    ) -> Result<(), StateError> {
+    async fn set(&mut self, namespace: String, key: String, value: Vec<u8>) -> Result<(), StateError> {
         self.check(&namespace, Some(&key), true, "set")?;
         let quota = self.grant.quota;
         if value.len() as u64 > quota.max_value_bytes {
@@ -211,10 +155,7 @@ impl wit::Host for StateCtx {
         let before = self.current(&namespace, &key).await?;
         apply_delta(&mut usage, &key, before.as_deref(), Some(&value));
         if usage.keys > quota.max_keys {
-            return Err(StateError::QuotaExceeded(format!(
-                "the limit of {} keys is reached",
-                quota.max_keys
-            )));
+            return Err(StateError::QuotaExceeded(format!("the limit of {} keys is reached", quota.max_keys)));
         }
         if usage.bytes > quota.max_total_bytes {
             return Err(StateError::QuotaExceeded(format!(
@@ -233,11 +174,7 @@ impl wit::Host for StateCtx {
         Ok(existed)
     }
 
-    async fn list_keys(
-        &mut self,
-        namespace: String,
-        prefix: String,
-    ) -> Result<Vec<String>, StateError> {
+    async fn list_keys(&mut self, namespace: String, prefix: String) -> Result<Vec<String>, StateError> {
         self.check(&namespace, None, false, "list-keys")?;
         let mut keys: std::collections::BTreeSet<String> = self
             .store

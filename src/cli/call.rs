@@ -24,13 +24,8 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
     } else {
         args.input
     };
-    let input: serde_json::Value =
-        serde_json::from_str(&text).context("the input is not valid JSON")?;
-    let policy = if args.grant_requested {
-        Policy::grant_requested()
-    } else {
-        Policy::deny_all()
-    };
+    let input: serde_json::Value = serde_json::from_str(&text).context("the input is not valid JSON")?;
+    let policy = if args.grant_requested { Policy::grant_requested() } else { Policy::deny_all() };
     let host = config.host(policy)?;
     let tool = host.load_tool(&args.tool).await?;
     let mut session = host.new_session();

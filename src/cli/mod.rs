@@ -11,11 +11,7 @@ use clap::{Parser, Subcommand};
 use toolhost::{EngineConfig, Host, HostConfig, Policy};
 
 #[derive(Parser)]
-#[command(
-    name = "toolhost",
-    version,
-    about = "Run AI-agent tools as sandboxed WebAssembly components"
-)]
+#[command(name = "toolhost", version, about = "Run AI-agent tools as sandboxed WebAssembly components")]
 struct Cli {
     /// Compiled-component cache folder [default: the user cache folder]
     #[arg(long, global = true, env = "TOOLHOST_CACHE_DIR")]
@@ -44,21 +40,14 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Inspect(args) => {
-                inspect::run(&cli_host_config(cli.cache_dir.clone(), cli.no_cache), args).await
-            }
-            Command::Call(args) => {
-                call::run(&cli_host_config(cli.cache_dir.clone(), cli.no_cache), args).await
-            }
+            Command::Inspect(args) => inspect::run(&cli_host_config(cli.cache_dir.clone(), cli.no_cache), args).await,
+            Command::Call(args) => call::run(&cli_host_config(cli.cache_dir.clone(), cli.no_cache), args).await,
         }
     });
     match result {
@@ -79,12 +68,8 @@ fn init_tracing(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 /// Engine settings shared by the subcommands; each adds its own policy.
@@ -93,26 +78,13 @@ struct CliHostConfig {
 }
 
 fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool) -> CliHostConfig {
-    let cache_dir = if no_cache {
-        None
-    } else {
-        cache_dir.or_else(EngineConfig::default_cache_dir)
-    };
+    let cache_dir = if no_cache { None } else { cache_dir.or_else(EngineConfig::default_cache_dir) };
     // One-shot commands need few instance slots; a small pool starts faster.
-    CliHostConfig {
-        engine: EngineConfig {
-            cache_dir,
-            max_instances: 16,
-            ..EngineConfig::default()
-        },
-    }
+    CliHostConfig { engine: EngineConfig { cache_dir, max_instances: 16, ..EngineConfig::default() } }
 }
 
 impl CliHostConfig {
     fn host(&self, policy: Policy) -> anyhow::Result<Host> {
-        Ok(Host::new(HostConfig {
-            engine: self.engine.clone(),
-            policy,
-        })?)
+        Ok(Host::new(HostConfig { engine: self.engine.clone(), policy })?)
     }
 }

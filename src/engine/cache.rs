@@ -60,12 +60,20 @@ impl CompileCache {
     /// The cached component for `digest`, if present and readable by this engine.
     pub fn get(&self, engine: &wasmtime::Engine, digest: &str) -> Option<Component> {
         let path = self.artifact_path(digest);
-        if !path.exists() {
-            return None;
-        }
-        // SAFETY: artifacts in this directory are written only by `put` below, from code this
-        // engine compiled; the directory is the host's own (see `EngineConfig::cache_dir`).
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        // Read into memory rather than `deserialize_file`: a mapped file that someone truncates
+        // while the host runs kills the process with SIGBUS.
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable compile cache entry; recompiling");
+                return None;
+            }
+        };
+        // SAFETY: artifacts in this folder are written only by `put` below, from code an
+        // engine with this configuration compiled; the folder is the host's own (see
+        // `EngineConfig::cache_dir`). wasmtime also checks the header and engine settings.
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(component) => Some(component),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "unusable compile cache entry; recompiling");
@@ -93,10 +101,7 @@ impl CompileCache {
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     let path = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
     Ok((path, file))
 }
 

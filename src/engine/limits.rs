@@ -19,11 +19,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            memory_bytes: 64 << 20,
-            cpu_time: Duration::from_secs(5),
-            max_output_bytes: 1 << 20,
-        }
+        Self { memory_bytes: 64 << 20, cpu_time: Duration::from_secs(5), max_output_bytes: 1 << 20 }
     }
 }
 
@@ -64,39 +60,22 @@ pub(crate) struct GuestLimiter {
 
 impl GuestLimiter {
     pub fn new(limit_bytes: u64) -> Self {
-        Self {
-            limit_bytes,
-            used_bytes: 0,
-        }
+        Self { limit_bytes, used_bytes: 0 }
     }
 }
 
 impl wasmtime::ResourceLimiter for GuestLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let grow_by = (desired - current) as u64;
         let requested = self.used_bytes.saturating_add(grow_by);
         if requested > self.limit_bytes {
-            return Err(MemoryLimitExceeded {
-                limit_bytes: self.limit_bytes,
-                requested_bytes: requested,
-            }
-            .into());
+            return Err(MemoryLimitExceeded { limit_bytes: self.limit_bytes, requested_bytes: requested }.into());
         }
         self.used_bytes = requested;
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }

@@ -96,18 +96,14 @@ impl Engine {
                 .max_memory_size(config.max_memory_bytes as usize);
             wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
-        let wasmtime =
-            wasmtime::Engine::new(&wasm).map_err(|e| HostError::Engine(format!("{e:#}")))?;
-        let cache =
-            match &config.cache_dir {
-                Some(dir) => Some(CompileCache::open(dir, &wasmtime).map_err(|source| {
-                    HostError::CacheDir {
-                        path: dir.clone(),
-                        source,
-                    }
-                })?),
-                None => None,
-            };
+        let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(
+                CompileCache::open(dir, &wasmtime)
+                    .map_err(|source| HostError::CacheDir { path: dir.clone(), source })?,
+            ),
+            None => None,
+        };
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(wasmtime.clone(), config.epoch_tick, ticker_stop.clone());
         Ok(Self {
@@ -133,19 +129,12 @@ impl Engine {
         if let Some(cache) = &self.cache {
             if let Some(component) = cache.get(&self.wasmtime, &digest) {
                 tracing::debug!(path = %path.display(), %digest, "compile cache hit");
-                return Ok(Compiled {
-                    component,
-                    digest,
-                    cache: CacheStatus::Hit,
-                });
+                return Ok(Compiled { component, digest, cache: CacheStatus::Hit });
             }
         }
         let started = std::time::Instant::now();
-        let component =
-            Component::new(&self.wasmtime, bytes).map_err(|e| crate::LoadError::Compile {
-                path: path.to_owned(),
-                reason: format!("{e:#}"),
-            })?;
+        let component = Component::new(&self.wasmtime, bytes)
+            .map_err(|e| crate::LoadError::Compile { path: path.to_owned(), reason: format!("{e:#}") })?;
         tracing::debug!(path = %path.display(), %digest, elapsed = ?started.elapsed(), "compiled component");
         let status = match &self.cache {
             Some(cache) => {
@@ -154,11 +143,7 @@ impl Engine {
             }
             None => CacheStatus::Disabled,
         };
-        Ok(Compiled {
-            component,
-            digest,
-            cache: status,
-        })
+        Ok(Compiled { component, digest, cache: status })
     }
 
     /// Epoch ticks that make up `cpu_time`, at least one.

@@ -27,24 +27,11 @@ impl MemoryStore {
 
 #[async_trait]
 impl StateStore for MemoryStore {
-    async fn get(
-        &self,
-        scope: &StateScope,
-        namespace: &str,
-        key: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .entries()
-            .get(&(scope.clone(), namespace.to_owned(), key.to_owned()))
-            .cloned())
+    async fn get(&self, scope: &StateScope, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.entries().get(&(scope.clone(), namespace.to_owned(), key.to_owned())).cloned())
     }
 
-    async fn list_keys(
-        &self,
-        scope: &StateScope,
-        namespace: &str,
-        prefix: &str,
-    ) -> Result<Vec<String>, StoreError> {
+    async fn list_keys(&self, scope: &StateScope, namespace: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
         let start = (scope.clone(), namespace.to_owned(), prefix.to_owned());
         Ok(self
             .entries()

@@ -38,20 +38,10 @@ pub struct StoreError(pub String);
 /// Key-value state of tools, by scope and namespace.
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {
-    async fn get(
-        &self,
-        scope: &StateScope,
-        namespace: &str,
-        key: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn get(&self, scope: &StateScope, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Keys of `namespace` starting with `prefix`, sorted by byte order.
-    async fn list_keys(
-        &self,
-        scope: &StateScope,
-        namespace: &str,
-        prefix: &str,
-    ) -> Result<Vec<String>, StoreError>;
+    async fn list_keys(&self, scope: &StateScope, namespace: &str, prefix: &str) -> Result<Vec<String>, StoreError>;
 
     /// Keys and bytes held by `scope` over all namespaces.
     async fn usage(&self, scope: &StateScope) -> Result<StateUsage, StoreError>;

@@ -21,21 +21,14 @@ impl fmt::Display for EvalError {
 const MAX_DEPTH: usize = 256;
 
 pub fn evaluate(expression: &str) -> Result<f64, EvalError> {
-    let mut parser = Parser {
-        src: expression.as_bytes(),
-        pos: 0,
-        depth: 0,
-    };
+    let mut parser = Parser { src: expression.as_bytes(), pos: 0, depth: 0 };
     let value = parser.sum()?;
     parser.skip_spaces();
     if parser.pos != parser.src.len() {
         return Err(parser.error("unexpected character"));
     }
     if !value.is_finite() {
-        return Err(EvalError {
-            at: 0,
-            message: "result is not a finite number".into(),
-        });
+        return Err(EvalError { at: 0, message: "result is not a finite number".into() });
     }
     Ok(value)
 }
@@ -48,10 +41,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn error(&self, message: &str) -> EvalError {
-        EvalError {
-            at: self.pos,
-            message: message.to_string(),
-        }
+        EvalError { at: self.pos, message: message.to_string() }
     }
 
     fn skip_spaces(&mut self) {
@@ -84,10 +74,7 @@ impl Parser<'_> {
             self.pos += 1;
             let rhs = self.power()?;
             if op != b'*' && rhs == 0.0 {
-                return Err(EvalError {
-                    at,
-                    message: "division by zero".into(),
-                });
+                return Err(EvalError { at, message: "division by zero".into() });
             }
             value = match op {
                 b'*' => value * rhs,
@@ -138,11 +125,7 @@ impl Parser<'_> {
 
     fn number(&mut self) -> Result<f64, EvalError> {
         let start = self.pos;
-        while self
-            .src
-            .get(self.pos)
-            .is_some_and(|c| c.is_ascii_digit() || *c == b'.')
-        {
+        while self.src.get(self.pos).is_some_and(|c| c.is_ascii_digit() || *c == b'.') {
             self.pos += 1;
         }
         if matches!(self.src.get(self.pos), Some(b'e' | b'E')) {
@@ -155,10 +138,7 @@ impl Parser<'_> {
             }
         }
         let text = std::str::from_utf8(&self.src[start..self.pos]).expect("ASCII digits");
-        text.parse().map_err(|_| EvalError {
-            at: start,
-            message: format!("malformed number `{text}`"),
-        })
+        text.parse().map_err(|_| EvalError { at: start, message: format!("malformed number `{text}`") })
     }
 
     fn nested(&mut self, rule: fn(&mut Self) -> Result<f64, EvalError>) -> Result<f64, EvalError> {
@@ -190,11 +170,6 @@ mod tests {
         assert_eq!(evaluate("1 / 0").unwrap_err().message, "division by zero");
         assert_eq!(evaluate("1 +").unwrap_err().at, 3);
         assert_eq!(evaluate("(1").unwrap_err().message, "expected `)`");
-        assert!(
-            evaluate(&"(".repeat(1000))
-                .unwrap_err()
-                .message
-                .contains("deeply")
-        );
+        assert!(evaluate(&"(".repeat(1000)).unwrap_err().message.contains("deeply"));
     }
 }

@@ -26,7 +26,8 @@ impl Tool for Calculator {
     type Input = Input;
     type Output = Output;
     const NAME: &'static str = "calculator";
-    const DESCRIPTION: &'static str = "Evaluates an arithmetic expression with + - * / % ^ and parentheses and returns the number.";
+    const DESCRIPTION: &'static str =
+        "Evaluates an arithmetic expression with + - * / % ^ and parentheses and returns the number.";
 
     fn call(&mut self, input: Input) -> Result<Output, ToolError> {
         eval::evaluate(&input.expression)

@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use toolhost_guest::state::Namespace;
-use toolhost_guest::{
-    Access, Capabilities, JsonSchema, Tool, ToolError, export_stateful_tool, log,
-};
+use toolhost_guest::{Access, Capabilities, JsonSchema, Tool, ToolError, export_stateful_tool, log};
 
 const NAMESPACE: &str = "notes";
 const MAX_TITLE: usize = 200;
@@ -70,9 +68,7 @@ struct Notes {
 }
 
 fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase)
 }
 
 fn note_key(id: u64) -> String {
@@ -92,39 +88,21 @@ impl Notes {
 
     fn add(&mut self, title: String, body: String, tags: Vec<String>) -> Result<Output, ToolError> {
         if title.trim().is_empty() || title.len() > MAX_TITLE {
-            return Err(ToolError::invalid_input(format!(
-                "title must be 1-{MAX_TITLE} bytes"
-            )));
+            return Err(ToolError::invalid_input(format!("title must be 1-{MAX_TITLE} bytes")));
         }
         if body.len() > MAX_BODY {
-            return Err(ToolError::invalid_input(format!(
-                "body must be at most {MAX_BODY} bytes"
-            )));
+            return Err(ToolError::invalid_input(format!("body must be at most {MAX_BODY} bytes")));
         }
         self.next_id += 1;
-        let note = Note {
-            id: self.next_id,
-            title,
-            body,
-            tags,
-        };
+        let note = Note { id: self.next_id, title, body, tags };
         Self::store().set_json(&note_key(note.id), &note)?;
-        let text = [note.title.as_str(), note.body.as_str()]
-            .into_iter()
-            .chain(note.tags.iter().map(String::as_str));
+        let text = [note.title.as_str(), note.body.as_str()].into_iter().chain(note.tags.iter().map(String::as_str));
         for word in text.flat_map(words) {
             self.index.entry(word).or_default().insert(note.id);
         }
         self.titles.insert(note.id, note.title.clone());
-        log::debug(&format!(
-            "added note {} ({} indexed words)",
-            note.id,
-            self.index.len()
-        ));
-        Ok(Output::Added {
-            id: note.id,
-            notes: self.titles.len(),
-        })
+        log::debug(&format!("added note {} ({} indexed words)", note.id, self.index.len()));
+        Ok(Output::Added { id: note.id, notes: self.titles.len() })
     }
 
     fn search(&self, query: &str) -> Output {
@@ -137,23 +115,12 @@ impl Notes {
             });
         }
         let query_words: Vec<String> = words(query).collect();
-        let mut matches: Vec<Summary> = hits
-            .unwrap_or_default()
-            .into_iter()
-            .map(|id| Summary {
-                id,
-                title: self.titles[&id].clone(),
-            })
-            .collect();
+        let mut matches: Vec<Summary> =
+            hits.unwrap_or_default().into_iter().map(|id| Summary { id, title: self.titles[&id].clone() }).collect();
         // Notes whose title holds more query words rank first; ties keep id order.
         matches.sort_by_key(|s| {
             let title_words: BTreeSet<String> = words(&s.title).collect();
-            std::cmp::Reverse(
-                query_words
-                    .iter()
-                    .filter(|w| title_words.contains(*w))
-                    .count(),
-            )
+            std::cmp::Reverse(query_words.iter().filter(|w| title_words.contains(*w)).count())
         });
         Output::Found { matches }
     }
@@ -174,7 +141,8 @@ impl Tool for Notes {
     type Input = Input;
     type Output = Output;
     const NAME: &'static str = "notes";
-    const DESCRIPTION: &'static str = "Keeps notes for this session: add, get, search by words, list and delete. Notes persist across restarts.";
+    const DESCRIPTION: &'static str =
+        "Keeps notes for this session: add, get, search by words, list and delete. Notes persist across restarts.";
 
     fn capabilities() -> Capabilities {
         Capabilities::new().state(NAMESPACE, Access::ReadWrite)
@@ -186,15 +154,7 @@ impl Tool for Notes {
             Input::Get { id } => Self::load(id).map(Output::Note),
             Input::Search { query } => Ok(self.search(&query)),
             Input::List => Ok(Output::Found {
-                matches: self
-                    .titles
-                    .iter()
-                    .rev()
-                    .map(|(&id, title)| Summary {
-                        id,
-                        title: title.clone(),
-                    })
-                    .collect(),
+                matches: self.titles.iter().rev().map(|(&id, title)| Summary { id, title: title.clone() }).collect(),
             }),
             Input::Delete { id } => self.delete(id),
         }

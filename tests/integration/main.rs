@@ -1,0 +1,9 @@
+//! Integration tests: one binary (one link on 2 cores), a module per concern.
+
+mod cache;
+mod hostile;
+mod isolation;
+mod load_errors;
+mod state;
+mod support;
+mod tools;

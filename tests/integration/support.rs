@@ -1,0 +1,54 @@
+//! Shared set-up: the tool components (built once per process) and host constructors.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use toolhost::{EngineConfig, Host, HostConfig, Limits, Policy, ToolGrants};
+
+pub struct Guests {
+    pub calculator: PathBuf,
+    pub notes: PathBuf,
+    pub hostile: PathBuf,
+    pub wrong_world: PathBuf,
+}
+
+/// Builds the example and fixture tools once per test process.
+pub fn guests() -> &'static Guests {
+    static GUESTS: OnceLock<Guests> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let paths = toolhost::guest_build::build(workspace, &["calculator", "notes", "hostile", "wrong-world"])
+            .unwrap_or_else(|e| panic!("building the test tools: {e}"));
+        let [calculator, notes, hostile, wrong_world] = <[PathBuf; 4]>::try_from(paths).unwrap();
+        Guests { calculator, notes, hostile, wrong_world }
+    })
+}
+
+/// A compile cache shared by the tests of this process, so each component compiles once.
+fn shared_cache_dir() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path().to_owned()
+}
+
+pub fn engine_config() -> EngineConfig {
+    EngineConfig { cache_dir: Some(shared_cache_dir()), max_instances: 64, ..EngineConfig::default() }
+}
+
+pub fn host(policy: Policy) -> Host {
+    Host::new(HostConfig { engine: engine_config(), policy }).expect("host")
+}
+
+/// Limits small enough that hostile calls fail fast.
+pub fn tight_limits() -> Limits {
+    Limits { memory_bytes: 32 << 20, cpu_time: Duration::from_millis(300), max_output_bytes: 64 << 10 }
+}
+
+/// Grants `namespaces` read-write with `limits`.
+pub fn grants(namespaces: &[&str], limits: Limits) -> ToolGrants {
+    let mut grants = ToolGrants { limits, ..ToolGrants::default() };
+    for ns in namespaces {
+        grants.state.namespaces.insert(ns.to_string(), toolhost::Access::ReadWrite);
+    }
+    grants
+}
