@@ -24,8 +24,8 @@ pub struct HostConfig {
 /// Loads tools and runs sessions. Cheap to clone; clones share the engine, compile cache,
 /// policy and store. Use one per process.
 ///
-/// ```no_run
-/// # async fn demo() -> anyhow::Result<()> {
+/// ```ignore
+/// // Compiled for real in examples/quickstart.rs.
 /// use toolhost::{Host, HostConfig, Policy};
 ///
 /// let host = Host::new(HostConfig { policy: Policy::grant_requested(), ..Default::default() })?;
@@ -33,7 +33,6 @@ pub struct HostConfig {
 /// let mut session = host.new_session();
 /// let out = session.call(&calculator, &serde_json::json!({"expression": "6 * 7"})).await?;
 /// assert_eq!(out["value"], 42.0);
-/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct Host {
