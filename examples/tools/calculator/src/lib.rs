@@ -37,3 +37,25 @@ impl Tool for Calculator {
 }
 
 export_tool!(Calculator);
+
+#[cfg(test)]
+mod tests {
+    use crate::eval::evaluate;
+
+    #[test]
+    fn precedence_and_associativity() {
+        assert_eq!(evaluate("2 * (3 + 4) ^ 2").unwrap(), 98.0);
+        assert_eq!(evaluate("2 ^ 3 ^ 2").unwrap(), 512.0);
+        assert_eq!(evaluate("10 - 4 - 3").unwrap(), 3.0);
+        assert_eq!(evaluate("-2 ^ 2").unwrap(), 4.0);
+        assert_eq!(evaluate("7 % 4 + 1.5e1").unwrap(), 18.0);
+    }
+
+    #[test]
+    fn errors_name_the_offset() {
+        assert_eq!(evaluate("1 / 0").unwrap_err().message, "division by zero");
+        assert_eq!(evaluate("1 +").unwrap_err().at, 3);
+        assert_eq!(evaluate("(1").unwrap_err().message, "expected `)`");
+        assert!(evaluate(&"(".repeat(1000)).unwrap_err().message.contains("deeply"));
+    }
+}
