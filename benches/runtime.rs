@@ -43,14 +43,15 @@ fn native_call(input: &str) -> String {
 }
 
 fn host(pooling: bool, cache_dir: &Path) -> Host {
-    let engine = EngineConfig { cache_dir: Some(cache_dir.into()), pooling, max_instances: 64, ..EngineConfig::default() };
-    Host::new(HostConfig { engine, policy: Policy::deny_all() }).unwrap()
+    let engine =
+        EngineConfig { cache_dir: Some(cache_dir.into()), pooling, max_instances: 64, ..EngineConfig::default() };
+    Host::new(HostConfig { engine, policy: Policy::deny_all(), ..HostConfig::default() }).unwrap()
 }
 
 async fn instantiation(host: &Host, tool: &toolhost::Tool) -> Stats {
     let mut samples = Vec::with_capacity(INSTANTIATIONS);
     for i in 0..INSTANTIATIONS + WARMUP {
-        let mut session = host.new_session();
+        let mut session = host.new_session().await.unwrap();
         let started = Instant::now();
         session.prewarm(tool).await.unwrap();
         let elapsed = started.elapsed();
@@ -66,7 +67,7 @@ async fn session_lifecycle(host: &Host, tool: &toolhost::Tool, input: &serde_jso
     let mut samples = Vec::with_capacity(INSTANTIATIONS);
     for i in 0..INSTANTIATIONS + WARMUP {
         let started = Instant::now();
-        let mut session = host.new_session();
+        let mut session = host.new_session().await.unwrap();
         black_box(session.call(tool, input).await.unwrap());
         drop(session);
         let elapsed = started.elapsed();
@@ -96,7 +97,7 @@ fn main() {
         let inst_demand = instantiation(&on_demand, &tool_on_demand).await;
         let lifecycle = session_lifecycle(&pooled, &tool, &input).await;
 
-        let mut session = pooled.new_session();
+        let mut session = pooled.new_session().await.unwrap();
         let mut calls = Vec::with_capacity(CALLS);
         for i in 0..CALLS + WARMUP {
             let started = Instant::now();

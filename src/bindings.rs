@@ -7,6 +7,9 @@ wasmtime::component::bindgen!({
     path: "wit",
     imports: { default: async },
     exports: { default: async },
+    // Host-call results are journaled for replay, so the types that cross the boundary
+    // must serialize.
+    additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
 });
 
 pub(crate) use exports::toolhost::tool::{stateful, tool};

@@ -104,8 +104,17 @@ pub enum CallError {
     #[error("cannot start an instance of `{tool}`: {reason}")]
     Instantiate { tool: String, reason: String },
 
-    #[error("state store failed during a call to `{tool}`: {reason}")]
+    #[error("the store failed during a call to `{tool}`: {reason}")]
     Store { tool: String, reason: String },
+
+    /// Rebuilding the tool's instance by replay produced something other than what was
+    /// recorded: the tool is not deterministic given its journal, or its code changed.
+    #[error("replaying step {step} of session `{session}` on `{tool}` diverged: {reason}")]
+    ReplayDiverged { tool: String, session: String, step: u64, reason: String },
+
+    /// Another host committed a step of this session first; this session handle is stale.
+    #[error("session `{session}` was advanced elsewhere: {reason}")]
+    Conflict { tool: String, session: String, reason: String },
 }
 
 impl CallError {
@@ -120,9 +129,20 @@ impl CallError {
             | Self::OutputTooLarge { tool, .. }
             | Self::InvalidOutput { tool, .. }
             | Self::Instantiate { tool, .. }
-            | Self::Store { tool, .. } => tool,
+            | Self::Store { tool, .. }
+            | Self::ReplayDiverged { tool, .. }
+            | Self::Conflict { tool, .. } => tool,
         }
     }
+}
+
+/// Why a session operation (open, fork, delete, inspect) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no session `{0}`")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Why a host could not be built.
@@ -132,4 +152,6 @@ pub enum HostError {
     Engine(String),
     #[error("cannot create the compile cache folder {path}")]
     CacheDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the store")]
+    Store(#[from] crate::store::StoreError),
 }

@@ -6,19 +6,35 @@ use std::sync::Arc;
 use wasmtime::component::Linker;
 
 use crate::engine::{Engine, EngineConfig};
-use crate::error::{HostError, LoadError};
-use crate::instance::{Instance, InstanceState};
+use crate::error::{HostError, LoadError, SessionError};
+use crate::instance::{Instance, InstanceEnv, InstanceState};
+use crate::model::ModelProvider;
 use crate::policy::{Policy, ToolGrants};
-use crate::session::Session;
-use crate::store::{MemoryStore, StateStore};
+use crate::session::{Session, SnapshotPolicy};
+use crate::store::{SessionRecord, SessionSummary, SnapshotInfo, SqliteStore, StepRecord, StorageStats, Store};
 use crate::tool::{self, Blueprint, Loaded, Tool, ToolKind};
 
 /// How a [`Host`] is built.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct HostConfig {
     pub engine: EngineConfig,
     /// What each tool is granted; everything else is denied.
     pub policy: Policy,
+    pub snapshots: SnapshotPolicy,
+    /// Answers tools' granted model calls. Without one, granted calls fail with a
+    /// `provider-error`.
+    pub models: Option<Arc<dyn ModelProvider>>,
+}
+
+impl std::fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("engine", &self.engine)
+            .field("policy", &self.policy)
+            .field("snapshots", &self.snapshots)
+            .field("models", &self.models.as_ref().map(|_| "configured"))
+            .finish()
+    }
 }
 
 /// Loads tools and runs sessions. Cheap to clone; clones share the engine, compile cache,
@@ -26,13 +42,15 @@ pub struct HostConfig {
 ///
 /// ```ignore
 /// // Compiled for real in examples/quickstart.rs.
-/// use toolhost::{Host, HostConfig, Policy};
+/// use toolhost::{Host, HostConfig, SqliteStore, store::Durability};
 ///
-/// let host = Host::new(HostConfig { policy: Policy::grant_requested(), ..Default::default() })?;
+/// let store = Arc::new(SqliteStore::open("toolhost.db", Durability::Full)?);
+/// let host = Host::with_store(HostConfig { policy: Policy::grant_requested(), ..Default::default() }, store)?;
 /// let calculator = host.load_tool("calculator.wasm").await?;
-/// let mut session = host.new_session();
+/// let mut session = host.new_session().await?;
 /// let out = session.call(&calculator, &serde_json::json!({"expression": "6 * 7"})).await?;
 /// assert_eq!(out["value"], 42.0);
+/// // Later, in another process: host.open_session(id).await? continues where it stopped.
 /// ```
 #[derive(Clone)]
 pub struct Host {
@@ -43,28 +61,66 @@ struct HostInner {
     engine: Engine,
     linker: Linker<InstanceState>,
     policy: Policy,
-    state: Arc<dyn StateStore>,
+    snapshots: SnapshotPolicy,
+    models: Option<Arc<dyn ModelProvider>>,
+    store: Arc<dyn Store>,
+}
+
+/// What a session holds, for inspection.
+#[derive(Debug, Clone)]
+pub struct SessionDetails {
+    pub record: SessionRecord,
+    pub steps: Vec<StepRecord>,
+    /// (tool, namespace, key)
+    pub state_keys: Vec<(String, String, String)>,
+    pub snapshots: Vec<SnapshotInfo>,
+    pub storage: StorageStats,
+}
+
+fn random_seed() -> [u8; 32] {
+    // uuid's v4 draws from the OS generator (getrandom).
+    let mut seed = [0; 32];
+    seed[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    seed[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    seed
 }
 
 impl Host {
-    /// A host whose tool state lives in memory.
+    /// A host whose sessions live in a temporary database, deleted when the host is dropped.
     pub fn new(config: HostConfig) -> Result<Self, HostError> {
-        Self::with_store(config, Arc::new(MemoryStore::new()))
+        Self::with_store(config, Arc::new(SqliteStore::temporary()?))
     }
 
-    /// A host whose tool state lives in `store`.
-    pub fn with_store(config: HostConfig, store: Arc<dyn StateStore>) -> Result<Self, HostError> {
+    /// A host whose sessions live in `store`.
+    pub fn with_store(config: HostConfig, store: Arc<dyn Store>) -> Result<Self, HostError> {
         let engine = Engine::new(&config.engine)?;
         let linker = crate::instance::linker(engine.wasmtime()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
-        Ok(Self { inner: Arc::new(HostInner { engine, linker, policy: config.policy, state: store }) })
+        Ok(Self {
+            inner: Arc::new(HostInner {
+                engine,
+                linker,
+                policy: config.policy,
+                snapshots: config.snapshots,
+                models: config.models,
+                store,
+            }),
+        })
     }
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.inner.engine
     }
 
-    pub(crate) fn state_store(&self) -> Arc<dyn StateStore> {
-        self.inner.state.clone()
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.inner.store.clone()
+    }
+
+    pub(crate) fn model_provider(&self) -> Option<Arc<dyn ModelProvider>> {
+        self.inner.models.clone()
+    }
+
+    pub(crate) fn snapshot_policy(&self) -> SnapshotPolicy {
+        self.inner.snapshots
     }
 
     pub fn policy(&self) -> &Policy {
@@ -103,16 +159,10 @@ impl Host {
         // `describe` runs in a throwaway instance that is granted nothing.
         let describe_grants = ToolGrants::default();
         let describe_error = |reason: String| LoadError::Describe { path: origin.to_owned(), reason };
-        let mut instance = Instance::new(
-            &self.inner.engine,
-            &blueprint,
-            "(loading)",
-            "(describe)",
-            &describe_grants,
-            self.state_store(),
-        )
-        .await
-        .map_err(|e| describe_error(e.to_string()))?;
+        let env = InstanceEnv { session: "(describe)", seed: &[0; 32], store: self.store(), models: None };
+        let mut instance = Instance::new(&self.inner.engine, &blueprint, "(loading)", env, &describe_grants)
+            .await
+            .map_err(|e| describe_error(e.to_string()))?;
         let raw = instance
             .describe(&self.inner.engine, &describe_grants.limits)
             .await
@@ -137,13 +187,66 @@ impl Host {
         Ok(Arc::new(loaded.into_tool(grants)))
     }
 
-    /// A session with a fresh random id.
-    pub fn new_session(&self) -> Session {
-        self.session(uuid::Uuid::new_v4().to_string())
+    /// A new session with a random id.
+    pub async fn new_session(&self) -> Result<Session, SessionError> {
+        self.create_session(uuid::Uuid::new_v4().to_string()).await
     }
 
-    /// The session `id`: its tools see the state stored under that id. Instances start fresh.
-    pub fn session(&self, id: impl Into<String>) -> Session {
-        Session::new(id.into(), self.clone())
+    /// A new session named `id` (fails if it exists).
+    pub async fn create_session(&self, id: impl Into<String>) -> Result<Session, SessionError> {
+        let record = SessionRecord {
+            id: id.into(),
+            seed: random_seed(),
+            forked_from: None,
+            created_at_ms: crate::store::timestamp_ms(),
+            last_step: 0,
+        };
+        self.inner.store.create_session(&record).await?;
+        Ok(Session::new(record, self.clone()))
+    }
+
+    /// Resumes session `id` at its last committed step. Instances are rebuilt on first use.
+    pub async fn open_session(&self, id: &str) -> Result<Session, SessionError> {
+        let record = self.inner.store.session(id).await?.ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+        Ok(Session::new(record, self.clone()))
+    }
+
+    /// A new session that starts from step `at` of session `id` and then evolves on its own,
+    /// with a fresh random seed.
+    pub async fn fork_session(&self, id: &str, at: u64) -> Result<Session, SessionError> {
+        let record = SessionRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            seed: random_seed(),
+            forked_from: Some((id.to_owned(), at)),
+            created_at_ms: crate::store::timestamp_ms(),
+            last_step: at,
+        };
+        self.inner.store.fork_session(id, at, &record).await.map_err(|e| match e {
+            crate::store::StoreError::SessionNotFound(id) => SessionError::NotFound(id),
+            e => SessionError::Store(e),
+        })?;
+        Ok(Session::new(record, self.clone()))
+    }
+
+    /// Deletes session `id` and everything it stored; `false` if there was none.
+    pub async fn delete_session(&self, id: &str) -> Result<bool, SessionError> {
+        Ok(self.inner.store.delete_session(id).await?)
+    }
+
+    pub async fn list_sessions(&self) -> Result<Vec<SessionSummary>, SessionError> {
+        Ok(self.inner.store.list_sessions().await?)
+    }
+
+    /// Steps, state keys, snapshots and stored bytes of session `id`.
+    pub async fn session_details(&self, id: &str) -> Result<SessionDetails, SessionError> {
+        let store = &self.inner.store;
+        let record = store.session(id).await?.ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+        Ok(SessionDetails {
+            steps: store.steps(id, None, 0).await?,
+            state_keys: store.state_keys(id).await?,
+            snapshots: store.snapshots(id).await?,
+            storage: store.storage_stats(id).await?,
+            record,
+        })
     }
 }

@@ -13,8 +13,12 @@ use crate::capability::model::ModelCtx;
 use crate::capability::state::StateCtx;
 use crate::engine::{Engine, GuestLimiter, Limits, MemoryLimitExceeded};
 use crate::error::{CallError, ToolFailure, TrapKind};
+use crate::journal::{
+    Journal, JournaledMonotonicClock, JournaledWallClock, RandomState, SessionRng, SharedJournal, insecure_seed,
+};
+use crate::model::ModelProvider;
 use crate::policy::ToolGrants;
-use crate::store::{StateScope, StateStore};
+use crate::store::{self, StateScope};
 use crate::tool::{Blueprint, Tool};
 
 /// Data of one instance's store.
@@ -49,13 +53,26 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Insta
 /// What a call that ran to completion returned.
 pub(crate) type CallOutcome = Result<String, ToolFailure>;
 
+/// What an instance runs on behalf of: its session, and what backs its capabilities.
+pub(crate) struct InstanceEnv<'a> {
+    pub session: &'a str,
+    /// The seed of the session's random streams.
+    pub seed: &'a [u8; 32],
+    pub store: Arc<dyn store::Store>,
+    pub models: Option<Arc<dyn ModelProvider>>,
+}
+
 pub(crate) struct Instance {
     store: Store<InstanceState>,
     tool: tool_export::Guest,
-    #[allow(dead_code)] // snapshots are taken by durable sessions
     stateful: Option<stateful::Guest>,
+    journal: SharedJournal,
+    secure_rng: SessionRng,
+    insecure_rng: SessionRng,
     /// Digest of the component this instance runs, to notice a reloaded tool.
     pub(crate) digest: String,
+    /// Steps run since the last snapshot was taken or restored.
+    pub(crate) steps_since_snapshot: u32,
 }
 
 impl Instance {
@@ -64,20 +81,37 @@ impl Instance {
         engine: &Engine,
         blueprint: &Blueprint,
         tool_name: &str,
-        session: &str,
+        env: InstanceEnv<'_>,
         grants: &ToolGrants,
-        store: Arc<dyn StateStore>,
     ) -> Result<Self, CallError> {
+        let session = env.session;
         let scope = StateScope { session: session.to_owned(), tool: tool_name.to_owned() };
+        let journal = Journal::new();
+        let secure_rng = SessionRng::new(env.seed, tool_name, "secure");
+        let insecure_rng = SessionRng::new(env.seed, tool_name, "insecure");
         // No env, args, preopens, sockets or stdio: WASI is denied until the policy grants it.
-        let wasi = WasiCtxBuilder::new().build();
+        // Clocks and randomness are virtual, so a replayed step sees what the original saw.
+        let wasi = WasiCtxBuilder::new()
+            .wall_clock(JournaledWallClock(journal.clone()))
+            .monotonic_clock(JournaledMonotonicClock(journal.clone()))
+            .secure_random(secure_rng.clone())
+            .insecure_random(insecure_rng.clone())
+            .insecure_random_seed(insecure_seed(tool_name))
+            .build();
         let data = InstanceState {
             wasi,
             table: ResourceTable::new(),
             limiter: GuestLimiter::new(grants.limits.memory_bytes.min(engine.max_memory_bytes())),
-            state: StateCtx::new(scope, Arc::new(grants.state.clone()), store),
+            state: StateCtx::new(scope, Arc::new(grants.state.clone()), env.store.clone(), journal.clone()),
             log: LogCtx::new(session.to_owned(), tool_name.to_owned()),
-            model: ModelCtx::new(session.to_owned(), tool_name.to_owned(), Arc::new(grants.models.clone())),
+            model: ModelCtx::new(
+                session.to_owned(),
+                tool_name.to_owned(),
+                Arc::new(grants.models.clone()),
+                env.models,
+                env.store,
+                journal.clone(),
+            ),
             cpu_ticks_left: engine.ticks_for(grants.limits.cpu_time),
         };
         let mut wasm_store = Store::new(engine.wasmtime(), data);
@@ -102,7 +136,16 @@ impl Instance {
             .map(|i| i.load(&mut wasm_store, &instance))
             .transpose()
             .map_err(fail)?;
-        Ok(Self { store: wasm_store, tool, stateful, digest: blueprint.digest.clone() })
+        Ok(Self {
+            store: wasm_store,
+            tool,
+            stateful,
+            journal,
+            secure_rng,
+            insecure_rng,
+            digest: blueprint.digest.clone(),
+            steps_since_snapshot: 0,
+        })
     }
 
     /// Resets the per-call CPU budget.
@@ -139,6 +182,49 @@ impl Instance {
 
     pub fn state(&mut self) -> &mut StateCtx {
         &mut self.store.data_mut().state
+    }
+
+    pub fn journal(&self) -> &SharedJournal {
+        &self.journal
+    }
+
+    pub fn is_stateful(&self) -> bool {
+        self.stateful.is_some()
+    }
+
+    pub fn random_state(&self) -> RandomState {
+        RandomState {
+            seed: self.secure_rng.seed(),
+            secure: self.secure_rng.position(),
+            insecure: self.insecure_rng.position(),
+        }
+    }
+
+    /// Puts the random streams where `state` says.
+    pub fn seek_random(&self, state: &RandomState) {
+        self.secure_rng.seek(&state.seed, state.secure);
+        self.insecure_rng.seek(&state.seed, state.insecure);
+    }
+
+    /// The tool's snapshot, if it exports one. A trap here makes the instance unusable.
+    pub async fn snapshot(&mut self, engine: &Engine, tool: &Tool) -> Result<Option<Vec<u8>>, CallError> {
+        let Some(stateful) = self.stateful.clone() else { return Ok(None) };
+        let limits = tool.grants.limits;
+        self.arm(engine, &limits);
+        stateful.call_snapshot(&mut self.store).await.map(Some).map_err(|e| classify(e, tool.name(), &limits))
+    }
+
+    /// Restores a snapshot into this (fresh) instance. `Ok(Err(reason))`: the tool refused it.
+    pub async fn restore(
+        &mut self,
+        engine: &Engine,
+        tool: &Tool,
+        bytes: Vec<u8>,
+    ) -> Result<Result<(), String>, CallError> {
+        let Some(stateful) = self.stateful.clone() else { return Ok(Err("the tool exports no restore".into())) };
+        let limits = tool.grants.limits;
+        self.arm(engine, &limits);
+        stateful.call_restore(&mut self.store, &bytes).await.map_err(|e| classify(e, tool.name(), &limits))
     }
 }
 

@@ -1,17 +1,25 @@
-//! A session: the unit of isolation. It owns one instance per tool it has called, created on
-//! first use and never shared with another session, and its tools' state lives under its id.
+//! A session: the unit of isolation and of durability. It owns one instance per tool it has
+//! called (created on first use, never shared with another session), and every call is a
+//! step that commits atomically to the store: its input and output, its journal, its state
+//! writes and the tool's snapshot.
+//!
+//! An instance that is not live (after a restart, a trap, or in a fork) is rebuilt on the
+//! next call: the latest snapshot is restored, then the tool's later steps are replayed from
+//! their journals, checking that each produces the recorded output.
 
 use std::collections::HashMap;
 
-use crate::error::CallError;
+use crate::error::{CallError, ToolFailure};
 use crate::host::Host;
-use crate::instance::Instance;
+use crate::instance::{Instance, InstanceEnv};
+use crate::journal::{RandomState, StepInFlight, lock};
+use crate::store::{SessionRecord, StepCommit, StepOutcome, StepRecord, StoreError};
 use crate::tool::Tool;
 
-/// A sequence of tool calls with its own instances and state. Calls take `&mut self`: a
-/// session runs one step at a time, while many sessions run concurrently.
+/// A sequence of steps with its own instances and state. Calls take `&mut self`: a session
+/// runs one step at a time, while many sessions run concurrently.
 pub struct Session {
-    id: String,
+    record: SessionRecord,
     host: Host,
     instances: HashMap<String, Instance>,
 }
@@ -19,19 +27,45 @@ pub struct Session {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("id", &self.id)
+            .field("id", &self.record.id)
+            .field("last_step", &self.record.last_step)
             .field("live_instances", &self.instances.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
+/// Options that decide when snapshots are taken and how many are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Snapshot a stateful tool after every `every` of its steps (1: after each).
+    pub every: u32,
+    /// Snapshots kept per (session, tool); older ones are pruned with the journals they cover.
+    pub keep: u32,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self { every: 1, keep: 3 }
+    }
+}
+
 impl Session {
-    pub(crate) fn new(id: String, host: Host) -> Self {
-        Self { id, host, instances: HashMap::new() }
+    pub(crate) fn new(record: SessionRecord, host: Host) -> Self {
+        Self { record, host, instances: HashMap::new() }
     }
 
     pub fn id(&self) -> &str {
-        &self.id
+        &self.record.id
+    }
+
+    /// The last committed step (0 before the first).
+    pub fn last_step(&self) -> u64 {
+        self.record.last_step
+    }
+
+    /// The session this one was forked from, and at which step.
+    pub fn forked_from(&self) -> Option<(&str, u64)> {
+        self.record.forked_from.as_ref().map(|(id, at)| (id.as_str(), *at))
     }
 
     /// Tools with a live instance in this session.
@@ -39,53 +73,117 @@ impl Session {
         self.instances.keys().map(String::as_str)
     }
 
-    /// Calls `tool` with `input` as one step: the input is validated against the tool's
-    /// schema, the call runs under the tool's limits, and its state writes commit only if it
-    /// ran to completion. A trap, deadline or memory overrun drops the instance (the next
-    /// call starts a fresh one) and commits nothing; other sessions are unaffected.
+    /// Calls `tool` with `input` as one durable step. The input is validated against the
+    /// tool's schema, the call runs under the tool's limits, and the step commits only if the
+    /// call ran to completion (with output or with the tool's own error). A trap, deadline or
+    /// memory overrun drops the instance and commits nothing; other sessions are unaffected.
     pub async fn call(&mut self, tool: &Tool, input: &serde_json::Value) -> Result<serde_json::Value, CallError> {
         let name = tool.name().to_owned();
         tool.validate_input(input).map_err(|errors| CallError::InvalidInput { tool: name.clone(), errors })?;
         let input_text = input.to_string();
         self.ensure_instance(tool).await?;
-        let engine = self.host.engine();
-        let instance = self.instances.get_mut(&name).expect("ensured above");
+        let seq = self.record.last_step + 1;
+        let store = self.host.store();
+        let store_error = |e: StoreError| CallError::Store { tool: name.clone(), reason: e.to_string() };
 
+        // A step that crashed before commit left its journal: re-run it from there, so the
+        // model answers it already paid for are not asked for again.
+        let pending = store.pending(&self.record.id).await.map_err(store_error)?;
+        let instance = self.instances.get_mut(&name).expect("ensured above");
+        {
+            let mut journal = lock(instance.journal());
+            match pending {
+                Some(p) if p.seq == seq && p.tool == name && p.input == input_text => {
+                    journal.begin_replay(p.journal, false)
+                }
+                _ => journal.begin_live(),
+            }
+            journal.step = Some(StepInFlight { seq, input: input_text.clone() });
+        }
+
+        // After a fork, the session's own steps draw from its fresh seed.
+        if instance.random_state().seed != self.record.seed {
+            instance.seek_random(&RandomState { seed: self.record.seed, secure: 0, insecure: 0 });
+        }
+        let engine = self.host.engine();
         let outcome = match instance.call(engine, tool, &input_text).await {
             Ok(outcome) => outcome,
-            Err(aborted) => {
-                self.abort(&name, &aborted);
-                return Err(aborted);
+            Err(aborted) => return Err(self.abort(&name, aborted).await),
+        };
+        let finished = lock(instance.journal()).finish();
+        let journal = match finished {
+            Ok(entries) => entries,
+            Err(reason) => {
+                let diverged = CallError::ReplayDiverged {
+                    tool: name.clone(),
+                    session: self.record.id.clone(),
+                    step: seq,
+                    reason,
+                };
+                return Err(self.abort(&name, diverged).await);
             }
         };
-        let output = match outcome {
+        let (output, step_outcome) = match outcome {
             Ok(text) => match check_output(tool, &text) {
-                Ok(value) => Ok(value),
-                Err(invalid) => {
-                    self.abort(&name, &invalid);
-                    return Err(invalid);
-                }
+                Ok(value) => (Ok(value), StepOutcome::Output(text)),
+                Err(invalid) => return Err(self.abort(&name, invalid).await),
             },
-            Err(failure) => Err(CallError::Tool { tool: name.clone(), failure }),
+            Err(failure) => {
+                (Err(CallError::Tool { tool: name.clone(), failure: failure.clone() }), StepOutcome::Failed(failure))
+            }
         };
 
-        // The call ran to completion (with output or a tool error): its memory has moved on,
-        // so its state writes commit with it.
-        let instance = self.instances.get_mut(&name).expect("still live");
         let writes = instance.state().take_writes();
-        if !writes.is_empty() {
-            let scope = instance.state().scope().clone();
-            if let Err(e) = self.host.state_store().commit(&scope, writes).await {
-                let error = CallError::Store { tool: name.clone(), reason: e.0 };
-                self.abort(&name, &error);
-                return Err(error);
+        let random = instance.random_state();
+        let policy = self.host.snapshot_policy();
+        instance.steps_since_snapshot += 1;
+        let snapshot = if instance.is_stateful() && instance.steps_since_snapshot >= policy.every {
+            match instance.snapshot(engine, tool).await {
+                Ok(bytes) => bytes,
+                Err(aborted) => return Err(self.abort(&name, aborted).await),
+            }
+        } else {
+            None
+        };
+        let took_snapshot = snapshot.is_some();
+        let commit = StepCommit {
+            session: self.record.id.clone(),
+            step: StepRecord {
+                seq,
+                tool: name.clone(),
+                digest: tool.digest().to_owned(),
+                input: input_text,
+                outcome: step_outcome,
+                journal,
+                writes,
+                random,
+                committed_at_ms: crate::store::timestamp_ms(),
+            },
+            snapshot,
+            keep_snapshots: policy.keep,
+        };
+        if let Err(e) = store.commit_step(commit).await {
+            let error = match e {
+                StoreError::Conflict { .. } => {
+                    CallError::Conflict { tool: name.clone(), session: self.record.id.clone(), reason: e.to_string() }
+                }
+                e => store_error(e),
+            };
+            // The instance ran ahead of what is stored: it must be rebuilt from the store.
+            self.instances.clear();
+            return Err(error);
+        }
+        self.record.last_step = seq;
+        if took_snapshot {
+            if let Some(instance) = self.instances.get_mut(&name) {
+                instance.steps_since_snapshot = 0;
             }
         }
         output
     }
 
-    /// Starts this session's instance of `tool` now rather than on the first call, so the
-    /// first call does not pay for instantiation.
+    /// Starts (or rebuilds) this session's instance of `tool` now rather than on the next
+    /// call.
     pub async fn prewarm(&mut self, tool: &Tool) -> Result<(), CallError> {
         self.ensure_instance(tool).await
     }
@@ -100,18 +198,150 @@ impl Session {
         }
         let engine = self.host.engine();
         if !wasmtime::Engine::same(tool.blueprint.pre.component().engine(), engine.wasmtime()) {
-            return Err(CallError::Instantiate { tool: name.to_owned(), reason: "the tool was loaded by another host".into() });
+            return Err(CallError::Instantiate {
+                tool: name.to_owned(),
+                reason: "the tool was loaded by another host".into(),
+            });
         }
-        let instance = Instance::new(engine, &tool.blueprint, name, &self.id, &tool.grants, self.host.state_store()).await?;
+        let instance = self.rebuild(tool).await?;
         self.instances.insert(name.to_owned(), instance);
         Ok(())
     }
 
-    /// Drops the instance of `tool` with everything its aborted call did.
-    fn abort(&mut self, tool: &str, why: &CallError) {
-        tracing::warn!(session = %self.id, tool, error = %why, "call aborted; dropping the instance");
-        self.instances.remove(tool);
+    fn env(&self) -> InstanceEnv<'_> {
+        InstanceEnv {
+            session: &self.record.id,
+            seed: &self.record.seed,
+            store: self.host.store(),
+            models: self.host.model_provider(),
+        }
     }
+
+    async fn instantiate(&self, tool: &Tool) -> Result<Instance, CallError> {
+        Instance::new(self.host.engine(), &tool.blueprint, tool.name(), self.env(), &tool.grants).await
+    }
+
+    /// A fresh instance brought to the session's last committed step: restore the newest
+    /// snapshot, then replay the tool's later steps.
+    async fn rebuild(&self, tool: &Tool) -> Result<Instance, CallError> {
+        let name = tool.name();
+        let store = self.host.store();
+        let id = &self.record.id;
+        let store_error = |e: StoreError| CallError::Store { tool: name.to_owned(), reason: e.to_string() };
+        let mut instance = self.instantiate(tool).await?;
+        if self.record.last_step == 0 {
+            return Ok(instance);
+        }
+
+        let mut replay_after = 0;
+        if instance.is_stateful() {
+            if let Some((seq, bytes)) =
+                store.latest_snapshot(id, name, self.record.last_step).await.map_err(store_error)?
+            {
+                match instance.restore(self.host.engine(), tool, bytes).await? {
+                    Ok(()) => replay_after = seq,
+                    Err(reason) => {
+                        tracing::warn!(session = %id, tool = name, step = seq, %reason,
+                            "the tool refused its snapshot; rebuilding by full replay");
+                        instance = self.instantiate(tool).await?;
+                    }
+                }
+            }
+        }
+        let steps = store.steps(id, Some(name), replay_after.saturating_sub(1)).await.map_err(store_error)?;
+        let mut steps = steps.into_iter().filter(|s| s.seq <= self.record.last_step).peekable();
+        if replay_after > 0 {
+            let snapshot_step = steps.next().filter(|s| s.seq == replay_after).ok_or_else(|| {
+                store_error(StoreError::Corrupt(format!(
+                    "the step of `{name}`'s snapshot at {replay_after} is missing"
+                )))
+            })?;
+            instance.seek_random(&snapshot_step.random);
+        }
+        let started = std::time::Instant::now();
+        let mut replayed = 0;
+        for step in steps {
+            self.replay_step(&mut instance, tool, &step).await?;
+            replayed += 1;
+        }
+        instance.steps_since_snapshot = replayed;
+        tracing::debug!(session = %id, tool = name, snapshot = replay_after, replayed, elapsed = ?started.elapsed(),
+            "rebuilt instance");
+        Ok(instance)
+    }
+
+    /// Re-runs a committed step against its journal and checks it ends the same way.
+    async fn replay_step(&self, instance: &mut Instance, tool: &Tool, step: &StepRecord) -> Result<(), CallError> {
+        let diverged = |reason: String| CallError::ReplayDiverged {
+            tool: tool.name().to_owned(),
+            session: self.record.id.clone(),
+            step: step.seq,
+            reason,
+        };
+        // Streams switch seeds at a fork point: a step draws from the seed it recorded.
+        if instance.random_state().seed != step.random.seed {
+            instance.seek_random(&RandomState { seed: step.random.seed, secure: 0, insecure: 0 });
+        }
+        lock(instance.journal()).begin_replay(step.journal.clone(), true);
+        let outcome = instance.call(self.host.engine(), tool, &step.input).await;
+        let journal = lock(instance.journal()).finish();
+        instance.state().take_writes();
+        let outcome = outcome.map_err(|e| diverged(format!("the replay failed: {e}")))?;
+        journal.map_err(diverged)?;
+        let matches = match (&outcome, &step.outcome) {
+            (Ok(text), StepOutcome::Output(recorded)) => text == recorded,
+            (Err(failure), StepOutcome::Failed(recorded)) => failure == recorded,
+            _ => false,
+        };
+        if !matches {
+            return Err(diverged(format!(
+                "it returned {} where {} was recorded",
+                describe(&outcome),
+                describe_recorded(&step.outcome)
+            )));
+        }
+        if instance.random_state() != step.random {
+            return Err(diverged("it drew a different amount of randomness".into()));
+        }
+        Ok(())
+    }
+
+    /// Drops the instance of `tool` with everything its aborted call did.
+    async fn abort(&mut self, tool: &str, why: CallError) -> CallError {
+        tracing::warn!(session = %self.record.id, tool, error = %why, "call aborted; dropping the instance");
+        self.instances.remove(tool);
+        // A later attempt of this step starts over rather than replaying the aborted one.
+        if let Err(e) = self.host.store().clear_pending(&self.record.id).await {
+            tracing::warn!(session = %self.record.id, error = %e, "could not clear the aborted step's journal");
+        }
+        why
+    }
+}
+
+fn describe(outcome: &Result<String, ToolFailure>) -> String {
+    match outcome {
+        Ok(text) => format!("output {}", truncate(text)),
+        Err(failure) => format!("error `{failure}`"),
+    }
+}
+
+fn describe_recorded(outcome: &StepOutcome) -> String {
+    match outcome {
+        StepOutcome::Output(text) => format!("output {}", truncate(text)),
+        StepOutcome::Failed(failure) => format!("error `{failure}`"),
+    }
+}
+
+fn truncate(text: &str) -> String {
+    const MAX: usize = 200;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 fn check_output(tool: &Tool, text: &str) -> Result<serde_json::Value, CallError> {

@@ -1,6 +1,7 @@
-//! The `model` import. Grants are checked here; the providers that answer granted calls are
-//! configured on the host (see the model-provider work). Until a provider is configured for
-//! an alias, a granted call gets a `provider-error` naming the missing alias.
+//! The `model` import. The grant is checked here, each response is journaled, and the
+//! journal of the step in flight is persisted as soon as a response arrives: if the host
+//! crashes before the step commits, re-running the step answers the call from the store
+//! instead of paying the provider again.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,33 +9,84 @@ use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::model::{self as wit, ChatRequest, ChatResponse, ModelError, ProviderFailure};
+use crate::journal::{JournalEntry, SharedJournal, lock, request_digest};
+use crate::model::ModelProvider;
+use crate::store::{PendingStep, Store};
 
 /// Per-instance model context.
 pub struct ModelCtx {
     session: String,
     tool: String,
     granted: Arc<BTreeSet<String>>,
+    provider: Option<Arc<dyn ModelProvider>>,
+    store: Arc<dyn Store>,
+    journal: SharedJournal,
 }
 
 impl ModelCtx {
-    pub(crate) fn new(session: String, tool: String, granted: Arc<BTreeSet<String>>) -> Self {
-        Self { session, tool, granted }
+    pub(crate) fn new(
+        session: String,
+        tool: String,
+        granted: Arc<BTreeSet<String>>,
+        provider: Option<Arc<dyn ModelProvider>>,
+        store: Arc<dyn Store>,
+        journal: SharedJournal,
+    ) -> Self {
+        Self { session, tool, granted, provider, store, journal }
+    }
+
+    /// Persists the step's journal so far, so the response just received survives a crash.
+    async fn persist_in_flight(&self) {
+        let pending = {
+            let journal = lock(&self.journal);
+            journal.step.as_ref().map(|step| PendingStep {
+                seq: step.seq,
+                tool: self.tool.clone(),
+                input: step.input.clone(),
+                journal: journal.recorded().to_vec(),
+            })
+        };
+        if let Some(pending) = pending {
+            if let Err(e) = self.store.put_pending(&self.session, &pending).await {
+                // The call still succeeds; only its crash-safety is lost.
+                tracing::warn!(session = %self.session, tool = %self.tool, error = %e,
+                    "could not persist a model response ahead of the step's commit");
+            }
+        }
     }
 }
 
 impl wit::Host for ModelCtx {
-    async fn chat(&mut self, model: String, _request: ChatRequest) -> Result<ChatResponse, ModelError> {
-        let request = format!("chat {}", model.escape_debug());
+    async fn chat(&mut self, model: String, request: ChatRequest) -> Result<ChatResponse, ModelError> {
+        let shown = model.escape_debug().to_string();
         if !self.granted.contains(&model) {
-            let reason = format!("model `{}` is not granted", model.escape_debug());
-            super::audit(&self.session, &self.tool, "model", &request, false, &reason);
+            let reason = format!("model `{shown}` is not granted");
+            super::audit(&self.session, &self.tool, "model", &format!("chat {shown}"), false, &reason);
             return Err(ModelError::Denied(reason));
         }
-        super::audit(&self.session, &self.tool, "model", &request, true, "granted");
-        Err(ModelError::ProviderError(ProviderFailure {
-            status: None,
-            message: format!("no model provider is configured for `{}`", model.escape_debug()),
-        }))
+        let digest = request_digest(&(&model, &request));
+        let replayed = lock(&self.journal).replayed("model.chat", |entry| match entry {
+            JournalEntry::Model { model: m, request: r, result } if *m == model && *r == digest => Some(result.clone()),
+            _ => None,
+        });
+        if let Some(result) = replayed {
+            return result;
+        }
+        if lock(&self.journal).has_diverged() {
+            // A diverged replay never reaches the provider: its result is discarded anyway.
+            return Err(ModelError::InvalidRequest("replay diverged from the journal".into()));
+        }
+        super::audit(&self.session, &self.tool, "model", &format!("chat {shown}"), true, "granted");
+        let result = match &self.provider {
+            Some(provider) => provider.chat(&model, &request).await,
+            None => Err(ModelError::ProviderError(ProviderFailure {
+                status: None,
+                message: format!("no model provider is configured for `{shown}`"),
+            })),
+        };
+        lock(&self.journal).record(JournalEntry::Model { model, request: digest, result: result.clone() });
+        self.persist_in_flight().await;
+        result
     }
 }
 

@@ -7,19 +7,23 @@ use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::state::{self as wit, StateError};
+use crate::journal::{JournalEntry, SharedJournal, lock};
 use crate::policy::StateGrant;
-use crate::store::{StateScope, StateStore, StateUsage, StateWrite};
+use crate::store::{StateScope, StateUsage, StateWrite, Store};
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
 /// Longest namespace name.
 pub const MAX_NAMESPACE_CHARS: usize = 64;
 
-/// Per-instance state context: the scope, the grant and the current step's writes.
+/// Per-instance state context: the scope, the grant and the current step's writes. Every
+/// answer is journaled, and in replay every answer comes from the journal: the store holds
+/// the latest state, not the state as of a replayed step.
 pub struct StateCtx {
     scope: StateScope,
     grant: Arc<StateGrant>,
-    store: Arc<dyn StateStore>,
+    store: Arc<dyn Store>,
+    journal: SharedJournal,
     /// This step's writes by (namespace, key); `None` is a delete.
     pending: BTreeMap<(String, String), Option<Vec<u8>>>,
     /// Usage committed before this step, read on the step's first write.
@@ -27,8 +31,13 @@ pub struct StateCtx {
 }
 
 impl StateCtx {
-    pub(crate) fn new(scope: StateScope, grant: Arc<StateGrant>, store: Arc<dyn StateStore>) -> Self {
-        Self { scope, grant, store, pending: BTreeMap::new(), committed_usage: None }
+    pub(crate) fn new(
+        scope: StateScope,
+        grant: Arc<StateGrant>,
+        store: Arc<dyn Store>,
+        journal: SharedJournal,
+    ) -> Self {
+        Self { scope, grant, store, journal, pending: BTreeMap::new(), committed_usage: None }
     }
 
     /// Takes this step's writes, leaving the buffer empty for the next step.
@@ -38,10 +47,6 @@ impl StateCtx {
             .into_iter()
             .map(|((namespace, key), value)| StateWrite { namespace, key, value })
             .collect()
-    }
-
-    pub(crate) fn scope(&self) -> &StateScope {
-        &self.scope
     }
 
     fn check(&self, namespace: &str, key: Option<&str>, write: bool, op: &str) -> Result<(), StateError> {
@@ -69,14 +74,18 @@ impl StateCtx {
         let committed = match self.committed_usage {
             Some(u) => u,
             None => {
-                let u = self.store.usage(&self.scope).await.map_err(|e| StateError::Unavailable(e.0))?;
+                let u = self.store.usage(&self.scope).await.map_err(|e| StateError::Unavailable(e.to_string()))?;
                 self.committed_usage = Some(u);
                 u
             }
         };
         let mut usage = committed;
         for ((namespace, key), value) in &self.pending {
-            let before = self.store.get(&self.scope, namespace, key).await.map_err(|e| StateError::Unavailable(e.0))?;
+            let before = self
+                .store
+                .get(&self.scope, namespace, key)
+                .await
+                .map_err(|e| StateError::Unavailable(e.to_string()))?;
             apply_delta(&mut usage, key, before.as_deref(), value.as_deref());
         }
         Ok(usage)
@@ -87,7 +96,7 @@ impl StateCtx {
         if let Some(pending) = self.pending.get(&(namespace.to_owned(), key.to_owned())) {
             return Ok(pending.clone());
         }
-        self.store.get(&self.scope, namespace, key).await.map_err(|e| StateError::Unavailable(e.0))
+        self.store.get(&self.scope, namespace, key).await.map_err(|e| StateError::Unavailable(e.to_string()))
     }
 }
 
@@ -135,14 +144,26 @@ fn validate_key(key: &str) -> Result<(), StateError> {
     Ok(())
 }
 
-impl wit::Host for StateCtx {
-    async fn get(&mut self, namespace: String, key: String) -> Result<Option<Vec<u8>>, StateError> {
-        self.check(&namespace, Some(&key), false, "get")?;
-        self.current(&namespace, &key).await
-    }
+/// Answers from the journal in replay; otherwise runs `live` and journals its result.
+macro_rules! journaled {
+    ($self:ident, $what:literal, $pattern:pat if $guard:expr => $result:expr, $live:expr, $record:expr) => {{
+        let replayed = lock(&$self.journal).replayed($what, |entry| match entry {
+            $pattern if $guard => Some($result.clone()),
+            _ => None,
+        });
+        match replayed {
+            Some(result) => result,
+            None => {
+                let result = $live;
+                lock(&$self.journal).record($record(result.clone()));
+                result
+            }
+        }
+    }};
+}
 
-    async fn set(&mut self, namespace: String, key: String, value: Vec<u8>) -> Result<(), StateError> {
-        self.check(&namespace, Some(&key), true, "set")?;
+impl StateCtx {
+    async fn live_set(&mut self, namespace: &str, key: &str, value: &[u8]) -> Result<(), StateError> {
         let quota = self.grant.quota;
         if value.len() as u64 > quota.max_value_bytes {
             return Err(StateError::QuotaExceeded(format!(
@@ -152,8 +173,8 @@ impl wit::Host for StateCtx {
             )));
         }
         let mut usage = self.usage_with_pending().await?;
-        let before = self.current(&namespace, &key).await?;
-        apply_delta(&mut usage, &key, before.as_deref(), Some(&value));
+        let before = self.current(namespace, key).await?;
+        apply_delta(&mut usage, key, before.as_deref(), Some(value));
         if usage.keys > quota.max_keys {
             return Err(StateError::QuotaExceeded(format!("the limit of {} keys is reached", quota.max_keys)));
         }
@@ -163,28 +184,19 @@ impl wit::Host for StateCtx {
                 usage.bytes, quota.max_total_bytes
             )));
         }
-        self.pending.insert((namespace, key), Some(value));
         Ok(())
     }
 
-    async fn delete(&mut self, namespace: String, key: String) -> Result<bool, StateError> {
-        self.check(&namespace, Some(&key), true, "delete")?;
-        let existed = self.current(&namespace, &key).await?.is_some();
-        self.pending.insert((namespace, key), None);
-        Ok(existed)
-    }
-
-    async fn list_keys(&mut self, namespace: String, prefix: String) -> Result<Vec<String>, StateError> {
-        self.check(&namespace, None, false, "list-keys")?;
+    async fn live_list_keys(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, StateError> {
         let mut keys: std::collections::BTreeSet<String> = self
             .store
-            .list_keys(&self.scope, &namespace, &prefix)
+            .list_keys(&self.scope, namespace, prefix)
             .await
-            .map_err(|e| StateError::Unavailable(e.0))?
+            .map_err(|e| StateError::Unavailable(e.to_string()))?
             .into_iter()
             .collect();
         for ((ns, key), value) in &self.pending {
-            if ns == &namespace && key.starts_with(&prefix) {
+            if ns == namespace && key.starts_with(prefix) {
                 if value.is_some() {
                     keys.insert(key.clone());
                 } else {
@@ -193,6 +205,50 @@ impl wit::Host for StateCtx {
             }
         }
         Ok(keys.into_iter().collect())
+    }
+}
+
+impl wit::Host for StateCtx {
+    async fn get(&mut self, namespace: String, key: String) -> Result<Option<Vec<u8>>, StateError> {
+        self.check(&namespace, Some(&key), false, "get")?;
+        let result = journaled!(self, "state.get",
+            JournalEntry::StateGet { namespace: n, key: k, result } if *n == namespace && *k == key => result,
+            self.current(&namespace, &key).await,
+            |result| JournalEntry::StateGet { namespace: namespace.clone(), key: key.clone(), result });
+        result
+    }
+
+    async fn set(&mut self, namespace: String, key: String, value: Vec<u8>) -> Result<(), StateError> {
+        self.check(&namespace, Some(&key), true, "set")?;
+        let result = journaled!(self, "state.set",
+            JournalEntry::StateSet { namespace: n, key: k, result } if *n == namespace && *k == key => result,
+            self.live_set(&namespace, &key, &value).await,
+            |result| JournalEntry::StateSet { namespace: namespace.clone(), key: key.clone(), result });
+        if result.is_ok() {
+            self.pending.insert((namespace, key), Some(value));
+        }
+        result
+    }
+
+    async fn delete(&mut self, namespace: String, key: String) -> Result<bool, StateError> {
+        self.check(&namespace, Some(&key), true, "delete")?;
+        let result = journaled!(self, "state.delete",
+            JournalEntry::StateDelete { namespace: n, key: k, result } if *n == namespace && *k == key => result,
+            self.current(&namespace, &key).await.map(|v| v.is_some()),
+            |result| JournalEntry::StateDelete { namespace: namespace.clone(), key: key.clone(), result });
+        if result.is_ok() {
+            self.pending.insert((namespace, key), None);
+        }
+        result
+    }
+
+    async fn list_keys(&mut self, namespace: String, prefix: String) -> Result<Vec<String>, StateError> {
+        self.check(&namespace, None, false, "list-keys")?;
+        let result = journaled!(self, "state.list-keys",
+            JournalEntry::StateListKeys { namespace: n, prefix: p, result } if *n == namespace && *p == prefix => result,
+            self.live_list_keys(&namespace, &prefix).await,
+            |result| JournalEntry::StateListKeys { namespace: namespace.clone(), prefix: prefix.clone(), result });
+        result
     }
 }
 

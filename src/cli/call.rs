@@ -28,7 +28,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
     let policy = if args.grant_requested { Policy::grant_requested() } else { Policy::deny_all() };
     let host = config.host(policy)?;
     let tool = host.load_tool(&args.tool).await?;
-    let mut session = host.new_session();
+    let mut session = host.new_session().await?;
     match session.call(&tool, &input).await {
         Ok(output) => {
             println!("{}", serde_json::to_string_pretty(&output)?);

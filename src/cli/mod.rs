@@ -85,6 +85,6 @@ fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool) -> CliHostConfig 
 
 impl CliHostConfig {
     fn host(&self, policy: Policy) -> anyhow::Result<Host> {
-        Ok(Host::new(HostConfig { engine: self.engine.clone(), policy })?)
+        Ok(Host::new(HostConfig { engine: self.engine.clone(), policy, ..HostConfig::default() })?)
     }
 }

@@ -1,11 +1,23 @@
-//! Persistence behind the capabilities. [`StateStore`] holds tool key-value state, scoped by
-//! session and tool; a step's writes reach it in one [`StateStore::commit`].
+//! Persistence: sessions, tool state, committed steps with their journals, snapshots and
+//! the pending journal of the step in flight.
+//!
+//! [`Store`] is written for more than one backend: every method is async, a step commits
+//! in one call (one transaction), sequence numbers are checked inside that transaction so
+//! two hosts can never both commit step N of a session, and nothing relies on SQLite-only
+//! behavior. [`SqliteStore`] is the embedded default.
 
-mod memory;
+mod chunks;
+mod sqlite;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
-pub use memory::MemoryStore;
+pub use chunks::{Chunk, chunk_snapshot};
+pub(crate) use sqlite::timestamp_ms;
+pub use sqlite::{Durability, SqliteStore};
+
+use crate::error::ToolFailure;
+use crate::journal::{JournalEntry, RandomState};
 
 /// Whose state an operation touches. The host fills it in: a tool never names it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -15,7 +27,7 @@ pub struct StateScope {
 }
 
 /// One buffered write: `None` deletes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateWrite {
     pub namespace: String,
     pub key: String,
@@ -30,22 +42,150 @@ pub struct StateUsage {
     pub bytes: u64,
 }
 
-/// The store failed (I/O, corruption, lost connection).
+/// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// I/O, corruption, a lost connection.
+    #[error("store backend: {0}")]
+    Backend(String),
+    /// Another writer advanced the session first (two hosts on one session).
+    #[error("session `{session}` is at step {found}, not {expected}: another host advanced it")]
+    Conflict { session: String, expected: u64, found: u64 },
+    #[error("no session `{0}`")]
+    SessionNotFound(String),
+    #[error("session `{0}` already exists")]
+    SessionExists(String),
+    #[error("session `{session}` has no step {step}")]
+    StepNotFound { session: String, step: u64 },
+    /// Stored data does not decode (written by an incompatible version, or corrupted).
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
 
-/// Key-value state of tools, by scope and namespace.
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: String,
+    /// Seeds the session's random streams. A fork gets a fresh one.
+    pub seed: [u8; 32],
+    /// The session this one was forked from, and at which step.
+    pub forked_from: Option<(String, u64)>,
+    pub created_at_ms: i64,
+    /// The last committed step (0: none yet).
+    pub last_step: u64,
+}
+
+/// How a committed step ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepOutcome {
+    /// The output JSON, as the tool returned it.
+    Output(String),
+    /// The tool's own error.
+    Failed(ToolFailure),
+}
+
+/// A committed step: one tool call in a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// 1-based, gapless within the session.
+    pub seq: u64,
+    pub tool: String,
+    /// sha256 of the component that ran it.
+    pub digest: String,
+    pub input: String,
+    pub outcome: StepOutcome,
+    pub journal: Vec<JournalEntry>,
+    /// The step's state writes (kept so a fork can rebuild state as of any step).
+    pub writes: Vec<StateWrite>,
+    /// The tool's random-stream positions after the step.
+    pub random: RandomState,
+    pub committed_at_ms: i64,
+}
+
+/// Everything one step commits, atomically.
+#[derive(Debug, Clone)]
+pub struct StepCommit {
+    pub session: String,
+    pub step: StepRecord,
+    /// The tool's snapshot after the step, if taken.
+    pub snapshot: Option<Vec<u8>>,
+    /// Snapshots to keep per (session, tool); older ones are pruned with the journals of the
+    /// steps they cover.
+    pub keep_snapshots: u32,
+}
+
+/// A snapshot of one tool in one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub tool: String,
+    /// The step after which it was taken.
+    pub seq: u64,
+    /// Logical size.
+    pub bytes: u64,
+    pub chunks: u64,
+}
+
+/// Summary of a session, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub id: String,
+    pub steps: u64,
+    pub created_at_ms: i64,
+    pub forked_from: Option<(String, u64)>,
+}
+
+/// Byte accounting, for `show` and the storage benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Steps' stored bytes (input, outcome, journal, writes).
+    pub step_bytes: u64,
+    /// Logical bytes of all kept snapshots.
+    pub snapshot_bytes: u64,
+    /// Bytes of distinct chunks held in the whole store.
+    pub chunk_bytes: u64,
+}
+
+/// The steps of a step in flight that must outlive a crash: model responses are persisted as
+/// they arrive, so re-running the step after a crash answers them from here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingStep {
+    pub seq: u64,
+    pub tool: String,
+    pub input: String,
+    pub journal: Vec<JournalEntry>,
+}
+
 #[async_trait]
-pub trait StateStore: Send + Sync + 'static {
-    async fn get(&self, scope: &StateScope, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+pub trait Store: Send + Sync + 'static {
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    async fn list_sessions(&self) -> Result<Vec<SessionSummary>, StoreError>;
+    /// Deletes the session with its state, steps and snapshots; `false` if it did not exist.
+    async fn delete_session(&self, id: &str) -> Result<bool, StoreError>;
+    /// Creates `child` holding the history of `parent` up to and including step `at`, with the
+    /// state as of that step; snapshot chunks are shared, not copied.
+    async fn fork_session(&self, parent: &str, at: u64, child: &SessionRecord) -> Result<(), StoreError>;
 
+    async fn get(&self, scope: &StateScope, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Keys of `namespace` starting with `prefix`, sorted by byte order.
     async fn list_keys(&self, scope: &StateScope, namespace: &str, prefix: &str) -> Result<Vec<String>, StoreError>;
-
     /// Keys and bytes held by `scope` over all namespaces.
     async fn usage(&self, scope: &StateScope) -> Result<StateUsage, StoreError>;
+    /// Every (tool, namespace, key) of a session, sorted.
+    async fn state_keys(&self, session: &str) -> Result<Vec<(String, String, String)>, StoreError>;
 
-    /// Applies `writes` atomically: all or none.
-    async fn commit(&self, scope: &StateScope, writes: Vec<StateWrite>) -> Result<(), StoreError>;
+    /// Commits a step: record, journal, state writes, snapshot, all or nothing. Fails with
+    /// [`StoreError::Conflict`] unless the session's last step is `step.seq - 1`.
+    async fn commit_step(&self, commit: StepCommit) -> Result<(), StoreError>;
+    /// Steps of `session` after `after`, optionally of one tool, in order.
+    async fn steps(&self, session: &str, tool: Option<&str>, after: u64) -> Result<Vec<StepRecord>, StoreError>;
+    /// The newest snapshot of `tool` taken at or before step `at`, with its bytes.
+    async fn latest_snapshot(&self, session: &str, tool: &str, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    async fn snapshots(&self, session: &str) -> Result<Vec<SnapshotInfo>, StoreError>;
+    async fn storage_stats(&self, session: &str) -> Result<StorageStats, StoreError>;
+
+    /// Persists the journal of the step in flight (durably, before returning).
+    async fn put_pending(&self, session: &str, pending: &PendingStep) -> Result<(), StoreError>;
+    async fn pending(&self, session: &str) -> Result<Option<PendingStep>, StoreError>;
+    async fn clear_pending(&self, session: &str) -> Result<(), StoreError>;
 }

@@ -22,7 +22,7 @@ async fn each_attack_is_stopped_and_a_second_session_keeps_serving() {
     let served = AtomicU64::new(0);
 
     let bystander = async {
-        let mut session = host.new_session();
+        let mut session = host.new_session().await.unwrap();
         let mut n = 0;
         while !done.load(Ordering::Relaxed) {
             n += 1;
@@ -33,7 +33,7 @@ async fn each_attack_is_stopped_and_a_second_session_keeps_serving() {
     };
 
     let attacks = async {
-        let mut attacker = host.new_session();
+        let mut attacker = host.new_session().await.unwrap();
         echo(&mut attacker, &hostile, 1).await;
 
         let before = served.load(Ordering::Relaxed);

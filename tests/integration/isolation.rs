@@ -9,8 +9,8 @@ use crate::support::{guests, host};
 async fn two_sessions_of_the_stateful_tool_share_nothing() {
     let host = host(Policy::grant_requested());
     let notes = host.load_tool(&guests().notes).await.unwrap();
-    let mut alice = host.new_session();
-    let mut bob = host.new_session();
+    let mut alice = host.new_session().await.unwrap();
+    let mut bob = host.new_session().await.unwrap();
     assert_ne!(alice.id(), bob.id());
 
     alice.call(&notes, &json!({"op": "add", "title": "alice secret", "body": "swordfish"})).await.unwrap();
@@ -29,7 +29,7 @@ async fn two_sessions_of_the_stateful_tool_share_nothing() {
     // still cannot see Bob's.
     let alice_id = alice.id().to_owned();
     drop(alice);
-    let mut alice_again = host.session(alice_id);
+    let mut alice_again = host.open_session(&alice_id).await.unwrap();
     assert_eq!(alice_again.live_instances().count(), 0);
     let got = alice_again.call(&notes, &json!({"op": "get", "id": 1})).await.unwrap();
     assert_eq!(got["body"], "swordfish");

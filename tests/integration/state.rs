@@ -30,7 +30,7 @@ fn failure(err: CallError) -> ToolFailure {
 #[tokio::test]
 async fn a_trap_mid_step_commits_nothing_and_a_tool_error_commits_its_writes() {
     let (host, tool) = hostile_host(grants(&["scratch"], tight_limits())).await;
-    let mut session = host.new_session();
+    let mut session = host.new_session().await.unwrap();
 
     let err = session.call(&tool, &json!({"attack": "set-then-panic", "key": "k"})).await.unwrap_err();
     assert!(matches!(err, CallError::Trap { trap: TrapKind::Unreachable, .. }), "{err:?}");
@@ -46,7 +46,7 @@ async fn namespaces_must_be_granted_and_read_only_means_read_only() {
     let mut policy_grants = grants(&["scratch"], tight_limits());
     policy_grants.state.namespaces.insert("shared".into(), Access::Read);
     let (host, tool) = hostile_host(policy_grants).await;
-    let mut session = host.new_session();
+    let mut session = host.new_session().await.unwrap();
 
     let denied = failure(set(&mut session, &tool, "secrets", "k", 1).await.unwrap_err());
     assert!(matches!(&denied, ToolFailure::Denied(m) if m.contains("`secrets` is not granted")), "{denied:?}");
@@ -59,14 +59,14 @@ async fn namespaces_must_be_granted_and_read_only_means_read_only() {
 
     // With no grants at all, even the namespace the tool requested is denied.
     let (host, tool) = hostile_host(toolhost::ToolGrants::default()).await;
-    let denied = failure(set(&mut host.new_session(), &tool, "scratch", "k", 1).await.unwrap_err());
+    let denied = failure(set(&mut host.new_session().await.unwrap(), &tool, "scratch", "k", 1).await.unwrap_err());
     assert!(matches!(denied, ToolFailure::Denied(_)));
 }
 
 #[tokio::test]
 async fn malformed_keys_and_namespaces_are_refused() {
     let (host, tool) = hostile_host(grants(&["scratch"], tight_limits())).await;
-    let mut session = host.new_session();
+    let mut session = host.new_session().await.unwrap();
     for (namespace, key, expected) in [
         ("scratch", "", "key is empty"),
         ("scratch", "a\0b", "NUL"),
@@ -80,7 +80,7 @@ async fn malformed_keys_and_namespaces_are_refused() {
     // Path-like keys are just bytes within the session's own scope.
     set(&mut session, &tool, "scratch", "../../other/session", 3).await.unwrap();
     assert_eq!(get(&mut session, &tool, "scratch", "../../other/session").await.unwrap(), "vvv");
-    assert_eq!(get(&mut host.new_session(), &tool, "scratch", "../../other/session").await.unwrap(), "");
+    assert_eq!(get(&mut host.new_session().await.unwrap(), &tool, "scratch", "../../other/session").await.unwrap(), "");
 }
 
 #[tokio::test]
@@ -88,7 +88,7 @@ async fn quotas_bound_value_size_key_count_and_total_bytes() {
     let mut policy_grants = grants(&["scratch"], tight_limits());
     policy_grants.state.quota = StateQuota { max_keys: 3, max_value_bytes: 1_000, max_total_bytes: 2_100 };
     let (host, tool) = hostile_host(policy_grants).await;
-    let mut session = host.new_session();
+    let mut session = host.new_session().await.unwrap();
 
     let refused = failure(set(&mut session, &tool, "scratch", "big", 1_001).await.unwrap_err());
     assert!(matches!(&refused, ToolFailure::Failed(m) if m.contains("quota exceeded")), "{refused:?}");

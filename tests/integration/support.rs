@@ -36,7 +36,7 @@ pub fn engine_config() -> EngineConfig {
 }
 
 pub fn host(policy: Policy) -> Host {
-    Host::new(HostConfig { engine: engine_config(), policy }).expect("host")
+    Host::new(HostConfig { engine: engine_config(), policy, ..HostConfig::default() }).expect("host")
 }
 
 /// Limits small enough that hostile calls fail fast.

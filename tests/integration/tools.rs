@@ -17,7 +17,7 @@ async fn calculator_describes_itself_and_evaluates() {
     assert!(d.capabilities.state.is_empty() && d.capabilities.models.is_empty());
     assert_eq!(calculator.digest().len(), 64);
 
-    let mut session = host.new_session();
+    let mut session = host.new_session().await.unwrap();
     let out = session.call(&calculator, &json!({"expression": "2 * (3 + 4) ^ 2"})).await.unwrap();
     assert_eq!(out, json!({"value": 98.0}));
     let out = session.call(&calculator, &json!({"expression": "-1.5e1 % 4"})).await.unwrap();
@@ -34,13 +34,14 @@ async fn notes_keeps_an_index_in_memory_and_notes_in_state() {
     assert_eq!(caps.state[0].namespace, "notes");
     assert_eq!(caps.state[0].access, toolhost::Access::ReadWrite);
 
-    let mut session = host.new_session();
+    let mut session = host.new_session().await.unwrap();
     let a = session
         .call(&notes, &json!({"op": "add", "title": "Rust wasm", "body": "components and WIT", "tags": ["wasm"]}))
         .await
         .unwrap();
     assert_eq!(a, json!({"id": 1, "notes": 1}));
-    let b = session.call(&notes, &json!({"op": "add", "title": "Groceries", "body": "rust-colored apples"})).await.unwrap();
+    let b =
+        session.call(&notes, &json!({"op": "add", "title": "Groceries", "body": "rust-colored apples"})).await.unwrap();
     assert_eq!(b, json!({"id": 2, "notes": 2}));
 
     // "rust" is in both; the note with it in the title ranks first.
@@ -62,7 +63,7 @@ async fn input_that_violates_the_schema_is_refused_before_the_tool_runs() {
     let host = host(Policy::grant_requested());
     let calculator = host.load_tool(&guests().calculator).await.unwrap();
     let notes = host.load_tool(&guests().notes).await.unwrap();
-    let mut session = host.new_session();
+    let mut session = host.new_session().await.unwrap();
 
     let err = session.call(&calculator, &json!({"expr": "1 + 1"})).await.unwrap_err();
     let CallError::InvalidInput { tool, errors } = &err else { panic!("expected InvalidInput, got {err:?}") };
@@ -84,7 +85,7 @@ async fn input_that_violates_the_schema_is_refused_before_the_tool_runs() {
 async fn a_tool_error_is_typed_and_the_instance_stays_usable() {
     let host = host(Policy::deny_all());
     let calculator = host.load_tool(&guests().calculator).await.unwrap();
-    let mut session = host.new_session();
+    let mut session = host.new_session().await.unwrap();
     let err = session.call(&calculator, &json!({"expression": "1 / (2 - 2)"})).await.unwrap_err();
     match err {
         CallError::Tool { tool, failure: ToolFailure::InvalidInput(message) } => {

@@ -1,0 +1,342 @@
+//! The step journal: every nondeterministic input a guest receives during a step (clock
+//! readings, state operation results, model responses), recorded in order. Replaying a step
+//! answers the guest from its journal, so a rebuilt instance reaches exactly the state it had,
+//! without side effects and without a single model call leaving the host.
+//!
+//! Randomness is not journaled value by value: each (session, tool) draws from ChaCha20
+//! streams seeded from the session's seed, and a step records the stream positions, which is
+//! enough to reproduce every random byte.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::bindings::model::{ChatResponse, ModelError};
+use crate::bindings::state::StateError;
+
+/// One recorded input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JournalEntry {
+    WallClock {
+        secs: u64,
+        nanos: u32,
+    },
+    MonotonicClock {
+        nanos: u64,
+    },
+    StateGet {
+        namespace: String,
+        key: String,
+        result: Result<Option<Vec<u8>>, StateError>,
+    },
+    StateSet {
+        namespace: String,
+        key: String,
+        result: Result<(), StateError>,
+    },
+    StateDelete {
+        namespace: String,
+        key: String,
+        result: Result<bool, StateError>,
+    },
+    StateListKeys {
+        namespace: String,
+        prefix: String,
+        result: Result<Vec<String>, StateError>,
+    },
+    /// `request` is the sha256 of the serialized request, to detect a replay that asks
+    /// something else.
+    Model {
+        model: String,
+        request: String,
+        result: Result<ChatResponse, ModelError>,
+    },
+}
+
+impl JournalEntry {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::WallClock { .. } => "wall-clock",
+            Self::MonotonicClock { .. } => "monotonic-clock",
+            Self::StateGet { .. } => "state.get",
+            Self::StateSet { .. } => "state.set",
+            Self::StateDelete { .. } => "state.delete",
+            Self::StateListKeys { .. } => "state.list-keys",
+            Self::Model { .. } => "model.chat",
+        }
+    }
+}
+
+/// Stable digest of a serializable request.
+pub(crate) fn request_digest<T: Serialize>(request: &T) -> String {
+    let bytes = postcard::to_stdvec(request).expect("requests serialize");
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Inputs come from the world and are recorded.
+    Live,
+    /// Inputs come from the journal. `strict`: the step committed before, so asking for more
+    /// or different inputs than recorded is a divergence. Not strict: re-running a step that
+    /// crashed before commit; once the recorded inputs run out, the step continues live.
+    Replay { strict: bool },
+    /// Outside a step (restore, snapshot): inputs are live and not recorded.
+    Off,
+}
+
+/// The journal of the step an instance is running.
+/// The step being run, for persisting its journal before it commits.
+#[derive(Debug, Clone)]
+pub(crate) struct StepInFlight {
+    pub seq: u64,
+    pub input: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct Journal {
+    pub step: Option<StepInFlight>,
+    mode: Mode,
+    replay: VecDeque<JournalEntry>,
+    recorded: Vec<JournalEntry>,
+    diverged: Option<String>,
+}
+
+/// Shared between an instance's capability contexts and its virtual clocks.
+pub(crate) type SharedJournal = Arc<Mutex<Journal>>;
+
+pub(crate) fn lock(journal: &SharedJournal) -> std::sync::MutexGuard<'_, Journal> {
+    journal.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Journal {
+    pub fn new() -> SharedJournal {
+        Arc::new(Mutex::new(Self {
+            step: None,
+            mode: Mode::Off,
+            replay: VecDeque::new(),
+            recorded: Vec::new(),
+            diverged: None,
+        }))
+    }
+
+    /// Starts a live step.
+    pub fn begin_live(&mut self) {
+        self.begin(Mode::Live, Vec::new());
+    }
+
+    /// Starts replaying `entries`.
+    pub fn begin_replay(&mut self, entries: Vec<JournalEntry>, strict: bool) {
+        self.begin(Mode::Replay { strict }, entries);
+    }
+
+    fn begin(&mut self, mode: Mode, entries: Vec<JournalEntry>) {
+        self.mode = mode;
+        self.replay = entries.into();
+        self.recorded.clear();
+        self.diverged = None;
+    }
+
+    /// Ends the step: its recorded entries, or why the replay diverged.
+    pub fn finish(&mut self) -> Result<Vec<JournalEntry>, String> {
+        let mode = std::mem::replace(&mut self.mode, Mode::Off);
+        self.step = None;
+        if let Some(reason) = self.diverged.take() {
+            return Err(reason);
+        }
+        if mode == (Mode::Replay { strict: true }) && !self.replay.is_empty() {
+            return Err(format!("the step used {} fewer recorded inputs than it did originally", self.replay.len()));
+        }
+        self.replay.clear();
+        Ok(std::mem::take(&mut self.recorded))
+    }
+
+    /// The entries recorded so far in this step (to persist ahead of commit).
+    pub fn recorded(&self) -> &[JournalEntry] {
+        &self.recorded
+    }
+
+    /// In replay, the next entry if `matches` accepts it. `None` means: go live (and then
+    /// [`Journal::record`] the result). A mismatch in strict replay marks the step diverged.
+    pub fn replayed<T>(&mut self, expected: &str, matches: impl FnOnce(&JournalEntry) -> Option<T>) -> Option<T> {
+        let Mode::Replay { strict } = self.mode else { return None };
+        match self.replay.front() {
+            Some(entry) => match matches(entry) {
+                Some(value) => {
+                    let entry = self.replay.pop_front().expect("front exists");
+                    self.recorded.push(entry);
+                    Some(value)
+                }
+                None => {
+                    let found = entry.kind();
+                    self.diverge(format!("the guest asked for {expected} where the journal has {found}"));
+                    None
+                }
+            },
+            None if strict => {
+                self.diverge(format!("the guest asked for {expected} beyond the end of the journal"));
+                None
+            }
+            None => {
+                self.mode = Mode::Live;
+                None
+            }
+        }
+    }
+
+    fn diverge(&mut self, reason: String) {
+        if self.diverged.is_none() {
+            self.diverged = Some(reason);
+        }
+        // Answer the rest of the step live: its result is discarded anyway.
+        self.replay.clear();
+        self.mode = Mode::Replay { strict: true };
+    }
+
+    /// Whether the step has diverged (a live fallback must then avoid side effects).
+    pub fn has_diverged(&self) -> bool {
+        self.diverged.is_some()
+    }
+
+    /// Records a live input (ignored outside a step).
+    pub fn record(&mut self, entry: JournalEntry) {
+        if !matches!(self.mode, Mode::Off) {
+            self.recorded.push(entry);
+        }
+    }
+}
+
+/// Wall clock seen by a guest: real time, journaled.
+pub(crate) struct JournaledWallClock(pub SharedJournal);
+
+impl wasmtime_wasi::HostWallClock for JournaledWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> Duration {
+        let mut journal = lock(&self.0);
+        let replayed = journal.replayed("the wall clock", |e| match e {
+            JournalEntry::WallClock { secs, nanos } => Some(Duration::new(*secs, *nanos)),
+            _ => None,
+        });
+        replayed.unwrap_or_else(|| {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            journal.record(JournalEntry::WallClock { secs: now.as_secs(), nanos: now.subsec_nanos() });
+            now
+        })
+    }
+}
+
+/// Monotonic clock seen by a guest, journaled. Its origin is the host's process start, so
+/// only differences are meaningful, as WASI specifies.
+pub(crate) struct JournaledMonotonicClock(pub SharedJournal);
+
+fn process_origin() -> std::time::Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(std::time::Instant::now)
+}
+
+impl wasmtime_wasi::HostMonotonicClock for JournaledMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        let mut journal = lock(&self.0);
+        let replayed = journal.replayed("the monotonic clock", |e| match e {
+            JournalEntry::MonotonicClock { nanos } => Some(*nanos),
+            _ => None,
+        });
+        replayed.unwrap_or_else(|| {
+            let nanos = process_origin().elapsed().as_nanos() as u64;
+            journal.record(JournalEntry::MonotonicClock { nanos });
+            nanos
+        })
+    }
+}
+
+/// Where a tool instance's random streams stand after a step: the session seed they are
+/// drawn from (a fork switches to a fresh one after its fork point) and their positions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RandomState {
+    pub seed: [u8; 32],
+    pub secure: u128,
+    pub insecure: u128,
+}
+
+/// A deterministic random stream shared between the WASI context and the session.
+#[derive(Clone)]
+pub(crate) struct SessionRng {
+    rng: Arc<Mutex<(ChaCha20Rng, [u8; 32])>>,
+    tool: Arc<str>,
+    purpose: &'static str,
+}
+
+fn derive_stream(seed: &[u8; 32], tool: &str, purpose: &str) -> ChaCha20Rng {
+    let mut hasher = Sha256::new();
+    hasher.update(seed);
+    hasher.update(tool.as_bytes());
+    hasher.update([0]);
+    hasher.update(purpose.as_bytes());
+    ChaCha20Rng::from_seed(hasher.finalize().into())
+}
+
+impl SessionRng {
+    /// The stream `purpose` of `tool` drawn from `seed`.
+    pub fn new(seed: &[u8; 32], tool: &str, purpose: &'static str) -> Self {
+        Self { rng: Arc::new(Mutex::new((derive_stream(seed, tool, purpose), *seed))), tool: tool.into(), purpose }
+    }
+
+    fn rng(&self) -> std::sync::MutexGuard<'_, (ChaCha20Rng, [u8; 32])> {
+        self.rng.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn seed(&self) -> [u8; 32] {
+        self.rng().1
+    }
+
+    pub fn position(&self) -> u128 {
+        self.rng().0.get_word_pos()
+    }
+
+    /// Moves to `position` of the stream drawn from `seed`.
+    pub fn seek(&self, seed: &[u8; 32], position: u128) {
+        let mut guard = self.rng();
+        if &guard.1 != seed {
+            *guard = (derive_stream(seed, &self.tool, self.purpose), *seed);
+        }
+        guard.0.set_word_pos(position);
+    }
+}
+
+impl rand_core::TryRng for SessionRng {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(rand_core::Rng::next_u32(&mut self.rng().0))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(rand_core::Rng::next_u64(&mut self.rng().0))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        rand_core::Rng::fill_bytes(&mut self.rng().0, dst);
+        Ok(())
+    }
+}
+
+/// The insecure-seed WASI hands a guest (e.g. for hash map keys). WASI defines it as
+/// neither secret nor unique; it is fixed per tool so replays and forks see the same one.
+pub(crate) fn insecure_seed(tool: &str) -> u128 {
+    let mut hasher = Sha256::new();
+    hasher.update(tool.as_bytes());
+    hasher.update(b"\0insecure-seed");
+    u128::from_le_bytes(hasher.finalize()[..16].try_into().expect("16 bytes"))
+}

@@ -1,0 +1,799 @@
+//! The embedded store: SQLite in WAL mode.
+//!
+//! Writes go through one writer thread that commits in groups: every write queued while the
+//! previous transaction was syncing joins the next one, each in its own savepoint, so many
+//! sessions share one fsync without sharing failures. Callers are answered only after the
+//! group's COMMIT, so an acknowledged step is durable. Reads use a small pool of read-only
+//! connections on blocking threads; WAL lets them run beside the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage, StepCommit, StepRecord,
+    StorageStats, Store, StoreError, chunk_snapshot,
+};
+
+/// How hard a commit tries to survive power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync on every commit (SQLite `synchronous=FULL`): survives power loss.
+    #[default]
+    Full,
+    /// Survives a process crash, may lose the last commits on power loss (`NORMAL`).
+    Normal,
+}
+
+/// Schema migrations, applied in order; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        seed BLOB NOT NULL,
+        forked_from TEXT,
+        forked_at INTEGER,
+        created_at_ms INTEGER NOT NULL,
+        last_step INTEGER NOT NULL
+    );
+    CREATE TABLE state (
+        session TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (session, tool, namespace, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE steps (
+        session TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        tool TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        input TEXT NOT NULL,
+        outcome BLOB NOT NULL,
+        journal BLOB,
+        writes BLOB NOT NULL,
+        random BLOB NOT NULL,
+        committed_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (session, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX steps_by_tool ON steps (session, tool, seq);
+    CREATE TABLE snapshots (
+        session TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        chunks BLOB NOT NULL,
+        PRIMARY KEY (session, tool, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE chunks (
+        hash BLOB PRIMARY KEY,
+        data BLOB NOT NULL,
+        refs INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE pending (
+        session TEXT PRIMARY KEY,
+        record BLOB NOT NULL
+    ) WITHOUT ROWID;
+"#];
+
+/// Writes that arrive while a group is committing join the next group, up to this many.
+const MAX_GROUP: usize = 256;
+/// Read connections kept open.
+const READ_POOL: usize = 4;
+
+type Job = Box<dyn FnOnce(&Connection) -> Result<(), StoreError> + Send>;
+
+struct WriteRequest {
+    job: Job,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<WriteRequest>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    /// Keeps a temporary database's folder alive.
+    _temp: Option<tempfile::TempDir>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(format!("encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
+        Self::open_inner(path.as_ref().to_owned(), durability, None)
+    }
+
+    /// A database in a temporary folder, deleted when the store is dropped.
+    pub fn temporary() -> Result<Self, StoreError> {
+        let dir = tempfile::tempdir().map_err(backend)?;
+        Self::open_inner(dir.path().join("toolhost.db"), Durability::Normal, Some(dir))
+    }
+
+    fn open_inner(path: PathBuf, durability: Durability, temp: Option<tempfile::TempDir>) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| backend(format!("creating {}: {e}", parent.display())))?;
+        }
+        let conn = Connection::open(&path).map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;"
+        ))
+        .map_err(backend)?;
+        migrate(&conn)?;
+        let (tx, rx) = mpsc::channel::<WriteRequest>();
+        let writer_thread = std::thread::Builder::new()
+            .name("toolhost-sqlite-writer".into())
+            .spawn(move || write_loop(conn, rx))
+            .map_err(backend)?;
+        Ok(Self {
+            path,
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(writer_thread)),
+            readers: Mutex::new(Vec::new()),
+            _temp: temp,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write(
+        &self,
+        job: impl FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        {
+            let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let sender = writer.as_ref().ok_or_else(|| backend("the store is closed"))?;
+            sender.send(WriteRequest { job: Box::new(job), done }).map_err(|_| backend("the writer thread stopped"))?;
+        }
+        answer.await.map_err(|_| backend("the writer thread stopped"))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let flags =
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+                let conn = Connection::open_with_flags(&self.path, flags).map_err(backend)?;
+                conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+                conn
+            }
+        };
+        let (result, conn) = tokio::task::spawn_blocking(move || {
+            let result = query(&conn);
+            (result, conn)
+        })
+        .await
+        .map_err(backend)?;
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if readers.len() < READ_POOL {
+            readers.push(conn);
+        }
+        result
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish queued work and exit.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = self.writer_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)").map_err(backend)?;
+    let current: i64 =
+        conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0)).map_err(backend)?;
+    if current as usize > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the database has schema version {current}; this toolhost knows up to {}",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.unchecked_transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(|e| backend(format!("migration {}: {e}", index + 1)))?;
+        tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [index as i64 + 1]).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Group commit: one transaction per batch of queued writes, one savepoint per write.
+fn write_loop(conn: Connection, requests: mpsc::Receiver<WriteRequest>) {
+    while let Ok(first) = requests.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            for request in group {
+                let _ = request.done.send(Err(backend(&e)));
+            }
+            continue;
+        }
+        let mut results = Vec::with_capacity(group.len());
+        let mut senders = Vec::with_capacity(group.len());
+        for request in group {
+            let result = (|| {
+                conn.execute_batch("SAVEPOINT write").map_err(backend)?;
+                match (request.job)(&conn) {
+                    Ok(()) => conn.execute_batch("RELEASE write").map_err(backend),
+                    Err(e) => {
+                        conn.execute_batch("ROLLBACK TO write; RELEASE write").map_err(backend)?;
+                        Err(e)
+                    }
+                }
+            })();
+            results.push(result);
+            senders.push(request.done);
+        }
+        let committed = conn.execute_batch("COMMIT").map_err(backend);
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for (result, done) in results.into_iter().zip(senders) {
+            let answer = match (&committed, result) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(()), result) => result,
+            };
+            let _ = done.send(answer);
+        }
+    }
+}
+
+fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let seed: Vec<u8> = row.get(1)?;
+    let forked_from: Option<String> = row.get(2)?;
+    let forked_at: Option<i64> = row.get(3)?;
+    Ok(SessionRecord {
+        id: row.get(0)?,
+        seed: seed.try_into().unwrap_or([0; 32]),
+        forked_from: forked_from.zip(forked_at.map(|s| s as u64)),
+        created_at_ms: row.get(4)?,
+        last_step: row.get::<_, i64>(5)? as u64,
+    })
+}
+
+fn last_step(conn: &Connection, session: &str) -> Result<Option<u64>, StoreError> {
+    conn.query_row("SELECT last_step FROM sessions WHERE id = ?1", [session], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|s| s.map(|s| s as u64))
+        .map_err(backend)
+}
+
+fn add_chunk_refs(conn: &Connection, hashes: &[u8], delta: i64) -> Result<(), StoreError> {
+    for hash in hashes.chunks(32) {
+        conn.execute("UPDATE chunks SET refs = refs + ?2 WHERE hash = ?1", params![hash, delta]).map_err(backend)?;
+    }
+    if delta < 0 {
+        conn.execute("DELETE FROM chunks WHERE refs <= 0", []).map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn delete_snapshot(conn: &Connection, session: &str, tool: &str, seq: u64) -> Result<(), StoreError> {
+    let chunks: Vec<u8> = conn
+        .query_row(
+            "DELETE FROM snapshots WHERE session = ?1 AND tool = ?2 AND seq = ?3 RETURNING chunks",
+            params![session, tool, seq as i64],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    add_chunk_refs(conn, &chunks, -1)
+}
+
+fn apply_writes(conn: &Connection, session: &str, tool: &str, writes: &[super::StateWrite]) -> Result<(), StoreError> {
+    for w in writes {
+        match &w.value {
+            Some(value) => conn.execute(
+                "INSERT INTO state (session, tool, namespace, key, value) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (session, tool, namespace, key) DO UPDATE SET value = excluded.value",
+                params![session, tool, w.namespace, w.key, value],
+            ),
+            None => conn.execute(
+                "DELETE FROM state WHERE session = ?1 AND tool = ?2 AND namespace = ?3 AND key = ?4",
+                params![session, tool, w.namespace, w.key],
+            ),
+        }
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn commit_step(conn: &Connection, commit: StepCommit) -> Result<(), StoreError> {
+    let StepCommit { session, step, snapshot, keep_snapshots } = commit;
+    let found = last_step(conn, &session)?.ok_or_else(|| StoreError::SessionNotFound(session.clone()))?;
+    if found + 1 != step.seq {
+        return Err(StoreError::Conflict { session, expected: step.seq - 1, found });
+    }
+    conn.execute(
+        "INSERT INTO steps (session, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            session,
+            step.seq as i64,
+            step.tool,
+            step.digest,
+            step.input,
+            encode(&step.outcome)?,
+            encode(&step.journal)?,
+            encode(&step.writes)?,
+            encode(&step.random)?,
+            step.committed_at_ms,
+        ],
+    )
+    .map_err(backend)?;
+    apply_writes(conn, &session, &step.tool, &step.writes)?;
+    if let Some(bytes) = snapshot {
+        let chunks = chunk_snapshot(&bytes);
+        let mut hashes = Vec::with_capacity(chunks.len() * 32);
+        for chunk in &chunks {
+            conn.execute(
+                "INSERT INTO chunks (hash, data, refs) VALUES (?1, ?2, 0) ON CONFLICT (hash) DO NOTHING",
+                params![&chunk.hash[..], chunk.data],
+            )
+            .map_err(backend)?;
+            hashes.extend_from_slice(&chunk.hash);
+        }
+        add_chunk_refs(conn, &hashes, 1)?;
+        conn.execute(
+            "INSERT INTO snapshots (session, tool, seq, bytes, chunks) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![session, step.tool, step.seq as i64, bytes.len() as i64, hashes],
+        )
+        .map_err(backend)?;
+        prune_snapshots(conn, &session, &step.tool, keep_snapshots.max(1))?;
+    }
+    conn.execute("DELETE FROM pending WHERE session = ?1", [&session]).map_err(backend)?;
+    conn.execute("UPDATE sessions SET last_step = ?2 WHERE id = ?1", params![session, step.seq as i64])
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Keeps the newest `keep` snapshots of a tool; drops older ones and the journals of the
+/// steps the oldest kept snapshot covers (replay never reaches behind it).
+fn prune_snapshots(conn: &Connection, session: &str, tool: &str, keep: u32) -> Result<(), StoreError> {
+    let seqs: Vec<u64> = {
+        let mut stmt = conn
+            .prepare_cached("SELECT seq FROM snapshots WHERE session = ?1 AND tool = ?2 ORDER BY seq DESC")
+            .map_err(backend)?;
+        let rows = stmt.query_map(params![session, tool], |r| r.get::<_, i64>(0)).map_err(backend)?;
+        rows.map(|r| r.map(|s| s as u64)).collect::<Result<_, _>>().map_err(backend)?
+    };
+    if seqs.len() <= keep as usize {
+        return Ok(());
+    }
+    for &seq in &seqs[keep as usize..] {
+        delete_snapshot(conn, session, tool, seq)?;
+    }
+    let oldest_kept = seqs[keep as usize - 1];
+    conn.execute(
+        "UPDATE steps SET journal = NULL WHERE session = ?1 AND tool = ?2 AND seq <= ?3 AND journal IS NOT NULL",
+        params![session, tool, oldest_kept as i64],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn step_row(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(i64, String, String, String, Vec<u8>, Option<Vec<u8>>, Vec<u8>, Vec<u8>, i64)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+    ))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let s = session.clone();
+        self.write(move |conn| {
+            let inserted = conn
+                .execute(
+                    "INSERT INTO sessions (id, seed, forked_from, forked_at, created_at_ms, last_step)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+                    params![
+                        s.id,
+                        &s.seed[..],
+                        s.forked_from.as_ref().map(|f| &f.0),
+                        s.forked_from.as_ref().map(|f| f.1 as i64),
+                        s.created_at_ms,
+                        s.last_step as i64
+                    ],
+                )
+                .map_err(backend)?;
+            if inserted == 0 { Err(StoreError::SessionExists(s.id)) } else { Ok(()) }
+        })
+        .await
+    }
+
+    async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT id, seed, forked_from, forked_at, created_at_ms, last_step FROM sessions WHERE id = ?1",
+                [id],
+                session_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_sessions(&self) -> Result<Vec<SessionSummary>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT id, seed, forked_from, forked_at, created_at_ms, last_step FROM sessions ORDER BY created_at_ms, id")
+                .map_err(backend)?;
+            let rows = stmt.query_map([], session_row).map_err(backend)?;
+            rows.map(|r| {
+                r.map(|s| SessionSummary {
+                    id: s.id,
+                    steps: s.last_step,
+                    created_at_ms: s.created_at_ms,
+                    forked_from: s.forked_from,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        let existed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = existed.clone();
+        self.write(move |conn| {
+            let snapshots: Vec<(String, i64)> = {
+                let mut stmt = conn.prepare("SELECT tool, seq FROM snapshots WHERE session = ?1").map_err(backend)?;
+                let rows = stmt.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+                rows.collect::<Result<_, _>>().map_err(backend)?
+            };
+            for (tool, seq) in snapshots {
+                delete_snapshot(conn, &id, &tool, seq as u64)?;
+            }
+            for table in ["state", "steps", "pending"] {
+                conn.execute(&format!("DELETE FROM {table} WHERE session = ?1"), [&id]).map_err(backend)?;
+            }
+            let deleted = conn.execute("DELETE FROM sessions WHERE id = ?1", [&id]).map_err(backend)?;
+            flag.store(deleted > 0, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        })
+        .await?;
+        Ok(existed.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    async fn fork_session(&self, parent: &str, at: u64, child: &SessionRecord) -> Result<(), StoreError> {
+        let (parent, child) = (parent.to_owned(), child.clone());
+        self.write(move |conn| {
+            let last = last_step(conn, &parent)?.ok_or_else(|| StoreError::SessionNotFound(parent.clone()))?;
+            if at > last {
+                return Err(StoreError::StepNotFound { session: parent, step: at });
+            }
+            // A step whose journal was pruned can only be rebuilt from a snapshot at or after it.
+            let unreplayable: Option<i64> = conn
+                .query_row(
+                    "SELECT st.seq FROM steps st WHERE st.session = ?1 AND st.seq <= ?2 AND st.journal IS NULL
+                     AND NOT EXISTS (SELECT 1 FROM snapshots sn WHERE sn.session = ?1 AND sn.tool = st.tool
+                                     AND sn.seq >= st.seq AND sn.seq <= ?2) LIMIT 1",
+                    params![parent, at as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some(seq) = unreplayable {
+                return Err(StoreError::Backend(format!(
+                    "cannot fork `{parent}` at step {at}: the history of step {seq} was pruned; fork at a later step"
+                )));
+            }
+            conn.execute(
+                "INSERT INTO sessions (id, seed, forked_from, forked_at, created_at_ms, last_step) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![child.id, &child.seed[..], parent, at as i64, child.created_at_ms, at as i64],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::SessionExists(child.id.clone())
+                }
+                e => backend(e),
+            })?;
+            conn.execute(
+                "INSERT INTO steps (session, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms)
+                 SELECT ?1, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms
+                 FROM steps WHERE session = ?2 AND seq <= ?3",
+                params![child.id, parent, at as i64],
+            )
+            .map_err(backend)?;
+            let snapshots: Vec<(String, i64, i64, Vec<u8>)> = {
+                let mut stmt = conn
+                    .prepare("SELECT tool, seq, bytes, chunks FROM snapshots WHERE session = ?1 AND seq <= ?2")
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![parent, at as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .map_err(backend)?;
+                rows.collect::<Result<_, _>>().map_err(backend)?
+            };
+            for (tool, seq, bytes, chunks) in snapshots {
+                conn.execute(
+                    "INSERT INTO snapshots (session, tool, seq, bytes, chunks) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![child.id, tool, seq, bytes, chunks],
+                )
+                .map_err(backend)?;
+                add_chunk_refs(conn, &chunks, 1)?;
+            }
+            // State as of step `at`: the writes of steps 1..=at, in order.
+            let writes: Vec<(String, Vec<u8>)> = {
+                let mut stmt = conn
+                    .prepare("SELECT tool, writes FROM steps WHERE session = ?1 AND seq <= ?2 ORDER BY seq")
+                    .map_err(backend)?;
+                let rows =
+                    stmt.query_map(params![child.id, at as i64], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+                rows.collect::<Result<_, _>>().map_err(backend)?
+            };
+            for (tool, blob) in writes {
+                let writes: Vec<super::StateWrite> = decode(&blob, "step writes")?;
+                apply_writes(conn, &child.id, &tool, &writes)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, scope: &StateScope, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (scope, namespace, key) = (scope.clone(), namespace.to_owned(), key.to_owned());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT value FROM state WHERE session = ?1 AND tool = ?2 AND namespace = ?3 AND key = ?4",
+            )
+            .and_then(|mut s| s.query_row(params![scope.session, scope.tool, namespace, key], |r| r.get(0)).optional())
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_keys(&self, scope: &StateScope, namespace: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let (scope, namespace, prefix) = (scope.clone(), namespace.to_owned(), prefix.to_owned());
+        self.read(move |conn| {
+            // Range scan on the primary key; `substr` keeps LIKE's wildcards out of it.
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT key FROM state WHERE session = ?1 AND tool = ?2 AND namespace = ?3 AND key >= ?4
+                     AND substr(key, 1, length(?4)) = ?4 ORDER BY key",
+                )
+                .map_err(backend)?;
+            let rows =
+                stmt.query_map(params![scope.session, scope.tool, namespace, prefix], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn usage(&self, scope: &StateScope) -> Result<StateUsage, StoreError> {
+        let scope = scope.clone();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM state
+                 WHERE session = ?1 AND tool = ?2",
+                params![scope.session, scope.tool],
+                |r| Ok(StateUsage { keys: r.get::<_, i64>(0)? as u64, bytes: r.get::<_, i64>(1)? as u64 }),
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn state_keys(&self, session: &str) -> Result<Vec<(String, String, String)>, StoreError> {
+        let session = session.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT tool, namespace, key FROM state WHERE session = ?1 ORDER BY tool, namespace, key")
+                .map_err(backend)?;
+            let rows = stmt.query_map([session], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn commit_step(&self, commit: StepCommit) -> Result<(), StoreError> {
+        self.write(move |conn| commit_step(conn, commit)).await
+    }
+
+    async fn steps(&self, session: &str, tool: Option<&str>, after: u64) -> Result<Vec<StepRecord>, StoreError> {
+        let (session, tool) = (session.to_owned(), tool.map(str::to_owned));
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms FROM steps
+                     WHERE session = ?1 AND seq > ?2 AND (?3 IS NULL OR tool = ?3) ORDER BY seq",
+                )
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![session, after as i64, tool], step_row).map_err(backend)?;
+            let mut steps = Vec::new();
+            for row in rows {
+                let (seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms) =
+                    row.map_err(backend)?;
+                steps.push(StepRecord {
+                    seq: seq as u64,
+                    tool,
+                    digest,
+                    input,
+                    outcome: decode(&outcome, "step outcome")?,
+                    journal: match journal {
+                        Some(j) => decode(&j, "step journal")?,
+                        None => Vec::new(),
+                    },
+                    writes: decode(&writes, "step writes")?,
+                    random: decode(&random, "step random position")?,
+                    committed_at_ms,
+                });
+            }
+            Ok(steps)
+        })
+        .await
+    }
+
+    async fn latest_snapshot(&self, session: &str, tool: &str, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let (session, tool) = (session.to_owned(), tool.to_owned());
+        self.read(move |conn| {
+            let found: Option<(i64, i64, Vec<u8>)> = conn
+                .query_row(
+                    "SELECT seq, bytes, chunks FROM snapshots WHERE session = ?1 AND tool = ?2 AND seq <= ?3
+                     ORDER BY seq DESC LIMIT 1",
+                    params![session, tool, at as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            let Some((seq, size, hashes)) = found else { return Ok(None) };
+            let mut bytes = Vec::with_capacity(size as usize);
+            let mut stmt = conn.prepare_cached("SELECT data FROM chunks WHERE hash = ?1").map_err(backend)?;
+            for hash in hashes.chunks(32) {
+                let data: Vec<u8> =
+                    stmt.query_row([hash], |r| r.get(0)).optional().map_err(backend)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} misses a chunk"))
+                    })?;
+                bytes.extend_from_slice(&data);
+            }
+            if bytes.len() as i64 != size {
+                return Err(StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} has the wrong size")));
+            }
+            Ok(Some((seq as u64, bytes)))
+        })
+        .await
+    }
+
+    async fn snapshots(&self, session: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        let session = session.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT tool, seq, bytes, length(chunks) / 32 FROM snapshots WHERE session = ?1 ORDER BY seq, tool",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([session], |r| {
+                    Ok(SnapshotInfo {
+                        tool: r.get(0)?,
+                        seq: r.get::<_, i64>(1)? as u64,
+                        bytes: r.get::<_, i64>(2)? as u64,
+                        chunks: r.get::<_, i64>(3)? as u64,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn storage_stats(&self, session: &str) -> Result<StorageStats, StoreError> {
+        let session = session.to_owned();
+        self.read(move |conn| {
+            let step_bytes: i64 = conn
+                .query_row(
+                    "SELECT COALESCE(SUM(length(CAST(input AS BLOB)) + length(outcome) + COALESCE(length(journal), 0)
+                     + length(writes) + length(random)), 0) FROM steps WHERE session = ?1",
+                    [&session],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            let snapshot_bytes: i64 = conn
+                .query_row("SELECT COALESCE(SUM(bytes), 0) FROM snapshots WHERE session = ?1", [&session], |r| r.get(0))
+                .map_err(backend)?;
+            let chunk_bytes: i64 = conn
+                .query_row("SELECT COALESCE(SUM(length(data)), 0) FROM chunks", [], |r| r.get(0))
+                .map_err(backend)?;
+            Ok(StorageStats {
+                step_bytes: step_bytes as u64,
+                snapshot_bytes: snapshot_bytes as u64,
+                chunk_bytes: chunk_bytes as u64,
+            })
+        })
+        .await
+    }
+
+    async fn put_pending(&self, session: &str, pending: &PendingStep) -> Result<(), StoreError> {
+        let (session, record) = (session.to_owned(), encode(pending)?);
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO pending (session, record) VALUES (?1, ?2)
+                 ON CONFLICT (session) DO UPDATE SET record = excluded.record",
+                params![session, record],
+            )
+            .map(drop)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn pending(&self, session: &str) -> Result<Option<PendingStep>, StoreError> {
+        let session = session.to_owned();
+        self.read(move |conn| {
+            let blob: Option<Vec<u8>> = conn
+                .query_row("SELECT record FROM pending WHERE session = ?1", [session], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            blob.map(|b| decode(&b, "pending step")).transpose()
+        })
+        .await
+    }
+
+    async fn clear_pending(&self, session: &str) -> Result<(), StoreError> {
+        let session = session.to_owned();
+        self.write(move |conn| {
+            conn.execute("DELETE FROM pending WHERE session = ?1", [session]).map(drop).map_err(backend)
+        })
+        .await
+    }
+}
+
+/// Milliseconds since the Unix epoch, for records.
+pub(crate) fn timestamp_ms() -> i64 {
+    now_ms()
+}
