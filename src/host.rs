@@ -194,9 +194,20 @@ impl Host {
 
     /// A new session named `id` (fails if it exists).
     pub async fn create_session(&self, id: impl Into<String>) -> Result<Session, SessionError> {
+        self.create_session_with_seed(id, random_seed()).await
+    }
+
+    /// A new session whose random streams are drawn from `seed`: two sessions with the same
+    /// seed and the same calls see the same random bytes. For reproducible runs and tests;
+    /// [`Host::create_session`] draws a fresh seed.
+    pub async fn create_session_with_seed(
+        &self,
+        id: impl Into<String>,
+        seed: [u8; 32],
+    ) -> Result<Session, SessionError> {
         let record = SessionRecord {
             id: id.into(),
-            seed: random_seed(),
+            seed,
             forked_from: None,
             created_at_ms: crate::store::timestamp_ms(),
             last_step: 0,

@@ -1,0 +1,201 @@
+//! Durable sessions: resume after a restart, replay, divergence, fork, journaled model calls.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::json;
+use toolhost::model::{ChatRequest, ChatResponse, FinishReason, ModelError, Usage};
+use toolhost::store::Durability;
+use toolhost::{CallError, Host, HostConfig, ModelProvider, Policy, SessionError, SnapshotPolicy, SqliteStore, Tool};
+
+use crate::support::{engine_config, grants, guests, tight_limits};
+
+/// Answers every prompt with its echo and counts the calls.
+#[derive(Default)]
+pub struct CountingModel {
+    pub calls: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ModelProvider for CountingModel {
+    async fn chat(&self, _alias: &str, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(ChatResponse {
+            text: format!("echo: {} (call {n})", request.messages.last().map(|m| m.content.as_str()).unwrap_or("")),
+            tool_calls: Vec::new(),
+            finish_reason: FinishReason::Stop,
+            usage: Usage { input_tokens: 1, output_tokens: 1 },
+            model: "counting".into(),
+        })
+    }
+}
+
+fn policy() -> Policy {
+    let mut hostile = grants(&["scratch"], tight_limits());
+    hostile.models.insert("counting".into());
+    Policy::grant_requested().with_tool("hostile", hostile)
+}
+
+fn host_on(db: &Path, snapshots: SnapshotPolicy, models: Option<Arc<CountingModel>>) -> Host {
+    let store = Arc::new(SqliteStore::open(db, Durability::Full).unwrap());
+    let config = HostConfig {
+        engine: engine_config(),
+        policy: policy(),
+        snapshots,
+        models: models.map(|m| m as Arc<dyn ModelProvider>),
+    };
+    Host::with_store(config, store).unwrap()
+}
+
+async fn tools(host: &Host) -> (Arc<Tool>, Arc<Tool>) {
+    (host.load_tool(&guests().notes).await.unwrap(), host.load_tool(&guests().hostile).await.unwrap())
+}
+
+async fn add_notes(host: &Host, notes: &Tool, titles: &[&str]) -> String {
+    let mut session = host.new_session().await.unwrap();
+    for title in titles {
+        session.call(notes, &json!({"op": "add", "title": title, "body": format!("about {title}")})).await.unwrap();
+    }
+    session.id().to_owned()
+}
+
+#[tokio::test]
+async fn a_restarted_host_resumes_a_session_from_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sessions.db");
+    let id = {
+        let host = host_on(&db, SnapshotPolicy::default(), None);
+        let (notes, _) = tools(&host).await;
+        add_notes(&host, &notes, &["alpha", "beta", "gamma", "delta"]).await
+    };
+
+    let host = host_on(&db, SnapshotPolicy::default(), None);
+    let (notes, _) = tools(&host).await;
+    let mut session = host.open_session(&id).await.unwrap();
+    assert_eq!(session.last_step(), 4);
+    // The in-memory index comes back: searching needs no note from state.
+    let found = session.call(&notes, &json!({"op": "search", "query": "gamma"})).await.unwrap();
+    assert_eq!(found, json!({"matches": [{"id": 3, "title": "gamma"}]}));
+    let added = session.call(&notes, &json!({"op": "add", "title": "epsilon", "body": "fifth"})).await.unwrap();
+    assert_eq!(added, json!({"id": 5, "notes": 5}));
+
+    let details = host.session_details(&id).await.unwrap();
+    assert_eq!(details.steps.iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+    // Default policy: a snapshot after each step, the newest 3 kept.
+    assert_eq!(details.snapshots.iter().map(|s| s.seq).collect::<Vec<_>>(), [4, 5, 6]);
+    assert_eq!(details.state_keys.len(), 5);
+    assert!(matches!(host.open_session("nope").await, Err(SessionError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn without_snapshots_a_session_is_rebuilt_by_replaying_its_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sessions.db");
+    let never = SnapshotPolicy { every: u32::MAX, keep: 1 };
+    let models = Arc::new(CountingModel::default());
+    let (id, entropy) = {
+        let host = host_on(&db, never, Some(models.clone()));
+        let (notes, hostile) = tools(&host).await;
+        let mut session = host.new_session().await.unwrap();
+        session.call(&notes, &json!({"op": "add", "title": "one", "body": "first"})).await.unwrap();
+        let entropy = session.call(&hostile, &json!({"attack": "entropy", "bytes": 16})).await.unwrap();
+        session.call(&hostile, &json!({"attack": "ask-model", "model": "counting", "prompt": "hi"})).await.unwrap();
+        session.call(&notes, &json!({"op": "get", "id": 1})).await.unwrap();
+        (session.id().to_owned(), entropy)
+    };
+    assert_eq!(models.calls.load(Ordering::SeqCst), 1);
+
+    let host = host_on(&db, never, Some(models.clone()));
+    let (notes, hostile) = tools(&host).await;
+    assert!(host.session_details(&id).await.unwrap().snapshots.is_empty());
+    let mut session = host.open_session(&id).await.unwrap();
+    // Rebuilding `hostile` replays its random bytes, clock reading and model answer from the
+    // journal (a mismatch would fail as a divergence), and the next draw continues the stream.
+    let next = session.call(&hostile, &json!({"attack": "entropy", "bytes": 16})).await.unwrap();
+    assert_ne!(next["padding"], entropy["padding"]);
+    assert_eq!(models.calls.load(Ordering::SeqCst), 1, "replay must not call the model");
+    let listed = session.call(&notes, &json!({"op": "list"})).await.unwrap();
+    assert_eq!(listed, json!({"matches": [{"id": 1, "title": "one"}]}));
+}
+
+#[tokio::test]
+async fn a_replay_that_diverges_names_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sessions.db");
+    let never = SnapshotPolicy { every: u32::MAX, keep: 1 };
+    let id = {
+        let host = host_on(&db, never, None);
+        let (notes, _) = tools(&host).await;
+        add_notes(&host, &notes, &["one", "two", "three"]).await
+    };
+    // Make step 2's record claim the output step 1 produced.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE steps SET outcome = (SELECT outcome FROM steps WHERE session = ?1 AND seq = 1) WHERE session = ?1 AND seq = 2",
+        [&id],
+    )
+    .unwrap();
+    drop(conn);
+
+    let host = host_on(&db, never, None);
+    let (notes, _) = tools(&host).await;
+    let mut session = host.open_session(&id).await.unwrap();
+    let err = session.call(&notes, &json!({"op": "list"})).await.unwrap_err();
+    match err {
+        CallError::ReplayDiverged { step, tool, reason, .. } => {
+            assert_eq!((step, tool.as_str()), (2, "notes"));
+            assert!(reason.contains("\"id\":2") && reason.contains("\"id\":1"), "{reason}");
+        }
+        other => panic!("expected ReplayDiverged, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn forks_evolve_independently_with_fresh_randomness() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sessions.db");
+    let host = host_on(&db, SnapshotPolicy::default(), None);
+    let (notes, hostile) = tools(&host).await;
+    let mut parent = host.new_session().await.unwrap();
+    parent.call(&notes, &json!({"op": "add", "title": "shared", "body": "before the fork"})).await.unwrap();
+    parent.call(&hostile, &json!({"attack": "echo", "n": 1})).await.unwrap();
+
+    let mut child = host.fork_session(parent.id(), 2).await.unwrap();
+    assert_eq!(child.forked_from(), Some((parent.id(), 2)));
+    assert_eq!(child.last_step(), 2);
+    let parent_draw = parent.call(&hostile, &json!({"attack": "entropy", "bytes": 16})).await.unwrap();
+    let child_draw = child.call(&hostile, &json!({"attack": "entropy", "bytes": 16})).await.unwrap();
+    assert_ne!(parent_draw["padding"], child_draw["padding"], "a fork must not replay the parent's random stream");
+
+    parent.call(&notes, &json!({"op": "add", "title": "parent only", "body": "x"})).await.unwrap();
+    child.call(&notes, &json!({"op": "add", "title": "child only", "body": "y"})).await.unwrap();
+    let parent_list = parent.call(&notes, &json!({"op": "list"})).await.unwrap();
+    let child_list = child.call(&notes, &json!({"op": "list"})).await.unwrap();
+    assert_eq!(parent_list, json!({"matches": [{"id": 2, "title": "parent only"}, {"id": 1, "title": "shared"}]}));
+    assert_eq!(child_list, json!({"matches": [{"id": 2, "title": "child only"}, {"id": 1, "title": "shared"}]}));
+    let got = child.call(&notes, &json!({"op": "get", "id": 2})).await.unwrap();
+    assert_eq!(got["body"], "y");
+
+    // Both branches resume in a new host: the child's rebuild replays the parent's history
+    // with the parent's seed, then its own with its own.
+    let child_id = child.id().to_owned();
+    let parent_id = parent.id().to_owned();
+    drop((parent, child, host));
+    let host = host_on(&db, SnapshotPolicy::default(), None);
+    let (notes, hostile) = tools(&host).await;
+    for id in [&parent_id, &child_id] {
+        let mut session = host.open_session(id).await.unwrap();
+        session.call(&hostile, &json!({"attack": "echo", "n": 2})).await.unwrap();
+        session.call(&notes, &json!({"op": "list"})).await.unwrap();
+    }
+    let forks: Vec<_> = host.list_sessions().await.unwrap().into_iter().filter(|s| s.forked_from.is_some()).collect();
+    assert_eq!(forks.len(), 1);
+    assert!(host.delete_session(&child_id).await.unwrap());
+    assert!(!host.delete_session(&child_id).await.unwrap());
+    assert!(matches!(host.open_session(&child_id).await, Err(SessionError::NotFound(_))));
+    // The parent is untouched by the child's deletion (their snapshot chunks were shared).
+    let mut parent = host.open_session(&parent_id).await.unwrap();
+    let listed = parent.call(&notes, &json!({"op": "list"})).await.unwrap();
+    assert_eq!(listed["matches"].as_array().unwrap().len(), 2);
+}
