@@ -77,8 +77,14 @@ impl wit::Host for ModelCtx {
             return Err(ModelError::InvalidRequest("replay diverged from the journal".into()));
         }
         super::audit(&self.session, &self.tool, "model", &format!("chat {shown}"), true, "granted");
+        let call_id = {
+            let journal = lock(&self.journal);
+            let index = journal.recorded().iter().filter(|e| matches!(e, JournalEntry::Model { .. })).count();
+            let seq = journal.step.as_ref().map_or(0, |s| s.seq);
+            format!("{}:{seq}:{index}", self.session)
+        };
         let result = match &self.provider {
-            Some(provider) => provider.chat(&model, &request).await,
+            Some(provider) => provider.chat(&model, &request, &call_id).await,
             None => Err(ModelError::ProviderError(ProviderFailure {
                 status: None,
                 message: format!("no model provider is configured for `{shown}`"),

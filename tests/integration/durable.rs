@@ -19,7 +19,7 @@ pub struct CountingModel {
 
 #[async_trait::async_trait]
 impl ModelProvider for CountingModel {
-    async fn chat(&self, _alias: &str, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
+    async fn chat(&self, _alias: &str, request: &ChatRequest, _call_id: &str) -> Result<ChatResponse, ModelError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         Ok(ChatResponse {
             text: format!("echo: {} (call {n})", request.messages.last().map(|m| m.content.as_str()).unwrap_or("")),
@@ -31,7 +31,7 @@ impl ModelProvider for CountingModel {
     }
 }
 
-fn policy() -> Policy {
+pub fn policy() -> Policy {
     let mut hostile = grants(&["scratch"], tight_limits());
     hostile.models.insert("counting".into());
     Policy::grant_requested().with_tool("hostile", hostile)
