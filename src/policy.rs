@@ -45,13 +45,36 @@ pub struct StateGrant {
     pub quota: StateQuota,
 }
 
+/// Model aliases a tool may call, and the bounds on its use. The model capability enforces
+/// the bounds; `None` means unbounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelGrant {
+    pub aliases: BTreeSet<String>,
+    /// Caps a request's `max-tokens` (and sets it when the tool gives none).
+    pub max_tokens_per_call: Option<u32>,
+    /// Input plus output tokens, as providers report them, per session.
+    pub session_token_budget: Option<u64>,
+    pub calls_per_minute: Option<u32>,
+}
+
+impl ModelGrant {
+    /// Grants `aliases` without bounds.
+    pub fn aliases<I: IntoIterator<Item = S>, S: Into<String>>(aliases: I) -> Self {
+        Self { aliases: aliases.into_iter().map(Into::into).collect(), ..Self::default() }
+    }
+
+    pub fn allows(&self, alias: &str) -> bool {
+        self.aliases.contains(alias)
+    }
+}
+
 /// Everything one tool is granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ToolGrants {
     pub state: StateGrant,
-    /// Model aliases the tool may call.
-    pub models: BTreeSet<String>,
+    pub models: ModelGrant,
     pub limits: Limits,
 }
 
@@ -65,7 +88,7 @@ impl ToolGrants {
                 namespaces: caps.state.iter().map(|r| (r.namespace.clone(), r.access)).collect(),
                 quota: StateQuota::default(),
             },
-            models: caps.models.iter().cloned().collect(),
+            models: ModelGrant::aliases(caps.models.iter().cloned()),
             limits: Limits::default(),
         }
     }

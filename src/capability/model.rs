@@ -3,7 +3,6 @@
 //! crashes before the step commits, re-running the step answers the call from the store
 //! instead of paying the provider again.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
@@ -11,13 +10,14 @@ use wasmtime::component::{HasData, Linker};
 use crate::bindings::model::{self as wit, ChatRequest, ChatResponse, ModelError, ProviderFailure};
 use crate::journal::{JournalEntry, SharedJournal, lock, request_digest};
 use crate::model::ModelProvider;
+use crate::policy::ModelGrant;
 use crate::store::{PendingStep, Store};
 
 /// Per-instance model context.
 pub struct ModelCtx {
     session: String,
     tool: String,
-    granted: Arc<BTreeSet<String>>,
+    granted: Arc<ModelGrant>,
     provider: Option<Arc<dyn ModelProvider>>,
     store: Arc<dyn Store>,
     journal: SharedJournal,
@@ -27,7 +27,7 @@ impl ModelCtx {
     pub(crate) fn new(
         session: String,
         tool: String,
-        granted: Arc<BTreeSet<String>>,
+        granted: Arc<ModelGrant>,
         provider: Option<Arc<dyn ModelProvider>>,
         store: Arc<dyn Store>,
         journal: SharedJournal,
@@ -59,7 +59,7 @@ impl ModelCtx {
 impl wit::Host for ModelCtx {
     async fn chat(&mut self, model: String, request: ChatRequest) -> Result<ChatResponse, ModelError> {
         let shown = model.escape_debug().to_string();
-        if !self.granted.contains(&model) {
+        if !self.granted.allows(&model) {
             let reason = format!("model `{shown}` is not granted");
             super::audit(&self.session, &self.tool, "model", &format!("chat {shown}"), false, &reason);
             return Err(ModelError::Denied(reason));

@@ -16,6 +16,9 @@ pub struct Args {
     /// granted nothing and such uses are denied.
     #[arg(long)]
     grant_requested: bool,
+    /// Run the call as the next step of this session (created if new); needs --db to last
+    #[arg(long)]
+    session: Option<String>,
 }
 
 pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
@@ -28,9 +31,17 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
     let policy = if args.grant_requested { Policy::grant_requested() } else { Policy::deny_all() };
     let host = config.host(policy)?;
     let tool = host.load_tool(&args.tool).await?;
-    let mut session = host.new_session().await?;
+    let mut session = match &args.session {
+        Some(id) => match host.open_session(id).await {
+            Ok(session) => session,
+            Err(toolhost::SessionError::NotFound(_)) => host.create_session(id.clone()).await?,
+            Err(e) => return Err(e.into()),
+        },
+        None => host.new_session().await?,
+    };
     match session.call(&tool, &input).await {
         Ok(output) => {
+            tracing::info!(session = session.id(), step = session.last_step(), "committed");
             println!("{}", serde_json::to_string_pretty(&output)?);
             Ok(ExitCode::SUCCESS)
         }

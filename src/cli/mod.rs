@@ -3,12 +3,17 @@
 
 mod call;
 mod inspect;
+mod sessions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use toolhost::{EngineConfig, Host, HostConfig, Policy};
+use std::sync::Arc;
+
+use anyhow::Context;
+use toolhost::store::Durability;
+use toolhost::{EngineConfig, Host, HostConfig, Policy, SqliteStore};
 
 #[derive(Parser)]
 #[command(name = "toolhost", version, about = "Run AI-agent tools as sandboxed WebAssembly components")]
@@ -20,6 +25,10 @@ struct Cli {
     /// Compile every tool from scratch, without reading or writing the cache
     #[arg(long, global = true)]
     no_cache: bool,
+
+    /// Session database (SQLite) [default: a temporary one for `call`, .toolhost/sessions.db for `sessions`]
+    #[arg(long, global = true, env = "TOOLHOST_DB")]
+    db: Option<PathBuf>,
 
     /// More log output (-v: info, -vv: debug, -vvv: trace); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -33,8 +42,10 @@ struct Cli {
 enum Command {
     /// Show what a tool is and what it asks for
     Inspect(inspect::Args),
-    /// Call a tool once in a fresh session and print its JSON output
+    /// Call a tool as one step of a session and print its JSON output
     Call(call::Args),
+    /// List, show, fork and delete stored sessions
+    Sessions(sessions::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -45,9 +56,15 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
     let result = runtime.block_on(async {
+        let db = match (&cli.command, cli.db) {
+            (Command::Sessions(_), None) => Some(PathBuf::from(".toolhost/sessions.db")),
+            (_, db) => db,
+        };
+        let config = cli_host_config(cli.cache_dir, cli.no_cache, db);
         match cli.command {
-            Command::Inspect(args) => inspect::run(&cli_host_config(cli.cache_dir.clone(), cli.no_cache), args).await,
-            Command::Call(args) => call::run(&cli_host_config(cli.cache_dir.clone(), cli.no_cache), args).await,
+            Command::Inspect(args) => inspect::run(&config, args).await,
+            Command::Call(args) => call::run(&config, args).await,
+            Command::Sessions(args) => sessions::run(&config, args).await,
         }
     });
     match result {
@@ -72,19 +89,32 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-/// Engine settings shared by the subcommands; each adds its own policy.
+/// Engine and store settings shared by the subcommands; each adds its own policy.
 struct CliHostConfig {
     engine: EngineConfig,
+    db: Option<PathBuf>,
 }
 
-fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool) -> CliHostConfig {
+fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool, db: Option<PathBuf>) -> CliHostConfig {
     let cache_dir = if no_cache { None } else { cache_dir.or_else(EngineConfig::default_cache_dir) };
     // One-shot commands need few instance slots; a small pool starts faster.
-    CliHostConfig { engine: EngineConfig { cache_dir, max_instances: 16, ..EngineConfig::default() } }
+    CliHostConfig { engine: EngineConfig { cache_dir, max_instances: 16, ..EngineConfig::default() }, db }
 }
 
 impl CliHostConfig {
     fn host(&self, policy: Policy) -> anyhow::Result<Host> {
-        Ok(Host::new(HostConfig { engine: self.engine.clone(), policy, ..HostConfig::default() })?)
+        let config = HostConfig { engine: self.engine.clone(), policy, ..HostConfig::default() };
+        Ok(match &self.db {
+            Some(path) => {
+                let store = SqliteStore::open(path, Durability::Full)
+                    .with_context(|| format!("opening the session database {}", path.display()))?;
+                Host::with_store(config, Arc::new(store))?
+            }
+            None => Host::new(config)?,
+        })
+    }
+
+    fn db_label(&self) -> String {
+        self.db.as_ref().map_or("a temporary database".into(), |p| p.display().to_string())
     }
 }

@@ -145,6 +145,20 @@ pub struct StorageStats {
     pub chunk_bytes: u64,
 }
 
+/// A capability decision, as the audit trail keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub at_ms: i64,
+    pub session: String,
+    pub tool: String,
+    /// `state`, `model`, `filesystem`, `network`, `env`, ...
+    pub capability: String,
+    /// What was asked, with untrusted parts escaped (e.g. `set notes/a\\nb`).
+    pub request: String,
+    pub allowed: bool,
+    pub reason: String,
+}
+
 /// The steps of a step in flight that must outlive a crash: model responses are persisted as
 /// they arrive, so re-running the step after a crash answers them from here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,4 +202,10 @@ pub trait Store: Send + Sync + 'static {
     async fn put_pending(&self, session: &str, pending: &PendingStep) -> Result<(), StoreError>;
     async fn pending(&self, session: &str) -> Result<Option<PendingStep>, StoreError>;
     async fn clear_pending(&self, session: &str) -> Result<(), StoreError>;
+
+    /// Appends to the audit trail. Events outlive the session they name: deleting a session
+    /// keeps its audit trail.
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// Audit events in the order recorded, of one session or of all.
+    async fn audit_events(&self, session: Option<&str>) -> Result<Vec<AuditEvent>, StoreError>;
 }

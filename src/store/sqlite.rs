@@ -16,8 +16,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage, StepCommit, StepRecord,
-    StorageStats, Store, StoreError, chunk_snapshot,
+    AuditEvent, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage, StepCommit,
+    StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
 
 /// How hard a commit tries to survive power loss.
@@ -31,7 +31,8 @@ pub enum Durability {
 }
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE sessions (
         id TEXT PRIMARY KEY,
         seed BLOB NOT NULL,
@@ -79,7 +80,21 @@ const MIGRATIONS: &[&str] = &[r#"
         session TEXT PRIMARY KEY,
         record BLOB NOT NULL
     ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        session TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        capability TEXT NOT NULL,
+        request TEXT NOT NULL,
+        allowed INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_session ON audit (session, id);
+"#,
+];
 
 /// Writes that arrive while a group is committing join the next group, up to this many.
 const MAX_GROUP: usize = 256;
@@ -788,6 +803,47 @@ impl Store for SqliteStore {
         let session = session.to_owned();
         self.write(move |conn| {
             conn.execute("DELETE FROM pending WHERE session = ?1", [session]).map(drop).map_err(backend)
+        })
+        .await
+    }
+
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let e = event.clone();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO audit (at_ms, session, tool, capability, request, allowed, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![e.at_ms, e.session, e.tool, e.capability, e.request, e.allowed, e.reason],
+            )
+            .map(drop)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn audit_events(&self, session: Option<&str>) -> Result<Vec<AuditEvent>, StoreError> {
+        let session = session.map(str::to_owned);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT at_ms, session, tool, capability, request, allowed, reason FROM audit
+                     WHERE ?1 IS NULL OR session = ?1 ORDER BY id",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([session], |r| {
+                    Ok(AuditEvent {
+                        at_ms: r.get(0)?,
+                        session: r.get(1)?,
+                        tool: r.get(2)?,
+                        capability: r.get(3)?,
+                        request: r.get(4)?,
+                        allowed: r.get(5)?,
+                        reason: r.get(6)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
         })
         .await
     }

@@ -33,7 +33,7 @@ impl ModelProvider for CountingModel {
 
 pub fn policy() -> Policy {
     let mut hostile = grants(&["scratch"], tight_limits());
-    hostile.models.insert("counting".into());
+    hostile.models = toolhost::ModelGrant::aliases(["counting"]);
     Policy::grant_requested().with_tool("hostile", hostile)
 }
 

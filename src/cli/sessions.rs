@@ -1,0 +1,122 @@
+use std::process::ExitCode;
+
+use toolhost::Policy;
+
+use super::CliHostConfig;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// List the sessions in the store
+    List,
+    /// Show a session's steps, state keys, snapshots and stored bytes
+    Show {
+        id: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new session from step AT of session ID; prints the new session's id
+    Fork {
+        id: String,
+        #[arg(long)]
+        at: u64,
+    },
+    /// Delete a session and everything it stored
+    Delete { id: String },
+}
+
+fn when(ms: i64) -> String {
+    format!("{:.1}s ago", (toolhost_now_ms() - ms).max(0) as f64 / 1000.0)
+}
+
+fn toolhost_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
+    let host = config.host(Policy::deny_all())?;
+    match args.command {
+        Command::List => {
+            let sessions = host.list_sessions().await?;
+            if sessions.is_empty() {
+                println!("no sessions in {}", config.db_label());
+            }
+            for s in sessions {
+                let fork = s.forked_from.map(|(p, at)| format!("  (fork of {p} at step {at})")).unwrap_or_default();
+                println!("{}  {:>5} steps  created {}{fork}", s.id, s.steps, when(s.created_at_ms));
+            }
+        }
+        Command::Show { id, json } => {
+            let d = host.session_details(&id).await?;
+            if json {
+                let steps: Vec<_> = d
+                    .steps
+                    .iter()
+                    .map(|s| serde_json::json!({"seq": s.seq, "tool": s.tool, "input": s.input, "outcome": s.outcome, "journal_entries": s.journal.len()}))
+                    .collect();
+                let snapshots: Vec<_> = d
+                    .snapshots
+                    .iter()
+                    .map(|s| serde_json::json!({"tool": s.tool, "seq": s.seq, "bytes": s.bytes, "chunks": s.chunks}))
+                    .collect();
+                let report = serde_json::json!({
+                    "id": d.record.id,
+                    "last_step": d.record.last_step,
+                    "forked_from": d.record.forked_from,
+                    "steps": steps,
+                    "state_keys": d.state_keys,
+                    "snapshots": snapshots,
+                    "stored_bytes": {"steps": d.storage.step_bytes, "snapshots_logical": d.storage.snapshot_bytes},
+                });
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("session {}  ({} steps)", d.record.id, d.record.last_step);
+                if let Some((parent, at)) = &d.record.forked_from {
+                    println!("forked from {parent} at step {at}");
+                }
+                println!("\nsteps:");
+                for s in &d.steps {
+                    let outcome = match &s.outcome {
+                        toolhost::store::StepOutcome::Output(text) => text.chars().take(80).collect::<String>(),
+                        toolhost::store::StepOutcome::Failed(f) => format!("error: {f}"),
+                    };
+                    println!(
+                        "  {:>4}  {:<12} {} -> {outcome}",
+                        s.seq,
+                        s.tool,
+                        s.input.chars().take(60).collect::<String>()
+                    );
+                }
+                println!("\nstate keys:");
+                for (tool, namespace, key) in &d.state_keys {
+                    println!("  {tool}/{namespace}/{}", key.escape_debug());
+                }
+                println!("\nsnapshots:");
+                for s in &d.snapshots {
+                    println!("  {:<12} after step {:>4}: {} bytes in {} chunks", s.tool, s.seq, s.bytes, s.chunks);
+                }
+                println!(
+                    "\nstored: {} bytes of steps, {} bytes of snapshots (logical)",
+                    d.storage.step_bytes, d.storage.snapshot_bytes
+                );
+            }
+        }
+        Command::Fork { id, at } => {
+            let child = host.fork_session(&id, at).await?;
+            println!("{}", child.id());
+        }
+        Command::Delete { id } => {
+            if !host.delete_session(&id).await? {
+                anyhow::bail!("no session `{id}` in {}", config.db_label());
+            }
+            println!("deleted {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
