@@ -11,6 +11,7 @@
 //! (grants), [`capability`] (one module per host import), [`store`] (persistence),
 //! [`tool`] (a loaded tool), [`session`] (instances and steps), [`host`] (the entry point).
 
+pub mod agent;
 mod bindings;
 pub mod capability;
 pub mod engine;
@@ -25,6 +26,7 @@ pub mod session;
 pub mod store;
 pub mod tool;
 
+pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentOutcome, Goal, Stop, Task, ToolCalling};
 pub use engine::{CacheStatus, EngineConfig, Limits};
 pub use error::{CallError, HostError, LoadError, SessionError, ToolFailure, TrapKind};
 pub use host::{Host, HostConfig, SessionDetails};

@@ -182,6 +182,56 @@ impl Session {
         output
     }
 
+    /// Commits a step the host itself took (not a tool call), e.g. the agent loop's model
+    /// turns: `actor` names it (it must not be a valid tool name, so it never collides with
+    /// a tool's steps and is never replayed into an instance), `input` and `output` are what
+    /// happened. Returns the step's sequence number.
+    pub async fn commit_host_step(
+        &mut self,
+        actor: &str,
+        input: &serde_json::Value,
+        output: &serde_json::Value,
+        journal: Vec<crate::journal::JournalEntry>,
+    ) -> Result<u64, CallError> {
+        debug_assert!(!crate::tool::valid_name(actor), "host step actor `{actor}` could be a tool name");
+        let seq = self.record.last_step + 1;
+        let commit = StepCommit {
+            session: self.record.id.clone(),
+            step: StepRecord {
+                seq,
+                tool: actor.to_owned(),
+                digest: String::new(),
+                input: input.to_string(),
+                outcome: StepOutcome::Output(output.to_string()),
+                journal,
+                writes: Vec::new(),
+                random: RandomState { seed: self.record.seed, secure: 0, insecure: 0 },
+                committed_at_ms: crate::store::timestamp_ms(),
+            },
+            snapshot: None,
+            keep_snapshots: self.host.snapshot_policy().keep,
+        };
+        self.host.store().commit_step(commit).await.map_err(|e| match e {
+            StoreError::Conflict { .. } => {
+                self.instances.clear();
+                CallError::Conflict { tool: actor.to_owned(), session: self.record.id.clone(), reason: e.to_string() }
+            }
+            e => CallError::Store { tool: actor.to_owned(), reason: e.to_string() },
+        })?;
+        self.record.last_step = seq;
+        Ok(seq)
+    }
+
+    /// The session's committed steps after step `after`, in order.
+    pub async fn steps(&self, after: u64) -> Result<Vec<StepRecord>, StoreError> {
+        self.host.store().steps(&self.record.id, None, after).await
+    }
+
+    /// The host this session belongs to.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
     /// Starts (or rebuilds) this session's instance of `tool` now rather than on the next
     /// call.
     pub async fn prewarm(&mut self, tool: &Tool) -> Result<(), CallError> {

@@ -1,0 +1,496 @@
+//! The agent loop: a model chooses among sandboxed tools, step after step, until it gives a
+//! final answer, the turn limit or the token budget stops it.
+//!
+//! Every model turn and every tool call is a committed step of the run's session (see
+//! [`record`] for the layout), so a run survives a crash: [`Agent::resume`] reads the session
+//! back and continues after its last committed step, without sending a completed model
+//! request again or re-running a committed tool call.
+//!
+//! ```ignore
+//! // Compiled for real in examples/research_agent.rs.
+//! let host = Host::with_store(HostConfig { policy, models: Some(provider), ..Default::default() }, store)?;
+//! let tools = vec![host.load_tool("calculator.wasm").await?, host.load_tool("notes.wasm").await?];
+//! let agent = Agent::new(&host, AgentConfig::new("local"), tools)?;
+//! let mut session = host.new_session().await?;
+//! let outcome = agent.start(&mut session, Goal::new("What is 17 * 23? Keep a note."), &mut |event| println!("{event}")).await?;
+//! println!("{}", outcome.stop);
+//! // After a crash, in a new process:
+//! let mut session = host.open_session(&id).await?;
+//! let outcome = agent.resume(&mut session, &mut |event| println!("{event}")).await?;
+//! ```
+
+mod action;
+mod config;
+mod prompt;
+mod record;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+pub use action::FINAL_ANSWER;
+pub use config::{AgentConfig, Goal, Task, ToolCalling};
+
+use crate::error::CallError;
+use crate::host::Host;
+use crate::journal::{JournalEntry, request_digest};
+use crate::model::{ChatResponse, ModelError, ModelProvider};
+use crate::session::Session;
+use crate::store::StoreError;
+use crate::tool::Tool;
+use action::{Action, PlannedCall};
+use record::{CallResult, ModelStepInput, ToolErrorInput, ToolErrorOutput, Transcript, Turn};
+
+/// Why a run could not go on. A stop by the loop's own limits is not an error: see [`Stop`].
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the host has no model provider: configure `HostConfig::models` to run an agent")]
+    NoModelProvider,
+    #[error("invalid agent configuration: {0}")]
+    InvalidConfig(String),
+    #[error("session `{session}` already has {steps} steps; start an agent in a new session, or resume it")]
+    SessionNotEmpty { session: String, steps: u64 },
+    #[error("session `{session}` is not an agent run: {reason}")]
+    NotAnAgentSession { session: String, reason: String },
+    #[error("the agent run in session `{session}` cannot be read back at step {step}: {reason}")]
+    Record { session: String, step: u64, reason: String },
+    #[error("session `{session}` was started {reason}")]
+    Mismatch { session: String, reason: String },
+    /// The model call of turn `turn` failed; nothing of that turn was committed, so resuming
+    /// sends it again.
+    #[error("model turn {turn} failed: {}", describe_model_error(error))]
+    Model { turn: u32, error: ModelError },
+    /// The session's store failed, or the session was advanced elsewhere, or an instance could
+    /// not be (re)built: the run stops at its last committed step.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A one-line description of a model error.
+pub fn describe_model_error(error: &ModelError) -> String {
+    match error {
+        ModelError::Denied(m) => format!("denied: {m}"),
+        ModelError::BudgetExceeded(m) => format!("budget exceeded: {m}"),
+        ModelError::RateLimited(m) => format!("rate limited: {m}"),
+        ModelError::Timeout(m) => format!("timed out: {m}"),
+        ModelError::ProviderError(f) => match f.status {
+            Some(status) => format!("provider error (HTTP {status}): {}", f.message),
+            None => format!("provider error: {}", f.message),
+        },
+        ModelError::InvalidRequest(m) => format!("invalid request: {m}"),
+    }
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The model gave its final answer.
+    Answer(String),
+    /// `max_turns` model turns ran without a final answer.
+    TurnLimit { max_turns: u32 },
+    /// The token budget is spent.
+    Budget { budget: u64, used: u64 },
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Answer(answer) => write!(f, "final answer: {answer}"),
+            Self::TurnLimit { max_turns } => write!(
+                f,
+                "stopped without a final answer: the turn limit ({max_turns} model turns) was reached; \
+                 resume with a higher `max_turns` to continue"
+            ),
+            Self::Budget { budget, used } => write!(
+                f,
+                "stopped without a final answer: the token budget is spent ({used} of {budget} tokens used); \
+                 resume with a higher `token_budget` to continue"
+            ),
+        }
+    }
+}
+
+/// How a run ended, with what it consumed (over the whole run, resumes included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentOutcome {
+    pub session: String,
+    pub stop: Stop,
+    pub turns: u32,
+    pub tool_calls: u32,
+    /// Input plus output tokens, as the provider reported them.
+    pub tokens: u64,
+    /// The session's last committed step.
+    pub last_step: u64,
+}
+
+impl AgentOutcome {
+    pub fn answer(&self) -> Option<&str> {
+        match &self.stop {
+            Stop::Answer(answer) => Some(answer),
+            _ => None,
+        }
+    }
+}
+
+/// Progress of a run, as it happens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentEvent {
+    /// A run was read back from its session and continues.
+    Resumed { turns: u32, tool_calls: u32, tokens: u64, last_step: u64 },
+    /// A model turn was answered and committed as `step`.
+    ModelTurn { turn: u32, step: u64, elapsed: Duration, input_tokens: u32, output_tokens: u32, decision: String },
+    /// A tool call finished (committed as `step`).
+    ToolCall {
+        turn: u32,
+        step: u64,
+        tool: String,
+        arguments: String,
+        elapsed: Duration,
+        result: Result<String, String>,
+    },
+}
+
+fn short(text: &str, max: usize) -> String {
+    let flat = text.replace('\n', " ");
+    if flat.chars().count() <= max { flat } else { format!("{}...", flat.chars().take(max).collect::<String>()) }
+}
+
+impl std::fmt::Display for AgentEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Resumed { turns, tool_calls, tokens, last_step } => write!(
+                f,
+                "resumed after step {last_step}: {turns} model turns and {tool_calls} tool calls kept ({tokens} tokens)"
+            ),
+            Self::ModelTurn { turn, step, elapsed, input_tokens, output_tokens, decision } => write!(
+                f,
+                "step {step:>3}  model turn {turn:<2} {:>7.2?}  {input_tokens:>5} in {output_tokens:>4} out  -> {}",
+                elapsed,
+                short(decision, 100)
+            ),
+            Self::ToolCall { step, tool, arguments, elapsed, result, .. } => {
+                let shown = match result {
+                    Ok(output) => short(output, 80),
+                    Err(error) => format!("error: {}", short(error, 80)),
+                };
+                write!(f, "step {step:>3}  {tool:<13} {elapsed:>7.2?}  {} -> {shown}", short(arguments, 60))
+            }
+        }
+    }
+}
+
+/// An agent: a model alias, the tools it may call, and the loop's settings. Cheap to share;
+/// one agent drives any number of sessions, one run per session.
+pub struct Agent {
+    config: AgentConfig,
+    tools: Vec<Arc<Tool>>,
+    provider: Arc<dyn ModelProvider>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("config", &self.config)
+            .field("tools", &self.tools.iter().map(|t| t.name()).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// An agent that talks to `config.model` through `host`'s model provider and calls
+    /// `tools` (loaded by `host`, with the grants its policy gives them).
+    pub fn new(host: &Host, config: AgentConfig, tools: Vec<Arc<Tool>>) -> Result<Self, AgentError> {
+        let provider = host.model_provider().ok_or(AgentError::NoModelProvider)?;
+        Self::with_provider(config, tools, provider)
+    }
+
+    /// Like [`Agent::new`] with a provider of its own.
+    pub fn with_provider(
+        config: AgentConfig,
+        tools: Vec<Arc<Tool>>,
+        provider: Arc<dyn ModelProvider>,
+    ) -> Result<Self, AgentError> {
+        if config.model.trim().is_empty() {
+            return Err(AgentError::InvalidConfig("no model alias is set".into()));
+        }
+        if config.max_turns == 0 {
+            return Err(AgentError::InvalidConfig("`max_turns` must be at least 1".into()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for tool in &tools {
+            if tool.name() == FINAL_ANSWER {
+                return Err(AgentError::InvalidConfig(format!("the tool name `{FINAL_ANSWER}` is reserved")));
+            }
+            if !names.insert(tool.name()) {
+                return Err(AgentError::InvalidConfig(format!("two tools are named `{}`", tool.name())));
+            }
+        }
+        Ok(Self { config, tools, provider })
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn tools(&self) -> &[Arc<Tool>] {
+        &self.tools
+    }
+
+    /// Starts a run towards `goal` in `session`, which must have no steps yet, and drives it
+    /// until it stops.
+    pub async fn start(
+        &self,
+        session: &mut Session,
+        goal: Goal,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<AgentOutcome, AgentError> {
+        if session.last_step() != 0 {
+            return Err(AgentError::SessionNotEmpty { session: session.id().to_owned(), steps: session.last_step() });
+        }
+        if goal.text.trim().is_empty() {
+            return Err(AgentError::InvalidConfig("the goal is empty".into()));
+        }
+        for task in &goal.tasks {
+            if let Some(tool) = &task.tool {
+                if !self.tools.iter().any(|t| t.name() == tool) {
+                    return Err(AgentError::InvalidConfig(format!(
+                        "task `{}` names the tool `{tool}`, which the agent does not have",
+                        task.description
+                    )));
+                }
+            }
+        }
+        let input = serde_json::to_value(&goal).expect("a goal serializes");
+        let output = json!({"model": self.config.model, "tool_calling": self.config.tool_calling});
+        session.commit_host_step(record::GOAL, &input, &output, Vec::new()).await?;
+        let mut transcript = Transcript { goal, tool_calling: self.config.tool_calling, turns: Vec::new() };
+        self.drive(session, &mut transcript, events).await
+    }
+
+    /// Continues the run of `session` after its last committed step, until it stops. A run
+    /// that has its final answer returns it without calling the model.
+    pub async fn resume(
+        &self,
+        session: &mut Session,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<AgentOutcome, AgentError> {
+        let steps = session.steps(0).await?;
+        let mut transcript = Transcript::read(session.id(), &steps)?.ok_or_else(|| AgentError::NotAnAgentSession {
+            session: session.id().to_owned(),
+            reason: "it has no steps".into(),
+        })?;
+        if transcript.tool_calling != self.config.tool_calling {
+            return Err(AgentError::Mismatch {
+                session: session.id().to_owned(),
+                reason: format!(
+                    "with tool calling {:?}, and cannot continue with {:?}",
+                    transcript.tool_calling, self.config.tool_calling
+                ),
+            });
+        }
+        events(AgentEvent::Resumed {
+            turns: transcript.turns.len() as u32,
+            tool_calls: transcript.tool_calls(),
+            tokens: transcript.tokens_used(),
+            last_step: session.last_step(),
+        });
+        self.drive(session, &mut transcript, events).await
+    }
+
+    /// Starts the run in a new session, or resumes it if the session has steps.
+    pub async fn run(
+        &self,
+        session: &mut Session,
+        goal: Goal,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<AgentOutcome, AgentError> {
+        if session.last_step() == 0 {
+            self.start(session, goal, events).await
+        } else {
+            self.resume(session, events).await
+        }
+    }
+
+    async fn drive(
+        &self,
+        session: &mut Session,
+        transcript: &mut Transcript,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<AgentOutcome, AgentError> {
+        loop {
+            // Finish the open turn: the calls its committed response asked for.
+            let turn_number = transcript.turns.len() as u32;
+            if let Some(turn) = transcript.turns.last() {
+                for call in turn.unanswered().to_vec() {
+                    let result = self.execute(session, turn_number, &call, events).await?;
+                    transcript.turns.last_mut().expect("a turn is open").results.push(result);
+                }
+            }
+            let outcome = |stop| AgentOutcome {
+                session: session.id().to_owned(),
+                stop,
+                turns: transcript.turns.len() as u32,
+                tool_calls: transcript.tool_calls(),
+                tokens: transcript.tokens_used(),
+                last_step: session.last_step(),
+            };
+            if let Some(answer) = transcript.final_answer() {
+                return Ok(outcome(Stop::Answer(answer.to_owned())));
+            }
+            if transcript.turns.len() as u32 >= self.config.max_turns {
+                return Ok(outcome(Stop::TurnLimit { max_turns: self.config.max_turns }));
+            }
+            let used = transcript.tokens_used();
+            let mut max_tokens = self.config.max_tokens_per_turn;
+            if let Some(budget) = self.config.token_budget {
+                if used >= budget {
+                    return Ok(outcome(Stop::Budget { budget, used }));
+                }
+                let left = u32::try_from(budget - used).unwrap_or(u32::MAX);
+                max_tokens = Some(max_tokens.map_or(left, |m| m.min(left)));
+            }
+            self.model_turn(session, transcript, max_tokens, events).await?;
+        }
+    }
+
+    /// Asks the model for the next turn and commits its response before anything acts on it.
+    async fn model_turn(
+        &self,
+        session: &mut Session,
+        transcript: &mut Transcript,
+        max_tokens: Option<u32>,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<(), AgentError> {
+        let turn = transcript.turns.len() as u32 + 1;
+        let request = prompt::request(&self.config, &self.tools, transcript, max_tokens);
+        let digest = request_digest(&(&self.config.model, &request));
+        // Stable across crashes: a provider that takes idempotency keys answers a resent
+        // request from its cache.
+        let call_id = format!("{}:{}:agent", session.id(), session.last_step() + 1);
+        let started = Instant::now();
+        let response = self
+            .provider
+            .chat(&self.config.model, &request, &call_id)
+            .await
+            .map_err(|error| AgentError::Model { turn, error })?;
+        let elapsed = started.elapsed();
+        let action = action::parse(self.config.tool_calling, &response);
+        let input =
+            serde_json::to_value(ModelStepInput { turn, model: self.config.model.clone(), request: digest.clone() })
+                .expect("serializes");
+        let output = serde_json::to_value(&response).expect("a response serializes");
+        let journal = vec![JournalEntry::Model {
+            model: self.config.model.clone(),
+            request: digest,
+            result: Ok(response.clone()),
+        }];
+        let step = session.commit_host_step(record::MODEL, &input, &output, journal).await?;
+        events(AgentEvent::ModelTurn {
+            turn,
+            step,
+            elapsed,
+            input_tokens: response.usage.input_tokens,
+            output_tokens: response.usage.output_tokens,
+            decision: decision(&action),
+        });
+        transcript.turns.push(Turn { response, action, results: Vec::new() });
+        Ok(())
+    }
+
+    /// Runs one call in the session. Every outcome the model should hear about is committed:
+    /// by the tool's own step, or by an `agent.tool-error` step when the call did not commit.
+    async fn execute(
+        &self,
+        session: &mut Session,
+        turn: u32,
+        call: &PlannedCall,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<CallResult, AgentError> {
+        let started = Instant::now();
+        let tool = self.tools.iter().find(|t| t.name() == call.tool);
+        let failure = match (tool, &call.input) {
+            (None, _) => {
+                let names: Vec<&str> = self.tools.iter().map(|t| t.name()).collect();
+                format!("there is no tool `{}`; the tools are: {}", call.tool.escape_debug(), names.join(", "))
+            }
+            (Some(_), None) => format!("the arguments must be a JSON object, not `{}`", short(&call.arguments, 200)),
+            (Some(tool), Some(input)) => match session.call(tool, input).await {
+                Ok(output) => {
+                    let result = CallResult::Output(output.to_string());
+                    self.report(events, turn, session.last_step(), call, started, &result);
+                    return Ok(result);
+                }
+                Err(CallError::Tool { failure, .. }) => {
+                    let result = CallResult::Error(record::tool_failure_text(&failure));
+                    self.report(events, turn, session.last_step(), call, started, &result);
+                    return Ok(result);
+                }
+                // The host, not the tool, failed: stop at the last committed step.
+                Err(
+                    e @ (CallError::Store { .. }
+                    | CallError::Conflict { .. }
+                    | CallError::Instantiate { .. }
+                    | CallError::ReplayDiverged { .. }),
+                ) => return Err(e.into()),
+                // The tool misbehaved on this input: the model hears why and may try otherwise.
+                Err(e) => e.to_string(),
+            },
+        };
+        let input = serde_json::to_value(ToolErrorInput {
+            call: call.id.clone(),
+            tool: call.tool.clone(),
+            arguments: call.arguments.clone(),
+        })
+        .expect("serializes");
+        let output = serde_json::to_value(ToolErrorOutput { error: failure.clone() }).expect("serializes");
+        let step = session.commit_host_step(record::TOOL_ERROR, &input, &output, Vec::new()).await?;
+        let result = CallResult::Error(failure);
+        self.report(events, turn, step, call, started, &result);
+        Ok(result)
+    }
+
+    fn report(
+        &self,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+        turn: u32,
+        step: u64,
+        call: &PlannedCall,
+        started: Instant,
+        result: &CallResult,
+    ) {
+        events(AgentEvent::ToolCall {
+            turn,
+            step,
+            tool: call.tool.clone(),
+            arguments: call.arguments.clone(),
+            elapsed: started.elapsed(),
+            result: match result {
+                CallResult::Output(text) => Ok(text.clone()),
+                CallResult::Error(error) => Err(error.clone()),
+            },
+        });
+    }
+}
+
+/// What a turn decided, for progress lines.
+fn decision(action: &Action) -> String {
+    match action {
+        Action::Calls(calls) => {
+            let names: Vec<&str> = calls.iter().map(|c| c.tool.as_str()).collect();
+            format!("call {}", names.join(", "))
+        }
+        Action::Final(answer) => format!("final answer: {answer}"),
+        Action::Invalid(reason) => format!("unusable reply: {reason}"),
+    }
+}
+
+/// The response of a committed model turn, for callers that show a run.
+pub fn stored_response(step: &crate::store::StepRecord) -> Option<ChatResponse> {
+    match (&step.outcome, step.tool == record::MODEL) {
+        (crate::store::StepOutcome::Output(text), true) => serde_json::from_str(text).ok(),
+        _ => None,
+    }
+}

@@ -1,0 +1,200 @@
+//! The agent's durable record: what a run looks like in its session's step log, and how a
+//! resumed run reads it back.
+//!
+//! A run is a sequence of committed steps in one session:
+//! - `agent.goal` (host step): the goal and its tasks, first;
+//! - `agent.model` (host step): one model turn, its full response as the output;
+//! - then one step per tool call that turn asked for, in order: the tool's own step (what
+//!   [`Session::call`](crate::Session::call) commits), or an `agent.tool-error` host step when
+//!   the call could not run to a committed step (unknown tool, invalid input, trap, ...).
+//!
+//! Actor names contain a `.`, which a tool name cannot, so host steps never collide with a
+//! tool's steps and are never replayed into an instance. Because every model response is
+//! committed before any tool it asked for runs, a resumed run re-sends no completed model
+//! call and re-runs no committed tool call.
+
+use serde::{Deserialize, Serialize};
+
+use super::AgentError;
+use super::action::{self, Action, PlannedCall};
+use super::config::{Goal, ToolCalling};
+use crate::error::ToolFailure;
+use crate::model::ChatResponse;
+use crate::store::{StepOutcome, StepRecord};
+
+pub(crate) const GOAL: &str = "agent.goal";
+pub(crate) const MODEL: &str = "agent.model";
+pub(crate) const TOOL_ERROR: &str = "agent.tool-error";
+
+/// The input of an `agent.model` step.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ModelStepInput {
+    pub turn: u32,
+    pub model: String,
+    /// sha256 of the request, to see in `sessions show` which turns asked the same thing.
+    pub request: String,
+}
+
+/// The output of the `agent.goal` step: how the run talks to its model.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct GoalOutput {
+    pub model: String,
+    pub tool_calling: ToolCalling,
+}
+
+/// How a tool's own error is told to the model (the same live and when read back).
+pub(crate) fn tool_failure_text(failure: &ToolFailure) -> String {
+    format!("the tool reported an error: {failure}")
+}
+
+/// The input of an `agent.tool-error` step.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ToolErrorInput {
+    pub call: String,
+    pub tool: String,
+    pub arguments: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ToolErrorOutput {
+    pub error: String,
+}
+
+/// What one tool call came back with, as the model is told.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CallResult {
+    /// The tool's output JSON.
+    Output(String),
+    /// The tool's own error, or why the call could not run.
+    Error(String),
+}
+
+/// One model turn and the results of the calls it asked for so far.
+#[derive(Debug, Clone)]
+pub(crate) struct Turn {
+    pub response: ChatResponse,
+    pub action: Action,
+    pub results: Vec<CallResult>,
+}
+
+impl Turn {
+    /// Calls of this turn that have no committed result yet.
+    pub fn unanswered(&self) -> &[PlannedCall] {
+        match &self.action {
+            Action::Calls(calls) => &calls[self.results.len().min(calls.len())..],
+            _ => &[],
+        }
+    }
+}
+
+/// An agent run as read back from its session.
+#[derive(Debug, Clone)]
+pub(crate) struct Transcript {
+    pub goal: Goal,
+    /// The mode the run was started with; its stored responses are read in that mode.
+    pub tool_calling: ToolCalling,
+    pub turns: Vec<Turn>,
+}
+
+impl Transcript {
+    pub fn tokens_used(&self) -> u64 {
+        self.turns
+            .iter()
+            .map(|t| u64::from(t.response.usage.input_tokens) + u64::from(t.response.usage.output_tokens))
+            .sum()
+    }
+
+    pub fn tool_calls(&self) -> u32 {
+        self.turns.iter().map(|t| t.results.len() as u32).sum()
+    }
+
+    /// The final answer, if the run has one.
+    pub fn final_answer(&self) -> Option<&str> {
+        match self.turns.last().map(|t| &t.action) {
+            Some(Action::Final(answer)) => Some(answer),
+            _ => None,
+        }
+    }
+
+    /// Reads a run from the steps of its session. Stored responses are parsed by the same
+    /// function the live run used, so both see the same actions.
+    pub fn read(session: &str, steps: &[StepRecord]) -> Result<Option<Self>, AgentError> {
+        let corrupt = |seq: u64, reason: String| AgentError::Record { session: session.to_owned(), step: seq, reason };
+        let Some(first) = steps.first() else { return Ok(None) };
+        if first.tool != GOAL {
+            return Err(AgentError::NotAnAgentSession {
+                session: session.to_owned(),
+                reason: format!("its first step is a call to `{}`, not an agent's goal", first.tool),
+            });
+        }
+        let goal: Goal =
+            serde_json::from_str(&first.input).map_err(|e| corrupt(first.seq, format!("the goal: {e}")))?;
+        let settings: GoalOutput = output_text(first)
+            .and_then(|t| serde_json::from_str(t).ok())
+            .ok_or_else(|| corrupt(first.seq, "the goal step has no settings".into()))?;
+        let mut turns: Vec<Turn> = Vec::new();
+        for step in &steps[1..] {
+            if step.tool == MODEL {
+                if let Some(open) = turns.last().filter(|t| !t.unanswered().is_empty()) {
+                    let missing = &open.unanswered()[0];
+                    return Err(corrupt(
+                        step.seq,
+                        format!("a model turn precedes the result of call `{}`", missing.id),
+                    ));
+                }
+                let text = output_text(step).ok_or_else(|| corrupt(step.seq, "the model turn has no output".into()))?;
+                let response: ChatResponse =
+                    serde_json::from_str(text).map_err(|e| corrupt(step.seq, format!("the model response: {e}")))?;
+                let action = action::parse(settings.tool_calling, &response);
+                turns.push(Turn { response, action, results: Vec::new() });
+                continue;
+            }
+            let turn = turns.last_mut().ok_or_else(|| {
+                corrupt(step.seq, format!("a call to `{}` precedes the agent's first model turn", step.tool))
+            })?;
+            let call =
+                turn.unanswered().first().cloned().ok_or_else(|| {
+                    corrupt(step.seq, format!("a call to `{}` that no model turn asked for", step.tool))
+                })?;
+            let result = if step.tool == TOOL_ERROR {
+                let input: ToolErrorInput =
+                    serde_json::from_str(&step.input).map_err(|e| corrupt(step.seq, format!("a tool error: {e}")))?;
+                if input.call != call.id {
+                    return Err(corrupt(
+                        step.seq,
+                        format!("expected the result of call `{}`, found `{}`", call.id, input.call),
+                    ));
+                }
+                let output: ToolErrorOutput = output_text(step)
+                    .and_then(|t| serde_json::from_str(t).ok())
+                    .ok_or_else(|| corrupt(step.seq, "a tool error without its message".into()))?;
+                CallResult::Error(output.error)
+            } else {
+                let input: Option<serde_json::Value> = serde_json::from_str(&step.input).ok();
+                if step.tool != call.tool || input.as_ref() != call.input.as_ref() {
+                    return Err(corrupt(
+                        step.seq,
+                        format!("expected call `{}` to `{}`, found a call to `{}`", call.id, call.tool, step.tool),
+                    ));
+                }
+                match &step.outcome {
+                    // As the live run saw it: the output parsed, then printed compactly.
+                    StepOutcome::Output(text) => match serde_json::from_str::<serde_json::Value>(text) {
+                        Ok(value) => CallResult::Output(value.to_string()),
+                        Err(e) => return Err(corrupt(step.seq, format!("the output of `{}`: {e}", step.tool))),
+                    },
+                    StepOutcome::Failed(failure) => CallResult::Error(tool_failure_text(failure)),
+                }
+            };
+            turn.results.push(result);
+        }
+        Ok(Some(Self { goal, tool_calling: settings.tool_calling, turns }))
+    }
+}
+
+fn output_text(step: &StepRecord) -> Option<&str> {
+    match &step.outcome {
+        StepOutcome::Output(text) => Some(text),
+        StepOutcome::Failed(_) => None,
+    }
+}
