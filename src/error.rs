@@ -40,7 +40,9 @@ pub enum LoadError {
 
 /// How a tool reported its own failure (the WIT `tool-error`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
-#[serde(tag = "kind", content = "message", rename_all = "kebab-case")]
+// Externally tagged (`{"invalid-input": "..."}`): the store encodes steps with postcard, which
+// cannot read back internally or adjacently tagged enums.
+#[serde(rename_all = "kebab-case")]
 pub enum ToolFailure {
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (one link on 2 cores), a module per concern.
 
+mod agent;
 mod cache;
 mod crash;
 mod durable;
