@@ -31,7 +31,7 @@ pub use engine::{CacheStatus, EngineConfig, Limits};
 pub use error::{CallError, HostError, LoadError, SessionError, ToolFailure, TrapKind};
 pub use host::{Host, HostConfig, SessionDetails};
 pub use journal::{JournalEntry, RandomState};
-pub use model::ModelProvider;
+pub use model::{LocalModel, ModelProvider, ModelRouter, ModelsConfig};
 pub use policy::{Access, ModelGrant, Policy, StateGrant, StateQuota, ToolGrants};
 pub use session::{Session, SnapshotPolicy};
 pub use store::{AuditEvent, SqliteStore, Store};
