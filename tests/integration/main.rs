@@ -6,6 +6,8 @@ mod durable;
 mod hostile;
 mod isolation;
 mod load_errors;
+mod policy;
+mod policy_fuzz;
 mod state;
 mod support;
 mod tools;
