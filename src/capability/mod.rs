@@ -3,16 +3,9 @@
 //! linker. Anything a tool was not granted is answered with a typed `denied` error and an
 //! audit event, never a trap.
 
+pub mod audit;
+pub mod filesystem;
 pub mod log;
 pub mod model;
+pub mod network;
 pub mod state;
-
-/// Records a capability decision. Denials are warnings: they mean a tool tried something its
-/// policy does not allow.
-pub(crate) fn audit(session: &str, tool: &str, capability: &str, request: &str, allowed: bool, reason: &str) {
-    if allowed {
-        tracing::debug!(target: "toolhost::audit", session, tool, capability, request, decision = "allow", reason);
-    } else {
-        tracing::warn!(target: "toolhost::audit", session, tool, capability, request, decision = "deny", reason);
-    }
-}

@@ -3,9 +3,10 @@
 
 mod call;
 mod inspect;
+mod run;
 mod sessions;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,8 @@ enum Command {
     Call(call::Args),
     /// List, show, fork and delete stored sessions
     Sessions(sessions::Args),
+    /// Run an agent described by a TOML file (goal, model, tools, policy) as a stored session
+    Run(run::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -57,7 +60,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let db = match (&cli.command, cli.db) {
-            (Command::Sessions(_), None) => Some(PathBuf::from(".toolhost/sessions.db")),
+            (Command::Sessions(_) | Command::Run(_), None) => Some(PathBuf::from(".toolhost/sessions.db")),
             (_, db) => db,
         };
         let config = cli_host_config(cli.cache_dir, cli.no_cache, db);
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(&config, args).await,
             Command::Call(args) => call::run(&config, args).await,
             Command::Sessions(args) => sessions::run(&config, args).await,
+            Command::Run(args) => run::run(&config, args).await,
         }
     });
     match result {
@@ -103,15 +107,31 @@ fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool, db: Option<PathBu
 
 impl CliHostConfig {
     fn host(&self, policy: Policy) -> anyhow::Result<Host> {
-        let config = HostConfig { engine: self.engine.clone(), policy, ..HostConfig::default() };
+        self.host_with(HostConfig { policy, ..HostConfig::default() })
+    }
+
+    /// A host with `config`'s policy and models, and this command line's engine and store.
+    fn host_with(&self, config: HostConfig) -> anyhow::Result<Host> {
+        let config = HostConfig { engine: self.engine.clone(), ..config };
         Ok(match &self.db {
             Some(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                }
                 let store = SqliteStore::open(path, Durability::Full)
                     .with_context(|| format!("opening the session database {}", path.display()))?;
                 Host::with_store(config, Arc::new(store))?
             }
             None => Host::new(config)?,
         })
+    }
+
+    /// The `--db` flag that names this store again (empty for the default).
+    fn db_flag(&self) -> String {
+        match &self.db {
+            Some(path) if path != Path::new(".toolhost/sessions.db") => format!(" --db {}", path.display()),
+            _ => String::new(),
+        }
     }
 
     fn db_label(&self) -> String {

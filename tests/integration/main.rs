@@ -1,12 +1,15 @@
 //! Integration tests: one binary (one link on 2 cores), a module per concern.
 
 mod agent;
+mod agent_local;
 mod cache;
 mod crash;
 mod durable;
 mod hostile;
 mod isolation;
 mod load_errors;
+mod policy;
+mod policy_fuzz;
 mod state;
 mod support;
 mod tools;

@@ -1,0 +1,209 @@
+//! What the example agents share: build the tools, start the local model, open the session
+//! database, print progress, and stop cleanly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use toolhost::agent::AgentEvent;
+use toolhost::model::{LocalModelOptions, ProviderConfig, ProviderKind};
+use toolhost::store::Durability;
+use toolhost::{
+    Agent, AgentConfig, AgentOutcome, EngineConfig, Goal, Host, HostConfig, LocalModel, ModelRouter, ModelsConfig,
+    Policy, Session, SessionError, SqliteStore, ToolCalling,
+};
+
+/// The alias the agents talk to.
+pub const MODEL_ALIAS: &str = "local";
+
+#[derive(clap::Parser)]
+pub struct Args {
+    /// Continue the run stored as this session (after Ctrl-C, a kill or a crash)
+    #[arg(long, value_name = "SESSION")]
+    pub resume: Option<String>,
+    /// Start the run as a session with this id (default: a random one)
+    #[arg(long, value_name = "SESSION", conflicts_with = "resume")]
+    pub session: Option<String>,
+    /// Session database (SQLite)
+    #[arg(long, default_value = ".toolhost/agents.db")]
+    pub db: PathBuf,
+    /// Use the OpenAI-compatible server at this URL (e.g. http://127.0.0.1:8080/v1) instead of
+    /// starting the local model
+    #[arg(long, value_name = "URL")]
+    pub model_url: Option<String>,
+    /// The model id to ask for at --model-url
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model_name: String,
+    /// Model turns after which the run stops without an answer
+    #[arg(long, default_value_t = 16)]
+    pub max_turns: u32,
+    /// Tokens (input plus output) the whole run may use
+    #[arg(long)]
+    pub token_budget: Option<u64>,
+}
+
+/// A host with the example tools loaded, talking to a model.
+pub struct Setup {
+    pub host: Host,
+    pub agent: Agent,
+    /// The local model this process started, if it started one.
+    pub local_model: Option<LocalModel>,
+    pub db: PathBuf,
+}
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds the tools, starts the model (unless `--model-url`), and opens the database.
+pub async fn setup(args: &Args) -> anyhow::Result<Setup> {
+    let started = Instant::now();
+    let paths = toolhost::guest_build::build(workspace(), &["calculator", "notes", "reader"])
+        .context("building the example tools (cargo build --target wasm32-wasip2)")?;
+    println!("built the tools in {:.1?}", started.elapsed());
+
+    let (models, local_model) = match &args.model_url {
+        Some(url) => {
+            let config = ModelsConfig::default()
+                .with_provider("given", ProviderConfig::new(ProviderKind::Openai, url.clone()))
+                .with_alias(MODEL_ALIAS, "given", args.model_name.clone());
+            println!("model: {} at {url}", args.model_name);
+            (config, None)
+        }
+        None => {
+            install_local_model()?;
+            let started = Instant::now();
+            let model = LocalModel::start(LocalModelOptions::for_project(workspace()))
+                .await
+                .context("starting the local model (run scripts/setup once to install it)")?;
+            println!("started the local model {} on {} in {:.1?}", model.model(), model.base_url(), started.elapsed());
+            (model.models_config(), Some(model))
+        }
+    };
+
+    let policy_path = workspace().join("examples/agents/policy.toml");
+    let policy = Policy::load(&policy_path).with_context(|| format!("loading {}", policy_path.display()))?;
+    if let Some(parent) = args.db.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let store = SqliteStore::open(&args.db, Durability::Full)
+        .with_context(|| format!("opening the session database {}", args.db.display()))?;
+    let router = ModelRouter::from_config(&models).context("configuring the model")?;
+    let engine =
+        EngineConfig { cache_dir: EngineConfig::default_cache_dir(), max_instances: 16, ..EngineConfig::default() };
+    let config = HostConfig { engine, policy, models: Some(Arc::new(router)), ..HostConfig::default() };
+    let host = Host::with_store(config, Arc::new(store))?;
+
+    let mut tools = Vec::new();
+    for path in &paths {
+        tools.push(host.load_tool(path).await.with_context(|| format!("loading {}", path.display()))?);
+    }
+    let names: Vec<&str> = tools.iter().map(|t| t.name()).collect();
+    println!("tools: {} (granted by examples/agents/policy.toml)", names.join(", "));
+
+    // The local model cannot emit native tool calls: ask it for schema-constrained JSON.
+    let config = AgentConfig {
+        tool_calling: ToolCalling::Constrained,
+        max_turns: args.max_turns,
+        token_budget: args.token_budget,
+        max_tokens_per_turn: Some(256),
+        ..AgentConfig::new(MODEL_ALIAS)
+    };
+    let agent = Agent::new(&host, config, tools)?;
+    Ok(Setup { host, agent, local_model, db: args.db.clone() })
+}
+
+/// Runs scripts/setup (idempotent) when the local model's venv is missing, as on a fresh clone.
+fn install_local_model() -> anyhow::Result<()> {
+    let options = LocalModelOptions::for_project(workspace());
+    if options.python.exists() {
+        return Ok(());
+    }
+    println!("installing the local model into .venv (scripts/setup) ...");
+    let status = std::process::Command::new(workspace().join("scripts/setup"))
+        .current_dir(workspace())
+        .status()
+        .context("running scripts/setup")?;
+    anyhow::ensure!(status.success(), "scripts/setup failed ({status}); see its output above");
+    Ok(())
+}
+
+/// Opens the session to run in: `--resume`'s, or a new one.
+pub async fn session(setup: &Setup, args: &Args) -> anyhow::Result<Session> {
+    Ok(match (&args.resume, &args.session) {
+        (Some(id), _) => match setup.host.open_session(id).await {
+            Ok(session) => session,
+            Err(SessionError::NotFound(_)) => {
+                anyhow::bail!("no session `{id}` in {}: nothing to resume", setup.db.display())
+            }
+            Err(e) => return Err(e.into()),
+        },
+        (None, Some(id)) => setup.host.create_session(id.clone()).await?,
+        (None, None) => setup.host.new_session().await?,
+    })
+}
+
+/// Runs (or resumes) the agent, printing a line per step; Ctrl-C stops it between two
+/// committed steps' worth of work and says how to resume.
+pub async fn drive(setup: &Setup, session: &mut Session, goal: Goal, resume: bool) -> anyhow::Result<()> {
+    let id = session.id().to_owned();
+    if resume {
+        println!("\nresuming session {id}");
+    } else {
+        println!("\nsession {id}\ngoal: {}", goal.text);
+        println!("(Ctrl-C or kill it any time; continue with --resume {id})");
+    }
+    println!();
+    let started = Instant::now();
+    let mut print = |event: AgentEvent| println!("{event}");
+    let run = async {
+        if resume {
+            setup.agent.resume(session, &mut print).await
+        } else {
+            setup.agent.start(session, goal, &mut print).await
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = run => outcome?,
+        _ = tokio::signal::ctrl_c() => {
+            println!("\ninterrupted: every step above is committed in {}", setup.db.display());
+            println!("continue with: cargo run --example {} -- --resume {id}", example_name());
+            return Ok(());
+        }
+    };
+    report(&outcome, setup, started);
+    Ok(())
+}
+
+fn example_name() -> String {
+    std::env::args()
+        .next()
+        .and_then(|p| Path::new(&p).file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "research_agent".into())
+}
+
+fn report(outcome: &AgentOutcome, setup: &Setup, started: Instant) {
+    println!();
+    match outcome.answer() {
+        Some(answer) => println!("answer: {answer}"),
+        None => println!("{}", outcome.stop),
+    }
+    println!(
+        "\n{} model turns, {} tool calls, {} tokens, {:.1?} in this process",
+        outcome.turns,
+        outcome.tool_calls,
+        outcome.tokens,
+        started.elapsed()
+    );
+    println!("session {} is stored in {} ({} steps)", outcome.session, setup.db.display(), outcome.last_step);
+    println!("see what it did: cargo run -- sessions show {} --db {}", outcome.session, setup.db.display());
+}
+
+/// Stops the local model if this process started it.
+pub fn finish(setup: Setup) {
+    if let Some(model) = setup.local_model {
+        model.stop();
+        println!("stopped the local model");
+    }
+}
