@@ -115,11 +115,29 @@ async fn create_session(State(service): State<Arc<Service>>) -> Result<Json<Valu
     Ok(Json(json!({"id": session.id()})))
 }
 
+/// Runs a session's work on a blocking thread: the library's session futures are not `Send`
+/// yet, which axum requires of handlers.
+async fn on_session_thread<F, Fut, T>(work: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+    T: Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(work()))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the request's task failed: {e}")))?
+}
+
 async fn call_tool(
     State(service): State<Arc<Service>>,
     UrlPath((id, tool)): UrlPath<(String, String)>,
     Json(input): Json<Value>,
 ) -> Result<Json<Value>, ApiError> {
+    on_session_thread(move || call_tool_now(service, id, tool, input)).await
+}
+
+async fn call_tool_now(service: Arc<Service>, id: String, tool: String, input: Value) -> Result<Json<Value>, ApiError> {
     let tool = service
         .tools
         .get(&tool)
@@ -164,6 +182,10 @@ async fn run_agent(
     UrlPath(id): UrlPath<String>,
     Json(request): Json<AgentRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    on_session_thread(move || run_agent_now(service, id, request)).await
+}
+
+async fn run_agent_now(service: Arc<Service>, id: String, request: AgentRequest) -> Result<Json<Value>, ApiError> {
     let agent = service.agent.as_ref().ok_or_else(|| {
         ApiError(StatusCode::SERVICE_UNAVAILABLE, "no model is configured: start the service with --model-url".into())
     })?;
