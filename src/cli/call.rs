@@ -29,7 +29,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
     };
     let input: serde_json::Value = serde_json::from_str(&text).context("the input is not valid JSON")?;
     let policy = if args.grant_requested { Policy::grant_requested() } else { Policy::deny_all() };
-    let host = config.host(policy)?;
+    let host = config.host(policy).await?;
     let tool = host.load_tool(&args.tool).await?;
     let mut session = match &args.session {
         Some(id) => match host.open_session(id).await {

@@ -40,7 +40,7 @@ fn toolhost_now_ms() -> i64 {
 }
 
 pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
-    let host = config.host(Policy::deny_all())?;
+    let host = config.host(Policy::deny_all()).await?;
     match args.command {
         Command::List => {
             let sessions = host.list_sessions().await?;

@@ -23,7 +23,7 @@ const SEED: [u8; 32] = [7; 32];
 const MIN_KILLS: usize = 50;
 
 /// (tool, input) per step: notes, calculator and hostile (randomness, clocks, model calls).
-fn script() -> Vec<(&'static str, Value)> {
+pub(crate) fn script() -> Vec<(&'static str, Value)> {
     let mut steps = Vec::new();
     for i in 0..8 {
         steps.push(("notes", json!({"op": "add", "title": format!("note {i}"), "body": format!("body {i} alpha")})));
@@ -36,8 +36,8 @@ fn script() -> Vec<(&'static str, Value)> {
 }
 
 /// The model, as the child process reaches it: one TCP line per request.
-struct TcpModel {
-    addr: String,
+pub(crate) struct TcpModel {
+    pub addr: String,
 }
 
 #[async_trait::async_trait]
@@ -71,12 +71,12 @@ fn answer(text: String) -> ChatResponse {
 }
 
 /// What the server answers the `count`-th request for `prompt`.
-fn reply_for(prompt: &str, count: usize) -> String {
+pub(crate) fn reply_for(prompt: &str, count: usize) -> String {
     format!("answer to {prompt} #{count}")
 }
 
 /// The uninterrupted run's model: the server's answer to a first request.
-struct ReferenceModel;
+pub(crate) struct ReferenceModel;
 
 #[async_trait::async_trait]
 impl ModelProvider for ReferenceModel {
@@ -90,8 +90,13 @@ impl ModelProvider for ReferenceModel {
 fn host(db: &Path, cache: &Path, models: Arc<dyn ModelProvider>) -> Host {
     let store = Arc::new(SqliteStore::open(db, Durability::Full).unwrap());
     let engine = EngineConfig { cache_dir: Some(cache.into()), max_instances: 16, ..EngineConfig::default() };
-    let config =
-        HostConfig { engine, policy: policy(), snapshots: SnapshotPolicy { every: 2, keep: 2 }, models: Some(models) };
+    let config = HostConfig {
+        engine,
+        policy: policy(),
+        snapshots: SnapshotPolicy { every: 2, keep: 2 },
+        models: Some(models),
+        leases: None,
+    };
     Host::with_store(config, store).unwrap()
 }
 
@@ -175,7 +180,7 @@ fn start_model_server() -> (String, Arc<Mutex<ServerLog>>) {
 }
 
 /// xorshift: enough to spread kill times, no dependency.
-fn next_random(state: &mut u64) -> u64 {
+pub(crate) fn next_random(state: &mut u64) -> u64 {
     *state ^= *state << 13;
     *state ^= *state >> 7;
     *state ^= *state << 17;
@@ -183,7 +188,7 @@ fn next_random(state: &mut u64) -> u64 {
 }
 
 /// What a finished session holds: per step (tool, input, comparable outcome) and its state.
-async fn summarize(
+pub(crate) async fn summarize(
     store: &dyn Store,
     id: &str,
 ) -> (Vec<(String, String, String)>, Vec<(String, String, String, Vec<u8>)>) {

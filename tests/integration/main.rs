@@ -1,11 +1,14 @@
 //! Integration tests: one binary (one link on 2 cores), a module per concern.
 
+mod backends;
 mod cache;
 mod crash;
 mod durable;
 mod hostile;
 mod isolation;
+mod leases;
 mod load_errors;
+mod multihost;
 mod state;
 mod support;
 mod tools;
