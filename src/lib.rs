@@ -31,6 +31,6 @@ pub use host::{Host, HostConfig, SessionDetails};
 pub use journal::{JournalEntry, RandomState};
 pub use model::ModelProvider;
 pub use policy::{Access, ModelGrant, Policy, StateGrant, StateQuota, ToolGrants};
-pub use session::{Session, SnapshotPolicy};
+pub use session::{Rebuild, Session, SnapshotPolicy};
 pub use store::{AuditEvent, SqliteStore, Store};
 pub use tool::{Descriptor, Tool, ToolKind};
