@@ -33,6 +33,6 @@ pub use journal::{JournalEntry, RandomState};
 pub use lease::LeaseConfig;
 pub use model::ModelProvider;
 pub use policy::{Access, ModelGrant, Policy, StateGrant, StateQuota, ToolGrants};
-pub use session::{Session, SnapshotPolicy};
+pub use session::{Rebuild, Session, SnapshotPolicy};
 pub use store::{AuditEvent, PostgresStore, SqliteStore, Store, StoreUrl};
 pub use tool::{Descriptor, Tool, ToolKind};

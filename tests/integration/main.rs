@@ -2,6 +2,7 @@
 
 mod backends;
 mod cache;
+mod cli;
 mod crash;
 mod durable;
 mod hostile;
