@@ -16,6 +16,7 @@ use toolhost::model::{ChatRequest, ChatResponse, FinishReason, ModelError, Provi
 use toolhost::store::{Durability, StateScope, StepOutcome};
 use toolhost::{EngineConfig, Host, HostConfig, ModelProvider, SnapshotPolicy, SqliteStore, Store};
 
+use crate::backends::{TestStore, on_both_backends};
 use crate::durable::policy;
 use crate::support::guests;
 
@@ -87,8 +88,9 @@ impl ModelProvider for ReferenceModel {
     }
 }
 
-fn host(db: &Path, cache: &Path, models: Arc<dyn ModelProvider>) -> Host {
-    let store = Arc::new(SqliteStore::open(db, Durability::Full).unwrap());
+on_both_backends!(sigkill_at_random_points_loses_and_repeats_nothing);
+
+fn host(store: Arc<dyn Store>, cache: &Path, models: Arc<dyn ModelProvider>) -> Host {
     let engine = EngineConfig { cache_dir: Some(cache.into()), max_instances: 16, ..EngineConfig::default() };
     let config = HostConfig {
         engine,
@@ -121,13 +123,14 @@ async fn run_script(host: &Host, id: &str, tools: &[PathBuf]) {
 #[test]
 #[ignore = "the child process of crash::sigkill_at_random_points_loses_and_repeats_nothing"]
 fn crash_child() {
-    let Ok(db) = std::env::var("TOOLHOST_CRASH_DB") else { return };
+    let Ok(url) = std::env::var("TOOLHOST_CRASH_STORE") else { return };
     let var = |name: &str| std::env::var(name).unwrap();
     let tools: Vec<PathBuf> = var("TOOLHOST_CRASH_TOOLS").split(';').map(PathBuf::from).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let model = Arc::new(TcpModel { addr: var("TOOLHOST_CRASH_MODEL") });
-        let host = host(Path::new(&db), Path::new(&var("TOOLHOST_CRASH_CACHE")), model);
+        let store = toolhost::store::open(&url).await.unwrap();
+        let host = host(store, Path::new(&var("TOOLHOST_CRASH_CACHE")), model);
         run_script(&host, &var("TOOLHOST_CRASH_SESSION"), &tools).await;
     });
 }
@@ -221,8 +224,8 @@ pub(crate) async fn summarize(
     (steps, state)
 }
 
-#[tokio::test]
-async fn sigkill_at_random_points_loses_and_repeats_nothing() {
+/// Every round runs its own session (`crash-N`) in `db`.
+async fn sigkill_at_random_points_loses_and_repeats_nothing(db: &TestStore) {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let tools = vec![guests().notes.clone(), guests().calculator.clone(), guests().hostile.clone()];
@@ -230,7 +233,8 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing() {
 
     // The uninterrupted run (also fills the compile cache the children share).
     let reference_db = dir.path().join("reference.db");
-    let reference_host = host(&reference_db, &cache, Arc::new(ReferenceModel));
+    let reference_store = Arc::new(SqliteStore::open(&reference_db, Durability::Full).unwrap());
+    let reference_host = host(reference_store, &cache, Arc::new(ReferenceModel));
     run_script(&reference_host, "reference", &tools).await;
     let reference = summarize(&*reference_host.store(), "reference").await;
     assert_eq!(reference.0.len(), script().len());
@@ -246,12 +250,11 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing() {
         assert!(Instant::now() < deadline, "the crash harness ran out of time after {kills} kills");
         round += 1;
         let session = format!("crash-{round}");
-        let db = dir.path().join(format!("{session}.db"));
         *server.lock().unwrap() = ServerLog::default();
         loop {
             let mut child = Command::new(&exe)
                 .args(["--exact", "crash::crash_child", "--ignored", "--nocapture", "--test-threads=1"])
-                .env("TOOLHOST_CRASH_DB", &db)
+                .env("TOOLHOST_CRASH_STORE", &db.url)
                 .env("TOOLHOST_CRASH_CACHE", &cache)
                 .env("TOOLHOST_CRASH_TOOLS", &joined_tools)
                 .env("TOOLHOST_CRASH_MODEL", &model_addr)
@@ -286,8 +289,8 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing() {
             }
         }
 
-        let store = SqliteStore::open(&db, Durability::Full).unwrap();
-        let crashed = summarize(&store, &session).await;
+        let store = db.open().await;
+        let crashed = summarize(&*store, &session).await;
         assert_eq!(crashed.0.len(), script().len(), "round {round}: every step exactly once");
         for (seq, (got, want)) in crashed.0.iter().zip(&reference.0).enumerate() {
             assert_eq!(got, want, "round {round}: step {} differs from the uninterrupted run", seq + 1);
