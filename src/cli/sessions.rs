@@ -121,6 +121,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         Command::Fork { id, at } => {
             let child = host.fork_session(&id, at).await?;
             println!("{}", child.id());
+            child.close().await?;
         }
         Command::Resume { id, tools, .. } => {
             let mut session = host.open_session(&id).await?;
@@ -135,6 +136,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
                 let (name, replayed, elapsed) = (tool.name(), rebuild.replayed, rebuild.elapsed);
                 println!("  {name:<12} {from}, {replayed} steps replayed, {elapsed:.2?}");
             }
+            session.close().await?;
         }
         Command::Delete { id } => {
             if !host.delete_session(&id).await? {
