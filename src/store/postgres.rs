@@ -145,8 +145,22 @@ impl Failure {
 fn pg_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => StoreError::Backend(format!("postgres: {} ({})", db.message(), db.code().code())),
-        None => StoreError::Backend(format!("postgres: {e}")),
+        None => StoreError::Backend(format!("postgres: {}", with_causes(&e))),
     }
+}
+
+/// `error: its cause: the cause's cause`, so "error connecting to server" says why.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let shown = next.to_string();
+        if !text.ends_with(&shown) {
+            text = format!("{text}: {shown}");
+        }
+        cause = next.source();
+    }
+    text
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -193,7 +207,13 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(|e| StoreError::Backend(format!("postgres at {}: {e}", self.url)))
+        self.pool.get().await.map_err(|e| {
+            let reason = match &e {
+                deadpool_postgres::PoolError::Backend(e) => with_causes(e),
+                e => with_causes(e),
+            };
+            StoreError::Backend(format!("postgres at {}: {reason}", self.url))
+        })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
