@@ -7,6 +7,7 @@ mod durable;
 mod hostile;
 mod isolation;
 mod load_errors;
+mod snapshots;
 mod state;
 mod support;
 mod tools;
