@@ -52,40 +52,50 @@ async fn load(host: &Host, paths: &[std::path::PathBuf]) -> Tools {
 
 /// The floor a durable commit stands on: one small row per transaction, fsynced, in the
 /// same journal mode, with nothing of toolhost around it.
-fn raw_sqlite_commit(dir: &Path) -> Stats {
-    let conn = rusqlite::Connection::open(dir.join("raw.db")).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
-         CREATE TABLE steps (session TEXT, seq INTEGER, body BLOB, PRIMARY KEY (session, seq))",
-    )
-    .unwrap();
-    let body = vec![7u8; 200];
-    let mut samples = Vec::with_capacity(COMMITS);
-    for i in 0..COMMITS + WARMUP {
-        let started = Instant::now();
-        let tx = conn.unchecked_transaction().unwrap();
-        tx.execute("INSERT INTO steps VALUES ('s', ?1, ?2)", rusqlite::params![i as i64, body]).unwrap();
-        tx.commit().unwrap();
-        if i >= WARMUP {
-            samples.push(started.elapsed());
-        }
-    }
-    stats(samples)
+struct RawSqlite {
+    conn: rusqlite::Connection,
+    next: i64,
 }
 
-/// One session calling the stateless calculator: each call is a durable step.
-async fn sequential_steps(host: &Host, tool: &Tool) -> Stats {
+impl RawSqlite {
+    fn open(dir: &Path) -> Self {
+        let conn = rusqlite::Connection::open(dir.join("raw.db")).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+             CREATE TABLE steps (session TEXT, seq INTEGER, body BLOB, PRIMARY KEY (session, seq))",
+        )
+        .unwrap();
+        Self { conn, next: 0 }
+    }
+
+    fn commit(&mut self) -> Duration {
+        let started = Instant::now();
+        let tx = self.conn.unchecked_transaction().unwrap();
+        tx.execute("INSERT INTO steps VALUES ('s', ?1, ?2)", rusqlite::params![self.next, [7u8; 200]]).unwrap();
+        tx.commit().unwrap();
+        self.next += 1;
+        started.elapsed()
+    }
+}
+
+/// One session calling the stateless calculator: each call is a durable step. Raw commits
+/// are interleaved with the steps so both see the same disk (fsync latency drifts with
+/// whatever else the machine writes).
+async fn sequential_steps(host: &Host, tool: &Tool, raw: &mut RawSqlite) -> (Stats, Stats) {
     let mut session = host.new_session().await.unwrap();
-    let mut samples = Vec::with_capacity(COMMITS);
+    let (mut steps, mut raws) = (Vec::with_capacity(COMMITS), Vec::with_capacity(COMMITS));
     for i in 0..COMMITS + WARMUP {
         let input = json!({ "expression": format!("{i} * 2 + 1") });
         let started = Instant::now();
         black_box(session.call(tool, &input).await.unwrap());
+        let step = started.elapsed();
+        let floor = raw.commit();
         if i >= WARMUP {
-            samples.push(started.elapsed());
+            steps.push(step);
+            raws.push(floor);
         }
     }
-    stats(samples)
+    (stats(steps), stats(raws))
 }
 
 /// Steps per second of `sessions` sessions stepping at once (group commit shares fsyncs).
@@ -175,14 +185,14 @@ fn main() {
     let data = tempfile::tempdir_in(workspace.join("target")).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
-    let raw = raw_sqlite_commit(data.path());
+    let mut raw = RawSqlite::open(data.path());
     runtime.block_on(async {
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(data.path().join("bench.db"), Durability::Full).unwrap());
         let host = host(store.clone(), cache.path(), SnapshotPolicy::default());
         let tools = load(&host, &paths).await;
 
-        let step = sequential_steps(&host, &tools.calculator).await;
+        let (step, raw) = sequential_steps(&host, &tools.calculator, &mut raw).await;
         let one = concurrent_steps(&host, &tools.calculator, 1).await;
         let many = concurrent_steps(&host, &tools.calculator, CONCURRENT_SESSIONS).await;
 
