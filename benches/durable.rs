@@ -4,7 +4,10 @@
 //!
 //!     cargo bench --bench durable
 //!
-//! Every store here commits with fsync (`Durability::Full`) on the machine's disk.
+//! Every store here commits with fsync (`Durability::Full`) on the machine's disk. Each
+//! figure is measured on SQLite and on PostgreSQL (a database created for the run on
+//! `TOOLHOST_BENCH_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/postgres`, and
+//! dropped after it; the Postgres column says why it is empty when no server answers).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -50,38 +53,58 @@ async fn load(host: &Host, paths: &[std::path::PathBuf]) -> Tools {
     Tools { calculator: host.load_tool(&paths[0]).await.unwrap(), ballast: host.load_tool(&paths[1]).await.unwrap() }
 }
 
-/// The floor a durable commit stands on: one small row per transaction, fsynced, in the
-/// same journal mode, with nothing of toolhost around it.
-struct RawSqlite {
-    conn: rusqlite::Connection,
-    next: i64,
+/// The floor a durable commit stands on: one small row per transaction, committed durably by
+/// the same database with nothing of toolhost around it.
+enum Floor {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio_postgres::Client, tokio_postgres::Statement),
 }
 
-impl RawSqlite {
-    fn open(dir: &Path) -> Self {
+impl Floor {
+    fn sqlite(dir: &Path) -> Self {
         let conn = rusqlite::Connection::open(dir.join("raw.db")).unwrap();
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
-             CREATE TABLE steps (session TEXT, seq INTEGER, body BLOB, PRIMARY KEY (session, seq))",
+             CREATE TABLE raw_steps (session TEXT, seq INTEGER, body BLOB, PRIMARY KEY (session, seq))",
         )
         .unwrap();
-        Self { conn, next: 0 }
+        Self::Sqlite(conn)
     }
 
-    fn commit(&mut self) -> Duration {
+    async fn postgres(url: &str) -> Self {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute("CREATE TABLE raw_steps (session TEXT, seq BIGINT, body BYTEA, PRIMARY KEY (session, seq))")
+            .await
+            .unwrap();
+        let insert = client.prepare("INSERT INTO raw_steps VALUES ('s', $1, $2)").await.unwrap();
+        Self::Postgres(client, insert)
+    }
+
+    async fn commit(&mut self, seq: i64) -> Duration {
+        let body = [7u8; 200];
         let started = Instant::now();
-        let tx = self.conn.unchecked_transaction().unwrap();
-        tx.execute("INSERT INTO steps VALUES ('s', ?1, ?2)", rusqlite::params![self.next, [7u8; 200]]).unwrap();
-        tx.commit().unwrap();
-        self.next += 1;
+        match self {
+            Self::Sqlite(conn) => {
+                let tx = conn.unchecked_transaction().unwrap();
+                tx.execute("INSERT INTO raw_steps VALUES ('s', ?1, ?2)", rusqlite::params![seq, body]).unwrap();
+                tx.commit().unwrap();
+            }
+            Self::Postgres(client, insert) => {
+                client.batch_execute("BEGIN").await.unwrap();
+                client.execute(&*insert, &[&seq, &&body[..]]).await.unwrap();
+                client.batch_execute("COMMIT").await.unwrap();
+            }
+        }
         started.elapsed()
     }
 }
 
-/// One session calling the stateless calculator: each call is a durable step. Raw commits
-/// are interleaved with the steps so both see the same disk (fsync latency drifts with
-/// whatever else the machine writes).
-async fn sequential_steps(host: &Host, tool: &Tool, raw: &mut RawSqlite) -> (Stats, Stats) {
+/// One session calling the stateless calculator: each call is a durable step. A raw commit
+/// follows each step, so both see the same disk (fsync latency drifts with whatever else the
+/// machine writes). Returns (steps, raw commits).
+async fn sequential_steps(host: &Host, tool: &Tool, floor: &mut Floor) -> (Stats, Stats) {
     let mut session = host.new_session().await.unwrap();
     let (mut steps, mut raws) = (Vec::with_capacity(COMMITS), Vec::with_capacity(COMMITS));
     for i in 0..COMMITS + WARMUP {
@@ -89,10 +112,10 @@ async fn sequential_steps(host: &Host, tool: &Tool, raw: &mut RawSqlite) -> (Sta
         let started = Instant::now();
         black_box(session.call(tool, &input).await.unwrap());
         let step = started.elapsed();
-        let floor = raw.commit();
+        let raw = floor.commit(i as i64).await;
         if i >= WARMUP {
             steps.push(step);
-            raws.push(floor);
+            raws.push(raw);
         }
     }
     (stats(steps), stats(raws))
@@ -177,6 +200,71 @@ fn header(title: &str, baseline: &str) {
     println!("|{:-<54}|{:-<12}|{:-<12}|{:-<11}|", "", "", "", "");
 }
 
+/// Everything measured on one store.
+struct Figures {
+    raw: Stats,
+    step: Stats,
+    one: f64,
+    many: f64,
+    resumed: Stats,
+    fresh: Stats,
+    step_bytes: f64,
+    chunk_bytes: f64,
+    snapshot_bytes: u64,
+}
+
+async fn measure(store: Arc<dyn Store>, mut floor: Floor, cache: &Path, paths: &[std::path::PathBuf]) -> Figures {
+    let host = host(store.clone(), cache, SnapshotPolicy::default());
+    let tools = load(&host, paths).await;
+
+    let (step, raw) = sequential_steps(&host, &tools.calculator, &mut floor).await;
+    let one = concurrent_steps(&host, &tools.calculator, 1).await;
+    let many = concurrent_steps(&host, &tools.calculator, CONCURRENT_SESSIONS).await;
+
+    let id = prepare_resume(&store, cache, paths).await;
+    let resumed = resume(&host, &tools.ballast, &id).await;
+    let mut fresh = Vec::with_capacity(RESUMES);
+    for _ in 0..RESUMES {
+        let mut session = host.new_session().await.unwrap();
+        let started = Instant::now();
+        session.prewarm(&tools.ballast).await.unwrap();
+        fresh.push(started.elapsed());
+    }
+    let fresh = stats(fresh);
+    let (step_bytes, chunk_bytes, snapshot_bytes) = bytes_per_step(&store, cache, paths).await;
+    Figures { raw, step, one, many, resumed, fresh, step_bytes, chunk_bytes, snapshot_bytes }
+}
+
+/// A database for this run on the benchmark's Postgres server, dropped when done.
+struct BenchDatabase {
+    admin: tokio_postgres::Client,
+    name: String,
+    url: String,
+}
+
+impl BenchDatabase {
+    async fn create() -> Result<Self, String> {
+        let admin_url = std::env::var("TOOLHOST_BENCH_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("no PostgreSQL at {admin_url} ({e}); set TOOLHOST_BENCH_POSTGRES"))?;
+        tokio::spawn(connection);
+        let name = format!("toolhost_bench_{}", std::process::id());
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.map_err(|e| e.to_string())?;
+        let (scheme, rest) = admin_url.split_once("://").unwrap();
+        let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
+        Ok(Self { admin, url: format!("{scheme}://{authority}/{name}"), name })
+    }
+
+    async fn drop_database(self) {
+        let _ = self.admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
+    }
+}
+
+/// The Postgres floor: one small row per transaction on one connection, committed (the
+/// server fsyncs its WAL), nothing of toolhost around it.
+
 fn main() {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
     let paths = toolhost::guest_build::build(workspace, &["calculator", "ballast"]).expect("building the tools");
@@ -185,53 +273,73 @@ fn main() {
     let data = tempfile::tempdir_in(workspace.join("target")).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
-    let mut raw = RawSqlite::open(data.path());
     runtime.block_on(async {
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(data.path().join("bench.db"), Durability::Full).unwrap());
-        let host = host(store.clone(), cache.path(), SnapshotPolicy::default());
-        let tools = load(&host, &paths).await;
-
-        let (step, raw) = sequential_steps(&host, &tools.calculator, &mut raw).await;
-        let one = concurrent_steps(&host, &tools.calculator, 1).await;
-        let many = concurrent_steps(&host, &tools.calculator, CONCURRENT_SESSIONS).await;
-
-        let id = prepare_resume(&store, cache.path(), &paths).await;
-        let resumed = resume(&host, &tools.ballast, &id).await;
-        let mut fresh = Vec::with_capacity(RESUMES);
-        for _ in 0..RESUMES {
-            let mut session = host.new_session().await.unwrap();
-            let started = Instant::now();
-            session.prewarm(&tools.ballast).await.unwrap();
-            fresh.push(started.elapsed());
+        let sqlite = measure(store, Floor::sqlite(data.path()), cache.path(), &paths).await;
+        let postgres = match BenchDatabase::create().await {
+            Ok(db) => {
+                let store = toolhost::store::open(&db.url).await.unwrap();
+                let figures = measure(store, Floor::postgres(&db.url).await, cache.path(), &paths).await;
+                db.drop_database().await;
+                Ok(figures)
+            }
+            Err(why) => Err(why),
+        };
+        if let Err(why) = &postgres {
+            println!("\nPostgres figures skipped: {why}");
         }
-        let fresh = stats(fresh);
-        let (step_bytes, chunk_bytes, snapshot_bytes) = bytes_per_step(&store, cache.path(), &paths).await;
+        let pg = postgres.as_ref().ok();
 
-        header("durable steps on SQLite (WAL, synchronous=FULL)", "x raw");
-        row("raw SQLite insert + fsync commit (baseline)", &raw, raw.median);
-        row("durable step: calculator call + commit", &step, raw.median);
+        header("durable steps (SQLite: WAL, synchronous=FULL; Postgres: default fsync)", "x raw");
+        row("raw SQLite insert + fsync commit (baseline)", &sqlite.raw, sqlite.raw.median);
+        row("SQLite: durable step, calculator call + commit", &sqlite.step, sqlite.raw.median);
+        if let Some(figures) = pg {
+            row("raw Postgres insert + commit (baseline)", &figures.raw, figures.raw.median);
+            row("Postgres: durable step, calculator call + commit", &figures.step, figures.raw.median);
+        }
 
         println!("\nthroughput ({STEPS_PER_SESSION} steps per session)\n");
-        println!("| {:<52} | {:>12} | {:>9} |", "sessions stepping at once", "steps/s", "x 1");
-        println!("|{:-<54}|{:-<14}|{:-<11}|", "", "", "");
-        println!("| {:<52} | {one:>12.0} | {:>8.1}x |", "1 (baseline)", 1.0);
-        println!("| {:<52} | {many:>12.0} | {:>8.1}x |", CONCURRENT_SESSIONS, many / one);
+        println!(
+            "| {:<32} | {:>12} | {:>9} | {:>12} | {:>9} |",
+            "sessions stepping at once", "SQLite /s", "x 1", "Postgres /s", "x SQLite"
+        );
+        println!("|{:-<34}|{:-<14}|{:-<11}|{:-<14}|{:-<11}|", "", "", "", "", "");
+        for (label, sqlite_rate, pg_rate) in [
+            ("1 (baseline)".to_owned(), sqlite.one, pg.map(|f| f.one)),
+            (CONCURRENT_SESSIONS.to_string(), sqlite.many, pg.map(|f| f.many)),
+        ] {
+            let (pg_text, pg_ratio) = match pg_rate {
+                Some(rate) => (format!("{rate:.0}"), format!("{:.2}x", rate / sqlite_rate)),
+                None => ("-".to_owned(), "-".to_owned()),
+            };
+            println!(
+                "| {label:<32} | {sqlite_rate:>12.0} | {:>8.1}x | {pg_text:>12} | {pg_ratio:>9} |",
+                sqlite_rate / sqlite.one
+            );
+        }
 
         header(&format!("resume: 1 MiB snapshot + {REPLAYED_STEPS} steps to replay ({RESUMES} resumes)"), "x fresh");
-        row("fresh instance, nothing to restore (baseline)", &fresh, fresh.median);
-        row("open session + restore snapshot + replay 10 steps", &resumed, fresh.median);
+        row("fresh instance, nothing to restore (baseline)", &sqlite.fresh, sqlite.fresh.median);
+        row("SQLite: open + restore snapshot + replay 10 steps", &sqlite.resumed, sqlite.fresh.median);
+        if let Some(figures) = pg {
+            row("Postgres: open + restore snapshot + replay 10 steps", &figures.resumed, sqlite.fresh.median);
+        }
 
         println!("\nstored bytes per step: 1 MiB state, one byte changed per step, snapshot every step\n");
         println!("| {:<52} | {:>12} | {:>9} |", "what", "bytes/step", "x state");
         println!("|{:-<54}|{:-<14}|{:-<11}|", "", "", "");
-        let ratio = |b: f64| b / snapshot_bytes as f64;
-        println!("| {:<52} | {:>12} | {:>8.3}x |", "full snapshot copy (baseline)", snapshot_bytes, 1.0);
-        println!("| {:<52} | {chunk_bytes:>12.0} | {:>8.3}x |", "new snapshot chunks", ratio(chunk_bytes));
-        println!(
-            "| {:<52} | {step_bytes:>12.0} | {:>8.3}x |",
-            "step record (input, output, journal)",
-            ratio(step_bytes)
-        );
+        let ratio = |b: f64| b / sqlite.snapshot_bytes as f64;
+        println!("| {:<52} | {:>12} | {:>8.3}x |", "full snapshot copy (baseline)", sqlite.snapshot_bytes, 1.0);
+        let mut stores = vec![("SQLite", &sqlite)];
+        if let Some(figures) = pg {
+            stores.push(("Postgres", figures));
+        }
+        for (name, figures) in stores {
+            let chunks = format!("{name}: new snapshot chunks");
+            let steps = format!("{name}: step record (input, output, journal)");
+            println!("| {chunks:<52} | {:>12.0} | {:>8.3}x |", figures.chunk_bytes, ratio(figures.chunk_bytes));
+            println!("| {steps:<52} | {:>12.0} | {:>8.3}x |", figures.step_bytes, ratio(figures.step_bytes));
+        }
     });
 }

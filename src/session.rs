@@ -13,6 +13,7 @@ use crate::error::{CallError, ToolFailure};
 use crate::host::Host;
 use crate::instance::{Instance, InstanceEnv};
 use crate::journal::{RandomState, StepInFlight, lock};
+use crate::lease::LeaseKeeper;
 use crate::store::{SessionRecord, StepCommit, StepOutcome, StepRecord, StoreError};
 use crate::tool::Tool;
 
@@ -22,6 +23,8 @@ pub struct Session {
     record: SessionRecord,
     host: Host,
     instances: HashMap<String, Instance>,
+    /// Held while the session is open, when the host leases sessions.
+    lease: Option<LeaseKeeper>,
 }
 
 impl std::fmt::Debug for Session {
@@ -62,7 +65,38 @@ impl Default for SnapshotPolicy {
 
 impl Session {
     pub(crate) fn new(record: SessionRecord, host: Host) -> Self {
-        Self { record, host, instances: HashMap::new() }
+        Self { record, host, instances: HashMap::new(), lease: None }
+    }
+
+    pub(crate) fn with_lease(mut self, lease: Option<LeaseKeeper>) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The fencing token of this session's lease, when the host leases sessions.
+    pub fn lease_token(&self) -> Option<u64> {
+        self.lease.as_ref().map(LeaseKeeper::token)
+    }
+
+    /// Closes the session and releases its lease at once, so another host can take it over
+    /// without waiting for expiry. Dropping a session releases it in the background.
+    pub async fn close(mut self) -> Result<(), StoreError> {
+        match self.lease.take() {
+            Some(lease) => lease.release().await,
+            None => Ok(()),
+        }
+    }
+
+    fn lease_lost(&self, tool: &str, error: StoreError) -> CallError {
+        if let (Some(lease), StoreError::LeaseLost { reason, .. }) = (&self.lease, &error) {
+            lease.mark_lost(reason.clone());
+        }
+        match error {
+            StoreError::LeaseLost { reason, .. } => {
+                CallError::LeaseLost { tool: tool.to_owned(), session: self.record.id.clone(), reason }
+            }
+            e => CallError::Store { tool: tool.to_owned(), reason: e.to_string() },
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -92,6 +126,14 @@ impl Session {
         let name = tool.name().to_owned();
         tool.validate_input(input).map_err(|errors| CallError::InvalidInput { tool: name.clone(), errors })?;
         let input_text = input.to_string();
+        // A session that cannot show it still holds its lease does no work, and calls no
+        // model, that the store would refuse to commit.
+        if let Some(lease) = &self.lease {
+            if let Err(e) = lease.ensure_valid().await {
+                self.instances.clear();
+                return Err(self.lease_lost(&name, e));
+            }
+        }
         self.ensure_instance(tool).await?;
         let seq = self.record.last_step + 1;
         let store = self.host.store();
@@ -100,6 +142,7 @@ impl Session {
         // A step that crashed before commit left its journal: re-run it from there, so the
         // model answers it already paid for are not asked for again.
         let pending = store.pending(&self.record.id).await.map_err(store_error)?;
+        let lease = self.lease_token();
         let instance = self.instances.get_mut(&name).expect("ensured above");
         {
             let mut journal = lock(instance.journal());
@@ -109,7 +152,7 @@ impl Session {
                 }
                 _ => journal.begin_live(),
             }
-            journal.step = Some(StepInFlight { seq, input: input_text.clone() });
+            journal.step = Some(StepInFlight { seq, input: input_text.clone(), lease });
         }
 
         // After a fork, the session's own steps draw from its fresh seed.
@@ -172,12 +215,14 @@ impl Session {
             },
             snapshot,
             keep_snapshots: policy.keep,
+            lease: self.lease.as_ref().map(LeaseKeeper::token),
         };
         if let Err(e) = store.commit_step(commit).await {
             let error = match e {
                 StoreError::Conflict { .. } => {
                     CallError::Conflict { tool: name.clone(), session: self.record.id.clone(), reason: e.to_string() }
                 }
+                e @ StoreError::LeaseLost { .. } => self.lease_lost(&name, e),
                 e => store_error(e),
             };
             // The instance ran ahead of what is stored: it must be rebuilt from the store.
@@ -223,6 +268,10 @@ impl Session {
     async fn abort(&mut self, tool: &str, why: CallError) -> CallError {
         tracing::warn!(session = %self.record.id, tool, error = %why, "call aborted; dropping the instance");
         self.instances.remove(tool);
+        if self.lease.as_ref().is_some_and(LeaseKeeper::is_lost) {
+            // The pending journal now belongs to the lease's new holder.
+            return why;
+        }
         // A later attempt of this step starts over rather than replaying the aborted one.
         if let Err(e) = self.host.store().clear_pending(&self.record.id).await {
             tracing::warn!(session = %self.record.id, error = %e, "could not clear the aborted step's journal");

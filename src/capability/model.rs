@@ -44,6 +44,7 @@ impl ModelCtx {
                 tool: self.tool.clone(),
                 input: step.input.clone(),
                 journal: journal.recorded().to_vec(),
+                lease: step.lease,
             })
         };
         if let Some(pending) = pending {

@@ -29,7 +29,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
     };
     let input: serde_json::Value = serde_json::from_str(&text).context("the input is not valid JSON")?;
     let policy = if args.grant_requested { Policy::grant_requested() } else { Policy::deny_all() };
-    let host = config.host(policy)?;
+    let host = config.host(policy).await?;
     let tool = host.load_tool(&args.tool).await?;
     let mut session = match &args.session {
         Some(id) => match host.open_session(id).await {
@@ -39,9 +39,15 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         },
         None => host.new_session().await?,
     };
-    match session.call(&tool, &input).await {
+    let result = session.call(&tool, &input).await;
+    let (id, step) = (session.id().to_owned(), session.last_step());
+    // Gives up the session's lease (on a shared store) so the next command can take it now.
+    if let Err(e) = session.close().await {
+        tracing::warn!(session = %id, error = %e, "could not release the session's lease; it will expire");
+    }
+    match result {
         Ok(output) => {
-            tracing::info!(session = session.id(), step = session.last_step(), "committed");
+            tracing::info!(session = %id, step, "committed");
             println!("{}", serde_json::to_string_pretty(&output)?);
             Ok(ExitCode::SUCCESS)
         }

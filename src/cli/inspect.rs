@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
-    let host = config.host(Policy::deny_all())?;
+    let host = config.host(Policy::deny_all()).await?;
     let tool = host.load_tool(&args.tool).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report(&tool))?);

@@ -9,11 +9,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use std::sync::Arc;
 
 use anyhow::Context;
-use toolhost::store::Durability;
-use toolhost::{EngineConfig, Host, HostConfig, Policy, SqliteStore};
+use toolhost::{EngineConfig, Host, HostConfig, LeaseConfig, Policy, StoreUrl};
 
 #[derive(Parser)]
 #[command(name = "toolhost", version, about = "Run AI-agent tools as sandboxed WebAssembly components")]
@@ -27,8 +25,13 @@ struct Cli {
     no_cache: bool,
 
     /// Session database (SQLite) [default: a temporary one for `call`, .toolhost/sessions.db for `sessions`]
-    #[arg(long, global = true, env = "TOOLHOST_DB")]
+    #[arg(long, global = true, env = "TOOLHOST_DB", conflicts_with = "store")]
     db: Option<PathBuf>,
+
+    /// Session store URL: sqlite://PATH or postgres://USER@HOST:PORT/DB (hosts sharing a
+    /// Postgres store lease the sessions they run). Replaces --db
+    #[arg(long, global = true, env = "TOOLHOST_STORE")]
+    store: Option<String>,
 
     /// More log output (-v: info, -vv: debug, -vvv: trace); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -56,11 +59,13 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
     let result = runtime.block_on(async {
-        let db = match (&cli.command, cli.db) {
-            (Command::Sessions(_), None) => Some(PathBuf::from(".toolhost/sessions.db")),
-            (_, db) => db,
+        let store = match (&cli.command, cli.store, cli.db) {
+            (_, Some(url), _) => Some(url.parse::<StoreUrl>()?),
+            (_, None, Some(path)) => Some(StoreUrl::Sqlite(path)),
+            (Command::Sessions(_), None, None) => Some(StoreUrl::Sqlite(PathBuf::from(".toolhost/sessions.db"))),
+            (_, None, None) => None,
         };
-        let config = cli_host_config(cli.cache_dir, cli.no_cache, db);
+        let config = cli_host_config(cli.cache_dir, cli.no_cache, store);
         match cli.command {
             Command::Inspect(args) => inspect::run(&config, args).await,
             Command::Call(args) => call::run(&config, args).await,
@@ -92,29 +97,32 @@ fn init_tracing(verbose: u8) {
 /// Engine and store settings shared by the subcommands; each adds its own policy.
 struct CliHostConfig {
     engine: EngineConfig,
-    db: Option<PathBuf>,
+    store: Option<StoreUrl>,
 }
 
-fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool, db: Option<PathBuf>) -> CliHostConfig {
+fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool, store: Option<StoreUrl>) -> CliHostConfig {
     let cache_dir = if no_cache { None } else { cache_dir.or_else(EngineConfig::default_cache_dir) };
     // One-shot commands need few instance slots; a small pool starts faster.
-    CliHostConfig { engine: EngineConfig { cache_dir, max_instances: 16, ..EngineConfig::default() }, db }
+    CliHostConfig { engine: EngineConfig { cache_dir, max_instances: 16, ..EngineConfig::default() }, store }
 }
 
 impl CliHostConfig {
-    fn host(&self, policy: Policy) -> anyhow::Result<Host> {
-        let config = HostConfig { engine: self.engine.clone(), policy, ..HostConfig::default() };
-        Ok(match &self.db {
-            Some(path) => {
-                let store = SqliteStore::open(path, Durability::Full)
-                    .with_context(|| format!("opening the session database {}", path.display()))?;
-                Host::with_store(config, Arc::new(store))?
+    async fn host(&self, policy: Policy) -> anyhow::Result<Host> {
+        let mut config = HostConfig { engine: self.engine.clone(), policy, ..HostConfig::default() };
+        Ok(match &self.store {
+            Some(url) => {
+                // A shared store may have other hosts on it: lease the sessions this one runs.
+                if matches!(url, StoreUrl::Postgres(_)) {
+                    config.leases = Some(LeaseConfig::default());
+                }
+                let store = url.open().await.with_context(|| format!("opening the session store {url}"))?;
+                Host::with_store(config, store)?
             }
             None => Host::new(config)?,
         })
     }
 
     fn db_label(&self) -> String {
-        self.db.as_ref().map_or("a temporary database".into(), |p| p.display().to_string())
+        self.store.as_ref().map_or("a temporary database".into(), ToString::to_string)
     }
 }

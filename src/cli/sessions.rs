@@ -51,7 +51,7 @@ fn when(ms: i64) -> String {
 
 pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
     let grant_requested = matches!(args.command, Command::Resume { grant_requested: true, .. });
-    let host = config.host(if grant_requested { Policy::grant_requested() } else { Policy::deny_all() })?;
+    let host = config.host(if grant_requested { Policy::grant_requested() } else { Policy::deny_all() }).await?;
     match args.command {
         Command::List => {
             let sessions = host.list_sessions().await?;
@@ -121,6 +121,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         Command::Fork { id, at } => {
             let child = host.fork_session(&id, at).await?;
             println!("{}", child.id());
+            child.close().await?;
         }
         Command::Resume { id, tools, .. } => {
             let mut session = host.open_session(&id).await?;
@@ -135,6 +136,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
                 let (name, replayed, elapsed) = (tool.name(), rebuild.replayed, rebuild.elapsed);
                 println!("  {name:<12} {from}, {replayed} steps replayed, {elapsed:.2?}");
             }
+            session.close().await?;
         }
         Command::Delete { id } => {
             if !host.delete_session(&id).await? {

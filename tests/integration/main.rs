@@ -1,12 +1,15 @@
 //! Integration tests: one binary (one link on 2 cores), a module per concern.
 
+mod backends;
 mod cache;
 mod cli;
 mod crash;
 mod durable;
 mod hostile;
 mod isolation;
+mod leases;
 mod load_errors;
+mod multihost;
 mod snapshots;
 mod state;
 mod support;

@@ -41,6 +41,11 @@ pub fn host(policy: Policy) -> Host {
     Host::new(HostConfig { engine: engine_config(), policy, ..HostConfig::default() }).expect("host")
 }
 
+/// A host whose sessions live in `store`.
+pub fn host_on(store: std::sync::Arc<dyn toolhost::Store>, policy: Policy) -> Host {
+    Host::with_store(HostConfig { engine: engine_config(), policy, ..HostConfig::default() }, store).expect("host")
+}
+
 /// Limits small enough that hostile calls fail fast.
 pub fn tight_limits() -> Limits {
     Limits { memory_bytes: 32 << 20, cpu_time: Duration::from_millis(300), max_output_bytes: 64 << 10 }
