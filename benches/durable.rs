@@ -53,42 +53,72 @@ async fn load(host: &Host, paths: &[std::path::PathBuf]) -> Tools {
     Tools { calculator: host.load_tool(&paths[0]).await.unwrap(), ballast: host.load_tool(&paths[1]).await.unwrap() }
 }
 
-/// The floor a durable commit stands on: one small row per transaction, fsynced, in the
-/// same journal mode, with nothing of toolhost around it.
-fn raw_sqlite_commit(dir: &Path) -> Stats {
-    let conn = rusqlite::Connection::open(dir.join("raw.db")).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
-         CREATE TABLE steps (session TEXT, seq INTEGER, body BLOB, PRIMARY KEY (session, seq))",
-    )
-    .unwrap();
-    let body = vec![7u8; 200];
-    let mut samples = Vec::with_capacity(COMMITS);
-    for i in 0..COMMITS + WARMUP {
-        let started = Instant::now();
-        let tx = conn.unchecked_transaction().unwrap();
-        tx.execute("INSERT INTO steps VALUES ('s', ?1, ?2)", rusqlite::params![i as i64, body]).unwrap();
-        tx.commit().unwrap();
-        if i >= WARMUP {
-            samples.push(started.elapsed());
-        }
-    }
-    stats(samples)
+/// The floor a durable commit stands on: one small row per transaction, committed durably by
+/// the same database with nothing of toolhost around it.
+enum Floor {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio_postgres::Client, tokio_postgres::Statement),
 }
 
-/// One session calling the stateless calculator: each call is a durable step.
-async fn sequential_steps(host: &Host, tool: &Tool) -> Stats {
+impl Floor {
+    fn sqlite(dir: &Path) -> Self {
+        let conn = rusqlite::Connection::open(dir.join("raw.db")).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+             CREATE TABLE raw_steps (session TEXT, seq INTEGER, body BLOB, PRIMARY KEY (session, seq))",
+        )
+        .unwrap();
+        Self::Sqlite(conn)
+    }
+
+    async fn postgres(url: &str) -> Self {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute("CREATE TABLE raw_steps (session TEXT, seq BIGINT, body BYTEA, PRIMARY KEY (session, seq))")
+            .await
+            .unwrap();
+        let insert = client.prepare("INSERT INTO raw_steps VALUES ('s', $1, $2)").await.unwrap();
+        Self::Postgres(client, insert)
+    }
+
+    async fn commit(&mut self, seq: i64) -> Duration {
+        let body = [7u8; 200];
+        let started = Instant::now();
+        match self {
+            Self::Sqlite(conn) => {
+                let tx = conn.unchecked_transaction().unwrap();
+                tx.execute("INSERT INTO raw_steps VALUES ('s', ?1, ?2)", rusqlite::params![seq, body]).unwrap();
+                tx.commit().unwrap();
+            }
+            Self::Postgres(client, insert) => {
+                client.batch_execute("BEGIN").await.unwrap();
+                client.execute(&*insert, &[&seq, &&body[..]]).await.unwrap();
+                client.batch_execute("COMMIT").await.unwrap();
+            }
+        }
+        started.elapsed()
+    }
+}
+
+/// One session calling the stateless calculator: each call is a durable step. A raw commit
+/// follows each step, so both see the same disk (fsync latency drifts with whatever else the
+/// machine writes). Returns (steps, raw commits).
+async fn sequential_steps(host: &Host, tool: &Tool, floor: &mut Floor) -> (Stats, Stats) {
     let mut session = host.new_session().await.unwrap();
-    let mut samples = Vec::with_capacity(COMMITS);
+    let (mut steps, mut raws) = (Vec::with_capacity(COMMITS), Vec::with_capacity(COMMITS));
     for i in 0..COMMITS + WARMUP {
         let input = json!({ "expression": format!("{i} * 2 + 1") });
         let started = Instant::now();
         black_box(session.call(tool, &input).await.unwrap());
+        let step = started.elapsed();
+        let raw = floor.commit(i as i64).await;
         if i >= WARMUP {
-            samples.push(started.elapsed());
+            steps.push(step);
+            raws.push(raw);
         }
     }
-    stats(samples)
+    (stats(steps), stats(raws))
 }
 
 /// Steps per second of `sessions` sessions stepping at once (group commit shares fsyncs).
@@ -97,9 +127,7 @@ async fn concurrent_steps(host: &Host, tool: &Arc<Tool>, sessions: usize) -> f64
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..sessions {
         let (host, tool) = (host.clone(), tool.clone());
-        // Sessions stay on this thread (wasmtime stores are not `Sync`); the stores' I/O runs
-        // on their own threads and tasks.
-        tasks.spawn_local(async move {
+        tasks.spawn(async move {
             let mut session = host.new_session().await.unwrap();
             for i in 0..STEPS_PER_SESSION {
                 session.call(&tool, &json!({ "expression": format!("{i} + 1") })).await.unwrap();
@@ -174,6 +202,7 @@ fn header(title: &str, baseline: &str) {
 
 /// Everything measured on one store.
 struct Figures {
+    raw: Stats,
     step: Stats,
     one: f64,
     many: f64,
@@ -184,11 +213,11 @@ struct Figures {
     snapshot_bytes: u64,
 }
 
-async fn measure(store: Arc<dyn Store>, cache: &Path, paths: &[std::path::PathBuf]) -> Figures {
+async fn measure(store: Arc<dyn Store>, mut floor: Floor, cache: &Path, paths: &[std::path::PathBuf]) -> Figures {
     let host = host(store.clone(), cache, SnapshotPolicy::default());
     let tools = load(&host, paths).await;
 
-    let step = sequential_steps(&host, &tools.calculator).await;
+    let (step, raw) = sequential_steps(&host, &tools.calculator, &mut floor).await;
     let one = concurrent_steps(&host, &tools.calculator, 1).await;
     let many = concurrent_steps(&host, &tools.calculator, CONCURRENT_SESSIONS).await;
 
@@ -203,7 +232,7 @@ async fn measure(store: Arc<dyn Store>, cache: &Path, paths: &[std::path::PathBu
     }
     let fresh = stats(fresh);
     let (step_bytes, chunk_bytes, snapshot_bytes) = bytes_per_step(&store, cache, paths).await;
-    Figures { step, one, many, resumed, fresh, step_bytes, chunk_bytes, snapshot_bytes }
+    Figures { raw, step, one, many, resumed, fresh, step_bytes, chunk_bytes, snapshot_bytes }
 }
 
 /// A database for this run on the benchmark's Postgres server, dropped when done.
@@ -235,27 +264,6 @@ impl BenchDatabase {
 
 /// The Postgres floor: one small row per transaction on one connection, committed (the
 /// server fsyncs its WAL), nothing of toolhost around it.
-async fn raw_postgres_commit(url: &str) -> Stats {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute("CREATE TABLE raw_steps (session TEXT, seq BIGINT, body BYTEA, PRIMARY KEY (session, seq))")
-        .await
-        .unwrap();
-    let insert = client.prepare("INSERT INTO raw_steps VALUES ('s', $1, $2)").await.unwrap();
-    let body = vec![7u8; 200];
-    let mut samples = Vec::with_capacity(COMMITS);
-    for i in 0..COMMITS + WARMUP {
-        let started = Instant::now();
-        client.batch_execute("BEGIN").await.unwrap();
-        client.execute(&insert, &[&(i as i64), &body]).await.unwrap();
-        client.batch_execute("COMMIT").await.unwrap();
-        if i >= WARMUP {
-            samples.push(started.elapsed());
-        }
-    }
-    stats(samples)
-}
 
 fn main() {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -265,18 +273,16 @@ fn main() {
     let data = tempfile::tempdir_in(workspace.join("target")).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
-    let raw = raw_sqlite_commit(data.path());
-    tokio::task::LocalSet::new().block_on(&runtime, async {
+    runtime.block_on(async {
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(data.path().join("bench.db"), Durability::Full).unwrap());
-        let sqlite = measure(store, cache.path(), &paths).await;
+        let sqlite = measure(store, Floor::sqlite(data.path()), cache.path(), &paths).await;
         let postgres = match BenchDatabase::create().await {
             Ok(db) => {
-                let raw = raw_postgres_commit(&db.url).await;
                 let store = toolhost::store::open(&db.url).await.unwrap();
-                let figures = measure(store, cache.path(), &paths).await;
+                let figures = measure(store, Floor::postgres(&db.url).await, cache.path(), &paths).await;
                 db.drop_database().await;
-                Ok((raw, figures))
+                Ok(figures)
             }
             Err(why) => Err(why),
         };
@@ -286,11 +292,11 @@ fn main() {
         let pg = postgres.as_ref().ok();
 
         header("durable steps (SQLite: WAL, synchronous=FULL; Postgres: default fsync)", "x raw");
-        row("raw SQLite insert + fsync commit (baseline)", &raw, raw.median);
-        row("SQLite: durable step, calculator call + commit", &sqlite.step, raw.median);
-        if let Some((raw_pg, figures)) = pg {
-            row("raw Postgres insert + commit (baseline)", raw_pg, raw_pg.median);
-            row("Postgres: durable step, calculator call + commit", &figures.step, raw_pg.median);
+        row("raw SQLite insert + fsync commit (baseline)", &sqlite.raw, sqlite.raw.median);
+        row("SQLite: durable step, calculator call + commit", &sqlite.step, sqlite.raw.median);
+        if let Some(figures) = pg {
+            row("raw Postgres insert + commit (baseline)", &figures.raw, figures.raw.median);
+            row("Postgres: durable step, calculator call + commit", &figures.step, figures.raw.median);
         }
 
         println!("\nthroughput ({STEPS_PER_SESSION} steps per session)\n");
@@ -300,8 +306,8 @@ fn main() {
         );
         println!("|{:-<34}|{:-<14}|{:-<11}|{:-<14}|{:-<11}|", "", "", "", "", "");
         for (label, sqlite_rate, pg_rate) in [
-            ("1 (baseline)".to_owned(), sqlite.one, pg.map(|(_, f)| f.one)),
-            (CONCURRENT_SESSIONS.to_string(), sqlite.many, pg.map(|(_, f)| f.many)),
+            ("1 (baseline)".to_owned(), sqlite.one, pg.map(|f| f.one)),
+            (CONCURRENT_SESSIONS.to_string(), sqlite.many, pg.map(|f| f.many)),
         ] {
             let (pg_text, pg_ratio) = match pg_rate {
                 Some(rate) => (format!("{rate:.0}"), format!("{:.2}x", rate / sqlite_rate)),
@@ -316,7 +322,7 @@ fn main() {
         header(&format!("resume: 1 MiB snapshot + {REPLAYED_STEPS} steps to replay ({RESUMES} resumes)"), "x fresh");
         row("fresh instance, nothing to restore (baseline)", &sqlite.fresh, sqlite.fresh.median);
         row("SQLite: open + restore snapshot + replay 10 steps", &sqlite.resumed, sqlite.fresh.median);
-        if let Some((_, figures)) = pg {
+        if let Some(figures) = pg {
             row("Postgres: open + restore snapshot + replay 10 steps", &figures.resumed, sqlite.fresh.median);
         }
 
@@ -326,7 +332,7 @@ fn main() {
         let ratio = |b: f64| b / sqlite.snapshot_bytes as f64;
         println!("| {:<52} | {:>12} | {:>8.3}x |", "full snapshot copy (baseline)", sqlite.snapshot_bytes, 1.0);
         let mut stores = vec![("SQLite", &sqlite)];
-        if let Some((_, figures)) = pg {
+        if let Some(figures) = pg {
             stores.push(("Postgres", figures));
         }
         for (name, figures) in stores {

@@ -259,11 +259,35 @@ impl Session {
                 reason: "the tool was loaded by another host".into(),
             });
         }
-        let (instance, rebuild) = self.rebuild(tool).await?;
+        let (instance, rebuild) = Rebuilder { record: &self.record, host: &self.host }.rebuild(tool).await?;
         self.instances.insert(name.to_owned(), instance);
         Ok(Some(rebuild))
     }
 
+    /// Drops the instance of `tool` with everything its aborted call did.
+    async fn abort(&mut self, tool: &str, why: CallError) -> CallError {
+        tracing::warn!(session = %self.record.id, tool, error = %why, "call aborted; dropping the instance");
+        self.instances.remove(tool);
+        if self.lease.as_ref().is_some_and(LeaseKeeper::is_lost) {
+            // The pending journal now belongs to the lease's new holder.
+            return why;
+        }
+        // A later attempt of this step starts over rather than replaying the aborted one.
+        if let Err(e) = self.host.store().clear_pending(&self.record.id).await {
+            tracing::warn!(session = %self.record.id, error = %e, "could not clear the aborted step's journal");
+        }
+        why
+    }
+}
+
+/// Brings instances to a session's last committed step. It borrows only what it reads (never
+/// the session's live instances), so a session's futures stay `Send` for `tokio::spawn`.
+struct Rebuilder<'a> {
+    record: &'a SessionRecord,
+    host: &'a Host,
+}
+
+impl Rebuilder<'_> {
     fn env(&self) -> InstanceEnv<'_> {
         InstanceEnv {
             session: &self.record.id,
@@ -362,21 +386,6 @@ impl Session {
         }
         Ok(())
     }
-
-    /// Drops the instance of `tool` with everything its aborted call did.
-    async fn abort(&mut self, tool: &str, why: CallError) -> CallError {
-        tracing::warn!(session = %self.record.id, tool, error = %why, "call aborted; dropping the instance");
-        self.instances.remove(tool);
-        if self.lease.as_ref().is_some_and(LeaseKeeper::is_lost) {
-            // The pending journal now belongs to the lease's new holder.
-            return why;
-        }
-        // A later attempt of this step starts over rather than replaying the aborted one.
-        if let Err(e) = self.host.store().clear_pending(&self.record.id).await {
-            tracing::warn!(session = %self.record.id, error = %e, "could not clear the aborted step's journal");
-        }
-        why
-    }
 }
 
 fn describe(outcome: &Result<String, ToolFailure>) -> String {
@@ -417,4 +426,12 @@ fn check_output(tool: &Tool, text: &str) -> Result<serde_json::Value, CallError>
         reason: format!("does not match the output schema: {}", errors.join("; ")),
     })?;
     Ok(value)
+}
+
+/// Embedders spawn sessions on tokio's multi-threaded runtime: their futures must be `Send`.
+#[allow(dead_code)]
+fn session_futures_are_send(session: &mut Session, tool: &Tool, input: &serde_json::Value) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(session.call(tool, input));
+    is_send(session.prewarm(tool));
 }

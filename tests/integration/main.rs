@@ -10,6 +10,7 @@ mod isolation;
 mod leases;
 mod load_errors;
 mod multihost;
+mod snapshots;
 mod state;
 mod support;
 mod tools;
