@@ -61,12 +61,18 @@ impl WasiHttpHooks for HttpGate {
     }
 }
 
-/// The socket check every instance gets: every bind, connect, listen and datagram is
-/// denied (the tool sees `access-denied`) and recorded.
+/// The socket check every instance gets: every connect, listen and datagram is denied (the
+/// tool sees `access-denied`) and recorded. The one thing let through is the implicit TCP
+/// bind to an ephemeral port that precedes a connect (`0.0.0.0:0`), so that the connect
+/// itself is checked and the trail names its destination; such a socket can do nothing
+/// without a connect or listen, and both are denied.
 pub(crate) fn deny_sockets(
     audit: Auditor,
 ) -> impl Fn(SocketAddr, SocketAddrUse) -> Pin<Box<dyn Future<Output = bool> + Send + Sync>> + Send + Sync + 'static {
     move |addr, use_| {
+        if matches!(use_, SocketAddrUse::TcpBind) && addr.ip().is_unspecified() && addr.port() == 0 {
+            return Box::pin(std::future::ready(true));
+        }
         let audit = audit.clone();
         // The store's futures are not `Sync`; a spawned task's handle is.
         let record = tokio::spawn(async move {
