@@ -38,7 +38,17 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
     };
     let host = config.host(policy)?;
     let tool = host.load_tool(&args.tool).await?;
-    host.policy().check_loaded(&[tool.name()])?;
+    // One tool of a policy that may cover many: a missing section is worth a warning (a
+    // typo leaves the tool with nothing), other sections are not errors here.
+    let policy = host.policy();
+    if args.policy.is_some() && !policy.tools.contains_key(tool.name()) && !policy.grant_requested {
+        let sections: Vec<&str> = policy.tools.keys().map(String::as_str).collect();
+        tracing::warn!(
+            "the policy has no section for tool `{}` (it has: {}); the tool is granted nothing",
+            tool.name(),
+            sections.join(", ")
+        );
+    }
     let mut session = match &args.session {
         Some(id) => match host.open_session(id).await {
             Ok(session) => session,
