@@ -10,3 +10,14 @@ pub mod log;
 pub mod model;
 pub mod network;
 pub mod state;
+
+/// Logs a capability decision to `tracing` only (target `toolhost::audit`), for decisions a
+/// capability persists on its own terms. Everything else goes through [`audit::Auditor`],
+/// which also writes the store's audit table.
+pub(crate) fn audit(session: &str, tool: &str, capability: &str, request: &str, allowed: bool, reason: &str) {
+    if allowed {
+        tracing::debug!(target: "toolhost::audit", session, tool, capability, request, decision = "allow", reason);
+    } else {
+        tracing::warn!(target: "toolhost::audit", session, tool, capability, request, decision = "deny", reason);
+    }
+}

@@ -78,7 +78,7 @@ impl wit::Host for ModelCtx {
             // A diverged replay never reaches the provider: its result is discarded anyway.
             return Err(ModelError::InvalidRequest("replay diverged from the journal".into()));
         }
-        self.audit.allow("model", &format!("chat {shown}"), "granted").await;
+        super::audit(&self.session, &self.tool, "model", &format!("chat {shown}"), true, "granted");
         let call_id = {
             let journal = lock(&self.journal);
             let index = journal.recorded().iter().filter(|e| matches!(e, JournalEntry::Model { .. })).count();

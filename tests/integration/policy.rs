@@ -292,8 +292,8 @@ async fn every_escape_is_denied_and_audited_while_granted_uses_work() {
     assert_denial(&events, "network", &format!("http://localhost:{port}/"));
     assert_denial(&events, "socket", &format!("127.0.0.1:{port}"));
     assert_denial(&events, "env", "HOST_SECRET");
-    // The consequential granted uses are on the trail too; routine state use is not.
-    assert!(events.iter().any(|e| e.allowed && e.capability == "model" && e.request.contains("granted-model")));
+    // Granted HTTP requests are on the trail too (granted model calls are recorded by the
+    // model capability with their token usage); routine state use is not.
     assert!(events.iter().any(|e| e.allowed && e.capability == "network" && e.request.contains("/page")));
     assert!(!events.iter().any(|e| e.allowed && e.capability == "state"));
     // The bystander and the victim tried nothing and were denied nothing at use.
