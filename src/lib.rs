@@ -34,6 +34,6 @@ pub use policy::{
     Access, EnvValue, HostPattern, ModelGrant, NetworkGrant, OnUngranted, Policy, PolicyError, Preopen, StateGrant,
     StateQuota, ToolGrants,
 };
-pub use session::{Session, SnapshotPolicy};
+pub use session::{Rebuild, Session, SnapshotPolicy};
 pub use store::{AuditEvent, SqliteStore, Store};
 pub use tool::{Descriptor, Tool, ToolKind};

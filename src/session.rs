@@ -43,6 +43,17 @@ pub struct SnapshotPolicy {
     pub keep: u32,
 }
 
+/// How a tool's instance was brought to the session's last committed step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuild {
+    /// The step whose snapshot was restored, if any.
+    pub restored_from: Option<u64>,
+    /// Steps replayed from their journals after it.
+    pub replayed: u32,
+    /// Instantiation, restore and replay together.
+    pub elapsed: std::time::Duration,
+}
+
 impl Default for SnapshotPolicy {
     fn default() -> Self {
         Self { every: 1, keep: 3 }
@@ -183,18 +194,18 @@ impl Session {
     }
 
     /// Starts (or rebuilds) this session's instance of `tool` now rather than on the next
-    /// call.
-    pub async fn prewarm(&mut self, tool: &Tool) -> Result<(), CallError> {
+    /// call, and says how; `None` if the instance was already live.
+    pub async fn prewarm(&mut self, tool: &Tool) -> Result<Option<Rebuild>, CallError> {
         self.ensure_instance(tool).await
     }
 
-    async fn ensure_instance(&mut self, tool: &Tool) -> Result<(), CallError> {
+    async fn ensure_instance(&mut self, tool: &Tool) -> Result<Option<Rebuild>, CallError> {
         let name = tool.name();
         if self.instances.get(name).is_some_and(|i| i.digest != tool.digest()) {
             self.instances.remove(name);
         }
         if self.instances.contains_key(name) {
-            return Ok(());
+            return Ok(None);
         }
         let engine = self.host.engine();
         if !wasmtime::Engine::same(tool.blueprint.pre.component().engine(), engine.wasmtime()) {
@@ -203,9 +214,9 @@ impl Session {
                 reason: "the tool was loaded by another host".into(),
             });
         }
-        let instance = self.rebuild(tool).await?;
+        let (instance, rebuild) = self.rebuild(tool).await?;
         self.instances.insert(name.to_owned(), instance);
-        Ok(())
+        Ok(Some(rebuild))
     }
 
     fn env(&self) -> InstanceEnv<'_> {
@@ -225,14 +236,15 @@ impl Session {
 
     /// A fresh instance brought to the session's last committed step: restore the newest
     /// snapshot, then replay the tool's later steps.
-    async fn rebuild(&self, tool: &Tool) -> Result<Instance, CallError> {
+    async fn rebuild(&self, tool: &Tool) -> Result<(Instance, Rebuild), CallError> {
         let name = tool.name();
         let store = self.host.store();
         let id = &self.record.id;
         let store_error = |e: StoreError| CallError::Store { tool: name.to_owned(), reason: e.to_string() };
+        let started = std::time::Instant::now();
         let mut instance = self.instantiate(tool).await?;
         if self.record.last_step == 0 {
-            return Ok(instance);
+            return Ok((instance, Rebuild { restored_from: None, replayed: 0, elapsed: started.elapsed() }));
         }
 
         let mut replay_after = 0;
@@ -260,16 +272,16 @@ impl Session {
             })?;
             instance.seek_random(&snapshot_step.random);
         }
-        let started = std::time::Instant::now();
         let mut replayed = 0;
         for step in steps {
             self.replay_step(&mut instance, tool, &step).await?;
             replayed += 1;
         }
         instance.steps_since_snapshot = replayed;
-        tracing::debug!(session = %id, tool = name, snapshot = replay_after, replayed, elapsed = ?started.elapsed(),
-            "rebuilt instance");
-        Ok(instance)
+        let rebuild =
+            Rebuild { restored_from: (replay_after > 0).then_some(replay_after), replayed, elapsed: started.elapsed() };
+        tracing::debug!(session = %id, tool = name, ?rebuild, "rebuilt instance");
+        Ok((instance, rebuild))
     }
 
     /// Re-runs a committed step against its journal and checks it ends the same way.

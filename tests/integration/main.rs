@@ -1,6 +1,7 @@
 //! Integration tests: one binary (one link on 2 cores), a module per concern.
 
 mod cache;
+mod cli;
 mod crash;
 mod durable;
 mod hostile;
