@@ -94,6 +94,14 @@ impl Host {
     /// A host whose sessions live in `store`.
     pub fn with_store(mut config: HostConfig, store: Arc<dyn Store>) -> Result<Self, HostError> {
         config.engine.consume_fuel |= config.policy.uses_fuel();
+        for (tool, grants) in &config.policy.tools {
+            if grants.limits.memory_bytes > config.engine.max_memory_bytes {
+                tracing::warn!(
+                    tool = %tool, granted = grants.limits.memory_bytes, engine_max = config.engine.max_memory_bytes,
+                    "the policy grants more memory than the engine allows any tool; the engine's cap applies"
+                );
+            }
+        }
         let engine = Engine::new(&config.engine)?;
         let linker = crate::instance::linker(engine.wasmtime()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         Ok(Self {
