@@ -32,7 +32,10 @@ pub use host::{Host, HostConfig, SessionDetails};
 pub use journal::{JournalEntry, RandomState};
 pub use lease::LeaseConfig;
 pub use model::ModelProvider;
-pub use policy::{Access, ModelGrant, Policy, StateGrant, StateQuota, ToolGrants};
+pub use policy::{
+    Access, EnvValue, HostPattern, ModelGrant, NetworkGrant, OnUngranted, Policy, PolicyError, Preopen, StateGrant,
+    StateQuota, ToolGrants,
+};
 pub use session::{Rebuild, Session, SnapshotPolicy};
 pub use store::{AuditEvent, PostgresStore, SqliteStore, Store, StoreUrl};
 pub use tool::{Descriptor, Tool, ToolKind};

@@ -10,6 +10,8 @@ mod isolation;
 mod leases;
 mod load_errors;
 mod multihost;
+mod policy;
+mod policy_fuzz;
 mod snapshots;
 mod state;
 mod support;
