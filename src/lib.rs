@@ -19,6 +19,7 @@ pub mod guest_build;
 pub mod host;
 mod instance;
 mod journal;
+pub mod mcp;
 pub mod model;
 pub mod policy;
 pub mod session;

@@ -203,11 +203,32 @@ impl Session {
                 reason: "the tool was loaded by another host".into(),
             });
         }
-        let instance = self.rebuild(tool).await?;
+        let instance = Rebuilder { record: &self.record, host: &self.host }.rebuild(tool).await?;
         self.instances.insert(name.to_owned(), instance);
         Ok(())
     }
 
+    /// Drops the instance of `tool` with everything its aborted call did.
+    async fn abort(&mut self, tool: &str, why: CallError) -> CallError {
+        tracing::warn!(session = %self.record.id, tool, error = %why, "call aborted; dropping the instance");
+        self.instances.remove(tool);
+        // A later attempt of this step starts over rather than replaying the aborted one.
+        if let Err(e) = self.host.store().clear_pending(&self.record.id).await {
+            tracing::warn!(session = %self.record.id, error = %e, "could not clear the aborted step's journal");
+        }
+        why
+    }
+}
+
+/// What rebuilding an instance reads of its session. Borrowing these parts rather than the
+/// whole [`Session`] keeps `Session::call`'s future `Send` (live instances are `Send` but not
+/// `Sync`), so servers can run calls on spawned tasks.
+struct Rebuilder<'a> {
+    record: &'a SessionRecord,
+    host: &'a Host,
+}
+
+impl Rebuilder<'_> {
     fn env(&self) -> InstanceEnv<'_> {
         InstanceEnv {
             session: &self.record.id,
@@ -304,17 +325,6 @@ impl Session {
             return Err(diverged("it drew a different amount of randomness".into()));
         }
         Ok(())
-    }
-
-    /// Drops the instance of `tool` with everything its aborted call did.
-    async fn abort(&mut self, tool: &str, why: CallError) -> CallError {
-        tracing::warn!(session = %self.record.id, tool, error = %why, "call aborted; dropping the instance");
-        self.instances.remove(tool);
-        // A later attempt of this step starts over rather than replaying the aborted one.
-        if let Err(e) = self.host.store().clear_pending(&self.record.id).await {
-            tracing::warn!(session = %self.record.id, error = %e, "could not clear the aborted step's journal");
-        }
-        why
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod call;
 mod inspect;
+mod serve;
 mod sessions;
 
 use std::path::PathBuf;
@@ -26,7 +27,7 @@ struct Cli {
     #[arg(long, global = true)]
     no_cache: bool,
 
-    /// Session database (SQLite) [default: a temporary one for `call`, .toolhost/sessions.db for `sessions`]
+    /// Session database (SQLite) [default: a temporary one for `call`, .toolhost/sessions.db for `sessions` and `serve`]
     #[arg(long, global = true, env = "TOOLHOST_DB")]
     db: Option<PathBuf>,
 
@@ -46,6 +47,8 @@ enum Command {
     Call(call::Args),
     /// List, show, fork and delete stored sessions
     Sessions(sessions::Args),
+    /// Serve tools over MCP (stdio or streamable HTTP), each call a durable session step
+    Serve(serve::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -57,7 +60,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let db = match (&cli.command, cli.db) {
-            (Command::Sessions(_), None) => Some(PathBuf::from(".toolhost/sessions.db")),
+            (Command::Sessions(_) | Command::Serve(_), None) => Some(PathBuf::from(".toolhost/sessions.db")),
             (_, db) => db,
         };
         let config = cli_host_config(cli.cache_dir, cli.no_cache, db);
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(&config, args).await,
             Command::Call(args) => call::run(&config, args).await,
             Command::Sessions(args) => sessions::run(&config, args).await,
+            Command::Serve(args) => serve::run(&config, args).await,
         }
     });
     match result {

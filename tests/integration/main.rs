@@ -6,6 +6,7 @@ mod durable;
 mod hostile;
 mod isolation;
 mod load_errors;
+mod mcp;
 mod state;
 mod support;
 mod tools;
