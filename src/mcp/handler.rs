@@ -142,7 +142,8 @@ impl ServerHandler for Connection {
                 "Each tool runs sandboxed in a durable session. Every result names its session in \
                  `session_handle` (text and `_meta.dev.toolhost/session`); pass it back as the \
                  `session_handle` argument to continue that session, also after a server restart. \
-                 Calls without a handle use this connection's own session.",
+                 A call without a handle runs in this connection's session (stdio, or an MCP \
+                 session over HTTP), or in a new session where there is none (2026-07-28 over HTTP).",
             )
     }
 

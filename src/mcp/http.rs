@@ -1,9 +1,10 @@
 //! Streamable HTTP: rmcp's service behind the guards a local or shared server needs.
 //!
-//! Order of checks on each request: concurrency (503 when full), bearer token (401), then
-//! rmcp's own: `Host` against the allowed hosts (DNS rebinding), `Origin` against the
-//! allowed origins (403), the body size (413), then JSON-RPC parsing (400 with a JSON-RPC
-//! parse error).
+//! Order of checks on each request: concurrency (503 when full), bearer token (401), the
+//! body of a POST (413 when too large, 400 with a JSON-RPC parse or invalid-request error
+//! when it is not a JSON-RPC message), then rmcp's own: `Host` against the allowed hosts
+//! (DNS rebinding) and `Origin` against the allowed origins (403), protocol headers, and
+//! JSON-RPC dispatch (unknown methods get `-32601`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,6 +115,7 @@ pub(super) async fn start(server: McpServer, options: HttpOptions) -> Result<Htt
     let requests = Arc::new(tokio::sync::Semaphore::new(options.max_concurrent_requests.max(1)));
     let router = axum::Router::new()
         .route_service(&options.path, mcp)
+        .layer(axum::middleware::from_fn_with_state(server.limits.max_message_bytes, check_jsonrpc_body))
         .layer(axum::middleware::from_fn_with_state(token, require_bearer))
         .layer(axum::middleware::from_fn_with_state(requests, limit_concurrency));
 
@@ -165,4 +167,56 @@ async fn require_bearer(State(token): State<Option<Arc<[u8; 32]>>>, request: Req
     let mut response = (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+/// Reads a POST body (up to `limit` bytes) and answers what is not a JSON-RPC message
+/// itself, with the error the streamable HTTP transport prescribes: 413 when too large,
+/// 400 with a `-32700` parse error or a `-32600` invalid request otherwise.
+async fn check_jsonrpc_body(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    if request.method() == axum::http::Method::DELETE {
+        // rmcp acknowledges a session's termination with 202; clients (the Python SDK among
+        // them) expect 200 or 204 and log a failure otherwise.
+        let mut response = next.run(request).await;
+        if response.status() == StatusCode::ACCEPTED {
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            *response.body_mut() = axum::body::Body::empty();
+        }
+        return response;
+    }
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            let message = format!("the request body is larger than {limit} bytes");
+            return jsonrpc_error(StatusCode::PAYLOAD_TOO_LARGE, serde_json::Value::Null, -32600, &message);
+        }
+        Err(e) => {
+            let message = format!("cannot read the request body: {e}");
+            return jsonrpc_error(StatusCode::BAD_REQUEST, serde_json::Value::Null, -32700, &message);
+        }
+    };
+    let message: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(message) => message,
+        Err(e) => {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                serde_json::Value::Null,
+                -32700,
+                &format!("parse error: {e}"),
+            );
+        }
+    };
+    if message.get("jsonrpc").and_then(serde_json::Value::as_str) != Some("2.0") {
+        let id = message.get("id").cloned().unwrap_or(serde_json::Value::Null);
+        return jsonrpc_error(StatusCode::BAD_REQUEST, id, -32600, "invalid request: not a JSON-RPC 2.0 message");
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+}
+
+fn jsonrpc_error(status: StatusCode, id: serde_json::Value, code: i64, message: &str) -> Response {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }

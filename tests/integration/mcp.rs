@@ -158,6 +158,10 @@ fn session_over_http(mode: &str) {
     let db = dir.path().join("sessions.db");
     let args = |url: &str, extra: &[&str]| {
         let mut args: Vec<String> = ["session", "--mode", mode, "--url", url].iter().map(|s| s.to_string()).collect();
+        // 2026-07-28 has no MCP sessions: each request without a handle gets its own.
+        if mode == "2026-07-28" {
+            args.push("--per-request".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };

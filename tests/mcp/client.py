@@ -88,18 +88,26 @@ async def session(args: argparse.Namespace) -> dict[str, Any]:
         report["notes_has_output_schema"] = output_schema is not None
 
         if args.handle is None:
-            handles = set()
-            for i in range(3):
-                result = await call(client, {"op": "add", "title": f"note {i}", "body": f"body number {i}"})
+            first = await call(client, {"op": "add", "title": "note 0", "body": "body number 0"})
+            check(not first.is_error, f"add 0 failed: {text_of(first)}")
+            handle = handle_of(first)
+            check(handle is not None, "the result names no session")
+            check(f"session_handle: {handle}" in text_of(first), "the handle is not in the text")
+            report["handle"] = handle
+            # Where calls without a handle are independent (2026-07-28 over HTTP), the client
+            # threads the handle; elsewhere the connection keeps its session by itself.
+            thread = handle if args.per_request else None
+            if args.per_request:
+                probe = await call(client, {"op": "search", "query": "body"})
+                check(handle_of(probe) not in (None, handle), "two requests without a handle shared a session")
+                check(probe.structured_content["matches"] == [], f"a fresh session saw notes: {text_of(probe)}")
+            for i in (1, 2):
+                result = await call(client, {"op": "add", "title": f"note {i}", "body": f"body number {i}"}, thread)
                 check(not result.is_error, f"add {i} failed: {text_of(result)}")
                 check(result.structured_content["id"] == i + 1, f"add {i} returned {result.structured_content}")
-                handles.add(handle_of(result))
-                check(f"session_handle: {handle_of(result)}" in text_of(result), "the handle is not in the text")
-            check(len(handles) == 1 and None not in handles, f"calls without a handle used sessions {handles}")
-            handle = handles.pop()
-            report["handle"] = handle
+                check(handle_of(result) == handle, f"add {i} ran in {handle_of(result)}, not {handle}")
 
-            listing = await call(client, {"op": "search", "query": "body"})
+            listing = await call(client, {"op": "search", "query": "body"}, thread)
             check(not listing.is_error, f"search failed: {text_of(listing)}")
             report["found_before_restart"] = len(listing.structured_content["matches"])
 
@@ -108,11 +116,11 @@ async def session(args: argparse.Namespace) -> dict[str, Any]:
             check(not got.is_error and got.structured_content["title"] == "note 1", f"get: {text_of(got)}")
 
             # Schema violations, the tool's own errors and bad handles are tool errors.
-            invalid = await call(client, {"op": "add", "title": 5})
+            invalid = await call(client, {"op": "add", "title": 5}, thread)
             check(invalid.is_error, f"invalid arguments were accepted: {text_of(invalid)}")
             check("does not match its schema" in text_of(invalid), f"unhelpful error: {text_of(invalid)}")
             report["invalid_arguments_error"] = text_of(invalid)
-            missing = await call(client, {"op": "get", "id": 99})
+            missing = await call(client, {"op": "get", "id": 99}, thread)
             check(missing.is_error and "no note with id 99" in text_of(missing), f"missing note: {text_of(missing)}")
             unknown = await call(client, {"op": "list"}, "00000000-0000-4000-8000-000000000000")
             check(unknown.is_error and "no session" in text_of(unknown), f"unknown handle: {text_of(unknown)}")
@@ -120,7 +128,7 @@ async def session(args: argparse.Namespace) -> dict[str, Any]:
             check(malformed.is_error, f"malformed handle: {text_of(malformed)}")
 
             # The session still works after the failures.
-            again = await call(client, {"op": "search", "query": "number"})
+            again = await call(client, {"op": "search", "query": "number"}, thread)
             check(not again.is_error and len(again.structured_content["matches"]) == 3, f"after errors: {text_of(again)}")
 
             # An unknown tool is a protocol error, and the connection stays up.
@@ -220,7 +228,6 @@ async def bad_http(args: argparse.Namespace) -> dict[str, Any]:
             check(r.status_code == 401, f"no token got {r.status_code}")
 
     # After all that, a real client is still served.
-    args.handle = None
     async with client_for(args) as client:
         result = await client.call_tool("notes", {"op": "add", "title": "still", "body": "serving"})
         check(not result.is_error, f"the server stopped serving: {text_of(result)}")
@@ -236,6 +243,7 @@ def main() -> None:
     parser.add_argument("--token")
     parser.add_argument("--mode", default="auto")
     parser.add_argument("--handle")
+    parser.add_argument("--per-request", action="store_true", help="calls without a handle get fresh sessions")
     parser.add_argument("--max-body", type=int, default=4 << 20)
     args = parser.parse_args()
     if bool(args.stdio) == bool(args.url):
