@@ -36,6 +36,16 @@ pub enum LoadError {
 
     #[error("{path}: the tool's descriptor is invalid: {reason}")]
     InvalidDescriptor { path: PathBuf, reason: String },
+
+    /// The policy pins the tool to another component.
+    #[error(
+        "{path}: tool `{tool}` is pinned to sha256 {expected}, but this component is sha256 {actual}; refusing to load it"
+    )]
+    PinMismatch { path: PathBuf, tool: String, expected: String, actual: String },
+
+    /// The policy refuses tools that request what they are not granted.
+    #[error("{path}: tool `{tool}` requests capabilities the policy does not grant ({}); the policy's `on_ungranted = \"refuse\"` refuses to load it", ungranted.join("; "))]
+    Ungranted { path: PathBuf, tool: String, ungranted: Vec<String> },
 }
 
 /// How a tool reported its own failure (the WIT `tool-error`).
@@ -89,6 +99,9 @@ pub enum CallError {
     #[error("tool `{tool}` exceeded its CPU time limit of {limit:?}")]
     Deadline { tool: String, limit: Duration },
 
+    #[error("tool `{tool}` ran out of fuel (its limit is {limit} per call)")]
+    FuelExhausted { tool: String, limit: u64 },
+
     #[error("tool `{tool}` exceeded its memory limit of {limit_bytes} bytes (asked for {requested_bytes})")]
     MemoryLimit { tool: String, limit_bytes: u64, requested_bytes: u64 },
 
@@ -124,6 +137,7 @@ impl CallError {
             Self::InvalidInput { tool, .. }
             | Self::Tool { tool, .. }
             | Self::Deadline { tool, .. }
+            | Self::FuelExhausted { tool, .. }
             | Self::MemoryLimit { tool, .. }
             | Self::Trap { tool, .. }
             | Self::OutputTooLarge { tool, .. }

@@ -9,7 +9,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::error::{HostError, LoadError, SessionError};
 use crate::instance::{Instance, InstanceEnv, InstanceState};
 use crate::model::ModelProvider;
-use crate::policy::{Policy, ToolGrants};
+use crate::policy::{OnUngranted, Policy, ToolGrants};
 use crate::session::{Session, SnapshotPolicy};
 use crate::store::{SessionRecord, SessionSummary, SnapshotInfo, SqliteStore, StepRecord, StorageStats, Store};
 use crate::tool::{self, Blueprint, Loaded, Tool, ToolKind};
@@ -92,7 +92,8 @@ impl Host {
     }
 
     /// A host whose sessions live in `store`.
-    pub fn with_store(config: HostConfig, store: Arc<dyn Store>) -> Result<Self, HostError> {
+    pub fn with_store(mut config: HostConfig, store: Arc<dyn Store>) -> Result<Self, HostError> {
+        config.engine.consume_fuel |= config.policy.uses_fuel();
         let engine = Engine::new(&config.engine)?;
         let linker = crate::instance::linker(engine.wasmtime()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         Ok(Self {
@@ -154,12 +155,13 @@ impl Host {
             .map_err(|e| LoadError::UnsatisfiedImports { path: origin.to_owned(), reason: format!("{e:#}") })?;
         let (tool_indices, stateful_indices) = tool::locate_exports(origin, self.inner.engine.wasmtime(), &pre)?;
         let kind = if stateful_indices.is_some() { ToolKind::Stateful } else { ToolKind::Plain };
-        let blueprint = Blueprint { pre, tool_indices, stateful_indices, digest: compiled.digest };
+        let blueprint = Blueprint { pre, tool_indices, stateful_indices, digest: compiled.digest.clone() };
 
         // `describe` runs in a throwaway instance that is granted nothing.
         let describe_grants = ToolGrants::default();
         let describe_error = |reason: String| LoadError::Describe { path: origin.to_owned(), reason };
-        let env = InstanceEnv { session: "(describe)", seed: &[0; 32], store: self.store(), models: None };
+        let env =
+            InstanceEnv { session: "(describe)", seed: &[0; 32], store: self.store(), models: None, ungranted: &[] };
         let mut instance = Instance::new(&self.inner.engine, &blueprint, "(loading)", env, &describe_grants)
             .await
             .map_err(|e| describe_error(e.to_string()))?;
@@ -171,6 +173,12 @@ impl Host {
         let (descriptor, input_validator, output_validator) = tool::parse_descriptor(origin, raw)?;
 
         let grants = self.inner.policy.grants_for(&descriptor);
+        grants.check_pin(&compiled.digest).map_err(|m| LoadError::PinMismatch {
+            path: origin.to_owned(),
+            tool: descriptor.name.clone(),
+            expected: m.expected,
+            actual: m.actual,
+        })?;
         tracing::info!(
             tool = %descriptor.name, version = %descriptor.version, kind = ?kind, cache = ?compiled.cache,
             path = %origin.display(), "loaded tool"
@@ -184,7 +192,35 @@ impl Host {
             input_validator,
             output_validator,
         };
-        Ok(Arc::new(loaded.into_tool(grants)))
+        let tool = loaded.into_tool(grants);
+        if !tool.ungranted().is_empty() {
+            let ungranted: Vec<String> = tool
+                .ungranted()
+                .iter()
+                .map(|r| match &r.granted {
+                    Some(granted) => format!(
+                        "{} {} (granted only {granted})",
+                        r.capability,
+                        r.requested.as_deref().unwrap_or_default()
+                    ),
+                    None => format!("{} {}", r.capability, r.requested.as_deref().unwrap_or_default()),
+                })
+                .collect();
+            match self.inner.policy.on_ungranted {
+                OnUngranted::Refuse => {
+                    return Err(LoadError::Ungranted {
+                        path: origin.to_owned(),
+                        tool: tool.name().to_owned(),
+                        ungranted,
+                    });
+                }
+                OnUngranted::DenyAtUse => tracing::warn!(
+                    tool = %tool.name(), ungranted = %ungranted.join("; "),
+                    "loaded a tool whose requests are not all granted; those uses will be denied"
+                ),
+            }
+        }
+        Ok(Arc::new(tool))
     }
 
     /// A new session with a random id.

@@ -5,11 +5,16 @@ use std::sync::Arc;
 
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Store, Trap, UpdateDeadline};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::{self, stateful, tool as tool_export};
+use crate::capability::audit::Auditor;
+use crate::capability::filesystem::AuditedFilesystem;
 use crate::capability::log::LogCtx;
 use crate::capability::model::ModelCtx;
+use crate::capability::network::{HttpGate, deny_sockets};
 use crate::capability::state::StateCtx;
 use crate::engine::{Engine, GuestLimiter, Limits, MemoryLimitExceeded};
 use crate::error::{CallError, ToolFailure, TrapKind};
@@ -17,7 +22,7 @@ use crate::journal::{
     Journal, JournaledMonotonicClock, JournaledWallClock, RandomState, SessionRng, SharedJournal, insecure_seed,
 };
 use crate::model::ModelProvider;
-use crate::policy::ToolGrants;
+use crate::policy::{Access, CapabilityRow, ToolGrants};
 use crate::store::{self, StateScope};
 use crate::tool::{Blueprint, Tool};
 
@@ -25,6 +30,9 @@ use crate::tool::{Blueprint, Tool};
 pub(crate) struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    http_gate: HttpGate,
+    audit: Auditor,
     limiter: GuestLimiter,
     pub(crate) state: StateCtx,
     log: LogCtx,
@@ -39,11 +47,24 @@ impl WasiView for InstanceState {
     }
 }
 
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_gate }
+    }
+}
+
+fn audited_filesystem(s: &mut InstanceState) -> AuditedFilesystem<'_> {
+    AuditedFilesystem { view: WasiFilesystemCtxView { ctx: s.wasi.filesystem(), table: &mut s.table }, audit: &s.audit }
+}
+
 /// The linker every tool is instantiated with: WASI (sandboxed by each instance's
-/// `WasiCtx`) and the toolhost capabilities.
+/// `WasiCtx`, its filesystem audited), outgoing HTTP (gated by the instance's network
+/// grant) and the toolhost capabilities.
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<InstanceState>> {
     let mut linker: Linker<InstanceState> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    crate::capability::filesystem::shadow_in_linker(&mut linker, audited_filesystem)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::capability::state::add_to_linker(&mut linker, |s| &mut s.state)?;
     crate::capability::log::add_to_linker(&mut linker, |s| &mut s.log)?;
     crate::capability::model::add_to_linker(&mut linker, |s| &mut s.model)?;
@@ -60,6 +81,10 @@ pub(crate) struct InstanceEnv<'a> {
     pub seed: &'a [u8; 32],
     pub store: Arc<dyn store::Store>,
     pub models: Option<Arc<dyn ModelProvider>>,
+    /// What the tool requests and is not granted: filesystem and env requests among them
+    /// are recorded as denials when the instance starts (WASI hands over the environment
+    /// and the preopens as a whole, so there is no later use to deny).
+    pub ungranted: &'a [CapabilityRow],
 }
 
 pub(crate) struct Instance {
@@ -89,18 +114,59 @@ impl Instance {
         let journal = Journal::new();
         let secure_rng = SessionRng::new(env.seed, tool_name, "secure");
         let insecure_rng = SessionRng::new(env.seed, tool_name, "insecure");
-        // No env, args, preopens, sockets or stdio: WASI is denied until the policy grants it.
+        let audit = Auditor::new(session.to_owned(), tool_name.to_owned(), env.store.clone(), journal.clone());
+        // No args, stdio, sockets or name lookups; env and preopens only as granted.
         // Clocks and randomness are virtual, so a replayed step sees what the original saw.
-        let wasi = WasiCtxBuilder::new()
-            .wall_clock(JournaledWallClock(journal.clone()))
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.wall_clock(JournaledWallClock(journal.clone()))
             .monotonic_clock(JournaledMonotonicClock(journal.clone()))
             .secure_random(secure_rng.clone())
             .insecure_random(insecure_rng.clone())
             .insecure_random_seed(insecure_seed(tool_name))
-            .build();
+            .allow_ip_name_lookup(false)
+            // Sockets may be created so that every use of one (bind, connect, listen, send)
+            // reaches the address check, which denies it and records the attempt.
+            .allow_tcp(true)
+            .allow_udp(true)
+            .socket_addr_check(deny_sockets(audit.clone()));
+        let fail_env = |reason: String| CallError::Instantiate { tool: tool_name.to_owned(), reason };
+        for preopen in &grants.filesystem {
+            let perms = match preopen.access {
+                Access::Read => FsPerms::ReadOnly,
+                Access::ReadWrite => FsPerms::ReadWrite,
+            };
+            wasi.preopened_dir(&preopen.host, &preopen.guest, perms).map_err(|e| {
+                fail_env(format!(
+                    "cannot open the granted directory {} for {}: {e:#}",
+                    preopen.host.display(),
+                    preopen.guest
+                ))
+            })?;
+        }
+        for (name, value) in &grants.env {
+            match value.resolve() {
+                Some(value) => {
+                    wasi.env(name, value);
+                }
+                None => tracing::warn!(session, tool = tool_name, variable = %name,
+                    "the policy passes through a host variable that is not set; the tool will not see it"),
+            }
+        }
+        for row in env.ungranted.iter().filter(|r| matches!(r.capability, "env" | "filesystem")) {
+            let requested = row.requested.as_deref().unwrap_or_default();
+            let reason = match row.capability {
+                "env" => "not granted: the tool's environment does not contain it",
+                _ => "not granted: nothing (or only read-only) is mounted there",
+            };
+            audit.deny(row.capability, requested, reason).await;
+        }
+        let wasi = wasi.build();
         let data = InstanceState {
             wasi,
             table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            http_gate: HttpGate::new(Arc::new(grants.network.clone()), audit.clone()),
+            audit,
             limiter: GuestLimiter::new(grants.limits.memory_bytes.min(engine.max_memory_bytes())),
             state: StateCtx::new(scope, Arc::new(grants.state.clone()), env.store.clone(), journal.clone()),
             log: LogCtx::new(session.to_owned(), tool_name.to_owned()),
@@ -127,6 +193,10 @@ impl Instance {
             Ok(UpdateDeadline::Yield(1))
         });
         wasm_store.set_epoch_deadline(1);
+        if engine.consumes_fuel() {
+            // Instantiation runs guest code too; each call re-arms the budget.
+            let _ = wasm_store.set_fuel(grants.limits.fuel.unwrap_or(u64::MAX));
+        }
         let fail = |e: wasmtime::Error| CallError::Instantiate { tool: tool_name.to_owned(), reason: format!("{e:#}") };
         let instance = blueprint.pre.instantiate_async(&mut wasm_store).await.map_err(fail)?;
         let tool = blueprint.tool_indices.load(&mut wasm_store, &instance).map_err(fail)?;
@@ -148,10 +218,14 @@ impl Instance {
         })
     }
 
-    /// Resets the per-call CPU budget.
+    /// Resets the per-call CPU budget (and fuel, when the engine meters it).
     fn arm(&mut self, engine: &Engine, limits: &Limits) {
         self.store.data_mut().cpu_ticks_left = engine.ticks_for(limits.cpu_time);
         self.store.set_epoch_deadline(1);
+        if engine.consumes_fuel() {
+            // Cannot fail: the engine meters fuel.
+            let _ = self.store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
+        }
     }
 
     pub async fn describe(
@@ -237,6 +311,9 @@ fn classify(error: wasmtime::Error, tool: &str, limits: &Limits) -> CallError {
     let trap = match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => {
             return CallError::Deadline { tool, limit: limits.cpu_time };
+        }
+        Some(Trap::OutOfFuel) => {
+            return CallError::FuelExhausted { tool, limit: limits.fuel.unwrap_or(u64::MAX) };
         }
         Some(Trap::StackOverflow) => TrapKind::StackOverflow,
         Some(Trap::MemoryOutOfBounds) => TrapKind::MemoryOutOfBounds,

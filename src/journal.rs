@@ -198,6 +198,11 @@ impl Journal {
         self.mode = Mode::Replay { strict: true };
     }
 
+    /// Whether the step answers from a journal (a rebuild), not live.
+    pub fn is_replaying(&self) -> bool {
+        matches!(self.mode, Mode::Replay { .. })
+    }
+
     /// Whether the step has diverged (a live fallback must then avoid side effects).
     pub fn has_diverged(&self) -> bool {
         self.diverged.is_some()

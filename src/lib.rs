@@ -31,7 +31,10 @@ pub use error::{CallError, HostError, LoadError, SessionError, ToolFailure, Trap
 pub use host::{Host, HostConfig, SessionDetails};
 pub use journal::{JournalEntry, RandomState};
 pub use model::ModelProvider;
-pub use policy::{Access, ModelGrant, Policy, StateGrant, StateQuota, ToolGrants};
+pub use policy::{
+    Access, EnvValue, HostPattern, ModelGrant, NetworkGrant, OnUngranted, Policy, PolicyError, Preopen, StateGrant,
+    StateQuota, ToolGrants,
+};
 pub use session::{Session, SnapshotPolicy};
 pub use store::{AuditEvent, SqliteStore, Store};
 pub use tool::{Descriptor, Tool, ToolKind};

@@ -235,11 +235,13 @@ impl Rebuilder<'_> {
             seed: &self.record.seed,
             store: self.host.store(),
             models: self.host.model_provider(),
+            ungranted: &[],
         }
     }
 
     async fn instantiate(&self, tool: &Tool) -> Result<Instance, CallError> {
-        Instance::new(self.host.engine(), &tool.blueprint, tool.name(), self.env(), &tool.grants).await
+        let env = InstanceEnv { ungranted: &tool.ungranted, ..self.env() };
+        Instance::new(self.host.engine(), &tool.blueprint, tool.name(), env, &tool.grants).await
     }
 
     /// A fresh instance brought to the session's last committed step: restore the newest

@@ -10,7 +10,7 @@ use crate::bindings::{self, stateful, tool as tool_export, types as wit};
 use crate::engine::CacheStatus;
 use crate::error::LoadError;
 use crate::instance::InstanceState;
-use crate::policy::{Access, ToolGrants};
+use crate::policy::{Access, CapabilityRow, ToolGrants};
 
 /// The export every tool has.
 pub(crate) const TOOL_EXPORT: &str = "toolhost:tool/tool@0.1.0";
@@ -72,6 +72,8 @@ pub struct Tool {
     pub(crate) path: PathBuf,
     pub(crate) cache: CacheStatus,
     pub(crate) grants: Arc<ToolGrants>,
+    /// Requests the grants do not cover (denied at use).
+    pub(crate) ungranted: Vec<CapabilityRow>,
     pub(crate) blueprint: Blueprint,
     input_validator: jsonschema::Validator,
     output_validator: Option<jsonschema::Validator>,
@@ -117,6 +119,12 @@ impl Tool {
 
     pub fn grants(&self) -> &ToolGrants {
         &self.grants
+    }
+
+    /// What the tool requests and its grants do not cover, row by row (see
+    /// [`crate::policy::compare`]).
+    pub fn ungranted(&self) -> &[CapabilityRow] {
+        &self.ungranted
     }
 
     /// Checks `input` against the tool's input schema; one message per violation, each
@@ -289,7 +297,12 @@ pub(crate) struct Loaded {
 
 impl Loaded {
     pub(crate) fn into_tool(self, grants: ToolGrants) -> Tool {
+        let ungranted = crate::policy::compare(&self.descriptor.capabilities, &grants)
+            .into_iter()
+            .filter(CapabilityRow::is_ungranted)
+            .collect();
         Tool {
+            ungranted,
             descriptor: self.descriptor,
             kind: self.kind,
             path: self.path,

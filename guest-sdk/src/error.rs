@@ -40,6 +40,19 @@ impl fmt::Display for ToolError {
 
 impl std::error::Error for ToolError {}
 
+/// WASI answers a use the host's policy does not allow (a path outside the tool's
+/// preopens, a write to a read-only one, a socket) with `access` or `not-permitted`, which
+/// the standard library reports as [`std::io::ErrorKind::PermissionDenied`]: `?` turns
+/// those into [`ToolError::Denied`] and every other I/O error into [`ToolError::Failed`].
+impl From<std::io::Error> for ToolError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied => ToolError::Denied(format!("denied by the host: {e}")),
+            _ => ToolError::Failed(e.to_string()),
+        }
+    }
+}
+
 impl From<ToolError> for WitToolError {
     fn from(e: ToolError) -> Self {
         match e {

@@ -21,6 +21,7 @@ pub struct ModelCtx {
     provider: Option<Arc<dyn ModelProvider>>,
     store: Arc<dyn Store>,
     journal: SharedJournal,
+    audit: super::audit::Auditor,
 }
 
 impl ModelCtx {
@@ -32,7 +33,8 @@ impl ModelCtx {
         store: Arc<dyn Store>,
         journal: SharedJournal,
     ) -> Self {
-        Self { session, tool, granted, provider, store, journal }
+        let audit = super::audit::Auditor::new(session.clone(), tool.clone(), store.clone(), journal.clone());
+        Self { session, tool, granted, provider, store, journal, audit }
     }
 
     /// Persists the step's journal so far, so the response just received survives a crash.
@@ -61,7 +63,7 @@ impl wit::Host for ModelCtx {
         let shown = model.escape_debug().to_string();
         if !self.granted.allows(&model) {
             let reason = format!("model `{shown}` is not granted");
-            super::audit(&self.session, &self.tool, "model", &format!("chat {shown}"), false, &reason);
+            self.audit.deny("model", &format!("chat {shown}"), &reason).await;
             return Err(ModelError::Denied(reason));
         }
         let digest = request_digest(&(&model, &request));
@@ -76,7 +78,7 @@ impl wit::Host for ModelCtx {
             // A diverged replay never reaches the provider: its result is discarded anyway.
             return Err(ModelError::InvalidRequest("replay diverged from the journal".into()));
         }
-        super::audit(&self.session, &self.tool, "model", &format!("chat {shown}"), true, "granted");
+        self.audit.allow("model", &format!("chat {shown}"), "granted").await;
         let call_id = {
             let journal = lock(&self.journal);
             let index = journal.recorded().iter().filter(|e| matches!(e, JournalEntry::Model { .. })).count();

@@ -22,6 +22,7 @@ pub const MAX_NAMESPACE_CHARS: usize = 64;
 pub struct StateCtx {
     scope: StateScope,
     grant: Arc<StateGrant>,
+    audit: super::audit::Auditor,
     store: Arc<dyn Store>,
     journal: SharedJournal,
     /// This step's writes by (namespace, key); `None` is a delete.
@@ -37,7 +38,9 @@ impl StateCtx {
         store: Arc<dyn Store>,
         journal: SharedJournal,
     ) -> Self {
-        Self { scope, grant, store, journal, pending: BTreeMap::new(), committed_usage: None }
+        let audit =
+            super::audit::Auditor::new(scope.session.clone(), scope.tool.clone(), store.clone(), journal.clone());
+        Self { scope, grant, audit, store, journal, pending: BTreeMap::new(), committed_usage: None }
     }
 
     /// Takes this step's writes, leaving the buffer empty for the next step.
@@ -49,12 +52,15 @@ impl StateCtx {
             .collect()
     }
 
-    fn check(&self, namespace: &str, key: Option<&str>, write: bool, op: &str) -> Result<(), StateError> {
-        validate_namespace(namespace)?;
-        if let Some(key) = key {
-            validate_key(key)?;
+    async fn check(&self, namespace: &str, key: Option<&str>, write: bool, op: &str) -> Result<(), StateError> {
+        let request = format!("{op} {}/{}", printable(namespace), key.map(printable).unwrap_or_default());
+        let malformed = validate_namespace(namespace).and_then(|()| key.map_or(Ok(()), validate_key));
+        if let Err(e) = malformed {
+            // A crafted key is an attempt worth recording, not just a typo.
+            let StateError::InvalidKey(reason) = &e else { unreachable!("validation only returns invalid-key") };
+            self.audit.deny("state", &request, reason).await;
+            return Err(e);
         }
-        let request = format!("{op} {namespace}/{}", key.map(printable).unwrap_or_default());
         let decision = match self.grant.namespaces.get(namespace) {
             None => Err(format!("namespace `{namespace}` is not granted")),
             Some(access) if write && !access.allows_write() => Err(format!("namespace `{namespace}` is read-only")),
@@ -63,7 +69,7 @@ impl StateCtx {
         match decision {
             Ok(()) => Ok(()),
             Err(reason) => {
-                super::audit(&self.scope.session, &self.scope.tool, "state", &request, false, &reason);
+                self.audit.deny("state", &request, &reason).await;
                 Err(StateError::Denied(reason))
             }
         }
@@ -210,7 +216,7 @@ impl StateCtx {
 
 impl wit::Host for StateCtx {
     async fn get(&mut self, namespace: String, key: String) -> Result<Option<Vec<u8>>, StateError> {
-        self.check(&namespace, Some(&key), false, "get")?;
+        self.check(&namespace, Some(&key), false, "get").await?;
         let result = journaled!(self, "state.get",
             JournalEntry::StateGet { namespace: n, key: k, result } if *n == namespace && *k == key => result,
             self.current(&namespace, &key).await,
@@ -219,19 +225,26 @@ impl wit::Host for StateCtx {
     }
 
     async fn set(&mut self, namespace: String, key: String, value: Vec<u8>) -> Result<(), StateError> {
-        self.check(&namespace, Some(&key), true, "set")?;
+        self.check(&namespace, Some(&key), true, "set").await?;
         let result = journaled!(self, "state.set",
             JournalEntry::StateSet { namespace: n, key: k, result } if *n == namespace && *k == key => result,
             self.live_set(&namespace, &key, &value).await,
             |result| JournalEntry::StateSet { namespace: namespace.clone(), key: key.clone(), result });
-        if result.is_ok() {
-            self.pending.insert((namespace, key), Some(value));
+        match &result {
+            Ok(()) => {
+                self.pending.insert((namespace, key), Some(value));
+            }
+            Err(StateError::QuotaExceeded(reason)) => {
+                let request = format!("set {}/{} ({} bytes)", namespace, printable(&key), value.len());
+                self.audit.deny("state", &request, reason).await;
+            }
+            Err(_) => {}
         }
         result
     }
 
     async fn delete(&mut self, namespace: String, key: String) -> Result<bool, StateError> {
-        self.check(&namespace, Some(&key), true, "delete")?;
+        self.check(&namespace, Some(&key), true, "delete").await?;
         let result = journaled!(self, "state.delete",
             JournalEntry::StateDelete { namespace: n, key: k, result } if *n == namespace && *k == key => result,
             self.current(&namespace, &key).await.map(|v| v.is_some()),
@@ -243,7 +256,7 @@ impl wit::Host for StateCtx {
     }
 
     async fn list_keys(&mut self, namespace: String, prefix: String) -> Result<Vec<String>, StateError> {
-        self.check(&namespace, None, false, "list-keys")?;
+        self.check(&namespace, None, false, "list-keys").await?;
         let result = journaled!(self, "state.list-keys",
             JournalEntry::StateListKeys { namespace: n, prefix: p, result } if *n == namespace && *p == prefix => result,
             self.live_list_keys(&namespace, &prefix).await,

@@ -14,8 +14,11 @@ pub struct Args {
     input: String,
     /// Grant the tool what it requests (state namespaces, models). Without it, the tool is
     /// granted nothing and such uses are denied.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "policy")]
     grant_requested: bool,
+    /// The policy file (TOML) that grants the tool its capabilities
+    #[arg(long, env = "TOOLHOST_POLICY")]
+    policy: Option<PathBuf>,
     /// Run the call as the next step of this session (created if new); needs --db to last
     #[arg(long)]
     session: Option<String>,
@@ -28,9 +31,24 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         args.input
     };
     let input: serde_json::Value = serde_json::from_str(&text).context("the input is not valid JSON")?;
-    let policy = if args.grant_requested { Policy::grant_requested() } else { Policy::deny_all() };
+    let policy = match &args.policy {
+        Some(path) => Policy::load(path)?,
+        None if args.grant_requested => Policy::grant_requested(),
+        None => Policy::deny_all(),
+    };
     let host = config.host(policy)?;
     let tool = host.load_tool(&args.tool).await?;
+    // One tool of a policy that may cover many: a missing section is worth a warning (a
+    // typo leaves the tool with nothing), other sections are not errors here.
+    let policy = host.policy();
+    if args.policy.is_some() && !policy.tools.contains_key(tool.name()) && !policy.grant_requested {
+        let sections: Vec<&str> = policy.tools.keys().map(String::as_str).collect();
+        tracing::warn!(
+            "the policy has no section for tool `{}` (it has: {}); the tool is granted nothing",
+            tool.name(),
+            sections.join(", ")
+        );
+    }
     let mut session = match &args.session {
         Some(id) => match host.open_session(id).await {
             Ok(session) => session,

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use toolhost::policy::{CapabilityRow, Coverage};
 use toolhost::{Access, Policy, Tool};
 
 use super::CliHostConfig;
@@ -12,15 +13,32 @@ pub struct Args {
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
+    /// Show what this policy file grants the tool against what it requests
+    #[arg(long)]
+    policy: Option<PathBuf>,
 }
 
 pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
-    let host = config.host(Policy::deny_all())?;
+    let policy = match &args.policy {
+        // Inspecting must show a tool the policy would refuse: report, don't refuse.
+        Some(path) => Policy::load(path)?.on_ungranted(toolhost::OnUngranted::DenyAtUse),
+        None => Policy::deny_all(),
+    };
+    let host = config.host(policy)?;
     let tool = host.load_tool(&args.tool).await?;
+    let rows = args.policy.as_ref().map(|_| toolhost::policy::compare(&tool.descriptor().capabilities, tool.grants()));
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report(&tool))?);
+        let mut report = report(&tool);
+        if let Some(rows) = &rows {
+            report["capabilities"] = serde_json::to_value(rows)?;
+            report["limits"] = serde_json::to_value(tool.grants().limits)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render(&tool));
+        if let Some(rows) = &rows {
+            print!("{}", render_table(rows, &tool));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -32,6 +50,51 @@ fn report(tool: &Tool) -> serde_json::Value {
         "sha256": tool.digest(),
         "path": tool.path(),
     })
+}
+
+/// The requested-vs-granted table.
+fn render_table(rows: &[CapabilityRow], tool: &Tool) -> String {
+    use std::fmt::Write;
+    let mut out = String::from("\nrequested vs granted:\n");
+    let cell = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    let width =
+        |f: &dyn Fn(&CapabilityRow) -> String, min: usize| rows.iter().map(|r| f(r).len()).max().unwrap_or(0).max(min);
+    let w_req = width(&|r| cell(&r.requested), "requested".len());
+    let w_grant = width(&|r| cell(&r.granted), "granted".len());
+    let _ = writeln!(out, "  {:<11} {:<w_req$}  {:<w_grant$}  status", "capability", "requested", "granted");
+    for r in rows {
+        let status = match r.coverage {
+            Coverage::Granted => "granted",
+            Coverage::Partial => "PARTIAL (less access than requested)",
+            Coverage::Denied => "DENIED",
+            Coverage::Unrequested => "granted, not requested",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<11} {:<w_req$}  {:<w_grant$}  {status}",
+            r.capability,
+            cell(&r.requested),
+            cell(&r.granted)
+        );
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "  nothing requested, nothing granted");
+    }
+    let limits = tool.grants().limits;
+    let fuel = limits.fuel.map_or("unmetered".to_owned(), |f| f.to_string());
+    let _ = writeln!(
+        out,
+        "\nlimits: memory {} MiB, cpu {} ms per call, fuel {fuel}, output {} bytes",
+        limits.memory_bytes.div_ceil(1 << 20),
+        limits.cpu_time.as_millis(),
+        limits.max_output_bytes
+    );
+    let pin = match &tool.grants().sha256 {
+        Some(_) => "pinned (matches)",
+        None => "not pinned",
+    };
+    let _ = writeln!(out, "sha256: {pin}");
+    out
 }
 
 fn access(a: Access) -> &'static str {

@@ -1,5 +1,5 @@
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -13,9 +13,9 @@ pub struct Args {
     /// Tool components (.wasm) or folders of them; repeat or separate with commas
     #[arg(long, required = true, value_delimiter = ',')]
     tools: Vec<PathBuf>,
-    /// Policy file (JSON: {"tools": {NAME: grants}, "grant_requested": bool}); without it and
-    /// without --grant-requested every tool is granted nothing
-    #[arg(long, conflicts_with = "grant_requested")]
+    /// The policy file (TOML, see examples/policy.toml) that grants the tools their
+    /// capabilities; without it and without --grant-requested every tool is granted nothing
+    #[arg(long, env = "TOOLHOST_POLICY", conflicts_with = "grant_requested")]
     policy: Option<PathBuf>,
     /// Grant every tool what it requests (development and trusted tools only)
     #[arg(long)]
@@ -72,14 +72,9 @@ fn tool_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn load_policy(path: &Path) -> anyhow::Result<Policy> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading the policy {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("the policy {} is not valid", path.display()))
-}
-
 pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
     let policy = match (&args.policy, args.grant_requested) {
-        (Some(path), _) => load_policy(path)?,
+        (Some(path), _) => Policy::load(path)?,
         (None, true) => Policy::grant_requested(),
         (None, false) => {
             tracing::warn!("no --policy or --grant-requested: tools are granted nothing");
@@ -101,6 +96,8 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
     for file in &files {
         tools.push(host.load_tool(file).await?);
     }
+    let names: Vec<&str> = tools.iter().map(|t| t.name()).collect();
+    host.policy().check_loaded(&names)?;
     let server = McpServer::new(host, tools, limits)?;
 
     match args.http {

@@ -5,21 +5,41 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Limits on one tool call. Each tool gets [`Limits::default`] unless its grants say otherwise.
+/// In a policy file: `memory_mib`, `cpu_time_ms`, `fuel`, `max_output_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Linear memory the tool's instance may hold, in bytes, across all its memories.
+    #[serde(with = "mib", rename = "memory_mib")]
     pub memory_bytes: u64,
     /// CPU time one call may run in the guest (host calls such as model requests don't count).
     #[serde(with = "duration_ms", rename = "cpu_time_ms")]
     pub cpu_time: Duration,
     /// Size of the JSON a call may return.
     pub max_output_bytes: usize,
+    /// Wasm fuel one call may burn (about one unit per instruction): a deterministic bound
+    /// on work, unlike `cpu_time`. `None`: unmetered. The engine meters fuel only if some
+    /// tool's limits set it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_bytes: 64 << 20, cpu_time: Duration::from_secs(5), max_output_bytes: 1 << 20 }
+        Self { memory_bytes: 64 << 20, cpu_time: Duration::from_secs(5), max_output_bytes: 1 << 20, fuel: None }
+    }
+}
+
+mod mib {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(bytes.div_ceil(1 << 20))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let mib = u64::deserialize(d)?;
+        mib.checked_mul(1 << 20).ok_or_else(|| serde::de::Error::custom(format!("{mib} MiB is too large")))
     }
 }
 

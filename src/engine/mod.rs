@@ -37,6 +37,9 @@ pub struct EngineConfig {
     pub epoch_tick: Duration,
     /// Native stack available to wasm frames.
     pub max_wasm_stack: usize,
+    /// Meter wasm fuel (about 5% slower on tight loops). The host turns it on when its
+    /// policy gives some tool a fuel limit.
+    pub consume_fuel: bool,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +51,7 @@ impl Default for EngineConfig {
             max_memory_bytes: 1 << 30,
             epoch_tick: Duration::from_millis(10),
             max_wasm_stack: 512 << 10,
+            consume_fuel: false,
         }
     }
 }
@@ -73,6 +77,7 @@ pub(crate) struct Engine {
     /// Length of one epoch tick, the unit of CPU deadlines.
     epoch_tick: Duration,
     max_memory_bytes: u64,
+    consume_fuel: bool,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -83,6 +88,7 @@ impl Engine {
             .epoch_interruption(true)
             .memory_init_cow(true)
             .max_wasm_stack(config.max_wasm_stack)
+            .consume_fuel(config.consume_fuel)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
         if config.pooling {
             let mut pool = wasmtime::PoolingAllocationConfig::default();
@@ -111,12 +117,18 @@ impl Engine {
             cache,
             epoch_tick: config.epoch_tick,
             max_memory_bytes: config.max_memory_bytes,
+            consume_fuel: config.consume_fuel,
             ticker_stop,
         })
     }
 
     pub fn wasmtime(&self) -> &wasmtime::Engine {
         &self.wasmtime
+    }
+
+    /// Whether stores meter fuel (and so must be given some before each call).
+    pub fn consumes_fuel(&self) -> bool {
+        self.consume_fuel
     }
 
     pub fn max_memory_bytes(&self) -> u64 {

@@ -181,6 +181,7 @@ pub(crate) fn failure(handle: Option<&str>, error: &CallError) -> CallToolResult
             crate::ToolFailure::Failed(_) => "tool-failed",
         },
         CallError::Deadline { .. } => "deadline",
+        CallError::FuelExhausted { .. } => "fuel-exhausted",
         CallError::MemoryLimit { .. } => "memory-limit",
         CallError::Trap { .. } => "trap",
         CallError::OutputTooLarge { .. } => "output-too-large",

@@ -22,6 +22,7 @@ mod catalog;
 mod handler;
 mod http;
 mod sessions;
+mod stdio;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -102,11 +103,18 @@ impl McpServer {
         W: tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
         use rmcp::ServiceExt;
-        let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(read, write)
-            .with_max_line_length(self.limits.max_message_bytes);
+        let max = self.limits.max_message_bytes;
+        let (ours, theirs) = tokio::io::duplex(64 << 10);
+        let (rmcp_read, rmcp_write) = tokio::io::split(theirs);
+        let (from_rmcp, to_rmcp) = tokio::io::split(ours);
+        let pump = tokio::spawn(stdio::pump(read, write, from_rmcp, to_rmcp, max));
+        // Lines reaching rmcp are already checked against the limit.
+        let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(rmcp_read, rmcp_write)
+            .with_max_line_length(max.saturating_add(2));
         let failed = |e: &dyn std::fmt::Display| McpError::Transport { transport: "stdio", reason: e.to_string() };
         let running = self.connection().serve(transport).await.map_err(|e| failed(&e))?;
         running.waiting().await.map_err(|e| failed(&e))?;
+        pump.await.map_err(|e| failed(&e))?.map_err(|e| failed(&e))?;
         Ok(())
     }
 

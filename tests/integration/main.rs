@@ -7,6 +7,8 @@ mod hostile;
 mod isolation;
 mod load_errors;
 mod mcp;
+mod policy;
+mod policy_fuzz;
 mod state;
 mod support;
 mod tools;

@@ -211,8 +211,8 @@ fn http_bad_traffic_gets_errors_and_the_server_keeps_serving() {
     assert_eq!(report["still_serving"], true, "{report}");
 }
 
-/// Raw JSON-RPC lines on stdio: malformed JSON, an unknown method and an oversized line each
-/// get an answer (or are dropped) without ending the connection.
+/// Raw lines on stdio: malformed JSON, a non-JSON-RPC object, an unknown method and an
+/// oversized line each get their JSON-RPC error, and the connection keeps serving.
 #[test]
 fn stdio_bad_traffic_gets_errors_and_the_connection_stays_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -243,16 +243,19 @@ fn stdio_bad_traffic_gets_errors_and_the_connection_stays_up() {
         stdin.write_all(b"\n").unwrap();
         stdin.flush().unwrap();
     };
-    let response_to = |id: i64| -> Value {
+    let wait_for = |what: &str, matches: &dyn Fn(&Value) -> bool| -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let message = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no response to request {id}"));
-            if message["id"] == id {
+            let message = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no {what}"));
+            if matches(&message) {
                 return message;
             }
         }
     };
+    let response_to = |id: i64| wait_for(&format!("response to request {id}"), &|m| m["id"] == id);
+    let error_without_id =
+        |code: i64| wait_for(&format!("error {code}"), &|m| m["id"].is_null() && m["error"]["code"] == code);
 
     send(
         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#,
@@ -261,6 +264,10 @@ fn stdio_bad_traffic_gets_errors_and_the_connection_stays_up() {
     send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
 
     send(r#"{"jsonrpc":"2.0","id":2,"method":"#);
+    let parse = error_without_id(-32700);
+    assert!(parse["error"]["message"].as_str().unwrap().contains("parse error"), "{parse}");
+    send(r#"{"hello":"world"}"#);
+    error_without_id(-32600);
     send(r#"{"jsonrpc":"2.0","id":3,"method":"tools/frobnicate","params":{}}"#);
     let unknown = response_to(3);
     assert_eq!(unknown["error"]["code"], -32601, "{unknown}");
@@ -270,6 +277,8 @@ fn stdio_bad_traffic_gets_errors_and_the_connection_stays_up() {
         "y".repeat(MAX_BODY + 1)
     );
     send(&oversized);
+    let too_large = error_without_id(-32600);
+    assert!(too_large["error"]["message"].as_str().unwrap().contains("limit"), "{too_large}");
 
     send(
         r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"calculator","arguments":{"expression":"6 * 7"}}}"#,
@@ -282,4 +291,126 @@ fn stdio_bad_traffic_gets_errors_and_the_connection_stays_up() {
     drop(stdin);
     let status = child.wait().unwrap();
     assert!(status.success(), "the server exited with {status} after its client closed stdin");
+}
+
+/// A `toolhost serve` child spoken to in raw JSON-RPC lines.
+struct RawStdio {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    replies: std::sync::mpsc::Receiver<Value>,
+}
+
+impl RawStdio {
+    fn start(args: &[String]) -> Self {
+        let mut child = Command::new(TOOLHOST)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting toolhost serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, replies) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("the server wrote a line that is not JSON ({e}): {line}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut raw = Self { child, stdin, replies };
+        raw.request(
+            1,
+            "initialize",
+            serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}),
+        );
+        raw.send(&serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string());
+        raw
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn request(&mut self, id: i64, method: &str, params: Value) -> Value {
+        self.send(&serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = self.replies.recv_timeout(left).unwrap_or_else(|_| panic!("no response to {method} ({id})"));
+            if message["id"] == id {
+                return message;
+            }
+        }
+    }
+
+    fn call(&mut self, id: i64, tool: &str, arguments: Value) -> Value {
+        let response = self.request(id, "tools/call", serde_json::json!({"name": tool, "arguments": arguments}));
+        response["result"].clone()
+    }
+
+    fn close(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().unwrap()
+    }
+}
+
+/// Denials, traps, deadlines and memory limits are tool errors (`isError`) with their kind in
+/// `_meta`; the connection and the session keep working after each.
+#[test]
+fn denials_and_traps_are_tool_errors_and_the_session_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    // notes is granted nothing (its state use is denied at use); hostile gets tight limits.
+    std::fs::write(
+        &policy,
+        "on_ungranted = \"deny-at-use\"\n[tools.hostile.limits]\nmemory_mib = 32\ncpu_time_ms = 300\n",
+    )
+    .unwrap();
+    let g = guests();
+    let cache = crate::support::engine_config().cache_dir.unwrap();
+    let args: Vec<String> = vec![
+        "--cache-dir".into(),
+        cache.display().to_string(),
+        "--db".into(),
+        dir.path().join("sessions.db").display().to_string(),
+        "serve".into(),
+        "--tools".into(),
+        g.notes.display().to_string(),
+        "--tools".into(),
+        g.hostile.display().to_string(),
+        "--policy".into(),
+        policy.display().to_string(),
+    ];
+    let mut raw = RawStdio::start(&args);
+    let kind = |result: &Value| result["_meta"]["dev.toolhost/error"].as_str().unwrap_or_default().to_owned();
+
+    let denied = raw.call(10, "notes", serde_json::json!({"op": "add", "title": "t", "body": "b"}));
+    assert_eq!(denied["isError"], true, "{denied}");
+    assert_eq!(kind(&denied), "denied", "{denied}");
+
+    let looped = raw.call(11, "hostile", serde_json::json!({"attack": "infinite-loop"}));
+    assert_eq!((looped["isError"].clone(), kind(&looped)), (Value::Bool(true), "deadline".to_owned()), "{looped}");
+
+    let bomb = raw.call(12, "hostile", serde_json::json!({"attack": "memory-bomb"}));
+    assert_eq!(bomb["isError"], true, "{bomb}");
+    assert!(["memory-limit", "trap"].contains(&kind(&bomb).as_str()), "{bomb}");
+
+    let deep = raw.call(13, "hostile", serde_json::json!({"attack": "deep-recursion"}));
+    assert_eq!((deep["isError"].clone(), kind(&deep)), (Value::Bool(true), "trap".to_owned()), "{deep}");
+
+    // The same session goes on: its hostile instance is rebuilt and answers.
+    let echo = raw.call(14, "hostile", serde_json::json!({"attack": "echo", "n": 7}));
+    assert_eq!(echo["isError"], false, "{echo}");
+    assert_eq!(
+        echo["_meta"]["dev.toolhost/session"], denied["_meta"]["dev.toolhost/session"],
+        "all calls without a handle ran in the connection's session"
+    );
+    assert!(raw.close().success());
 }

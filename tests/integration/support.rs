@@ -41,7 +41,7 @@ pub fn host(policy: Policy) -> Host {
 
 /// Limits small enough that hostile calls fail fast.
 pub fn tight_limits() -> Limits {
-    Limits { memory_bytes: 32 << 20, cpu_time: Duration::from_millis(300), max_output_bytes: 64 << 10 }
+    Limits { memory_bytes: 32 << 20, cpu_time: Duration::from_millis(300), max_output_bytes: 64 << 10, fuel: None }
 }
 
 /// Grants `namespaces` read-write with `limits`.

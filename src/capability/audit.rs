@@ -1,0 +1,74 @@
+//! The audit trail: every denial, and the allowed uses that are rare and consequential
+//! (model calls, outgoing HTTP), go to `tracing` (target `toolhost::audit`) and to the
+//! store's audit table. Routine allowed uses (state reads and writes) are not recorded:
+//! they would cost a store write each.
+
+use std::sync::Arc;
+
+use crate::journal::{SharedJournal, lock};
+use crate::store::{AuditEvent, Store};
+
+/// Records the capability decisions of one instance (one session, one tool).
+#[derive(Clone)]
+pub struct Auditor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    session: String,
+    tool: String,
+    store: Arc<dyn Store>,
+    journal: SharedJournal,
+}
+
+impl Auditor {
+    pub(crate) fn new(session: String, tool: String, store: Arc<dyn Store>, journal: SharedJournal) -> Self {
+        Self { inner: Arc::new(Inner { session, tool, store, journal }) }
+    }
+
+    pub fn session(&self) -> &str {
+        &self.inner.session
+    }
+
+    pub fn tool(&self) -> &str {
+        &self.inner.tool
+    }
+
+    /// Records a denial: the tool tried something its policy does not allow.
+    pub async fn deny(&self, capability: &str, request: &str, reason: &str) {
+        self.record(capability, request, false, reason).await;
+    }
+
+    /// Records an allowed use worth keeping (model calls, outgoing HTTP).
+    pub async fn allow(&self, capability: &str, request: &str, reason: &str) {
+        self.record(capability, request, true, reason).await;
+    }
+
+    async fn record(&self, capability: &str, request: &str, allowed: bool, reason: &str) {
+        let Inner { session, tool, store, journal } = &*self.inner;
+        let decision = if allowed { "allow" } else { "deny" };
+        // A replayed step re-asks what the original asked; its decisions are already recorded.
+        let replaying = lock(journal).is_replaying();
+        if allowed {
+            tracing::info!(target: "toolhost::audit", session, tool, capability, request, decision, reason, replaying);
+        } else {
+            tracing::warn!(target: "toolhost::audit", session, tool, capability, request, decision, reason, replaying);
+        }
+        if replaying {
+            return;
+        }
+        let event = AuditEvent {
+            at_ms: crate::store::timestamp_ms(),
+            session: session.clone(),
+            tool: tool.clone(),
+            capability: capability.to_owned(),
+            request: request.to_owned(),
+            allowed,
+            reason: reason.to_owned(),
+        };
+        if let Err(e) = store.record_audit(&event).await {
+            // The decision stands; only its persisted record is lost, and the log has it.
+            tracing::error!(target: "toolhost::audit", session, tool, error = %e, "could not persist an audit event");
+        }
+    }
+}
