@@ -20,6 +20,7 @@ pub mod host;
 mod instance;
 mod journal;
 pub mod lease;
+pub mod mcp;
 pub mod model;
 pub mod policy;
 pub mod session;

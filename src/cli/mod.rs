@@ -3,6 +3,7 @@
 
 mod call;
 mod inspect;
+mod serve;
 mod sessions;
 
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ struct Cli {
     #[arg(long, global = true)]
     no_cache: bool,
 
-    /// Session database (SQLite) [default: a temporary one for `call`, .toolhost/sessions.db for `sessions`]
+    /// Session database (SQLite) [default: a temporary one for `call`, .toolhost/sessions.db for `sessions` and `serve`]
     #[arg(long, global = true, env = "TOOLHOST_DB", conflicts_with = "store")]
     db: Option<PathBuf>,
 
@@ -49,6 +50,8 @@ enum Command {
     Call(call::Args),
     /// List, show, fork and delete stored sessions
     Sessions(sessions::Args),
+    /// Serve tools over MCP (stdio or streamable HTTP), each call a durable session step
+    Serve(serve::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -62,7 +65,9 @@ pub fn main() -> ExitCode {
         let store = match (&cli.command, cli.store, cli.db) {
             (_, Some(url), _) => Some(url.parse::<StoreUrl>()?),
             (_, None, Some(path)) => Some(StoreUrl::Sqlite(path)),
-            (Command::Sessions(_), None, None) => Some(StoreUrl::Sqlite(PathBuf::from(".toolhost/sessions.db"))),
+            (Command::Sessions(_) | Command::Serve(_), None, None) => {
+                Some(StoreUrl::Sqlite(PathBuf::from(".toolhost/sessions.db")))
+            }
             (_, None, None) => None,
         };
         let config = cli_host_config(cli.cache_dir, cli.no_cache, store);
@@ -70,6 +75,7 @@ pub fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(&config, args).await,
             Command::Call(args) => call::run(&config, args).await,
             Command::Sessions(args) => sessions::run(&config, args).await,
+            Command::Serve(args) => serve::run(&config, args).await,
         }
     });
     match result {

@@ -9,6 +9,7 @@ mod hostile;
 mod isolation;
 mod leases;
 mod load_errors;
+mod mcp;
 mod multihost;
 mod policy;
 mod policy_fuzz;
