@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use toolhost::{CallError, Policy};
@@ -19,6 +20,9 @@ pub struct Args {
     /// Run the call as the next step of this session (created if new); needs --db to last
     #[arg(long)]
     session: Option<String>,
+    /// Model configuration (TOML: providers and aliases) answering the tool's model calls
+    #[arg(long, env = "TOOLHOST_MODELS")]
+    models: Option<PathBuf>,
 }
 
 pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
@@ -29,7 +33,14 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
     };
     let input: serde_json::Value = serde_json::from_str(&text).context("the input is not valid JSON")?;
     let policy = if args.grant_requested { Policy::grant_requested() } else { Policy::deny_all() };
-    let host = config.host(policy)?;
+    let models = match &args.models {
+        Some(path) => {
+            let config = toolhost::ModelsConfig::from_file(path)?;
+            Some(Arc::new(toolhost::ModelRouter::from_config(&config)?) as Arc<dyn toolhost::ModelProvider>)
+        }
+        None => None,
+    };
+    let host = config.host_with_models(policy, models)?;
     let tool = host.load_tool(&args.tool).await?;
     let mut session = match &args.session {
         Some(id) => match host.open_session(id).await {

@@ -3,6 +3,7 @@
 
 mod call;
 mod inspect;
+mod model;
 mod sessions;
 
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ enum Command {
     Call(call::Args),
     /// List, show, fork and delete stored sessions
     Sessions(sessions::Args),
+    /// Serve the offline local model; chat with a configured model alias
+    Model(model::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(&config, args).await,
             Command::Call(args) => call::run(&config, args).await,
             Command::Sessions(args) => sessions::run(&config, args).await,
+            Command::Model(args) => model::run(args).await,
         }
     });
     match result {
@@ -103,7 +107,15 @@ fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool, db: Option<PathBu
 
 impl CliHostConfig {
     fn host(&self, policy: Policy) -> anyhow::Result<Host> {
-        let config = HostConfig { engine: self.engine.clone(), policy, ..HostConfig::default() };
+        self.host_with_models(policy, None)
+    }
+
+    fn host_with_models(
+        &self,
+        policy: Policy,
+        models: Option<Arc<dyn toolhost::ModelProvider>>,
+    ) -> anyhow::Result<Host> {
+        let config = HostConfig { engine: self.engine.clone(), policy, models, ..HostConfig::default() };
         Ok(match &self.db {
             Some(path) => {
                 let store = SqliteStore::open(path, Durability::Full)

@@ -6,6 +6,8 @@ mod durable;
 mod hostile;
 mod isolation;
 mod load_errors;
+mod model_faults;
+mod model_local;
 mod state;
 mod support;
 mod tools;
