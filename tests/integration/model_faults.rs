@@ -151,7 +151,14 @@ async fn handle(
             ];
             Response::builder()
                 .header("content-type", "text/event-stream")
-                .body(Body::from_stream(futures_util::stream::iter(chunks)))
+                .body(Body::from_stream(futures_util::StreamExt::then(
+                    futures_util::stream::iter(chunks),
+                    |chunk| async {
+                        // Let the first chunk reach the client before the connection breaks.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        chunk
+                    },
+                )))
                 .unwrap()
         }
         _ => (StatusCode::NOT_FOUND, "no such scenario").into_response(),
@@ -457,23 +464,36 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Everything traced by this test process, from the moment the first test asks for it.
+fn captured_logs() -> Captured {
+    static CAPTURED: OnceLock<Captured> = OnceLock::new();
+    CAPTURED
+        .get_or_init(|| {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish();
+            // Global, so events on every thread (host, providers, reqwest, hyper, the fake
+            // server) are captured; no other test installs a subscriber.
+            tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+            captured
+        })
+        .clone()
+}
+
 #[test]
 fn the_api_key_never_leaves_the_provider() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    // One thread, so every span and event of the test (host, providers, the fake server,
-    // reqwest and hyper) lands in `captured`.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let captured = captured_logs();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut outputs: Vec<String> = Vec::new();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("key.db");
     runtime.block_on(async {
         let (addr, fake) = start_fake().await;
-        let store = Arc::new(SqliteStore::temporary().unwrap());
+        let store = Arc::new(SqliteStore::open(&db, toolhost::store::Durability::Full).unwrap());
         let host = host_with(addr, ModelGrant::aliases(SCENARIOS.to_vec()), store.clone()).await;
         let hostile = host.load_tool(&guests().hostile).await.unwrap();
         let mut session = host.new_session().await.unwrap();
@@ -481,12 +501,14 @@ fn the_api_key_never_leaves_the_provider() {
             outputs.push(format!("{:?}", session.call(&hostile, &ask_model(alias, "secret?")).await));
         }
         assert!(fake.hits("unauthorized") == 1 && fake.hits("ok") == 1);
-        let id = session.id().to_owned();
-        outputs.push(format!("{:?}", host.store().steps(&id, None, 0).await.unwrap()));
-        outputs.push(format!("{:?}", host.store().pending(&id).await.unwrap()));
         outputs.push(format!("{:?}", host.store().audit_events(None).await.unwrap()));
         outputs.push(format!("{:?}", ModelRouter::from_config(&config(addr)).unwrap()));
     });
+    // Journals, pending steps and the audit trail, as stored: every byte of the database.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        outputs.push(String::from_utf8_lossy(&bytes).into_owned());
+    }
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(logs.contains("model call failed"), "the capture works");
     assert!(outputs[0].contains("[redacted]"), "the echoed key was scrubbed: {}", outputs[0]);

@@ -20,10 +20,15 @@ fn local_model() -> &'static LocalModel {
     MODEL.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let options = LocalModelOptions::for_project(root);
-        // Its own runtime: the server outlives any one test's runtime.
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime
-            .block_on(LocalModel::start(options))
+        // Started on its own thread and runtime: the server outlives any one test's runtime,
+        // and this runs inside one.
+        let started = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(LocalModel::start(options))
+        });
+        started
+            .join()
+            .expect("the start-up thread")
             .unwrap_or_else(|e| panic!("the local model did not start (run scripts/setup to install it): {e}"))
     })
 }
@@ -130,7 +135,7 @@ async fn the_summarizer_tool_calls_the_local_model() {
     let target = config.aliases["local"].clone();
     config.aliases.insert("default".into(), target);
     let grant = ToolGrants {
-        models: ModelGrant { max_tokens_per_call: Some(300), ..ModelGrant::aliases(["default"]) },
+        models: ModelGrant { max_tokens_per_call: Some(400), ..ModelGrant::aliases(["default"]) },
         ..ToolGrants::default()
     };
     let host = Host::new(HostConfig {
@@ -148,7 +153,7 @@ async fn the_summarizer_tool_calls_the_local_model() {
     assert!(!out["summary"].as_str().unwrap().is_empty(), "{out}");
     assert!(out["key_points"].is_array(), "{out}");
     assert_eq!(out["model"], "smollm2-135m");
-    assert!(out["output_tokens"].as_u64().unwrap() <= 300, "the grant caps the answer: {out}");
+    assert!(out["output_tokens"].as_u64().unwrap() <= 400, "the grant caps the answer: {out}");
 
     // The answer is journaled: the step's record holds it.
     let steps = host.store().steps(session.id(), None, 0).await.unwrap();

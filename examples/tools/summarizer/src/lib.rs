@@ -30,7 +30,9 @@ fn default_words() -> u32 {
 /// What the model is asked to produce.
 #[derive(Serialize, Deserialize, JsonSchema)]
 struct Digest {
+    #[schemars(length(max = 400))]
     summary: String,
+    #[schemars(length(max = 3))]
     key_points: Vec<String>,
 }
 
@@ -72,7 +74,7 @@ impl Tool for Summarizer {
             )),
         ])
         // Roughly 1.5 tokens per word, plus the key points and the JSON around them.
-        .max_tokens(input.max_words * 2 + 120)
+        .max_tokens(input.max_words * 2 + 250)
         .temperature(0.2);
         let (digest, response) = model::structured::<Digest>(MODEL, request)?;
         log::debug(&format!("summarized {} bytes with {}", input.text.len(), response.model));
