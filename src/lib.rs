@@ -32,7 +32,7 @@ pub use error::{CallError, HostError, LoadError, SessionError, ToolFailure, Trap
 pub use host::{Host, HostConfig, SessionDetails};
 pub use journal::{JournalEntry, RandomState};
 pub use lease::LeaseConfig;
-pub use model::ModelProvider;
+pub use model::{LocalModel, ModelProvider, ModelRouter, ModelsConfig};
 pub use policy::{
     Access, EnvValue, HostPattern, ModelGrant, NetworkGrant, OnUngranted, Policy, PolicyError, Preopen, StateGrant,
     StateQuota, ToolGrants,

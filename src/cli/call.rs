@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use toolhost::{CallError, Policy};
@@ -22,6 +23,9 @@ pub struct Args {
     /// Run the call as the next step of this session (created if new); needs --db to last
     #[arg(long)]
     session: Option<String>,
+    /// Model configuration (TOML: providers and aliases) answering the tool's model calls
+    #[arg(long, env = "TOOLHOST_MODELS")]
+    models: Option<PathBuf>,
 }
 
 pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
@@ -36,7 +40,14 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         None if args.grant_requested => Policy::grant_requested(),
         None => Policy::deny_all(),
     };
-    let host = config.host(policy).await?;
+    let models = match &args.models {
+        Some(path) => {
+            let config = toolhost::ModelsConfig::from_file(path)?;
+            Some(Arc::new(toolhost::ModelRouter::from_config(&config)?) as Arc<dyn toolhost::ModelProvider>)
+        }
+        None => None,
+    };
+    let host = config.host_with_models(policy, models).await?;
     let tool = host.load_tool(&args.tool).await?;
     // One tool of a policy that may cover many: a missing section is worth a warning (a
     // typo leaves the tool with nothing), other sections are not errors here.

@@ -3,11 +3,13 @@
 
 mod call;
 mod inspect;
+mod model;
 mod serve;
 mod sessions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +54,8 @@ enum Command {
     Sessions(sessions::Args),
     /// Serve tools over MCP (stdio or streamable HTTP), each call a durable session step
     Serve(serve::Args),
+    /// Serve the offline local model; chat with a configured model alias
+    Model(model::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -76,6 +80,7 @@ pub fn main() -> ExitCode {
             Command::Call(args) => call::run(&config, args).await,
             Command::Sessions(args) => sessions::run(&config, args).await,
             Command::Serve(args) => serve::run(&config, args).await,
+            Command::Model(args) => model::run(args).await,
         }
     });
     match result {
@@ -114,7 +119,15 @@ fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool, store: Option<Sto
 
 impl CliHostConfig {
     async fn host(&self, policy: Policy) -> anyhow::Result<Host> {
-        let mut config = HostConfig { engine: self.engine.clone(), policy, ..HostConfig::default() };
+        self.host_with_models(policy, None).await
+    }
+
+    async fn host_with_models(
+        &self,
+        policy: Policy,
+        models: Option<Arc<dyn toolhost::ModelProvider>>,
+    ) -> anyhow::Result<Host> {
+        let mut config = HostConfig { engine: self.engine.clone(), policy, models, ..HostConfig::default() };
         Ok(match &self.store {
             Some(url) => {
                 // A shared store may have other hosts on it: lease the sessions this one runs.

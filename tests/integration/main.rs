@@ -10,6 +10,8 @@ mod isolation;
 mod leases;
 mod load_errors;
 mod mcp;
+mod model_faults;
+mod model_local;
 mod multihost;
 mod policy;
 mod policy_fuzz;

@@ -1,0 +1,168 @@
+//! Model providers: what answers a tool's granted `model.chat` calls. The host holds them
+//! (and their keys); tools only name an alias.
+//!
+//! [`ModelRouter`] is the provider a host normally uses: built from a [`ModelsConfig`], it maps
+//! each alias to an OpenAI-compatible or Anthropic endpoint ([`HttpProvider`]), with
+//! deadlines, bounded retries, size limits and optional streaming progress. [`LocalModel`]
+//! starts the offline local model for development, tests and examples.
+
+mod anthropic;
+mod config;
+mod local;
+mod openai;
+mod progress;
+mod structured;
+mod transport;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use crate::bindings::model::{
+    ChatRequest, ChatResponse, FinishReason, Message, ModelError, ProviderFailure, Role, ToolCall, ToolChoice,
+    ToolDefinition, Usage,
+};
+pub use config::{AliasConfig, ModelConfigError, ModelsConfig, ProviderConfig, ProviderKind, RetryPolicy, ToolMode};
+pub use local::{LocalModel, LocalModelError, LocalModelOptions};
+pub use progress::{ProgressEvent, ProgressKind, ProgressListener};
+pub use structured::validate_request;
+pub use transport::describe as describe_error;
+
+use progress::Progress;
+use transport::{KeyHeader, Transport};
+
+/// Answers chat requests for model aliases.
+#[async_trait]
+pub trait ModelProvider: Send + Sync + 'static {
+    /// Sends `request` to the model behind `alias`.
+    ///
+    /// `call_id` names this call stably across crashes (session, step, call within the step).
+    /// The host persists each response before the step goes on, so a response it received is
+    /// never asked for again; but a crash between the provider answering and that write can
+    /// send the same call again after resume. A provider that supports idempotency keys
+    /// should pass `call_id` as one, which makes the call exactly-once end to end.
+    async fn chat(&self, alias: &str, request: &ChatRequest, call_id: &str) -> Result<ChatResponse, ModelError>;
+}
+
+/// One OpenAI-compatible or Anthropic endpoint.
+#[derive(Debug)]
+pub struct HttpProvider {
+    transport: Transport,
+}
+
+impl HttpProvider {
+    /// `name` is the provider's name in messages. Reads the API key from the environment
+    /// variable the config names (and fails if it is unset).
+    pub fn new(name: &str, config: &ProviderConfig) -> Result<Self, ModelConfigError> {
+        let header = match config.kind {
+            ProviderKind::Openai => KeyHeader::Bearer,
+            ProviderKind::Anthropic => KeyHeader::XApiKey,
+        };
+        Ok(Self { transport: Transport::new(name, config, header)? })
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        &self.transport.config
+    }
+
+    /// Sends `request` to `model`. With a `listener`, the answer streams and reports progress.
+    pub async fn chat(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+        call_id: &str,
+        alias: &str,
+        listener: Option<&ProgressListener>,
+    ) -> Result<ChatResponse, ModelError> {
+        let config = &self.transport.config;
+        let progress = Progress { alias, call_id, listener };
+        let stream = config.stream || progress.is_listening();
+        let fold = config.tool_mode == ToolMode::JsonSchema && structured::needs_folding(request);
+        let folded = fold.then(|| structured::fold_tools(request));
+        let sent = folded.as_ref().unwrap_or(request);
+        let mut response = match config.kind {
+            ProviderKind::Openai => openai::chat(&self.transport, model, sent, call_id, &progress, stream).await?,
+            ProviderKind::Anthropic => {
+                anthropic::chat(&self.transport, model, sent, call_id, &progress, stream).await?
+            }
+        };
+        if fold {
+            let (text, calls) = structured::unfold_answer(&response.text, request)
+                .map_err(|e| self.transport.malformed(format!("{e} (finish reason {:?})", response.finish_reason)))?;
+            if !calls.is_empty() {
+                response.finish_reason = FinishReason::ToolCalls;
+            }
+            response.text = text;
+            response.tool_calls = calls;
+        }
+        if let Some(schema) = &request.response_schema {
+            if response.tool_calls.is_empty() {
+                structured::check_answer(&response.text, schema).map_err(|e| {
+                    self.transport.malformed(format!("{e} (finish reason {:?})", response.finish_reason))
+                })?;
+            }
+        }
+        Ok(response)
+    }
+}
+
+/// Maps tool-visible aliases to provider models. The provider a host normally uses.
+#[derive(Clone, Default)]
+pub struct ModelRouter {
+    routes: BTreeMap<String, (Arc<HttpProvider>, String)>,
+    listener: Option<ProgressListener>,
+}
+
+impl std::fmt::Debug for ModelRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routes: BTreeMap<_, _> = self.routes.iter().map(|(a, (p, m))| (a, (&p.transport.name, m))).collect();
+        f.debug_struct("ModelRouter").field("routes", &routes).field("progress", &self.listener.is_some()).finish()
+    }
+}
+
+impl ModelRouter {
+    /// Builds every configured provider (reading their keys) and the alias table.
+    pub fn from_config(config: &ModelsConfig) -> Result<Self, ModelConfigError> {
+        config.validate()?;
+        let mut providers = BTreeMap::new();
+        for (name, provider) in &config.providers {
+            providers.insert(name.clone(), Arc::new(HttpProvider::new(name, provider)?));
+        }
+        let routes = config
+            .aliases
+            .iter()
+            .map(|(alias, target)| (alias.clone(), (providers[&target.provider].clone(), target.model.clone())))
+            .collect();
+        Ok(Self { routes, listener: None })
+    }
+
+    /// Reports the progress of every call to `listener`; answers then stream.
+    pub fn with_progress(mut self, listener: ProgressListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// The configured aliases, sorted.
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        self.routes.keys().map(String::as_str)
+    }
+}
+
+#[async_trait]
+impl ModelProvider for ModelRouter {
+    async fn chat(&self, alias: &str, request: &ChatRequest, call_id: &str) -> Result<ChatResponse, ModelError> {
+        let Some((provider, model)) = self.routes.get(alias) else {
+            return Err(ModelError::InvalidRequest(format!(
+                "model alias `{}` is not configured on this host",
+                alias.escape_debug()
+            )));
+        };
+        let result = provider.chat(model, request, call_id, alias, self.listener.as_ref()).await;
+        if let Err(e) = &result {
+            tracing::info!(alias, call_id, provider = %provider.transport.name, error = %transport::describe(e),
+                "model call failed");
+        }
+        result
+    }
+}
