@@ -130,6 +130,12 @@ pub enum CallError {
     /// Another host committed a step of this session first; this session handle is stale.
     #[error("session `{session}` was advanced elsewhere: {reason}")]
     Conflict { tool: String, session: String, reason: String },
+
+    /// This host no longer holds the session's lease (it expired while the host was paused
+    /// or cut off, or another host took the session over): the step was not committed and
+    /// this session handle is stale. Open the session again to continue, here or elsewhere.
+    #[error("lost the lease of session `{session}`; the step was not committed: {reason}")]
+    LeaseLost { tool: String, session: String, reason: String },
 }
 
 impl CallError {
@@ -147,7 +153,8 @@ impl CallError {
             | Self::Instantiate { tool, .. }
             | Self::Store { tool, .. }
             | Self::ReplayDiverged { tool, .. }
-            | Self::Conflict { tool, .. } => tool,
+            | Self::Conflict { tool, .. }
+            | Self::LeaseLost { tool, .. } => tool,
         }
     }
 }
@@ -157,6 +164,9 @@ impl CallError {
 pub enum SessionError {
     #[error("no session `{0}`")]
     NotFound(String),
+    /// Another host runs the session; it may be taken over when the lease expires.
+    #[error("session `{session}` is leased by `{holder}` for another {expires_in:?}")]
+    Leased { session: String, holder: String, expires_in: Duration },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }

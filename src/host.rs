@@ -8,10 +8,13 @@ use wasmtime::component::Linker;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{HostError, LoadError, SessionError};
 use crate::instance::{Instance, InstanceEnv, InstanceState};
+use crate::lease::{LeaseConfig, LeaseKeeper};
 use crate::model::ModelProvider;
 use crate::policy::{OnUngranted, Policy, ToolGrants};
 use crate::session::{Session, SnapshotPolicy};
-use crate::store::{SessionRecord, SessionSummary, SnapshotInfo, SqliteStore, StepRecord, StorageStats, Store};
+use crate::store::{
+    SessionRecord, SessionSummary, SnapshotInfo, SqliteStore, StepRecord, StorageStats, Store, StoreError,
+};
 use crate::tool::{self, Blueprint, Loaded, Tool, ToolKind};
 
 /// How a [`Host`] is built.
@@ -24,6 +27,9 @@ pub struct HostConfig {
     /// Answers tools' granted model calls. Without one, granted calls fail with a
     /// `provider-error`.
     pub models: Option<Arc<dyn ModelProvider>>,
+    /// Lease each session while it is open, so hosts sharing a store never both advance
+    /// it (see [`LeaseConfig`]). `None`: one host per store, no leases.
+    pub leases: Option<LeaseConfig>,
 }
 
 impl std::fmt::Debug for HostConfig {
@@ -33,6 +39,7 @@ impl std::fmt::Debug for HostConfig {
             .field("policy", &self.policy)
             .field("snapshots", &self.snapshots)
             .field("models", &self.models.as_ref().map(|_| "configured"))
+            .field("leases", &self.leases)
             .finish()
     }
 }
@@ -64,6 +71,7 @@ struct HostInner {
     snapshots: SnapshotPolicy,
     models: Option<Arc<dyn ModelProvider>>,
     store: Arc<dyn Store>,
+    leases: Option<LeaseConfig>,
 }
 
 /// What a session holds, for inspection.
@@ -94,6 +102,14 @@ impl Host {
     /// A host whose sessions live in `store`.
     pub fn with_store(mut config: HostConfig, store: Arc<dyn Store>) -> Result<Self, HostError> {
         config.engine.consume_fuel |= config.policy.uses_fuel();
+        for (tool, grants) in &config.policy.tools {
+            if grants.limits.memory_bytes > config.engine.max_memory_bytes {
+                tracing::warn!(
+                    tool = %tool, granted = grants.limits.memory_bytes, engine_max = config.engine.max_memory_bytes,
+                    "the policy grants more memory than the engine allows any tool; the engine's cap applies"
+                );
+            }
+        }
         let engine = Engine::new(&config.engine)?;
         let linker = crate::instance::linker(engine.wasmtime()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         Ok(Self {
@@ -104,6 +120,7 @@ impl Host {
                 snapshots: config.snapshots,
                 models: config.models,
                 store,
+                leases: config.leases,
             }),
         })
     }
@@ -249,13 +266,47 @@ impl Host {
             last_step: 0,
         };
         self.inner.store.create_session(&record).await?;
-        Ok(Session::new(record, self.clone()))
+        let lease = self.lease(&record.id).await?;
+        Ok(Session::new(record, self.clone()).with_lease(lease))
     }
 
     /// Resumes session `id` at its last committed step. Instances are rebuilt on first use.
     pub async fn open_session(&self, id: &str) -> Result<Session, SessionError> {
+        let lease = self.lease(id).await?;
+        // Read after taking the lease: no other host advances the session from here on.
         let record = self.inner.store.session(id).await?.ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
-        Ok(Session::new(record, self.clone()))
+        Ok(Session::new(record, self.clone()).with_lease(lease))
+    }
+
+    /// Like [`Host::open_session`], waiting up to `timeout` for another host's lease to be
+    /// released or to expire: how a host takes over the sessions of a host that died.
+    pub async fn open_session_waiting(&self, id: &str, timeout: std::time::Duration) -> Result<Session, SessionError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.open_session(id).await {
+                Err(SessionError::Leased { expires_in, .. }) if tokio::time::Instant::now() < deadline => {
+                    let pause =
+                        expires_in.clamp(std::time::Duration::from_millis(5), std::time::Duration::from_millis(100));
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// The lease of session `id`, when this host leases sessions.
+    async fn lease(&self, id: &str) -> Result<Option<LeaseKeeper>, SessionError> {
+        let Some(config) = &self.inner.leases else { return Ok(None) };
+        match LeaseKeeper::acquire(self.inner.store.clone(), id, config).await {
+            Ok(keeper) => Ok(Some(keeper)),
+            Err(StoreError::LeaseHeld { session, holder, expires_in_ms }) => Err(SessionError::Leased {
+                session,
+                holder,
+                expires_in: std::time::Duration::from_millis(expires_in_ms),
+            }),
+            Err(StoreError::SessionNotFound(id)) => Err(SessionError::NotFound(id)),
+            Err(e) => Err(SessionError::Store(e)),
+        }
     }
 
     /// A new session that starts from step `at` of session `id` and then evolves on its own,
@@ -272,7 +323,8 @@ impl Host {
             crate::store::StoreError::SessionNotFound(id) => SessionError::NotFound(id),
             e => SessionError::Store(e),
         })?;
-        Ok(Session::new(record, self.clone()))
+        let lease = self.lease(&record.id).await?;
+        Ok(Session::new(record, self.clone()).with_lease(lease))
     }
 
     /// Deletes session `id` and everything it stored; `false` if there was none.

@@ -124,6 +124,10 @@ impl Instance {
             .insecure_random(insecure_rng.clone())
             .insecure_random_seed(insecure_seed(tool_name))
             .allow_ip_name_lookup(false)
+            // Sockets may be created so that every use of one (bind, connect, listen, send)
+            // reaches the address check, which denies it and records the attempt.
+            .allow_tcp(true)
+            .allow_udp(true)
             .socket_addr_check(deny_sockets(audit.clone()));
         let fail_env = |reason: String| CallError::Instantiate { tool: tool_name.to_owned(), reason };
         for preopen in &grants.filesystem {
@@ -189,6 +193,10 @@ impl Instance {
             Ok(UpdateDeadline::Yield(1))
         });
         wasm_store.set_epoch_deadline(1);
+        if engine.consumes_fuel() {
+            // Instantiation runs guest code too; each call re-arms the budget.
+            let _ = wasm_store.set_fuel(grants.limits.fuel.unwrap_or(u64::MAX));
+        }
         let fail = |e: wasmtime::Error| CallError::Instantiate { tool: tool_name.to_owned(), reason: format!("{e:#}") };
         let instance = blueprint.pre.instantiate_async(&mut wasm_store).await.map_err(fail)?;
         let tool = blueprint.tool_indices.load(&mut wasm_store, &instance).map_err(fail)?;

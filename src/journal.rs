@@ -96,6 +96,8 @@ enum Mode {
 pub(crate) struct StepInFlight {
     pub seq: u64,
     pub input: String,
+    /// The session's lease token, which fences the step's pending-journal writes.
+    pub lease: Option<u64>,
 }
 
 #[derive(Debug)]

@@ -20,6 +20,8 @@ pub mod guest_build;
 pub mod host;
 mod instance;
 mod journal;
+pub mod lease;
+pub mod mcp;
 pub mod model;
 pub mod policy;
 pub mod session;
@@ -31,11 +33,12 @@ pub use engine::{CacheStatus, EngineConfig, Limits};
 pub use error::{CallError, HostError, LoadError, SessionError, ToolFailure, TrapKind};
 pub use host::{Host, HostConfig, SessionDetails};
 pub use journal::{JournalEntry, RandomState};
+pub use lease::LeaseConfig;
 pub use model::{LocalModel, ModelProvider, ModelRouter, ModelsConfig};
 pub use policy::{
     Access, EnvValue, HostPattern, ModelGrant, NetworkGrant, OnUngranted, Policy, PolicyError, Preopen, StateGrant,
     StateQuota, ToolGrants,
 };
-pub use session::{Session, SnapshotPolicy};
-pub use store::{AuditEvent, SqliteStore, Store};
+pub use session::{Rebuild, Session, SnapshotPolicy};
+pub use store::{AuditEvent, PostgresStore, SqliteStore, Store, StoreUrl};
 pub use tool::{Descriptor, Tool, ToolKind};

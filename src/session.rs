@@ -13,6 +13,7 @@ use crate::error::{CallError, ToolFailure};
 use crate::host::Host;
 use crate::instance::{Instance, InstanceEnv};
 use crate::journal::{RandomState, StepInFlight, lock};
+use crate::lease::LeaseKeeper;
 use crate::store::{SessionRecord, StepCommit, StepOutcome, StepRecord, StoreError};
 use crate::tool::Tool;
 
@@ -22,6 +23,8 @@ pub struct Session {
     record: SessionRecord,
     host: Host,
     instances: HashMap<String, Instance>,
+    /// Held while the session is open, when the host leases sessions.
+    lease: Option<LeaseKeeper>,
 }
 
 impl std::fmt::Debug for Session {
@@ -43,6 +46,17 @@ pub struct SnapshotPolicy {
     pub keep: u32,
 }
 
+/// How a tool's instance was brought to the session's last committed step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuild {
+    /// The step whose snapshot was restored, if any.
+    pub restored_from: Option<u64>,
+    /// Steps replayed from their journals after it.
+    pub replayed: u32,
+    /// Instantiation, restore and replay together.
+    pub elapsed: std::time::Duration,
+}
+
 impl Default for SnapshotPolicy {
     fn default() -> Self {
         Self { every: 1, keep: 3 }
@@ -51,7 +65,38 @@ impl Default for SnapshotPolicy {
 
 impl Session {
     pub(crate) fn new(record: SessionRecord, host: Host) -> Self {
-        Self { record, host, instances: HashMap::new() }
+        Self { record, host, instances: HashMap::new(), lease: None }
+    }
+
+    pub(crate) fn with_lease(mut self, lease: Option<LeaseKeeper>) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The fencing token of this session's lease, when the host leases sessions.
+    pub fn lease_token(&self) -> Option<u64> {
+        self.lease.as_ref().map(LeaseKeeper::token)
+    }
+
+    /// Closes the session and releases its lease at once, so another host can take it over
+    /// without waiting for expiry. Dropping a session releases it in the background.
+    pub async fn close(mut self) -> Result<(), StoreError> {
+        match self.lease.take() {
+            Some(lease) => lease.release().await,
+            None => Ok(()),
+        }
+    }
+
+    fn lease_lost(&self, tool: &str, error: StoreError) -> CallError {
+        if let (Some(lease), StoreError::LeaseLost { reason, .. }) = (&self.lease, &error) {
+            lease.mark_lost(reason.clone());
+        }
+        match error {
+            StoreError::LeaseLost { reason, .. } => {
+                CallError::LeaseLost { tool: tool.to_owned(), session: self.record.id.clone(), reason }
+            }
+            e => CallError::Store { tool: tool.to_owned(), reason: e.to_string() },
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -81,6 +126,14 @@ impl Session {
         let name = tool.name().to_owned();
         tool.validate_input(input).map_err(|errors| CallError::InvalidInput { tool: name.clone(), errors })?;
         let input_text = input.to_string();
+        // A session that cannot show it still holds its lease does no work, and calls no
+        // model, that the store would refuse to commit.
+        if let Some(lease) = &self.lease {
+            if let Err(e) = lease.ensure_valid().await {
+                self.instances.clear();
+                return Err(self.lease_lost(&name, e));
+            }
+        }
         self.ensure_instance(tool).await?;
         let seq = self.record.last_step + 1;
         let store = self.host.store();
@@ -89,6 +142,7 @@ impl Session {
         // A step that crashed before commit left its journal: re-run it from there, so the
         // model answers it already paid for are not asked for again.
         let pending = store.pending(&self.record.id).await.map_err(store_error)?;
+        let lease = self.lease_token();
         let instance = self.instances.get_mut(&name).expect("ensured above");
         {
             let mut journal = lock(instance.journal());
@@ -98,7 +152,7 @@ impl Session {
                 }
                 _ => journal.begin_live(),
             }
-            journal.step = Some(StepInFlight { seq, input: input_text.clone() });
+            journal.step = Some(StepInFlight { seq, input: input_text.clone(), lease });
         }
 
         // After a fork, the session's own steps draw from its fresh seed.
@@ -161,12 +215,14 @@ impl Session {
             },
             snapshot,
             keep_snapshots: policy.keep,
+            lease: self.lease.as_ref().map(LeaseKeeper::token),
         };
         if let Err(e) = store.commit_step(commit).await {
             let error = match e {
                 StoreError::Conflict { .. } => {
                     CallError::Conflict { tool: name.clone(), session: self.record.id.clone(), reason: e.to_string() }
                 }
+                e @ StoreError::LeaseLost { .. } => self.lease_lost(&name, e),
                 e => store_error(e),
             };
             // The instance ran ahead of what is stored: it must be rebuilt from the store.
@@ -233,18 +289,18 @@ impl Session {
     }
 
     /// Starts (or rebuilds) this session's instance of `tool` now rather than on the next
-    /// call.
-    pub async fn prewarm(&mut self, tool: &Tool) -> Result<(), CallError> {
+    /// call, and says how; `None` if the instance was already live.
+    pub async fn prewarm(&mut self, tool: &Tool) -> Result<Option<Rebuild>, CallError> {
         self.ensure_instance(tool).await
     }
 
-    async fn ensure_instance(&mut self, tool: &Tool) -> Result<(), CallError> {
+    async fn ensure_instance(&mut self, tool: &Tool) -> Result<Option<Rebuild>, CallError> {
         let name = tool.name();
         if self.instances.get(name).is_some_and(|i| i.digest != tool.digest()) {
             self.instances.remove(name);
         }
         if self.instances.contains_key(name) {
-            return Ok(());
+            return Ok(None);
         }
         let engine = self.host.engine();
         if !wasmtime::Engine::same(tool.blueprint.pre.component().engine(), engine.wasmtime()) {
@@ -253,11 +309,35 @@ impl Session {
                 reason: "the tool was loaded by another host".into(),
             });
         }
-        let instance = self.rebuild(tool).await?;
+        let (instance, rebuild) = Rebuilder { record: &self.record, host: &self.host }.rebuild(tool).await?;
         self.instances.insert(name.to_owned(), instance);
-        Ok(())
+        Ok(Some(rebuild))
     }
 
+    /// Drops the instance of `tool` with everything its aborted call did.
+    async fn abort(&mut self, tool: &str, why: CallError) -> CallError {
+        tracing::warn!(session = %self.record.id, tool, error = %why, "call aborted; dropping the instance");
+        self.instances.remove(tool);
+        if self.lease.as_ref().is_some_and(LeaseKeeper::is_lost) {
+            // The pending journal now belongs to the lease's new holder.
+            return why;
+        }
+        // A later attempt of this step starts over rather than replaying the aborted one.
+        if let Err(e) = self.host.store().clear_pending(&self.record.id).await {
+            tracing::warn!(session = %self.record.id, error = %e, "could not clear the aborted step's journal");
+        }
+        why
+    }
+}
+
+/// Brings instances to a session's last committed step. It borrows only what it reads (never
+/// the session's live instances), so a session's futures stay `Send` for `tokio::spawn`.
+struct Rebuilder<'a> {
+    record: &'a SessionRecord,
+    host: &'a Host,
+}
+
+impl Rebuilder<'_> {
     fn env(&self) -> InstanceEnv<'_> {
         InstanceEnv {
             session: &self.record.id,
@@ -275,14 +355,15 @@ impl Session {
 
     /// A fresh instance brought to the session's last committed step: restore the newest
     /// snapshot, then replay the tool's later steps.
-    async fn rebuild(&self, tool: &Tool) -> Result<Instance, CallError> {
+    async fn rebuild(&self, tool: &Tool) -> Result<(Instance, Rebuild), CallError> {
         let name = tool.name();
         let store = self.host.store();
         let id = &self.record.id;
         let store_error = |e: StoreError| CallError::Store { tool: name.to_owned(), reason: e.to_string() };
+        let started = std::time::Instant::now();
         let mut instance = self.instantiate(tool).await?;
         if self.record.last_step == 0 {
-            return Ok(instance);
+            return Ok((instance, Rebuild { restored_from: None, replayed: 0, elapsed: started.elapsed() }));
         }
 
         let mut replay_after = 0;
@@ -310,16 +391,16 @@ impl Session {
             })?;
             instance.seek_random(&snapshot_step.random);
         }
-        let started = std::time::Instant::now();
         let mut replayed = 0;
         for step in steps {
             self.replay_step(&mut instance, tool, &step).await?;
             replayed += 1;
         }
         instance.steps_since_snapshot = replayed;
-        tracing::debug!(session = %id, tool = name, snapshot = replay_after, replayed, elapsed = ?started.elapsed(),
-            "rebuilt instance");
-        Ok(instance)
+        let rebuild =
+            Rebuild { restored_from: (replay_after > 0).then_some(replay_after), replayed, elapsed: started.elapsed() };
+        tracing::debug!(session = %id, tool = name, ?rebuild, "rebuilt instance");
+        Ok((instance, rebuild))
     }
 
     /// Re-runs a committed step against its journal and checks it ends the same way.
@@ -356,17 +437,6 @@ impl Session {
             return Err(diverged("it drew a different amount of randomness".into()));
         }
         Ok(())
-    }
-
-    /// Drops the instance of `tool` with everything its aborted call did.
-    async fn abort(&mut self, tool: &str, why: CallError) -> CallError {
-        tracing::warn!(session = %self.record.id, tool, error = %why, "call aborted; dropping the instance");
-        self.instances.remove(tool);
-        // A later attempt of this step starts over rather than replaying the aborted one.
-        if let Err(e) = self.host.store().clear_pending(&self.record.id).await {
-            tracing::warn!(session = %self.record.id, error = %e, "could not clear the aborted step's journal");
-        }
-        why
     }
 }
 
@@ -408,4 +478,12 @@ fn check_output(tool: &Tool, text: &str) -> Result<serde_json::Value, CallError>
         reason: format!("does not match the output schema: {}", errors.join("; ")),
     })?;
     Ok(value)
+}
+
+/// Embedders spawn sessions on tokio's multi-threaded runtime: their futures must be `Send`.
+#[allow(dead_code)]
+fn session_futures_are_send(session: &mut Session, tool: &Tool, input: &serde_json::Value) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(session.call(tool, input));
+    is_send(session.prewarm(tool));
 }

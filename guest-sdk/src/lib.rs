@@ -35,7 +35,8 @@
 //!
 //! Everything a tool touches outside its own memory goes through the host and is granted
 //! by the host's policy: [`state`] (persisted key-value state), [`model`] (language-model
-//! calls) and [`log`]. A use that was not granted comes back as a `Denied` error, which `?`
+//! calls), [`http`] (outgoing HTTP to allowed hosts), files under granted preopens (plain
+//! `std::fs`) and [`log`]. A use that was not granted comes back as a `Denied` error, which `?`
 //! turns into [`ToolError::Denied`].
 //!
 //! [toolhost]: https://crates.io/crates/toolhost
@@ -44,6 +45,7 @@
 pub mod bindings;
 mod capabilities;
 mod error;
+pub mod http;
 pub mod log;
 pub mod model;
 pub mod state;

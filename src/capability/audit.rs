@@ -1,7 +1,7 @@
 //! The audit trail: every denial, and the allowed uses that are rare and consequential
-//! (model calls, outgoing HTTP), go to `tracing` (target `toolhost::audit`) and to the
-//! store's audit table. Routine allowed uses (state reads and writes) are not recorded:
-//! they would cost a store write each.
+//! (outgoing HTTP; model calls are recorded by the model capability with their usage), go
+//! to `tracing` (target `toolhost::audit`) and to the store's audit table. Routine allowed
+//! uses (state reads and writes) are not recorded: they would cost a store write each.
 
 use std::sync::Arc;
 
@@ -39,7 +39,7 @@ impl Auditor {
         self.record(capability, request, false, reason).await;
     }
 
-    /// Records an allowed use worth keeping (model calls, outgoing HTTP).
+    /// Records an allowed use worth keeping (outgoing HTTP).
     pub async fn allow(&self, capability: &str, request: &str, reason: &str) {
         self.record(capability, request, true, reason).await;
     }

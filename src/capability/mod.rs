@@ -1,7 +1,8 @@
-//! Host capabilities, one module per WIT import. Each holds the per-instance context the
-//! host functions need, implements the generated `Host` trait on it, and adds itself to the
-//! linker. Anything a tool was not granted is answered with a typed `denied` error and an
-//! audit event, never a trap.
+//! Host capabilities, one module per import a tool can use: our WIT's `state`, `model` and
+//! `log`, WASI's filesystem (audited in front of wasmtime-wasi) and the network (wasi-http's
+//! send hook, WASI's socket check). Each holds the per-instance context the host functions
+//! need and adds itself to the linker. Anything a tool was not granted is answered with a
+//! typed denial and an [`audit`] event, never a trap.
 
 pub mod audit;
 pub mod filesystem;
@@ -9,3 +10,14 @@ pub mod log;
 pub mod model;
 pub mod network;
 pub mod state;
+
+/// Logs a capability decision to `tracing` only (target `toolhost::audit`), for decisions a
+/// capability persists on its own terms. Everything else goes through [`audit::Auditor`],
+/// which also writes the store's audit table.
+pub(crate) fn audit(session: &str, tool: &str, capability: &str, request: &str, allowed: bool, reason: &str) {
+    if allowed {
+        tracing::debug!(target: "toolhost::audit", session, tool, capability, request, decision = "allow", reason);
+    } else {
+        tracing::warn!(target: "toolhost::audit", session, tool, capability, request, decision = "deny", reason);
+    }
+}

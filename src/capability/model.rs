@@ -11,7 +11,7 @@ use crate::bindings::model::{self as wit, ChatRequest, ChatResponse, ModelError,
 use crate::journal::{JournalEntry, SharedJournal, lock, request_digest};
 use crate::model::ModelProvider;
 use crate::policy::ModelGrant;
-use crate::store::{PendingStep, Store};
+use crate::store::{AuditEvent, PendingStep, Store};
 
 /// Per-instance model context.
 pub struct ModelCtx {
@@ -21,7 +21,6 @@ pub struct ModelCtx {
     provider: Option<Arc<dyn ModelProvider>>,
     store: Arc<dyn Store>,
     journal: SharedJournal,
-    audit: super::audit::Auditor,
 }
 
 impl ModelCtx {
@@ -33,8 +32,7 @@ impl ModelCtx {
         store: Arc<dyn Store>,
         journal: SharedJournal,
     ) -> Self {
-        let audit = super::audit::Auditor::new(session.clone(), tool.clone(), store.clone(), journal.clone());
-        Self { session, tool, granted, provider, store, journal, audit }
+        Self { session, tool, granted, provider, store, journal }
     }
 
     /// Persists the step's journal so far, so the response just received survives a crash.
@@ -46,6 +44,7 @@ impl ModelCtx {
                 tool: self.tool.clone(),
                 input: step.input.clone(),
                 journal: journal.recorded().to_vec(),
+                lease: step.lease,
             })
         };
         if let Some(pending) = pending {
@@ -58,14 +57,113 @@ impl ModelCtx {
     }
 }
 
+/// What the model ledger holds for a session: the audit trail records every answered call
+/// with its token usage, so budgets survive restarts and journal pruning, and an answer
+/// replayed from the journal (never sent again) is never counted again.
+struct Ledger {
+    session_tokens: u64,
+    /// This tool's provider calls in the last minute.
+    recent_calls: u32,
+}
+
+const ANSWERED: &str = "answered: ";
+
+fn usage_reason(usage: &wit::Usage) -> String {
+    format!("{ANSWERED}{} input + {} output tokens", usage.input_tokens, usage.output_tokens)
+}
+
+/// Tokens in a reason written by [`usage_reason`].
+fn parse_usage(reason: &str) -> Option<u64> {
+    let rest = reason.strip_prefix(ANSWERED)?.strip_suffix(" output tokens")?;
+    let (input, output) = rest.split_once(" input + ")?;
+    Some(input.parse::<u64>().ok()? + output.parse::<u64>().ok()?)
+}
+
+impl ModelCtx {
+    async fn ledger(&self) -> Result<Ledger, String> {
+        let events = self.store.audit_events(Some(&self.session)).await.map_err(|e| e.to_string())?;
+        let since = crate::store::timestamp_ms() - 60_000;
+        let mut ledger = Ledger { session_tokens: 0, recent_calls: 0 };
+        for event in events.iter().filter(|e| e.capability == "model" && e.allowed && e.request.starts_with("chat ")) {
+            ledger.session_tokens += parse_usage(&event.reason).unwrap_or(0);
+            if event.tool == self.tool && event.at_ms >= since {
+                ledger.recent_calls += 1;
+            }
+        }
+        Ok(ledger)
+    }
+
+    /// Records a decision in the store's audit trail (and the log).
+    async fn record(&self, request: &str, allowed: bool, reason: &str) {
+        super::audit(&self.session, &self.tool, "model", request, allowed, reason);
+        let event = AuditEvent {
+            at_ms: crate::store::timestamp_ms(),
+            session: self.session.clone(),
+            tool: self.tool.clone(),
+            capability: "model".into(),
+            request: request.to_owned(),
+            allowed,
+            reason: reason.to_owned(),
+        };
+        if let Err(e) = self.store.record_audit(&event).await {
+            tracing::warn!(session = %self.session, tool = %self.tool, error = %e, "could not record an audit event");
+        }
+    }
+
+    /// Applies the grant's bounds: refuses the call (rate, budget) or returns the request to
+    /// send, with `max-tokens` capped.
+    async fn bound(&self, request: &ChatRequest, shown: &str) -> Result<ChatRequest, ModelError> {
+        let grant = &self.granted;
+        let mut cap = grant.max_tokens_per_call;
+        if grant.session_token_budget.is_some() || grant.calls_per_minute.is_some() {
+            let ledger = self.ledger().await.map_err(|e| {
+                ModelError::ProviderError(ProviderFailure {
+                    status: None,
+                    message: format!(
+                        "the model usage ledger is unavailable, so the grant's bounds cannot be checked: {e}"
+                    ),
+                })
+            })?;
+            if let Some(limit) = grant.calls_per_minute {
+                if ledger.recent_calls >= limit {
+                    let reason = format!("`{}` may call models {limit} times per minute", self.tool);
+                    self.record(&format!("rate {shown}"), false, &reason).await;
+                    return Err(ModelError::RateLimited(reason));
+                }
+            }
+            if let Some(budget) = grant.session_token_budget {
+                if ledger.session_tokens >= budget {
+                    let reason = format!("the session has used {} of its {budget} model tokens", ledger.session_tokens);
+                    self.record(&format!("budget {shown}"), false, &reason).await;
+                    return Err(ModelError::BudgetExceeded(reason));
+                }
+                // The answer may not spend more than what is left.
+                let left = u32::try_from(budget - ledger.session_tokens).unwrap_or(u32::MAX);
+                cap = Some(cap.map_or(left, |c| c.min(left)));
+            }
+        }
+        let mut bounded = request.clone();
+        if let Some(cap) = cap {
+            bounded.max_tokens = Some(bounded.max_tokens.map_or(cap, |m| m.min(cap)));
+        }
+        Ok(bounded)
+    }
+
+    fn journal_and_return(&self, model: String, digest: String, result: Result<ChatResponse, ModelError>) {
+        lock(&self.journal).record(JournalEntry::Model { model, request: digest, result });
+    }
+}
+
 impl wit::Host for ModelCtx {
     async fn chat(&mut self, model: String, request: ChatRequest) -> Result<ChatResponse, ModelError> {
         let shown = model.escape_debug().to_string();
         if !self.granted.allows(&model) {
             let reason = format!("model `{shown}` is not granted");
-            self.audit.deny("model", &format!("chat {shown}"), &reason).await;
+            self.record(&format!("chat {shown}"), false, &reason).await;
             return Err(ModelError::Denied(reason));
         }
+        // Deterministic given the request: not journaled, answered the same on replay.
+        crate::model::validate_request(&request)?;
         let digest = request_digest(&(&model, &request));
         let replayed = lock(&self.journal).replayed("model.chat", |entry| match entry {
             JournalEntry::Model { model: m, request: r, result } if *m == model && *r == digest => Some(result.clone()),
@@ -78,21 +176,37 @@ impl wit::Host for ModelCtx {
             // A diverged replay never reaches the provider: its result is discarded anyway.
             return Err(ModelError::InvalidRequest("replay diverged from the journal".into()));
         }
-        self.audit.allow("model", &format!("chat {shown}"), "granted").await;
         let call_id = {
             let journal = lock(&self.journal);
             let index = journal.recorded().iter().filter(|e| matches!(e, JournalEntry::Model { .. })).count();
             let seq = journal.step.as_ref().map_or(0, |s| s.seq);
             format!("{}:{seq}:{index}", self.session)
         };
+        // A refusal depends on time and on other steps: journal it, so replay answers the same.
+        let bounded = match self.bound(&request, &shown).await {
+            Ok(bounded) => bounded,
+            Err(refused) => {
+                self.journal_and_return(model, digest, Err(refused.clone()));
+                self.persist_in_flight().await;
+                return Err(refused);
+            }
+        };
+        super::audit(&self.session, &self.tool, "model", &format!("chat {shown}"), true, "granted");
         let result = match &self.provider {
-            Some(provider) => provider.chat(&model, &request, &call_id).await,
+            Some(provider) => provider.chat(&model, &bounded, &call_id).await,
             None => Err(ModelError::ProviderError(ProviderFailure {
                 status: None,
                 message: format!("no model provider is configured for `{shown}`"),
             })),
         };
-        lock(&self.journal).record(JournalEntry::Model { model, request: digest, result: result.clone() });
+        // The ledger entry first: a crash right after it re-sends the call, which then really
+        // is paid twice, and counted twice.
+        let outcome = match &result {
+            Ok(response) => usage_reason(&response.usage),
+            Err(e) => format!("failed: {}", crate::model::describe_error(e)),
+        };
+        self.record(&format!("chat {shown}"), true, &outcome).await;
+        self.journal_and_return(model, digest, result.clone());
         self.persist_in_flight().await;
         result
     }

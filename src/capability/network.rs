@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
@@ -23,6 +24,22 @@ pub struct HttpGate {
 impl HttpGate {
     pub(crate) fn new(grant: Arc<NetworkGrant>, audit: Auditor) -> Self {
         Self { grant, audit }
+    }
+}
+
+/// Upper bounds on how long a request may wait, whatever the tool asks: time waiting on
+/// the network is not guest CPU time, so the CPU deadline does not bound it.
+const MAX_CONNECT: Duration = Duration::from_secs(10);
+const MAX_FIRST_BYTE: Duration = Duration::from_secs(60);
+const MAX_BETWEEN_BYTES: Duration = Duration::from_secs(60);
+
+fn capped(options: Option<RequestOptions>) -> RequestOptions {
+    let cap = |asked: Option<Duration>, max: Duration| Some(asked.map_or(max, |a| a.min(max)));
+    let asked = options.unwrap_or_default();
+    RequestOptions {
+        connect_timeout: cap(asked.connect_timeout, MAX_CONNECT),
+        first_byte_timeout: cap(asked.first_byte_timeout, MAX_FIRST_BYTE),
+        between_bytes_timeout: cap(asked.between_bytes_timeout, MAX_BETWEEN_BYTES),
     }
 }
 
@@ -48,7 +65,8 @@ impl WasiHttpHooks for HttpGate {
                 Some(pattern) => {
                     audit.allow("network", &shown, &format!("host matches `{pattern}`")).await;
                     use http_body_util::BodyExt;
-                    let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+                    let (response, io) =
+                        wasmtime_wasi_http::default_send_request(request, Some(capped(options))).await?;
                     Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
                 }
                 None => {
@@ -61,12 +79,18 @@ impl WasiHttpHooks for HttpGate {
     }
 }
 
-/// The socket check every instance gets: every bind, connect, listen and datagram is
-/// denied (the tool sees `access-denied`) and recorded.
+/// The socket check every instance gets: every connect, listen and datagram is denied (the
+/// tool sees `access-denied`) and recorded. The one thing let through is the implicit TCP
+/// bind to an ephemeral port that precedes a connect (`0.0.0.0:0`), so that the connect
+/// itself is checked and the trail names its destination; such a socket can do nothing
+/// without a connect or listen, and both are denied.
 pub(crate) fn deny_sockets(
     audit: Auditor,
 ) -> impl Fn(SocketAddr, SocketAddrUse) -> Pin<Box<dyn Future<Output = bool> + Send + Sync>> + Send + Sync + 'static {
     move |addr, use_| {
+        if matches!(use_, SocketAddrUse::TcpBind) && addr.ip().is_unspecified() && addr.port() == 0 {
+            return Box::pin(std::future::ready(true));
+        }
         let audit = audit.clone();
         // The store's futures are not `Sync`; a spawned task's handle is.
         let record = tokio::spawn(async move {

@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use toolhost::{CallError, Policy};
@@ -22,6 +23,9 @@ pub struct Args {
     /// Run the call as the next step of this session (created if new); needs --db to last
     #[arg(long)]
     session: Option<String>,
+    /// Model configuration (TOML: providers and aliases) answering the tool's model calls
+    #[arg(long, env = "TOOLHOST_MODELS")]
+    models: Option<PathBuf>,
 }
 
 pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
@@ -36,9 +40,26 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         None if args.grant_requested => Policy::grant_requested(),
         None => Policy::deny_all(),
     };
-    let host = config.host(policy)?;
+    let models = match &args.models {
+        Some(path) => {
+            let config = toolhost::ModelsConfig::from_file(path)?;
+            Some(Arc::new(toolhost::ModelRouter::from_config(&config)?) as Arc<dyn toolhost::ModelProvider>)
+        }
+        None => None,
+    };
+    let host = config.host_with_models(policy, models).await?;
     let tool = host.load_tool(&args.tool).await?;
-    host.policy().check_loaded(&[tool.name()])?;
+    // One tool of a policy that may cover many: a missing section is worth a warning (a
+    // typo leaves the tool with nothing), other sections are not errors here.
+    let policy = host.policy();
+    if args.policy.is_some() && !policy.tools.contains_key(tool.name()) && !policy.grant_requested {
+        let sections: Vec<&str> = policy.tools.keys().map(String::as_str).collect();
+        tracing::warn!(
+            "the policy has no section for tool `{}` (it has: {}); the tool is granted nothing",
+            tool.name(),
+            sections.join(", ")
+        );
+    }
     let mut session = match &args.session {
         Some(id) => match host.open_session(id).await {
             Ok(session) => session,
@@ -47,9 +68,15 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         },
         None => host.new_session().await?,
     };
-    match session.call(&tool, &input).await {
+    let result = session.call(&tool, &input).await;
+    let (id, step) = (session.id().to_owned(), session.last_step());
+    // Gives up the session's lease (on a shared store) so the next command can take it now.
+    if let Err(e) = session.close().await {
+        tracing::warn!(session = %id, error = %e, "could not release the session's lease; it will expire");
+    }
+    match result {
         Ok(output) => {
-            tracing::info!(session = session.id(), step = session.last_step(), "committed");
+            tracing::info!(session = %id, step, "committed");
             println!("{}", serde_json::to_string_pretty(&output)?);
             Ok(ExitCode::SUCCESS)
         }

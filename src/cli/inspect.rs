@@ -24,7 +24,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         Some(path) => Policy::load(path)?.on_ungranted(toolhost::OnUngranted::DenyAtUse),
         None => Policy::deny_all(),
     };
-    let host = config.host(policy)?;
+    let host = config.host(policy).await?;
     let tool = host.load_tool(&args.tool).await?;
     let rows = args.policy.as_ref().map(|_| toolhost::policy::compare(&tool.descriptor().capabilities, tool.grants()));
     if args.json {

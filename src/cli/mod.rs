@@ -4,17 +4,18 @@
 mod call;
 mod inspect;
 mod run;
+mod model;
+mod serve;
 mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
+use clap::{Parser, Subcommand};
+
 use anyhow::Context;
-use toolhost::store::Durability;
-use toolhost::{EngineConfig, Host, HostConfig, Policy, SqliteStore};
+use toolhost::{EngineConfig, Host, HostConfig, LeaseConfig, Policy, StoreUrl};
 
 #[derive(Parser)]
 #[command(name = "toolhost", version, about = "Run AI-agent tools as sandboxed WebAssembly components")]
@@ -27,9 +28,14 @@ struct Cli {
     #[arg(long, global = true)]
     no_cache: bool,
 
-    /// Session database (SQLite) [default: a temporary one for `call`, .toolhost/sessions.db for `sessions`]
-    #[arg(long, global = true, env = "TOOLHOST_DB")]
+    /// Session database (SQLite) [default: a temporary one for `call`, .toolhost/sessions.db for `sessions` and `serve`]
+    #[arg(long, global = true, env = "TOOLHOST_DB", conflicts_with = "store")]
     db: Option<PathBuf>,
+
+    /// Session store URL: sqlite://PATH or postgres://USER@HOST:PORT/DB (hosts sharing a
+    /// Postgres store lease the sessions they run). Replaces --db
+    #[arg(long, global = true, env = "TOOLHOST_STORE")]
+    store: Option<String>,
 
     /// More log output (-v: info, -vv: debug, -vvv: trace); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -49,6 +55,10 @@ enum Command {
     Sessions(sessions::Args),
     /// Run an agent described by a TOML file (goal, model, tools, policy) as a stored session
     Run(run::Args),
+    /// Serve tools over MCP (stdio or streamable HTTP), each call a durable session step
+    Serve(serve::Args),
+    /// Serve the offline local model; chat with a configured model alias
+    Model(model::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -59,16 +69,22 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
     let result = runtime.block_on(async {
-        let db = match (&cli.command, cli.db) {
-            (Command::Sessions(_) | Command::Run(_), None) => Some(PathBuf::from(".toolhost/sessions.db")),
-            (_, db) => db,
+        let store = match (&cli.command, cli.store, cli.db) {
+            (_, Some(url), _) => Some(url.parse::<StoreUrl>()?),
+            (_, None, Some(path)) => Some(StoreUrl::Sqlite(path)),
+            (Command::Sessions(_) | Command::Serve(_) | Command::Run(_), None, None) => {
+                Some(StoreUrl::Sqlite(PathBuf::from(".toolhost/sessions.db")))
+            }
+            (_, None, None) => None,
         };
-        let config = cli_host_config(cli.cache_dir, cli.no_cache, db);
+        let config = cli_host_config(cli.cache_dir, cli.no_cache, store);
         match cli.command {
             Command::Inspect(args) => inspect::run(&config, args).await,
             Command::Call(args) => call::run(&config, args).await,
             Command::Sessions(args) => sessions::run(&config, args).await,
             Command::Run(args) => run::run(&config, args).await,
+            Command::Serve(args) => serve::run(&config, args).await,
+            Command::Model(args) => model::run(args).await,
         }
     });
     match result {
@@ -96,45 +112,54 @@ fn init_tracing(verbose: u8) {
 /// Engine and store settings shared by the subcommands; each adds its own policy.
 struct CliHostConfig {
     engine: EngineConfig,
-    db: Option<PathBuf>,
+    store: Option<StoreUrl>,
 }
 
-fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool, db: Option<PathBuf>) -> CliHostConfig {
+fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool, store: Option<StoreUrl>) -> CliHostConfig {
     let cache_dir = if no_cache { None } else { cache_dir.or_else(EngineConfig::default_cache_dir) };
     // One-shot commands need few instance slots; a small pool starts faster.
-    CliHostConfig { engine: EngineConfig { cache_dir, max_instances: 16, ..EngineConfig::default() }, db }
+    CliHostConfig { engine: EngineConfig { cache_dir, max_instances: 16, ..EngineConfig::default() }, store }
 }
 
 impl CliHostConfig {
-    fn host(&self, policy: Policy) -> anyhow::Result<Host> {
-        self.host_with(HostConfig { policy, ..HostConfig::default() })
+    async fn host(&self, policy: Policy) -> anyhow::Result<Host> {
+        self.host_with(HostConfig { policy, ..HostConfig::default() }).await
+    }
+
+    async fn host_with_models(
+        &self,
+        policy: Policy,
+        models: Option<Arc<dyn toolhost::ModelProvider>>,
+    ) -> anyhow::Result<Host> {
+        self.host_with(HostConfig { policy, models, ..HostConfig::default() }).await
     }
 
     /// A host with `config`'s policy and models, and this command line's engine and store.
-    fn host_with(&self, config: HostConfig) -> anyhow::Result<Host> {
-        let config = HostConfig { engine: self.engine.clone(), ..config };
-        Ok(match &self.db {
-            Some(path) => {
-                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    async fn host_with(&self, config: HostConfig) -> anyhow::Result<Host> {
+        let mut config = HostConfig { engine: self.engine.clone(), ..config };
+        Ok(match &self.store {
+            Some(url) => {
+                // A shared store may have other hosts on it: lease the sessions this one runs.
+                if matches!(url, StoreUrl::Postgres(_)) {
+                    config.leases = Some(LeaseConfig::default());
                 }
-                let store = SqliteStore::open(path, Durability::Full)
-                    .with_context(|| format!("opening the session database {}", path.display()))?;
-                Host::with_store(config, Arc::new(store))?
+                let store = url.open().await.with_context(|| format!("opening the session store {url}"))?;
+                Host::with_store(config, store)?
             }
             None => Host::new(config)?,
         })
     }
 
-    /// The `--db` flag that names this store again (empty for the default).
+    /// The `--store` flag that names this store again (empty for the default).
     fn db_flag(&self) -> String {
-        match &self.db {
-            Some(path) if path != Path::new(".toolhost/sessions.db") => format!(" --db {}", path.display()),
-            _ => String::new(),
+        match &self.store {
+            Some(StoreUrl::Sqlite(path)) if path == Path::new(".toolhost/sessions.db") => String::new(),
+            Some(url) => format!(" --store {url}"),
+            None => String::new(),
         }
     }
 
     fn db_label(&self) -> String {
-        self.db.as_ref().map_or("a temporary database".into(), |p| p.display().to_string())
+        self.store.as_ref().map_or("a temporary database".into(), ToString::to_string)
     }
 }

@@ -110,7 +110,7 @@ async fn drive(
         models.aliases.extend(local_config.aliases);
     }
     let router = ModelRouter::from_config(&models).context("the agent file's model configuration")?;
-    let host = config.host_with(HostConfig { policy, models: Some(Arc::new(router)), ..HostConfig::default() })?;
+    let host = config.host_with(HostConfig { policy, models: Some(Arc::new(router)), ..HostConfig::default() }).await?;
     let mut tools = Vec::new();
     for path in &file.tools {
         tools.push(host.load_tool(path).await?);

@@ -1,3 +1,5 @@
+//! `toolhost sessions`: what the store holds, and the operations on stored sessions.
+
 use std::process::ExitCode;
 
 use toolhost::Policy;
@@ -27,20 +29,29 @@ enum Command {
         #[arg(long)]
         at: u64,
     },
+    /// Rebuild a session's tool instances (restore the latest snapshot, replay the steps
+    /// after it against their journals) and report how; fails if a replay diverges
+    Resume {
+        id: String,
+        /// Tool components to bring back (the ones the session used)
+        #[arg(required = true)]
+        tools: Vec<std::path::PathBuf>,
+        /// Grant each tool what it requests (as `call --grant-requested` did)
+        #[arg(long)]
+        grant_requested: bool,
+    },
     /// Delete a session and everything it stored
     Delete { id: String },
 }
 
 fn when(ms: i64) -> String {
-    format!("{:.1}s ago", (toolhost_now_ms() - ms).max(0) as f64 / 1000.0)
-}
-
-fn toolhost_now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    format!("{:.1}s ago", (now - ms).max(0) as f64 / 1000.0)
 }
 
 pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
-    let host = config.host(Policy::deny_all())?;
+    let grant_requested = matches!(args.command, Command::Resume { grant_requested: true, .. });
+    let host = config.host(if grant_requested { Policy::grant_requested() } else { Policy::deny_all() }).await?;
     match args.command {
         Command::List => {
             let sessions = host.list_sessions().await?;
@@ -110,6 +121,22 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         Command::Fork { id, at } => {
             let child = host.fork_session(&id, at).await?;
             println!("{}", child.id());
+            child.close().await?;
+        }
+        Command::Resume { id, tools, .. } => {
+            let mut session = host.open_session(&id).await?;
+            println!("session {id} at step {}", session.last_step());
+            for path in tools {
+                let tool = host.load_tool(&path).await?;
+                let Some(rebuild) = session.prewarm(&tool).await? else {
+                    println!("  {:<12} already rebuilt", tool.name());
+                    continue;
+                };
+                let from = rebuild.restored_from.map_or("no snapshot".into(), |s| format!("snapshot of step {s}"));
+                let (name, replayed, elapsed) = (tool.name(), rebuild.replayed, rebuild.elapsed);
+                println!("  {name:<12} {from}, {replayed} steps replayed, {elapsed:.2?}");
+            }
+            session.close().await?;
         }
         Command::Delete { id } => {
             if !host.delete_session(&id).await? {

@@ -27,6 +27,7 @@ pub use config::{AliasConfig, ModelConfigError, ModelsConfig, ProviderConfig, Pr
 pub use local::{LocalModel, LocalModelError, LocalModelOptions};
 pub use progress::{ProgressEvent, ProgressKind, ProgressListener};
 pub use structured::validate_request;
+pub use transport::describe as describe_error;
 
 use progress::Progress;
 use transport::{KeyHeader, Transport};

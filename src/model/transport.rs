@@ -326,8 +326,8 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{}...", &text[..end])
 }
 
-/// One line for logs and progress.
-pub(crate) fn describe(error: &ModelError) -> String {
+/// A model error in one line, for logs, progress and the audit trail.
+pub fn describe(error: &ModelError) -> String {
     match error {
         ModelError::Denied(m) => format!("denied: {m}"),
         ModelError::BudgetExceeded(m) => format!("budget exceeded: {m}"),

@@ -79,6 +79,16 @@ fn check_tool(grants: &ToolGrants, at: &dyn Fn(&[&str]) -> Vec<String>, issues: 
             issues.push((at(&["model", "aliases"]), "a model alias is empty".into()));
         }
     }
+    let models = &grants.models;
+    for (key, zero) in [
+        ("max_tokens_per_call", models.max_tokens_per_call == Some(0)),
+        ("session_token_budget", models.session_token_budget == Some(0)),
+        ("calls_per_minute", models.calls_per_minute == Some(0)),
+    ] {
+        if zero {
+            issues.push((at(&["model", key]), "must be at least 1 (omit it for no bound)".into()));
+        }
+    }
     let mut guest_paths = BTreeSet::new();
     for (i, preopen) in grants.filesystem.iter().enumerate() {
         let index = i.to_string();

@@ -4,17 +4,25 @@
 //! [`Store`] is written for more than one backend: every method is async, a step commits
 //! in one call (one transaction), sequence numbers are checked inside that transaction so
 //! two hosts can never both commit step N of a session, and nothing relies on SQLite-only
-//! behavior. [`SqliteStore`] is the embedded default.
+//! behavior. [`SqliteStore`] is the embedded default; [`PostgresStore`] lets many hosts
+//! share sessions, with [`Lease`]s deciding which host advances each one. [`open`] picks the
+//! backend from a URL.
 
 mod chunks;
+mod lease;
+mod postgres;
 mod sqlite;
+mod url;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use chunks::{Chunk, chunk_snapshot};
+pub use lease::Lease;
+pub use postgres::PostgresStore;
 pub(crate) use sqlite::timestamp_ms;
 pub use sqlite::{Durability, SqliteStore};
+pub use url::{StoreUrl, open};
 
 use crate::error::ToolFailure;
 use crate::journal::{JournalEntry, RandomState};
@@ -60,6 +68,16 @@ pub enum StoreError {
     /// Stored data does not decode (written by an incompatible version, or corrupted).
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// Another host holds the session's lease and it has not expired.
+    #[error("session `{session}` is leased by `{holder}` for another {expires_in_ms} ms")]
+    LeaseHeld { session: String, holder: String, expires_in_ms: u64 },
+    /// The write carried lease token `token`, which no longer holds the session: the lease
+    /// expired or another host took it over. Nothing was written.
+    #[error("session `{session}`: lease token {token} no longer holds the session ({reason})")]
+    LeaseLost { session: String, token: u64, reason: String },
+    /// The store URL or its options are not usable.
+    #[error("invalid store URL `{url}`: {reason}")]
+    InvalidUrl { url: String, reason: String },
 }
 
 /// A session as stored.
@@ -112,6 +130,10 @@ pub struct StepCommit {
     /// Snapshots to keep per (session, tool); older ones are pruned with the journals of the
     /// steps they cover.
     pub keep_snapshots: u32,
+    /// The fencing token of the committing host's lease. With a token, the commit fails with
+    /// [`StoreError::LeaseLost`] unless that lease still holds the session, unexpired; without
+    /// one, it fails with [`StoreError::LeaseHeld`] while any host holds an unexpired lease.
+    pub lease: Option<u64>,
 }
 
 /// A snapshot of one tool in one session.
@@ -167,6 +189,9 @@ pub struct PendingStep {
     pub tool: String,
     pub input: String,
     pub journal: Vec<JournalEntry>,
+    /// The writer's lease token, checked like [`StepCommit::lease`]; not stored.
+    #[serde(skip)]
+    pub lease: Option<u64>,
 }
 
 #[async_trait]
@@ -202,6 +227,23 @@ pub trait Store: Send + Sync + 'static {
     async fn put_pending(&self, session: &str, pending: &PendingStep) -> Result<(), StoreError>;
     async fn pending(&self, session: &str) -> Result<Option<PendingStep>, StoreError>;
     async fn clear_pending(&self, session: &str) -> Result<(), StoreError>;
+
+    /// Takes the lease of `session` for `holder` for `ttl` if it is free, expired, or already
+    /// `holder`'s. Each acquisition draws a new fencing token (greater than every earlier one
+    /// of the session), so writes carrying an older token are refused from then on. Fails
+    /// with [`StoreError::LeaseHeld`] while another holder's lease runs. Expiry is judged by
+    /// one clock for all hosts (the database server's, for Postgres).
+    async fn acquire_lease(&self, session: &str, holder: &str, ttl: std::time::Duration) -> Result<Lease, StoreError>;
+    /// Extends the lease carrying `token` to `ttl` from now. Fails with
+    /// [`StoreError::LeaseLost`] if another acquisition has superseded it. A lease that
+    /// expired without being taken over is renewed: no other host can have written meanwhile.
+    async fn renew_lease(&self, session: &str, token: u64, ttl: std::time::Duration) -> Result<Lease, StoreError>;
+    /// Gives the lease up so another host can take the session at once; a no-op if `token`
+    /// no longer holds it.
+    async fn release_lease(&self, session: &str, token: u64) -> Result<(), StoreError>;
+    /// The session's current lease, expired or not; `None` if it never had one or it was
+    /// released.
+    async fn lease(&self, session: &str) -> Result<Option<Lease>, StoreError>;
 
     /// Appends to the audit trail. Events outlive the session they name: deleting a session
     /// keeps its audit trail.

@@ -15,8 +15,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::lease::LeaseRow;
 use super::{
-    AuditEvent, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage, StepCommit,
+    AuditEvent, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage, StepCommit,
     StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
 
@@ -93,6 +94,11 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL
     );
     CREATE INDEX audit_by_session ON audit (session, id);
+"#,
+    r#"
+    ALTER TABLE sessions ADD COLUMN lease_holder TEXT;
+    ALTER TABLE sessions ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN lease_expires_ms INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
@@ -189,6 +195,22 @@ impl SqliteStore {
             sender.send(WriteRequest { job: Box::new(job), done }).map_err(|_| backend("the writer thread stopped"))?;
         }
         answer.await.map_err(|_| backend("the writer thread stopped"))?
+    }
+
+    /// A write that answers with a value.
+    async fn write_value<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let slot = std::sync::Arc::new(Mutex::new(None));
+        let filled = slot.clone();
+        self.write(move |conn| {
+            *filled.lock().unwrap_or_else(|p| p.into_inner()) = Some(job(conn)?);
+            Ok(())
+        })
+        .await?;
+        let value = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        value.ok_or_else(|| backend("the writer answered without a value"))
     }
 
     async fn read<T: Send + 'static>(
@@ -315,6 +337,31 @@ fn last_step(conn: &Connection, session: &str) -> Result<Option<u64>, StoreError
         .map_err(backend)
 }
 
+/// Checks, inside the write's transaction, that a write under `lease` may touch `session`.
+fn check_lease(conn: &Connection, session: &str, lease: Option<u64>) -> Result<(), StoreError> {
+    let row: Option<(Option<String>, i64, i64)> = conn
+        .prepare_cached("SELECT lease_holder, lease_token, lease_expires_ms FROM sessions WHERE id = ?1")
+        .and_then(|mut s| s.query_row([session], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
+        .map_err(backend)?;
+    let (holder, token, expires_at_ms) = row.ok_or_else(|| StoreError::SessionNotFound(session.to_owned()))?;
+    LeaseRow { holder: holder.as_deref(), token: token as u64, expires_at_ms }.admits(session, lease, now_ms())
+}
+
+fn lease_row(conn: &Connection, session: &str) -> Result<Option<Lease>, StoreError> {
+    let row: Option<(Option<String>, i64, i64)> = conn
+        .query_row("SELECT lease_holder, lease_token, lease_expires_ms FROM sessions WHERE id = ?1", [session], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()
+        .map_err(backend)?;
+    let (holder, token, expires_at_ms) = row.ok_or_else(|| StoreError::SessionNotFound(session.to_owned()))?;
+    Ok(holder.map(|holder| Lease { session: session.to_owned(), holder, token: token as u64, expires_at_ms }))
+}
+
+fn ttl_ms(ttl: std::time::Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
 fn add_chunk_refs(conn: &Connection, hashes: &[u8], delta: i64) -> Result<(), StoreError> {
     for hash in hashes.chunks(32) {
         conn.execute("UPDATE chunks SET refs = refs + ?2 WHERE hash = ?1", params![hash, delta]).map_err(backend)?;
@@ -355,7 +402,8 @@ fn apply_writes(conn: &Connection, session: &str, tool: &str, writes: &[super::S
 }
 
 fn commit_step(conn: &Connection, commit: StepCommit) -> Result<(), StoreError> {
-    let StepCommit { session, step, snapshot, keep_snapshots } = commit;
+    let StepCommit { session, step, snapshot, keep_snapshots, lease } = commit;
+    check_lease(conn, &session, lease)?;
     let found = last_step(conn, &session)?.ok_or_else(|| StoreError::SessionNotFound(session.clone()))?;
     if found + 1 != step.seq {
         return Err(StoreError::Conflict { session, expected: step.seq - 1, found });
@@ -774,8 +822,9 @@ impl Store for SqliteStore {
     }
 
     async fn put_pending(&self, session: &str, pending: &PendingStep) -> Result<(), StoreError> {
-        let (session, record) = (session.to_owned(), encode(pending)?);
+        let (session, record, lease) = (session.to_owned(), encode(pending)?, pending.lease);
         self.write(move |conn| {
+            check_lease(conn, &session, lease)?;
             conn.execute(
                 "INSERT INTO pending (session, record) VALUES (?1, ?2)
                  ON CONFLICT (session) DO UPDATE SET record = excluded.record",
@@ -805,6 +854,77 @@ impl Store for SqliteStore {
             conn.execute("DELETE FROM pending WHERE session = ?1", [session]).map(drop).map_err(backend)
         })
         .await
+    }
+
+    async fn acquire_lease(&self, session: &str, holder: &str, ttl: std::time::Duration) -> Result<Lease, StoreError> {
+        let (session, holder) = (session.to_owned(), holder.to_owned());
+        self.write_value(move |conn| {
+            let now = now_ms();
+            if let Some(current) = lease_row(conn, &session)? {
+                if current.holder != holder && current.expires_at_ms > now {
+                    return Err(StoreError::LeaseHeld {
+                        session,
+                        holder: current.holder,
+                        expires_in_ms: (current.expires_at_ms - now) as u64,
+                    });
+                }
+            }
+            let (token, expires_at_ms): (i64, i64) = conn
+                .query_row(
+                    "UPDATE sessions SET lease_holder = ?2, lease_token = lease_token + 1, lease_expires_ms = ?3
+                     WHERE id = ?1 RETURNING lease_token, lease_expires_ms",
+                    params![session, holder, now.saturating_add(ttl_ms(ttl))],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(backend)?;
+            Ok(Lease { session, holder, token: token as u64, expires_at_ms })
+        })
+        .await
+    }
+
+    async fn renew_lease(&self, session: &str, token: u64, ttl: std::time::Duration) -> Result<Lease, StoreError> {
+        let session = session.to_owned();
+        self.write_value(move |conn| {
+            let renewed: Option<(String, i64)> = conn
+                .query_row(
+                    "UPDATE sessions SET lease_expires_ms = ?3
+                     WHERE id = ?1 AND lease_token = ?2 AND lease_holder IS NOT NULL
+                     RETURNING lease_holder, lease_expires_ms",
+                    params![session, token as i64, now_ms().saturating_add(ttl_ms(ttl))],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            match renewed {
+                Some((holder, expires_at_ms)) => Ok(Lease { session, holder, token, expires_at_ms }),
+                None => {
+                    let reason = match lease_row(conn, &session)? {
+                        Some(current) => format!("`{}` holds it with token {}", current.holder, current.token),
+                        None => "the lease was released".to_owned(),
+                    };
+                    Err(StoreError::LeaseLost { session, token, reason })
+                }
+            }
+        })
+        .await
+    }
+
+    async fn release_lease(&self, session: &str, token: u64) -> Result<(), StoreError> {
+        let session = session.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE sessions SET lease_holder = NULL, lease_expires_ms = 0 WHERE id = ?1 AND lease_token = ?2",
+                params![session, token as i64],
+            )
+            .map(drop)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn lease(&self, session: &str) -> Result<Option<Lease>, StoreError> {
+        let session = session.to_owned();
+        self.read(move |conn| lease_row(conn, &session)).await
     }
 
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {

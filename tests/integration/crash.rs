@@ -16,6 +16,7 @@ use toolhost::model::{ChatRequest, ChatResponse, FinishReason, ModelError, Provi
 use toolhost::store::{Durability, StateScope, StepOutcome};
 use toolhost::{EngineConfig, Host, HostConfig, ModelProvider, SnapshotPolicy, SqliteStore, Store};
 
+use crate::backends::{TestStore, on_both_backends};
 use crate::durable::policy;
 use crate::support::guests;
 
@@ -23,7 +24,7 @@ const SEED: [u8; 32] = [7; 32];
 const MIN_KILLS: usize = 50;
 
 /// (tool, input) per step: notes, calculator and hostile (randomness, clocks, model calls).
-fn script() -> Vec<(&'static str, Value)> {
+pub(crate) fn script() -> Vec<(&'static str, Value)> {
     let mut steps = Vec::new();
     for i in 0..8 {
         steps.push(("notes", json!({"op": "add", "title": format!("note {i}"), "body": format!("body {i} alpha")})));
@@ -36,8 +37,8 @@ fn script() -> Vec<(&'static str, Value)> {
 }
 
 /// The model, as the child process reaches it: one TCP line per request.
-struct TcpModel {
-    addr: String,
+pub(crate) struct TcpModel {
+    pub addr: String,
 }
 
 #[async_trait::async_trait]
@@ -71,12 +72,12 @@ fn answer(text: String) -> ChatResponse {
 }
 
 /// What the server answers the `count`-th request for `prompt`.
-fn reply_for(prompt: &str, count: usize) -> String {
+pub(crate) fn reply_for(prompt: &str, count: usize) -> String {
     format!("answer to {prompt} #{count}")
 }
 
 /// The uninterrupted run's model: the server's answer to a first request.
-struct ReferenceModel;
+pub(crate) struct ReferenceModel;
 
 #[async_trait::async_trait]
 impl ModelProvider for ReferenceModel {
@@ -87,11 +88,17 @@ impl ModelProvider for ReferenceModel {
     }
 }
 
-fn host(db: &Path, cache: &Path, models: Arc<dyn ModelProvider>) -> Host {
-    let store = Arc::new(SqliteStore::open(db, Durability::Full).unwrap());
+on_both_backends!(sigkill_at_random_points_loses_and_repeats_nothing);
+
+fn host(store: Arc<dyn Store>, cache: &Path, models: Arc<dyn ModelProvider>) -> Host {
     let engine = EngineConfig { cache_dir: Some(cache.into()), max_instances: 16, ..EngineConfig::default() };
-    let config =
-        HostConfig { engine, policy: policy(), snapshots: SnapshotPolicy { every: 2, keep: 2 }, models: Some(models) };
+    let config = HostConfig {
+        engine,
+        policy: policy(),
+        snapshots: SnapshotPolicy { every: 2, keep: 2 },
+        models: Some(models),
+        leases: None,
+    };
     Host::with_store(config, store).unwrap()
 }
 
@@ -116,13 +123,14 @@ async fn run_script(host: &Host, id: &str, tools: &[PathBuf]) {
 #[test]
 #[ignore = "the child process of crash::sigkill_at_random_points_loses_and_repeats_nothing"]
 fn crash_child() {
-    let Ok(db) = std::env::var("TOOLHOST_CRASH_DB") else { return };
+    let Ok(url) = std::env::var("TOOLHOST_CRASH_STORE") else { return };
     let var = |name: &str| std::env::var(name).unwrap();
     let tools: Vec<PathBuf> = var("TOOLHOST_CRASH_TOOLS").split(';').map(PathBuf::from).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let model = Arc::new(TcpModel { addr: var("TOOLHOST_CRASH_MODEL") });
-        let host = host(Path::new(&db), Path::new(&var("TOOLHOST_CRASH_CACHE")), model);
+        let store = toolhost::store::open(&url).await.unwrap();
+        let host = host(store, Path::new(&var("TOOLHOST_CRASH_CACHE")), model);
         run_script(&host, &var("TOOLHOST_CRASH_SESSION"), &tools).await;
     });
 }
@@ -175,7 +183,7 @@ fn start_model_server() -> (String, Arc<Mutex<ServerLog>>) {
 }
 
 /// xorshift: enough to spread kill times, no dependency.
-fn next_random(state: &mut u64) -> u64 {
+pub(crate) fn next_random(state: &mut u64) -> u64 {
     *state ^= *state << 13;
     *state ^= *state >> 7;
     *state ^= *state << 17;
@@ -183,7 +191,7 @@ fn next_random(state: &mut u64) -> u64 {
 }
 
 /// What a finished session holds: per step (tool, input, comparable outcome) and its state.
-async fn summarize(
+pub(crate) async fn summarize(
     store: &dyn Store,
     id: &str,
 ) -> (Vec<(String, String, String)>, Vec<(String, String, String, Vec<u8>)>) {
@@ -216,8 +224,8 @@ async fn summarize(
     (steps, state)
 }
 
-#[tokio::test]
-async fn sigkill_at_random_points_loses_and_repeats_nothing() {
+/// Every round runs its own session (`crash-N`) in `db`.
+async fn sigkill_at_random_points_loses_and_repeats_nothing(db: &TestStore) {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let tools = vec![guests().notes.clone(), guests().calculator.clone(), guests().hostile.clone()];
@@ -225,7 +233,8 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing() {
 
     // The uninterrupted run (also fills the compile cache the children share).
     let reference_db = dir.path().join("reference.db");
-    let reference_host = host(&reference_db, &cache, Arc::new(ReferenceModel));
+    let reference_store = Arc::new(SqliteStore::open(&reference_db, Durability::Full).unwrap());
+    let reference_host = host(reference_store, &cache, Arc::new(ReferenceModel));
     run_script(&reference_host, "reference", &tools).await;
     let reference = summarize(&*reference_host.store(), "reference").await;
     assert_eq!(reference.0.len(), script().len());
@@ -241,12 +250,11 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing() {
         assert!(Instant::now() < deadline, "the crash harness ran out of time after {kills} kills");
         round += 1;
         let session = format!("crash-{round}");
-        let db = dir.path().join(format!("{session}.db"));
         *server.lock().unwrap() = ServerLog::default();
         loop {
             let mut child = Command::new(&exe)
                 .args(["--exact", "crash::crash_child", "--ignored", "--nocapture", "--test-threads=1"])
-                .env("TOOLHOST_CRASH_DB", &db)
+                .env("TOOLHOST_CRASH_STORE", &db.url)
                 .env("TOOLHOST_CRASH_CACHE", &cache)
                 .env("TOOLHOST_CRASH_TOOLS", &joined_tools)
                 .env("TOOLHOST_CRASH_MODEL", &model_addr)
@@ -281,8 +289,8 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing() {
             }
         }
 
-        let store = SqliteStore::open(&db, Durability::Full).unwrap();
-        let crashed = summarize(&store, &session).await;
+        let store = db.open().await;
+        let crashed = summarize(&*store, &session).await;
         assert_eq!(crashed.0.len(), script().len(), "round {round}: every step exactly once");
         for (seq, (got, want)) in crashed.0.iter().zip(&reference.0).enumerate() {
             assert_eq!(got, want, "round {round}: step {} differs from the uninterrupted run", seq + 1);

@@ -1,15 +1,21 @@
 //! Durable sessions: resume after a restart, replay, divergence, fork, journaled model calls.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 use toolhost::model::{ChatRequest, ChatResponse, FinishReason, ModelError, Usage};
-use toolhost::store::Durability;
-use toolhost::{CallError, Host, HostConfig, ModelProvider, Policy, SessionError, SnapshotPolicy, SqliteStore, Tool};
+use toolhost::{CallError, Host, HostConfig, ModelProvider, Policy, SessionError, SnapshotPolicy, Tool};
 
+use crate::backends::{TestStore, on_both_backends};
 use crate::support::{engine_config, grants, guests, tight_limits};
+
+on_both_backends!(
+    a_restarted_host_resumes_a_session_from_its_snapshot,
+    without_snapshots_a_session_is_rebuilt_by_replaying_its_journal,
+    a_replay_that_diverges_names_the_step,
+    forks_evolve_independently_with_fresh_randomness,
+);
 
 /// Answers every prompt with its echo and counts the calls.
 #[derive(Default)]
@@ -37,13 +43,15 @@ pub fn policy() -> Policy {
     Policy::grant_requested().with_tool("hostile", hostile)
 }
 
-fn host_on(db: &Path, snapshots: SnapshotPolicy, models: Option<Arc<CountingModel>>) -> Host {
-    let store = Arc::new(SqliteStore::open(db, Durability::Full).unwrap());
+/// A host (re)started on `db`: a new connection to the same store.
+async fn host_on(db: &TestStore, snapshots: SnapshotPolicy, models: Option<Arc<CountingModel>>) -> Host {
+    let store = db.open().await;
     let config = HostConfig {
         engine: engine_config(),
         policy: policy(),
         snapshots,
         models: models.map(|m| m as Arc<dyn ModelProvider>),
+        leases: None,
     };
     Host::with_store(config, store).unwrap()
 }
@@ -60,17 +68,14 @@ async fn add_notes(host: &Host, notes: &Tool, titles: &[&str]) -> String {
     session.id().to_owned()
 }
 
-#[tokio::test]
-async fn a_restarted_host_resumes_a_session_from_its_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("sessions.db");
+async fn a_restarted_host_resumes_a_session_from_its_snapshot(db: &TestStore) {
     let id = {
-        let host = host_on(&db, SnapshotPolicy::default(), None);
+        let host = host_on(db, SnapshotPolicy::default(), None).await;
         let (notes, _) = tools(&host).await;
         add_notes(&host, &notes, &["alpha", "beta", "gamma", "delta"]).await
     };
 
-    let host = host_on(&db, SnapshotPolicy::default(), None);
+    let host = host_on(db, SnapshotPolicy::default(), None).await;
     let (notes, _) = tools(&host).await;
     let mut session = host.open_session(&id).await.unwrap();
     assert_eq!(session.last_step(), 4);
@@ -88,14 +93,11 @@ async fn a_restarted_host_resumes_a_session_from_its_snapshot() {
     assert!(matches!(host.open_session("nope").await, Err(SessionError::NotFound(_))));
 }
 
-#[tokio::test]
-async fn without_snapshots_a_session_is_rebuilt_by_replaying_its_journal() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("sessions.db");
+async fn without_snapshots_a_session_is_rebuilt_by_replaying_its_journal(db: &TestStore) {
     let never = SnapshotPolicy { every: u32::MAX, keep: 1 };
     let models = Arc::new(CountingModel::default());
     let (id, entropy) = {
-        let host = host_on(&db, never, Some(models.clone()));
+        let host = host_on(db, never, Some(models.clone())).await;
         let (notes, hostile) = tools(&host).await;
         let mut session = host.new_session().await.unwrap();
         session.call(&notes, &json!({"op": "add", "title": "one", "body": "first"})).await.unwrap();
@@ -106,7 +108,7 @@ async fn without_snapshots_a_session_is_rebuilt_by_replaying_its_journal() {
     };
     assert_eq!(models.calls.load(Ordering::SeqCst), 1);
 
-    let host = host_on(&db, never, Some(models.clone()));
+    let host = host_on(db, never, Some(models.clone())).await;
     let (notes, hostile) = tools(&host).await;
     assert!(host.session_details(&id).await.unwrap().snapshots.is_empty());
     let mut session = host.open_session(&id).await.unwrap();
@@ -119,26 +121,23 @@ async fn without_snapshots_a_session_is_rebuilt_by_replaying_its_journal() {
     assert_eq!(listed, json!({"matches": [{"id": 1, "title": "one"}]}));
 }
 
-#[tokio::test]
-async fn a_replay_that_diverges_names_the_step() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("sessions.db");
+async fn a_replay_that_diverges_names_the_step(db: &TestStore) {
     let never = SnapshotPolicy { every: u32::MAX, keep: 1 };
     let id = {
-        let host = host_on(&db, never, None);
+        let host = host_on(db, never, None).await;
         let (notes, _) = tools(&host).await;
         add_notes(&host, &notes, &["one", "two", "three"]).await
     };
     // Make step 2's record claim the output step 1 produced.
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute(
-        "UPDATE steps SET outcome = (SELECT outcome FROM steps WHERE session = ?1 AND seq = 1) WHERE session = ?1 AND seq = 2",
-        [&id],
-    )
-    .unwrap();
-    drop(conn);
+    let changed = db
+        .execute(
+            "UPDATE steps SET outcome = (SELECT outcome FROM steps WHERE session = $1 AND seq = 1) WHERE session = $1 AND seq = 2",
+            &[&id],
+        )
+        .await;
+    assert_eq!(changed, 1);
 
-    let host = host_on(&db, never, None);
+    let host = host_on(db, never, None).await;
     let (notes, _) = tools(&host).await;
     let mut session = host.open_session(&id).await.unwrap();
     let err = session.call(&notes, &json!({"op": "list"})).await.unwrap_err();
@@ -151,11 +150,8 @@ async fn a_replay_that_diverges_names_the_step() {
     }
 }
 
-#[tokio::test]
-async fn forks_evolve_independently_with_fresh_randomness() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("sessions.db");
-    let host = host_on(&db, SnapshotPolicy::default(), None);
+async fn forks_evolve_independently_with_fresh_randomness(db: &TestStore) {
+    let host = host_on(db, SnapshotPolicy::default(), None).await;
     let (notes, hostile) = tools(&host).await;
     let mut parent = host.new_session().await.unwrap();
     parent.call(&notes, &json!({"op": "add", "title": "shared", "body": "before the fork"})).await.unwrap();
@@ -182,7 +178,7 @@ async fn forks_evolve_independently_with_fresh_randomness() {
     let child_id = child.id().to_owned();
     let parent_id = parent.id().to_owned();
     drop((parent, child, host));
-    let host = host_on(&db, SnapshotPolicy::default(), None);
+    let host = host_on(db, SnapshotPolicy::default(), None).await;
     let (notes, hostile) = tools(&host).await;
     for id in [&parent_id, &child_id] {
         let mut session = host.open_session(id).await.unwrap();

@@ -2,14 +2,22 @@
 
 mod agent;
 mod agent_local;
+mod backends;
 mod cache;
+mod cli;
 mod crash;
 mod durable;
 mod hostile;
 mod isolation;
+mod leases;
 mod load_errors;
+mod mcp;
+mod model_faults;
+mod model_local;
+mod multihost;
 mod policy;
 mod policy_fuzz;
+mod snapshots;
 mod state;
 mod support;
 mod tools;

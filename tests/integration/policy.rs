@@ -235,7 +235,7 @@ async fn every_escape_is_denied_and_audited_while_granted_uses_work() {
         // and a raw socket to the allowed address.
         let before = requests.load(Ordering::SeqCst);
         let m = denied(s, h, json!({"attack": "http-get", "url": format!("http://localhost:{port}/")})).await;
-        assert!(m.contains("HttpRequestDenied"), "{m}");
+        assert!(m.contains("HTTP request denied") && m.contains("allowlist"), "{m}");
         assert_eq!(requests.load(Ordering::SeqCst), before, "a denied request reached the server");
         denied(s, h, json!({"attack": "tcp-connect", "addr": format!("127.0.0.1:{port}")})).await;
         assert_eq!(requests.load(Ordering::SeqCst), before);
@@ -292,8 +292,8 @@ async fn every_escape_is_denied_and_audited_while_granted_uses_work() {
     assert_denial(&events, "network", &format!("http://localhost:{port}/"));
     assert_denial(&events, "socket", &format!("127.0.0.1:{port}"));
     assert_denial(&events, "env", "HOST_SECRET");
-    // The consequential granted uses are on the trail too; routine state use is not.
-    assert!(events.iter().any(|e| e.allowed && e.capability == "model" && e.request.contains("granted-model")));
+    // Granted HTTP requests are on the trail too (granted model calls are recorded by the
+    // model capability with their token usage); routine state use is not.
     assert!(events.iter().any(|e| e.allowed && e.capability == "network" && e.request.contains("/page")));
     assert!(!events.iter().any(|e| e.allowed && e.capability == "state"));
     // The bystander and the victim tried nothing and were denied nothing at use.
@@ -361,4 +361,53 @@ async fn a_fuel_limit_stops_a_loop_with_a_typed_error() {
     // The next call gets a fresh instance with a fresh budget.
     let out = session.call(&hostile, &json!({"attack": "echo", "n": 3})).await.unwrap();
     assert_eq!(out["echo"], 3);
+}
+
+fn toolhost_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_toolhost"))
+        .args(args)
+        .arg("--no-cache")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running the toolhost binary")
+}
+
+#[test]
+fn inspect_prints_requested_vs_granted_and_policy_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ro")).unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[tools.hostile.state]\nnamespaces = { scratch = \"read\" }\n\n[[tools.hostile.filesystem]]\nhost = \"ro\"\n\
+         guest = \"/ro\"\naccess = \"read\"\n\n[tools.hostile.env]\nGIVEN = \"x\"\nEXTRA = \"y\"\n",
+    )
+    .unwrap();
+    let hostile = guests().hostile.to_str().unwrap();
+    let out = toolhost_cli(&["inspect", hostile, "--policy", policy.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = stdout.split("requested vs granted:").nth(1).expect("no requested-vs-granted table");
+    let row = |cells: &[&str]| {
+        table.lines().any(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            cells.iter().all(|c| words.contains(c)) && words.first() == cells.first()
+        })
+    };
+    assert!(row(&["state", "scratch", "PARTIAL"]), "{table}");
+    assert!(row(&["filesystem", "/ro", "granted"]), "{table}");
+    assert!(row(&["filesystem", "/rw", "DENIED"]), "{table}");
+    assert!(row(&["model", "granted-model", "DENIED"]), "{table}");
+    assert!(row(&["network", "127.0.0.1", "DENIED"]), "{table}");
+    assert!(row(&["env", "GIVEN", "granted"]), "{table}");
+    assert!(row(&["env", "HOST_SECRET", "DENIED"]), "{table}");
+    assert!(row(&["env", "EXTRA", "not", "requested"]), "{table}");
+
+    // A bad host pattern: the CLI fails, naming the file, the line and the key.
+    std::fs::write(&policy, "[tools.hostile.network]\nallow = [\n  \"api.example.com\",\n  \"*.com\",\n]\n").unwrap();
+    let out = toolhost_cli(&["inspect", hostile, "--policy", policy.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(policy.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("line 4") && stderr.contains("tools.hostile.network.allow[1]"), "{stderr}");
 }

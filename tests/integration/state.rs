@@ -3,10 +3,18 @@
 use serde_json::{Value, json};
 use toolhost::{Access, CallError, Policy, Session, StateQuota, Tool, ToolFailure, TrapKind};
 
-use crate::support::{grants, guests, host, tight_limits};
+use crate::backends::{TestStore, on_both_backends};
+use crate::support::{grants, guests, host_on, tight_limits};
 
-async fn hostile_host(policy_grants: toolhost::ToolGrants) -> (toolhost::Host, std::sync::Arc<Tool>) {
-    let host = host(Policy::deny_all().with_tool("hostile", policy_grants));
+on_both_backends!(
+    a_trap_mid_step_commits_nothing_and_a_tool_error_commits_its_writes,
+    namespaces_must_be_granted_and_read_only_means_read_only,
+    malformed_keys_and_namespaces_are_refused,
+    quotas_bound_value_size_key_count_and_total_bytes,
+);
+
+async fn hostile_host(db: &TestStore, policy_grants: toolhost::ToolGrants) -> (toolhost::Host, std::sync::Arc<Tool>) {
+    let host = host_on(db.open().await, Policy::deny_all().with_tool("hostile", policy_grants));
     let tool = host.load_tool(&guests().hostile).await.unwrap();
     (host, tool)
 }
@@ -27,9 +35,8 @@ fn failure(err: CallError) -> ToolFailure {
     }
 }
 
-#[tokio::test]
-async fn a_trap_mid_step_commits_nothing_and_a_tool_error_commits_its_writes() {
-    let (host, tool) = hostile_host(grants(&["scratch"], tight_limits())).await;
+async fn a_trap_mid_step_commits_nothing_and_a_tool_error_commits_its_writes(db: &TestStore) {
+    let (host, tool) = hostile_host(db, grants(&["scratch"], tight_limits())).await;
     let mut session = host.new_session().await.unwrap();
 
     let err = session.call(&tool, &json!({"attack": "set-then-panic", "key": "k"})).await.unwrap_err();
@@ -41,11 +48,10 @@ async fn a_trap_mid_step_commits_nothing_and_a_tool_error_commits_its_writes() {
     assert_eq!(get(&mut session, &tool, "scratch", "f").await.unwrap(), "written before the tool error");
 }
 
-#[tokio::test]
-async fn namespaces_must_be_granted_and_read_only_means_read_only() {
+async fn namespaces_must_be_granted_and_read_only_means_read_only(db: &TestStore) {
     let mut policy_grants = grants(&["scratch"], tight_limits());
     policy_grants.state.namespaces.insert("shared".into(), Access::Read);
-    let (host, tool) = hostile_host(policy_grants).await;
+    let (host, tool) = hostile_host(db, policy_grants).await;
     let mut session = host.new_session().await.unwrap();
 
     let denied = failure(set(&mut session, &tool, "secrets", "k", 1).await.unwrap_err());
@@ -58,14 +64,13 @@ async fn namespaces_must_be_granted_and_read_only_means_read_only() {
     assert!(matches!(&denied, ToolFailure::Denied(m) if m.contains("read-only")), "{denied:?}");
 
     // With no grants at all, even the namespace the tool requested is denied.
-    let (host, tool) = hostile_host(toolhost::ToolGrants::default()).await;
+    let (host, tool) = hostile_host(db, toolhost::ToolGrants::default()).await;
     let denied = failure(set(&mut host.new_session().await.unwrap(), &tool, "scratch", "k", 1).await.unwrap_err());
     assert!(matches!(denied, ToolFailure::Denied(_)));
 }
 
-#[tokio::test]
-async fn malformed_keys_and_namespaces_are_refused() {
-    let (host, tool) = hostile_host(grants(&["scratch"], tight_limits())).await;
+async fn malformed_keys_and_namespaces_are_refused(db: &TestStore) {
+    let (host, tool) = hostile_host(db, grants(&["scratch"], tight_limits())).await;
     let mut session = host.new_session().await.unwrap();
     for (namespace, key, expected) in [
         ("scratch", "", "key is empty"),
@@ -83,11 +88,10 @@ async fn malformed_keys_and_namespaces_are_refused() {
     assert_eq!(get(&mut host.new_session().await.unwrap(), &tool, "scratch", "../../other/session").await.unwrap(), "");
 }
 
-#[tokio::test]
-async fn quotas_bound_value_size_key_count_and_total_bytes() {
+async fn quotas_bound_value_size_key_count_and_total_bytes(db: &TestStore) {
     let mut policy_grants = grants(&["scratch"], tight_limits());
     policy_grants.state.quota = StateQuota { max_keys: 3, max_value_bytes: 1_000, max_total_bytes: 2_100 };
-    let (host, tool) = hostile_host(policy_grants).await;
+    let (host, tool) = hostile_host(db, policy_grants).await;
     let mut session = host.new_session().await.unwrap();
 
     let refused = failure(set(&mut session, &tool, "scratch", "big", 1_001).await.unwrap_err());

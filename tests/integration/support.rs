@@ -11,6 +11,7 @@ pub struct Guests {
     pub notes: PathBuf,
     pub hostile: PathBuf,
     pub wrong_world: PathBuf,
+    pub ballast: PathBuf,
 }
 
 /// Builds the example and fixture tools once per test process.
@@ -18,10 +19,11 @@ pub fn guests() -> &'static Guests {
     static GUESTS: OnceLock<Guests> = OnceLock::new();
     GUESTS.get_or_init(|| {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let paths = toolhost::guest_build::build(workspace, &["calculator", "notes", "hostile", "wrong-world"])
-            .unwrap_or_else(|e| panic!("building the test tools: {e}"));
-        let [calculator, notes, hostile, wrong_world] = <[PathBuf; 4]>::try_from(paths).unwrap();
-        Guests { calculator, notes, hostile, wrong_world }
+        let paths =
+            toolhost::guest_build::build(workspace, &["calculator", "notes", "hostile", "wrong-world", "ballast"])
+                .unwrap_or_else(|e| panic!("building the test tools: {e}"));
+        let [calculator, notes, hostile, wrong_world, ballast] = <[PathBuf; 5]>::try_from(paths).unwrap();
+        Guests { calculator, notes, hostile, wrong_world, ballast }
     })
 }
 
@@ -37,6 +39,11 @@ pub fn engine_config() -> EngineConfig {
 
 pub fn host(policy: Policy) -> Host {
     Host::new(HostConfig { engine: engine_config(), policy, ..HostConfig::default() }).expect("host")
+}
+
+/// A host whose sessions live in `store`.
+pub fn host_on(store: std::sync::Arc<dyn toolhost::Store>, policy: Policy) -> Host {
+    Host::with_store(HostConfig { engine: engine_config(), policy, ..HostConfig::default() }, store).expect("host")
 }
 
 /// Limits small enough that hostile calls fail fast.

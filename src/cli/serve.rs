@@ -1,0 +1,148 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use toolhost::Policy;
+use toolhost::mcp::{HttpOptions, McpLimits, McpServer};
+
+use super::CliHostConfig;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Tool components (.wasm) or folders of them; repeat or separate with commas
+    #[arg(long, required = true, value_delimiter = ',')]
+    tools: Vec<PathBuf>,
+    /// The policy file (TOML, see examples/policy.toml) that grants the tools their
+    /// capabilities; without it and without --grant-requested every tool is granted nothing
+    #[arg(long, env = "TOOLHOST_POLICY", conflicts_with = "grant_requested")]
+    policy: Option<PathBuf>,
+    /// Grant every tool what it requests (development and trusted tools only)
+    #[arg(long)]
+    grant_requested: bool,
+    /// Serve one client on stdin/stdout (the default)
+    #[arg(long, conflicts_with = "http")]
+    stdio: bool,
+    /// Serve streamable HTTP on this address (e.g. 127.0.0.1:8080; port 0 picks one)
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// HTTP endpoint path
+    #[arg(long, default_value = "/mcp")]
+    path: String,
+    /// Require `Authorization: Bearer <token>` on every HTTP request
+    #[arg(long, env = "TOOLHOST_MCP_TOKEN", hide_env_values = true)]
+    bearer_token: Option<String>,
+    /// Accept this `Host` (besides loopback names); needed when binding a public address
+    #[arg(long = "allow-host", value_name = "HOST")]
+    allowed_hosts: Vec<String>,
+    /// Accept requests from this browser origin (besides loopback), e.g. https://app.example.com
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Largest JSON-RPC message accepted (HTTP body or stdio line), in bytes
+    #[arg(long, default_value_t = McpLimits::default().max_message_bytes)]
+    max_message_bytes: usize,
+    /// HTTP requests handled at once; more are answered 503
+    #[arg(long, default_value_t = HttpOptions::default().max_concurrent_requests)]
+    max_concurrent_requests: usize,
+    /// Tool calls running at once; more wait
+    #[arg(long, default_value_t = McpLimits::default().max_concurrent_calls)]
+    max_concurrent_calls: usize,
+    /// Sessions kept in memory; idle ones beyond this are reopened from the database on use
+    #[arg(long, default_value_t = McpLimits::default().max_live_sessions)]
+    max_live_sessions: usize,
+}
+
+/// The .wasm files named by `paths`: files as given, folders' `*.wasm` in name order.
+fn tool_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading the tool folder {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "wasm"))
+                .collect();
+            anyhow::ensure!(!found.is_empty(), "the tool folder {} has no .wasm files", path.display());
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode> {
+    let policy = match (&args.policy, args.grant_requested) {
+        (Some(path), _) => Policy::load(path)?,
+        (None, true) => Policy::grant_requested(),
+        (None, false) => {
+            tracing::warn!("no --policy or --grant-requested: tools are granted nothing");
+            Policy::deny_all()
+        }
+    };
+    let limits = McpLimits {
+        max_concurrent_calls: args.max_concurrent_calls,
+        max_live_sessions: args.max_live_sessions,
+        max_message_bytes: args.max_message_bytes,
+    };
+    let files = tool_files(&args.tools)?;
+    // Each live session holds an instance per tool it used; leave room for them all.
+    let mut config = CliHostConfig { engine: config.engine.clone(), store: config.store.clone() };
+    let wanted = (limits.max_live_sessions + limits.max_concurrent_calls) * files.len() + 8;
+    config.engine.max_instances = config.engine.max_instances.max(u32::try_from(wanted).unwrap_or(u32::MAX));
+    let host = config.host(policy).await?;
+    let mut tools = Vec::with_capacity(files.len());
+    for file in &files {
+        tools.push(host.load_tool(file).await?);
+    }
+    let names: Vec<&str> = tools.iter().map(|t| t.name()).collect();
+    host.policy().check_loaded(&names)?;
+    let server = McpServer::new(host, tools, limits)?;
+
+    match args.http {
+        None => {
+            tracing::info!(db = %config.db_label(), "serving MCP on stdio");
+            server.serve_stdio().await?;
+        }
+        Some(addr) => {
+            let options = HttpOptions {
+                addr,
+                path: args.path,
+                allowed_hosts: args.allowed_hosts,
+                allowed_origins: args.allowed_origins,
+                bearer_token: args.bearer_token.filter(|t| !t.is_empty()),
+                max_concurrent_requests: args.max_concurrent_requests,
+            };
+            if !addr.ip().is_loopback() && options.bearer_token.is_none() {
+                tracing::warn!(%addr, "serving a non-loopback address without --bearer-token");
+            }
+            let http = server.serve_http(options).await?;
+            // Tests and scripts read this line for the address (port 0 picks one).
+            eprintln!("toolhost: serving MCP at {} (sessions in {})", http.url(), config.db_label());
+            let stop = http.shutdown_token();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                stop.cancel();
+            });
+            http.wait().await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,125 @@
+//! An MCP server for loaded tools: every tool is an MCP tool, and every call is a durable
+//! step in a session.
+//!
+//! This module is our adapter over `rmcp` (pinned): the rest of the crate never sees its
+//! types. [`McpServer`] serves over stdio ([`McpServer::serve_stdio`]) or streamable HTTP
+//! ([`McpServer::serve_http`]), speaking both the 2025-11-25 protocol (`initialize`,
+//! `Mcp-Session-Id`) and the sessionless 2026-07-28 one.
+//!
+//! Sessions: MCP 2026-07-28 has no protocol sessions; state that spans calls travels in an
+//! explicit, server-minted handle (SEP-2567). Here the handle is the id of a host session.
+//! Every result carries it (as `session_handle` text and in `_meta`), and a call passes it
+//! back in the optional `session_handle` argument that every served tool's input schema gets
+//! (or in request `_meta`). A call without a handle runs in its connection's session: one
+//! per stdio connection, per HTTP MCP session (2025-11-25), or per request (2026-07-28),
+//! minted on first use. Sessions live in the host's store, so a handle resumes its session
+//! after the server restarts.
+//!
+//! Failures of a call (schema violations, the tool's own errors, denials, traps, limits)
+//! are tool results with `isError`, never protocol errors or dropped connections.
+
+mod catalog;
+mod handler;
+mod http;
+mod sessions;
+mod stdio;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use http::{HttpOptions, HttpServer};
+
+use crate::host::Host;
+use crate::tool::Tool;
+
+/// The tool argument that carries a session handle.
+pub const HANDLE_ARGUMENT: &str = "session_handle";
+/// The `_meta` key that carries a session handle, in requests and results.
+pub const HANDLE_META_KEY: &str = "dev.toolhost/session";
+
+/// Why the MCP server could not be set up or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum McpError {
+    #[error("two tools are named `{name}`: {} and {}", first.display(), second.display())]
+    DuplicateTool { name: String, first: PathBuf, second: PathBuf },
+    #[error("tool `{name}` cannot be served over MCP: {reason}")]
+    UnsupportedTool { name: String, reason: String },
+    #[error("cannot listen on {addr}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("the {transport} transport failed: {reason}")]
+    Transport { transport: &'static str, reason: String },
+}
+
+/// Limits of one server, over all its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct McpLimits {
+    /// Tool calls running at once; further calls wait.
+    pub max_concurrent_calls: usize,
+    /// Sessions kept in memory with their instances; idle ones beyond this are reopened
+    /// from the store when next used.
+    pub max_live_sessions: usize,
+    /// Largest JSON-RPC message accepted (an HTTP body, a stdio line), in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for McpLimits {
+    fn default() -> Self {
+        Self { max_concurrent_calls: 16, max_live_sessions: 64, max_message_bytes: 4 << 20 }
+    }
+}
+
+/// Serves a host's tools over MCP.
+#[derive(Clone)]
+pub struct McpServer {
+    shared: Arc<handler::Shared>,
+    limits: McpLimits,
+}
+
+impl McpServer {
+    /// Serves `tools` (loaded by `host`). Fails if two share a name or one's input is not an
+    /// object (MCP tool arguments always are).
+    pub fn new(host: Host, tools: Vec<Arc<Tool>>, limits: McpLimits) -> Result<Self, McpError> {
+        let shared = handler::Shared {
+            catalog: catalog::Catalog::new(tools)?,
+            pool: sessions::SessionPool::new(host, limits.max_live_sessions),
+            calls: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls.max(1))),
+        };
+        Ok(Self { shared: Arc::new(shared), limits })
+    }
+
+    fn connection(&self) -> handler::Connection {
+        handler::Connection::new(self.shared.clone())
+    }
+
+    /// Serves one client on stdin/stdout until it closes its end.
+    pub async fn serve_stdio(&self) -> Result<(), McpError> {
+        self.serve_stream(tokio::io::stdin(), tokio::io::stdout()).await
+    }
+
+    /// Serves one client over a byte stream pair (newline-delimited JSON-RPC, as stdio).
+    pub async fn serve_stream<R, W>(&self, read: R, write: W) -> Result<(), McpError>
+    where
+        R: tokio::io::AsyncRead + Send + Unpin + 'static,
+        W: tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        use rmcp::ServiceExt;
+        let max = self.limits.max_message_bytes;
+        let (ours, theirs) = tokio::io::duplex(64 << 10);
+        let (rmcp_read, rmcp_write) = tokio::io::split(theirs);
+        let (from_rmcp, to_rmcp) = tokio::io::split(ours);
+        let pump = tokio::spawn(stdio::pump(read, write, from_rmcp, to_rmcp, max));
+        // Lines reaching rmcp are already checked against the limit.
+        let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(rmcp_read, rmcp_write)
+            .with_max_line_length(max.saturating_add(2));
+        let failed = |e: &dyn std::fmt::Display| McpError::Transport { transport: "stdio", reason: e.to_string() };
+        let running = self.connection().serve(transport).await.map_err(|e| failed(&e))?;
+        running.waiting().await.map_err(|e| failed(&e))?;
+        pump.await.map_err(|e| failed(&e))?.map_err(|e| failed(&e))?;
+        Ok(())
+    }
+
+    /// Starts serving streamable HTTP as `options` say; see [`HttpServer`].
+    pub async fn serve_http(&self, options: HttpOptions) -> Result<HttpServer, McpError> {
+        http::start(self.clone(), options).await
+    }
+}

@@ -1,0 +1,91 @@
+//! Choosing a backend by URL: `sqlite://PATH` (or a bare path) and `postgres://...`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{Durability, PostgresStore, SqliteStore, Store, StoreError};
+
+/// Where sessions live, as written in a host's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite://PATH` (`sqlite:///abs/path` or `sqlite://relative/path`) or a bare path.
+    Sqlite(PathBuf),
+    /// `postgres://` or `postgresql://`, as libpq and tokio-postgres read it.
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = StoreError;
+
+    fn from_str(url: &str) -> Result<Self, StoreError> {
+        let invalid = |reason: &str| StoreError::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        let path = match url.split_once("://") {
+            Some(("sqlite", path)) => path,
+            Some((scheme, _)) => {
+                return Err(invalid(&format!("unknown scheme `{scheme}`; use sqlite://PATH or postgres://...")));
+            }
+            None => url,
+        };
+        if path.is_empty() {
+            return Err(invalid("the SQLite path is empty"));
+        }
+        Ok(Self::Sqlite(PathBuf::from(path)))
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Self::Postgres(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+/// `url` with its password (if any) replaced, for logs and errors.
+pub(crate) fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, tail) = rest.split_once('/').map_or((rest, None), |(a, t)| (a, Some(t)));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_owned() };
+    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+    let shown = if user.len() == userinfo.len() { userinfo.to_owned() } else { format!("{user}:***") };
+    match tail {
+        Some(tail) => format!("{scheme}://{shown}@{host}/{tail}"),
+        None => format!("{scheme}://{shown}@{host}"),
+    }
+}
+
+impl StoreUrl {
+    /// Opens (and migrates) the store. SQLite commits with `synchronous=FULL`.
+    pub async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            Self::Sqlite(path) => Arc::new(SqliteStore::open(path, Durability::Full)?),
+            Self::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
+        })
+    }
+}
+
+/// Opens the store `url` names: `sqlite://PATH`, a bare path (SQLite), or `postgres://...`.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    url.parse::<StoreUrl>()?.open().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_select_the_backend() {
+        assert_eq!("sqlite://db/s.db".parse::<StoreUrl>().unwrap(), StoreUrl::Sqlite("db/s.db".into()));
+        assert_eq!("sqlite:///tmp/s.db".parse::<StoreUrl>().unwrap(), StoreUrl::Sqlite("/tmp/s.db".into()));
+        assert_eq!("s.db".parse::<StoreUrl>().unwrap(), StoreUrl::Sqlite("s.db".into()));
+        let pg = "postgres://u:secret@127.0.0.1:5432/db";
+        assert_eq!(pg.parse::<StoreUrl>().unwrap(), StoreUrl::Postgres(pg.into()));
+        assert_eq!(StoreUrl::Postgres(pg.into()).to_string(), "postgres://u:***@127.0.0.1:5432/db");
+        assert!(matches!("mysql://x".parse::<StoreUrl>(), Err(StoreError::InvalidUrl { .. })));
+        assert!(matches!("sqlite://".parse::<StoreUrl>(), Err(StoreError::InvalidUrl { .. })));
+    }
+}

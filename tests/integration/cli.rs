@@ -1,0 +1,88 @@
+//! The `toolhost` binary end to end: durable `call --session`, and `sessions` list, show,
+//! resume, fork and delete on one database.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::support::guests;
+
+fn toolhost(db: &Path, cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_toolhost"))
+        .arg("--db")
+        .arg(db)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running toolhost")
+}
+
+fn ok(output: Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "toolhost failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+fn json(output: Output) -> Value {
+    serde_json::from_str(&ok(output)).expect("JSON on stdout")
+}
+
+#[test]
+fn sessions_are_durable_across_cli_invocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, cache) = (dir.path().join("sessions.db"), dir.path().join("cache"));
+    let notes = guests().notes.to_str().unwrap();
+    let call = |session: &str, input: &str| {
+        json(toolhost(&db, &cache, &["call", "--grant-requested", "--session", session, notes, input]))
+    };
+
+    assert_eq!(call("s1", r#"{"op": "add", "title": "alpha", "body": "first"}"#)["id"], 1);
+    assert_eq!(call("s1", r#"{"op": "add", "title": "beta", "body": "second"}"#)["id"], 2);
+    // A third process sees both notes: state and the in-memory index came back from the store.
+    let found = call("s1", r#"{"op": "search", "query": "second"}"#);
+    assert_eq!(found["matches"][0]["title"], "beta", "{found}");
+
+    let listed = ok(toolhost(&db, &cache, &["sessions", "list"]));
+    assert!(listed.starts_with("s1") && listed.contains("3 steps"), "{listed}");
+
+    let shown = json(toolhost(&db, &cache, &["sessions", "show", "s1", "--json"]));
+    assert_eq!(shown["last_step"], 3);
+    assert_eq!(shown["steps"].as_array().unwrap().len(), 3);
+    let keys: Vec<&str> = shown["state_keys"].as_array().unwrap().iter().map(|k| k[2].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), 2, "{shown}");
+    assert!(!shown["snapshots"].as_array().unwrap().is_empty(), "{shown}");
+
+    let resumed = ok(toolhost(&db, &cache, &["sessions", "resume", "--grant-requested", "s1", notes]));
+    assert!(resumed.contains("snapshot of step 3, 0 steps replayed"), "{resumed}");
+
+    let fork = ok(toolhost(&db, &cache, &["sessions", "fork", "s1", "--at", "1"])).trim().to_owned();
+    // The fork starts after step 1: it knows `alpha` only, and evolves on its own.
+    let in_fork = call(&fork, r#"{"op": "search", "query": "second"}"#);
+    assert_eq!(in_fork["matches"].as_array().unwrap().len(), 0, "{in_fork}");
+    assert_eq!(call(&fork, r#"{"op": "list"}"#)["matches"].as_array().unwrap().len(), 1);
+
+    assert!(ok(toolhost(&db, &cache, &["sessions", "delete", "s1"])).contains("deleted s1"));
+    let gone = toolhost(&db, &cache, &["sessions", "show", "s1"]);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no session `s1`"));
+    // Deleting the parent leaves the fork whole.
+    assert_eq!(call(&fork, r#"{"op": "list"}"#)["matches"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_missing_session_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, cache) = (dir.path().join("sessions.db"), dir.path().join("cache"));
+    for args in [&["sessions", "delete", "nope"][..], &["sessions", "fork", "nope", "--at", "1"]] {
+        let out = toolhost(&db, &cache, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("nope"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
