@@ -266,14 +266,25 @@ impl Session {
             },
             snapshot: None,
             keep_snapshots: self.host.snapshot_policy().keep,
+            lease: self.lease.as_ref().map(LeaseKeeper::token),
         };
-        self.host.store().commit_step(commit).await.map_err(|e| match e {
-            StoreError::Conflict { .. } => {
-                self.instances.clear();
-                CallError::Conflict { tool: actor.to_owned(), session: self.record.id.clone(), reason: e.to_string() }
-            }
-            e => CallError::Store { tool: actor.to_owned(), reason: e.to_string() },
-        })?;
+        if let Err(e) = self.host.store().commit_step(commit).await {
+            return Err(match e {
+                StoreError::Conflict { .. } => {
+                    self.instances.clear();
+                    CallError::Conflict {
+                        tool: actor.to_owned(),
+                        session: self.record.id.clone(),
+                        reason: e.to_string(),
+                    }
+                }
+                e @ StoreError::LeaseLost { .. } => {
+                    self.instances.clear();
+                    self.lease_lost(actor, e)
+                }
+                e => CallError::Store { tool: actor.to_owned(), reason: e.to_string() },
+            });
+        }
         self.record.last_step = seq;
         Ok(seq)
     }

@@ -3,8 +3,8 @@
 
 mod call;
 mod inspect;
-mod run;
 mod model;
+mod run;
 mod serve;
 mod sessions;
 
