@@ -115,8 +115,8 @@ async fn create_session(State(service): State<Arc<Service>>) -> Result<Json<Valu
     Ok(Json(json!({"id": session.id()})))
 }
 
-/// Runs a session's work on a blocking thread: the library's session futures are not `Send`
-/// yet, which axum requires of handlers.
+/// Runs an agent on a blocking thread: the agent loop's future is not `Send` yet, which
+/// axum requires of handlers (a plain `Session::call` is, see `call_tool`).
 async fn on_session_thread<F, Fut, T>(work: F) -> Result<T, ApiError>
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -134,10 +134,6 @@ async fn call_tool(
     UrlPath((id, tool)): UrlPath<(String, String)>,
     Json(input): Json<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    on_session_thread(move || call_tool_now(service, id, tool, input)).await
-}
-
-async fn call_tool_now(service: Arc<Service>, id: String, tool: String, input: Value) -> Result<Json<Value>, ApiError> {
     let tool = service
         .tools
         .get(&tool)
