@@ -5,6 +5,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::action::{Action, FINAL_ANSWER};
+
+/// Longest final answer a constrained turn may give.
+const MAX_ANSWER_CHARS: u64 = 400;
 use super::config::{AgentConfig, ToolCalling};
 use super::record::{CallResult, Transcript};
 use crate::model::{ChatRequest, Message, Role, ToolCall, ToolChoice, ToolDefinition};
@@ -221,7 +224,13 @@ fn constrained(config: &AgentConfig, tools: &[Arc<Tool>], transcript: &Transcrip
     if answers_now {
         options.push(option(
             FINAL_ANSWER,
-            json!({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}),
+            // Bounded, so a grammar-constrained model that keeps talking still closes its JSON
+            // within the turn's token budget instead of being cut off mid-string.
+            json!({
+                "type": "object",
+                "properties": {"answer": {"type": "string", "maxLength": MAX_ANSWER_CHARS}},
+                "required": ["answer"]
+            }),
         ));
     }
     let mut schema = if options.len() == 1 { options.remove(0) } else { json!({"oneOf": options}) };
