@@ -86,3 +86,29 @@ fn a_missing_session_is_a_clear_error() {
         );
     }
 }
+
+/// `toolhost run` on the shipped agent file, with the real local model: the file parses, the
+/// plan's three tools run as committed steps, and `sessions show` reads them back.
+#[test]
+fn toolhost_run_drives_the_shipped_agent_file() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The agent file names the tools by their place in the workspace's target folder.
+    toolhost::guest_build::build(workspace, &["reader", "calculator", "notes"]).expect("building the tools");
+    let dir = tempfile::tempdir().unwrap();
+    let (db, cache) = (dir.path().join("agents.db"), dir.path().join("cache"));
+    let agent_file = workspace.join("examples/agents/research.toml");
+    let out = toolhost(&db, &cache, &["run", agent_file.to_str().unwrap(), "--session", "research"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // 0: a final answer; 3: a limit stopped the run. Either way the run itself worked.
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "toolhost run failed ({:?}): {}\n{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = json(toolhost(&db, &cache, &["sessions", "show", "research", "--json"]));
+    let tools: Vec<&str> = shown["steps"].as_array().unwrap().iter().map(|s| s["tool"].as_str().unwrap()).collect();
+    for tool in ["reader", "calculator", "notes"] {
+        assert!(tools.contains(&tool), "no `{tool}` step in {tools:?}\n{stdout}");
+    }
+}
