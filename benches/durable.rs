@@ -27,16 +27,10 @@ const SNAPSHOT_BYTES: usize = 1 << 20;
 const REPLAYED_STEPS: usize = 10;
 const POKES: usize = 20;
 
-struct Stats {
-    median: Duration,
-    p99: Duration,
-}
+#[path = "support/stats.rs"]
+mod support;
 
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    Stats { median: at(0.5), p99: at(0.99) }
-}
+use support::{Stats, stats};
 
 struct Tools {
     calculator: Arc<Tool>,

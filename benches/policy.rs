@@ -15,16 +15,10 @@ use toolhost::{EngineConfig, Host, HostConfig, Policy, Tool};
 const ITERATIONS: usize = 1_000;
 const WARMUP: usize = 100;
 
-struct Stats {
-    median: Duration,
-    p99: Duration,
-}
+#[path = "support/stats.rs"]
+mod support;
 
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    Stats { median: at(0.5), p99: at(0.99) }
-}
+use support::{Stats, stats};
 
 async fn measure<F, Fut>(mut op: F) -> Stats
 where

@@ -11,7 +11,7 @@ mod eval;
 
 use std::hint::black_box;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 use toolhost::{EngineConfig, Host, HostConfig, Policy};
@@ -20,16 +20,10 @@ const INSTANTIATIONS: usize = 2_000;
 const CALLS: usize = 20_000;
 const WARMUP: usize = 200;
 
-struct Stats {
-    median: Duration,
-    p99: Duration,
-}
+#[path = "support/stats.rs"]
+mod support;
 
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    Stats { median: at(0.5), p99: at(0.99) }
-}
+use support::{Stats, stats};
 
 /// The calculator's work done natively: JSON text in, evaluate, JSON text out.
 fn native_call(input: &str) -> String {
