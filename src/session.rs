@@ -25,6 +25,10 @@ pub struct Session {
     instances: HashMap<String, Instance>,
     /// Held while the session is open, when the host leases sessions.
     lease: Option<LeaseKeeper>,
+    /// Whether the store may hold a pending journal for this session: true when opened (a
+    /// crashed host may have left one) and while a step runs; false once this handle has
+    /// committed or cleared, so later steps skip the read.
+    pending_possible: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -65,7 +69,7 @@ impl Default for SnapshotPolicy {
 
 impl Session {
     pub(crate) fn new(record: SessionRecord, host: Host) -> Self {
-        Self { record, host, instances: HashMap::new(), lease: None }
+        Self { record, host, instances: HashMap::new(), lease: None, pending_possible: true }
     }
 
     pub(crate) fn with_lease(mut self, lease: Option<LeaseKeeper>) -> Self {
@@ -141,7 +145,10 @@ impl Session {
 
         // A step that crashed before commit left its journal: re-run it from there, so the
         // model answers it already paid for are not asked for again.
-        let pending = store.pending(&self.record.id).await.map_err(store_error)?;
+        let pending =
+            if self.pending_possible { store.pending(&self.record.id).await.map_err(store_error)? } else { None };
+        // From here until the commit, this step may leave a pending journal behind.
+        self.pending_possible = true;
         let lease = self.lease_token();
         let instance = self.instances.get_mut(&name).expect("ensured above");
         {
@@ -229,6 +236,8 @@ impl Session {
             self.instances.clear();
             return Err(error);
         }
+        // The commit deleted the step's pending journal with it.
+        self.pending_possible = false;
         self.record.last_step = seq;
         if took_snapshot {
             if let Some(instance) = self.instances.get_mut(&name) {
@@ -334,8 +343,11 @@ impl Session {
             return why;
         }
         // A later attempt of this step starts over rather than replaying the aborted one.
-        if let Err(e) = self.host.store().clear_pending(&self.record.id).await {
-            tracing::warn!(session = %self.record.id, error = %e, "could not clear the aborted step's journal");
+        match self.host.store().clear_pending(&self.record.id).await {
+            Ok(()) => self.pending_possible = false,
+            Err(e) => {
+                tracing::warn!(session = %self.record.id, error = %e, "could not clear the aborted step's journal")
+            }
         }
         why
     }
