@@ -17,18 +17,11 @@ use toolhost::{Goal, Task};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = support::Args::parse();
-    let setup = support::setup(&args).await?;
     // The tiny local model follows a plan far better than it plans: each task names its tool
     // and the model writes the tool's input from what earlier tasks returned.
     let goal = Goal::new("Find out what the shopping list in prices.txt costs in total, and keep a note of the total.")
         .with_task(Task::using("Read the file prices.txt.", "reader"))
         .with_task(Task::using("Add up the three prices with the calculator.", "calculator"))
         .with_task(Task::using("Save the total as a note titled Shopping total.", "notes"));
-    let result = async {
-        let mut session = support::session(&setup, &args).await?;
-        support::drive(&setup, &mut session, goal, args.resume.is_some()).await
-    }
-    .await;
-    support::finish(setup);
-    result
+    support::run(&args, goal).await
 }

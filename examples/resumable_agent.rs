@@ -17,7 +17,6 @@ use toolhost::{Goal, Task};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = support::Args::parse();
-    let setup = support::setup(&args).await?;
     let mut goal = Goal::new("Add up the amounts of the four receipts in the receipts folder and keep notes.");
     for n in 1..=4 {
         goal = goal.with_task(Task::using(format!("Read the file receipts/{n}.txt."), "reader")).with_task(
@@ -27,11 +26,5 @@ async fn main() -> anyhow::Result<()> {
     goal = goal
         .with_task(Task::using("Add up the four amounts with the calculator.", "calculator"))
         .with_task(Task::using("Save the total as a note titled Receipts total.", "notes"));
-    let result = async {
-        let mut session = support::session(&setup, &args).await?;
-        support::drive(&setup, &mut session, goal, args.resume.is_some()).await
-    }
-    .await;
-    support::finish(setup);
-    result
+    support::run(&args, goal).await
 }

@@ -57,7 +57,7 @@ fn workspace() -> &'static Path {
 }
 
 /// Builds the tools, starts the model (unless `--model-url`), and opens the database.
-pub async fn setup(args: &Args) -> anyhow::Result<Setup> {
+async fn setup(args: &Args) -> anyhow::Result<Setup> {
     let started = Instant::now();
     let paths = toolhost::guest_build::build(workspace(), &["calculator", "notes", "reader"])
         .context("building the example tools (cargo build --target wasm32-wasip2)")?;
@@ -130,7 +130,7 @@ fn install_local_model() -> anyhow::Result<()> {
 }
 
 /// Opens the session to run in: `--resume`'s, or a new one.
-pub async fn session(setup: &Setup, args: &Args) -> anyhow::Result<Session> {
+async fn session(setup: &Setup, args: &Args) -> anyhow::Result<Session> {
     Ok(match (&args.resume, &args.session) {
         (Some(id), _) => match setup.host.open_session(id).await {
             Ok(session) => session,
@@ -146,7 +146,7 @@ pub async fn session(setup: &Setup, args: &Args) -> anyhow::Result<Session> {
 
 /// Runs (or resumes) the agent, printing a line per step; Ctrl-C stops it between two
 /// committed steps' worth of work and says how to resume.
-pub async fn drive(setup: &Setup, session: &mut Session, goal: Goal, resume: bool) -> anyhow::Result<()> {
+async fn drive(setup: &Setup, session: &mut Session, goal: Goal, resume: bool) -> anyhow::Result<()> {
     let id = session.id().to_owned();
     if resume {
         println!("\nresuming session {id}");
@@ -200,8 +200,21 @@ fn report(outcome: &AgentOutcome, setup: &Setup, started: Instant) {
     println!("see what it did: cargo run -- sessions show {} --db {}", outcome.session, setup.db.display());
 }
 
+/// Runs `goal` as the command line asks (a new session, or `--resume`), from set-up to
+/// stopping the local model, which is stopped whether the run succeeded or not.
+pub async fn run(args: &Args, goal: Goal) -> anyhow::Result<()> {
+    let setup = setup(args).await?;
+    let result = async {
+        let mut session = session(&setup, args).await?;
+        drive(&setup, &mut session, goal, args.resume.is_some()).await
+    }
+    .await;
+    finish(setup);
+    result
+}
+
 /// Stops the local model if this process started it.
-pub fn finish(setup: Setup) {
+fn finish(setup: Setup) {
     if let Some(model) = setup.local_model {
         model.stop();
         println!("stopped the local model");
