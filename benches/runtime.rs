@@ -1,5 +1,6 @@
-//! Runtime benchmark: instantiation per session, warm call round trip, and the same logic
-//! run natively as the baseline. Prints a table.
+//! Runtime benchmark: instantiation per session, warm call round trip (on the in-memory
+//! store, and as a durable step on SQLite), and the same logic run natively as the baseline.
+//! Prints a table.
 //!
 //!     cargo bench --bench runtime
 //!
@@ -14,7 +15,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use serde_json::json;
-use toolhost::{EngineConfig, Host, HostConfig, Policy};
+use toolhost::store::Durability;
+use toolhost::{EngineConfig, Host, HostConfig, Policy, Session, SqliteStore, Tool};
 
 const INSTANTIATIONS: usize = 2_000;
 const CALLS: usize = 20_000;
@@ -36,10 +38,30 @@ fn native_call(input: &str) -> String {
     serde_json::to_string(&json!({ "value": value })).unwrap()
 }
 
-fn host(pooling: bool, cache_dir: &Path) -> Host {
+fn config(pooling: bool, cache_dir: &Path) -> HostConfig {
     let engine =
         EngineConfig { cache_dir: Some(cache_dir.into()), pooling, max_instances: 64, ..EngineConfig::default() };
-    Host::new(HostConfig { engine, policy: Policy::deny_all(), ..HostConfig::default() }).unwrap()
+    HostConfig { engine, policy: Policy::deny_all(), ..HostConfig::default() }
+}
+
+/// A host whose sessions live in memory (`Host::new`).
+fn host(pooling: bool, cache_dir: &Path) -> Host {
+    Host::new(config(pooling, cache_dir)).unwrap()
+}
+
+/// Calls `tool` with `input` over and over in one session, timing each round trip.
+async fn warm_calls(session: &mut Session, tool: &Tool, input: &serde_json::Value) -> Stats {
+    let mut samples = Vec::with_capacity(CALLS);
+    for i in 0..CALLS + WARMUP {
+        let started = Instant::now();
+        let out = session.call(tool, input).await.unwrap();
+        let elapsed = started.elapsed();
+        black_box(out);
+        if i >= WARMUP {
+            samples.push(elapsed);
+        }
+    }
+    stats(samples)
 }
 
 async fn instantiation(host: &Host, tool: &toolhost::Tool) -> Stats {
@@ -92,17 +114,15 @@ fn main() {
         let lifecycle = session_lifecycle(&pooled, &tool, &input).await;
 
         let mut session = pooled.new_session().await.unwrap();
-        let mut calls = Vec::with_capacity(CALLS);
-        for i in 0..CALLS + WARMUP {
-            let started = Instant::now();
-            let out = session.call(&tool, &input).await.unwrap();
-            let elapsed = started.elapsed();
-            black_box(out);
-            if i >= WARMUP {
-                calls.push(elapsed);
-            }
-        }
-        let warm = stats(calls);
+        let warm = warm_calls(&mut session, &tool, &input).await;
+
+        // The same calls as durable steps: each commits to SQLite with an fsync before it returns.
+        let db = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(db.path().join("sessions.db"), Durability::Full).unwrap();
+        let durable = Host::with_store(config(true, cache.path()), std::sync::Arc::new(store)).unwrap();
+        let tool_durable = durable.load_tool(&paths[0]).await.unwrap();
+        let mut session = durable.new_session().await.unwrap();
+        let warm_durable = warm_calls(&mut session, &tool_durable, &input).await;
 
         let mut native = Vec::with_capacity(CALLS);
         for i in 0..CALLS + WARMUP {
@@ -116,7 +136,8 @@ fn main() {
         let native = stats(native);
         vec![
             ("native call, same logic (baseline)", native),
-            ("warm call round trip, sandboxed", warm),
+            ("warm call round trip, session in memory", warm),
+            ("warm call as a durable step, SQLite (fsync)", warm_durable),
             ("fresh instance per session, pooling", inst_pool),
             ("fresh instance per session, on demand", inst_demand),
             ("new session + first call + drop, pooling", lifecycle),
@@ -125,10 +146,10 @@ fn main() {
 
     let baseline = rows[0].1.median.as_secs_f64();
     println!("\ntoolhost runtime benchmark (calculator tool, {CALLS} calls, {INSTANTIATIONS} instantiations)\n");
-    println!("| {:<42} | {:>10} | {:>10} | {:>12} |", "measurement", "median", "p99", "x native");
-    println!("|{:-<44}|{:-<12}|{:-<12}|{:-<14}|", "", "", "", "");
+    println!("| {:<46} | {:>10} | {:>10} | {:>12} |", "measurement", "median", "p99", "x native");
+    println!("|{:-<48}|{:-<12}|{:-<12}|{:-<14}|", "", "", "", "");
     for (name, s) in &rows {
         let ratio = s.median.as_secs_f64() / baseline;
-        println!("| {name:<42} | {:>10.2?} | {:>10.2?} | {ratio:>11.1}x |", s.median, s.p99);
+        println!("| {name:<46} | {:>10.2?} | {:>10.2?} | {ratio:>11.1}x |", s.median, s.p99);
     }
 }

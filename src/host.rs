@@ -13,7 +13,7 @@ use crate::model::ModelProvider;
 use crate::policy::{OnUngranted, Policy, ToolGrants};
 use crate::session::{Session, SnapshotPolicy};
 use crate::store::{
-    SessionRecord, SessionSummary, SnapshotInfo, SqliteStore, StepRecord, StorageStats, Store, StoreError,
+    MemoryStore, SessionRecord, SessionSummary, SnapshotInfo, StepRecord, StorageStats, Store, StoreError,
 };
 use crate::tool::{self, Blueprint, Loaded, Tool, ToolKind};
 
@@ -94,9 +94,11 @@ fn random_seed() -> [u8; 32] {
 }
 
 impl Host {
-    /// A host whose sessions live in a temporary database, deleted when the host is dropped.
+    /// A host whose sessions live in memory (a [`MemoryStore`]) and end with it: isolated,
+    /// rebuilt after a trap, forkable, but not surviving the process. Use
+    /// [`Host::with_store`] for sessions that must.
     pub fn new(config: HostConfig) -> Result<Self, HostError> {
-        Self::with_store(config, Arc::new(SqliteStore::temporary()?))
+        Self::with_store(config, Arc::new(MemoryStore::new()))
     }
 
     /// A host whose sessions live in `store`.

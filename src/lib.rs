@@ -40,5 +40,5 @@ pub use policy::{
     StateQuota, ToolGrants,
 };
 pub use session::{Rebuild, Session, SnapshotPolicy};
-pub use store::{AuditEvent, PostgresStore, SqliteStore, Store, StoreUrl};
+pub use store::{AuditEvent, MemoryStore, PostgresStore, SqliteStore, Store, StoreUrl};
 pub use tool::{Descriptor, Tool, ToolKind};

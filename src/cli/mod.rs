@@ -28,12 +28,12 @@ struct Cli {
     #[arg(long, global = true)]
     no_cache: bool,
 
-    /// Session database (SQLite) [default: a temporary one for `call`, .toolhost/sessions.db for `sessions` and `serve`]
+    /// Session database (SQLite) [default: memory for `call`, .toolhost/sessions.db for `sessions`, `serve` and `run`]
     #[arg(long, global = true, env = "TOOLHOST_DB", conflicts_with = "store")]
     db: Option<PathBuf>,
 
-    /// Session store URL: sqlite://PATH or postgres://USER@HOST:PORT/DB (hosts sharing a
-    /// Postgres store lease the sessions they run). Replaces --db
+    /// Session store URL: sqlite://PATH, postgres://USER@HOST:PORT/DB (hosts sharing a
+    /// Postgres store lease the sessions they run) or memory: (gone at exit). Replaces --db
     #[arg(long, global = true, env = "TOOLHOST_STORE")]
     store: Option<String>,
 
@@ -160,6 +160,6 @@ impl CliHostConfig {
     }
 
     fn db_label(&self) -> String {
-        self.store.as_ref().map_or("a temporary database".into(), ToString::to_string)
+        self.store.as_ref().map_or("memory (this process only)".into(), ToString::to_string)
     }
 }

@@ -5,11 +5,13 @@
 //! in one call (one transaction), sequence numbers are checked inside that transaction so
 //! two hosts can never both commit step N of a session, and nothing relies on SQLite-only
 //! behavior. [`SqliteStore`] is the embedded default; [`PostgresStore`] lets many hosts
-//! share sessions, with [`Lease`]s deciding which host advances each one. [`open`] picks the
-//! backend from a URL.
+//! share sessions, with [`Lease`]s deciding which host advances each one; [`MemoryStore`]
+//! keeps the same contract in the process's memory, for sessions that need not outlive it.
+//! [`open`] picks the backend from a URL.
 
 mod chunks;
 mod lease;
+mod memory;
 mod postgres;
 mod sqlite;
 mod url;
@@ -19,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use chunks::{Chunk, chunk_snapshot};
 pub use lease::Lease;
+pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub(crate) use sqlite::timestamp_ms;
 pub use sqlite::{Durability, SqliteStore};

@@ -1,9 +1,9 @@
-//! Choosing a backend by URL: `sqlite://PATH` (or a bare path) and `postgres://...`.
+//! Choosing a backend by URL: `sqlite://PATH` (or a bare path), `postgres://...` and `memory:`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Durability, PostgresStore, SqliteStore, Store, StoreError};
+use super::{Durability, MemoryStore, PostgresStore, SqliteStore, Store, StoreError};
 
 /// Where sessions live, as written in a host's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +12,8 @@ pub enum StoreUrl {
     Sqlite(PathBuf),
     /// `postgres://` or `postgresql://`, as libpq and tokio-postgres read it.
     Postgres(String),
+    /// `memory:`: a [`MemoryStore`], new at each open; sessions end with the process.
+    Memory,
 }
 
 impl std::str::FromStr for StoreUrl {
@@ -22,10 +24,15 @@ impl std::str::FromStr for StoreUrl {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Self::Postgres(url.to_owned()));
         }
+        if url == "memory:" || url == "memory://" {
+            return Ok(Self::Memory);
+        }
         let path = match url.split_once("://") {
             Some(("sqlite", path)) => path,
             Some((scheme, _)) => {
-                return Err(invalid(&format!("unknown scheme `{scheme}`; use sqlite://PATH or postgres://...")));
+                return Err(invalid(&format!(
+                    "unknown scheme `{scheme}`; use sqlite://PATH, postgres://... or memory:"
+                )));
             }
             None => url,
         };
@@ -41,6 +48,7 @@ impl std::fmt::Display for StoreUrl {
         match self {
             Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
             Self::Postgres(url) => f.write_str(&redact_password(url)),
+            Self::Memory => f.write_str("memory:"),
         }
     }
 }
@@ -64,11 +72,13 @@ impl StoreUrl {
         Ok(match self {
             Self::Sqlite(path) => Arc::new(SqliteStore::open(path, Durability::Full)?),
             Self::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
+            Self::Memory => Arc::new(MemoryStore::new()),
         })
     }
 }
 
-/// Opens the store `url` names: `sqlite://PATH`, a bare path (SQLite), or `postgres://...`.
+/// Opens the store `url` names: `sqlite://PATH`, a bare path (SQLite), `postgres://...`, or
+/// `memory:` (a new, empty [`MemoryStore`]).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     url.parse::<StoreUrl>()?.open().await
 }
@@ -85,6 +95,8 @@ mod tests {
         let pg = "postgres://u:secret@127.0.0.1:5432/db";
         assert_eq!(pg.parse::<StoreUrl>().unwrap(), StoreUrl::Postgres(pg.into()));
         assert_eq!(StoreUrl::Postgres(pg.into()).to_string(), "postgres://u:***@127.0.0.1:5432/db");
+        assert_eq!("memory:".parse::<StoreUrl>().unwrap(), StoreUrl::Memory);
+        assert_eq!(StoreUrl::Memory.to_string(), "memory:");
         assert!(matches!("mysql://x".parse::<StoreUrl>(), Err(StoreError::InvalidUrl { .. })));
         assert!(matches!("sqlite://".parse::<StoreUrl>(), Err(StoreError::InvalidUrl { .. })));
     }

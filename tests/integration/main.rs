@@ -12,6 +12,7 @@ mod isolation;
 mod leases;
 mod load_errors;
 mod mcp;
+mod memory_store;
 mod model_faults;
 mod model_local;
 mod multihost;
