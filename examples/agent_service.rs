@@ -115,20 +115,6 @@ async fn create_session(State(service): State<Arc<Service>>) -> Result<Json<Valu
     Ok(Json(json!({"id": session.id()})))
 }
 
-/// Runs an agent on a blocking thread: the agent loop's future is not `Send` yet, which
-/// axum requires of handlers (a plain `Session::call` is, see `call_tool`).
-async fn on_session_thread<F, Fut, T>(work: F) -> Result<T, ApiError>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T, ApiError>>,
-    T: Send + 'static,
-{
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || handle.block_on(work()))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the request's task failed: {e}")))?
-}
-
 async fn call_tool(
     State(service): State<Arc<Service>>,
     UrlPath((id, tool)): UrlPath<(String, String)>,
@@ -178,10 +164,6 @@ async fn run_agent(
     UrlPath(id): UrlPath<String>,
     Json(request): Json<AgentRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    on_session_thread(move || run_agent_now(service, id, request)).await
-}
-
-async fn run_agent_now(service: Arc<Service>, id: String, request: AgentRequest) -> Result<Json<Value>, ApiError> {
     let agent = service.agent.as_ref().ok_or_else(|| {
         ApiError(StatusCode::SERVICE_UNAVAILABLE, "no model is configured: start the service with --model-url".into())
     })?;

@@ -299,8 +299,13 @@ impl Session {
     }
 
     /// The session's committed steps after step `after`, in order.
-    pub async fn steps(&self, after: u64) -> Result<Vec<StepRecord>, StoreError> {
-        self.host.store().steps(&self.record.id, None, after).await
+    ///
+    /// The future holds no borrow of the session: a `Session` is `Send` but not `Sync` (its
+    /// instances are not), so a `&Session` held across an await would make callers' futures
+    /// (the agent loop's among them) non-`Send`.
+    pub fn steps(&self, after: u64) -> impl Future<Output = Result<Vec<StepRecord>, StoreError>> + Send + 'static {
+        let (store, id) = (self.host.store(), self.record.id.clone());
+        async move { store.steps(&id, None, after).await }
     }
 
     /// The host this session belongs to.
@@ -509,4 +514,5 @@ fn session_futures_are_send(session: &mut Session, tool: &Tool, input: &serde_js
     fn is_send<T: Send>(_: T) {}
     is_send(session.call(tool, input));
     is_send(session.prewarm(tool));
+    is_send(session.steps(0));
 }

@@ -494,3 +494,11 @@ pub fn stored_response(step: &crate::store::StepRecord) -> Option<ChatResponse> 
         _ => None,
     }
 }
+
+/// Services run agents on tokio's multi-threaded runtime (`tokio::spawn`, axum handlers):
+/// the loop's futures must be `Send`.
+#[allow(dead_code)]
+fn agent_futures_are_send(agent: &Agent, session: &mut Session, events: &mut (dyn FnMut(AgentEvent) + Send)) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(agent.run(session, Goal::new("goal"), events));
+}
