@@ -85,6 +85,17 @@ pub struct SessionDetails {
     pub storage: StorageStats,
 }
 
+/// A store failure as a session operation reports it: a running lease is `Leased`.
+fn session_error(error: StoreError) -> SessionError {
+    match error {
+        StoreError::LeaseHeld { session, holder, expires_in_ms } => {
+            SessionError::Leased { session, holder, expires_in: std::time::Duration::from_millis(expires_in_ms) }
+        }
+        StoreError::SessionNotFound(id) => SessionError::NotFound(id),
+        e => SessionError::Store(e),
+    }
+}
+
 fn random_seed() -> [u8; 32] {
     // uuid's v4 draws from the OS generator (getrandom).
     let mut seed = [0; 32];
@@ -301,13 +312,7 @@ impl Host {
         let Some(config) = &self.inner.leases else { return Ok(None) };
         match LeaseKeeper::acquire(self.inner.store.clone(), id, config).await {
             Ok(keeper) => Ok(Some(keeper)),
-            Err(StoreError::LeaseHeld { session, holder, expires_in_ms }) => Err(SessionError::Leased {
-                session,
-                holder,
-                expires_in: std::time::Duration::from_millis(expires_in_ms),
-            }),
-            Err(StoreError::SessionNotFound(id)) => Err(SessionError::NotFound(id)),
-            Err(e) => Err(SessionError::Store(e)),
+            Err(e) => Err(session_error(e)),
         }
     }
 
@@ -329,9 +334,10 @@ impl Host {
         Ok(Session::new(record, self.clone()).with_lease(lease))
     }
 
-    /// Deletes session `id` and everything it stored; `false` if there was none.
+    /// Deletes session `id` and everything it stored; `false` if there was none. Refused with
+    /// [`SessionError::Leased`] while a host (this one included) has the session open.
     pub async fn delete_session(&self, id: &str) -> Result<bool, SessionError> {
-        Ok(self.inner.store.delete_session(id).await?)
+        self.inner.store.delete_session(id, None).await.map_err(session_error)
     }
 
     pub async fn list_sessions(&self) -> Result<Vec<SessionSummary>, SessionError> {

@@ -348,8 +348,13 @@ impl Session {
             return why;
         }
         // A later attempt of this step starts over rather than replaying the aborted one.
-        match self.host.store().clear_pending(&self.record.id).await {
+        match self.host.store().clear_pending(&self.record.id, self.lease_token()).await {
             Ok(()) => self.pending_possible = false,
+            Err(StoreError::LeaseLost { reason, .. }) => {
+                if let Some(lease) = &self.lease {
+                    lease.mark_lost(reason);
+                }
+            }
             Err(e) => {
                 tracing::warn!(session = %self.record.id, error = %e, "could not clear the aborted step's journal")
             }

@@ -217,9 +217,13 @@ impl Store for MemoryStore {
         Ok(sessions)
     }
 
-    async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
+    async fn delete_session(&self, id: &str, lease: Option<u64>) -> Result<bool, StoreError> {
         let mut inner = self.lock();
-        let Some(session) = inner.sessions.remove(id) else { return Ok(false) };
+        match inner.sessions.get(id) {
+            Some(session) => session.admits(lease)?,
+            None => return Ok(false),
+        }
+        let session = inner.sessions.remove(id).expect("found above");
         for snapshot in session.snapshots.values() {
             inner.drop_refs(&snapshot.chunks);
         }
@@ -408,10 +412,11 @@ impl Store for MemoryStore {
         Ok(self.lock().sessions.get(session).and_then(|s| s.pending.clone()))
     }
 
-    async fn clear_pending(&self, session: &str) -> Result<(), StoreError> {
-        if let Some(entry) = self.lock().sessions.get_mut(session) {
-            entry.pending = None;
-        }
+    async fn clear_pending(&self, session: &str, lease: Option<u64>) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let entry = inner.session_mut(session)?;
+        entry.admits(lease)?;
+        entry.pending = None;
         Ok(())
     }
 

@@ -203,7 +203,9 @@ pub trait Store: Send + Sync + 'static {
     async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
     async fn list_sessions(&self) -> Result<Vec<SessionSummary>, StoreError>;
     /// Deletes the session with its state, steps and snapshots; `false` if it did not exist.
-    async fn delete_session(&self, id: &str) -> Result<bool, StoreError>;
+    /// Fenced like [`StepCommit::lease`]: refused while a host other than `lease`'s holder
+    /// runs the session, so a session in use is never deleted under it.
+    async fn delete_session(&self, id: &str, lease: Option<u64>) -> Result<bool, StoreError>;
     /// Creates `child` holding the history of `parent` up to and including step `at`, with the
     /// state as of that step; snapshot chunks are shared, not copied.
     async fn fork_session(&self, parent: &str, at: u64, child: &SessionRecord) -> Result<(), StoreError>;
@@ -229,7 +231,9 @@ pub trait Store: Send + Sync + 'static {
     /// Persists the journal of the step in flight (durably, before returning).
     async fn put_pending(&self, session: &str, pending: &PendingStep) -> Result<(), StoreError>;
     async fn pending(&self, session: &str) -> Result<Option<PendingStep>, StoreError>;
-    async fn clear_pending(&self, session: &str) -> Result<(), StoreError>;
+    /// Drops the journal of the step in flight (the step was aborted). Fenced like
+    /// [`StepCommit::lease`]: once the session has moved to another host, the journal is its.
+    async fn clear_pending(&self, session: &str, lease: Option<u64>) -> Result<(), StoreError>;
 
     /// Takes the lease of `session` for `holder` for `ttl` if it is free, expired, or already
     /// `holder`'s. Each acquisition draws a new fencing token (greater than every earlier one

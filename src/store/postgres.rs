@@ -450,8 +450,12 @@ async fn commit_step(tx: &Transaction<'_>, commit: &StepCommit) -> Result<(), Fa
     Ok(())
 }
 
-async fn delete_session(tx: &Transaction<'_>, id: &str) -> Result<bool, Failure> {
-    let locked = tx.query_opt("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", &[&id]).await?;
+async fn delete_session(tx: &Transaction<'_>, id: &str, lease: Option<u64>) -> Result<bool, Failure> {
+    match lock_session(tx, id, lease).await {
+        Ok(_) => {}
+        Err(Failure::Store(StoreError::SessionNotFound(_))) => return Ok(false),
+        Err(e) => return Err(e),
+    }
     let mut deltas = BTreeMap::new();
     for row in tx.query("DELETE FROM snapshots WHERE session = $1 RETURNING chunks", &[&id]).await? {
         count_hashes(&mut deltas, row.get(0), -1)?;
@@ -461,7 +465,7 @@ async fn delete_session(tx: &Transaction<'_>, id: &str) -> Result<bool, Failure>
         tx.execute(&format!("DELETE FROM {table} WHERE session = $1"), &[&id]).await?;
     }
     tx.execute("DELETE FROM sessions WHERE id = $1", &[&id]).await?;
-    Ok(locked.is_some())
+    Ok(true)
 }
 
 async fn fork_session(tx: &Transaction<'_>, parent: &str, at: i64, child: &SessionRecord) -> Result<(), Failure> {
@@ -538,6 +542,12 @@ async fn put_pending(tx: &Transaction<'_>, session: &str, lease: Option<u64>, re
         )
         .await?;
     tx.execute(&put, &[&session, &record]).await?;
+    Ok(())
+}
+
+async fn clear_pending(tx: &Transaction<'_>, session: &str, lease: Option<u64>) -> Result<(), Failure> {
+    lock_session(tx, session, lease).await?;
+    tx.execute("DELETE FROM pending WHERE session = $1", &[&session]).await?;
     Ok(())
 }
 
@@ -639,8 +649,8 @@ impl Store for PostgresStore {
             .collect())
     }
 
-    async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-        transact!(self, |tx| delete_session(tx, id))
+    async fn delete_session(&self, id: &str, lease: Option<u64>) -> Result<bool, StoreError> {
+        transact!(self, |tx| delete_session(tx, id, lease))
     }
 
     async fn fork_session(&self, parent: &str, at: u64, child: &SessionRecord) -> Result<(), StoreError> {
@@ -811,10 +821,8 @@ impl Store for PostgresStore {
         row.map(|r| decode(r.get(0), "pending step")).transpose()
     }
 
-    async fn clear_pending(&self, session: &str) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client.execute("DELETE FROM pending WHERE session = $1", &[&session]).await.map_err(pg_error)?;
-        Ok(())
+    async fn clear_pending(&self, session: &str, lease: Option<u64>) -> Result<(), StoreError> {
+        transact!(self, |tx| clear_pending(tx, session, lease))
     }
 
     async fn acquire_lease(&self, session: &str, holder: &str, ttl: Duration) -> Result<Lease, StoreError> {

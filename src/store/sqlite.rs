@@ -550,11 +550,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
+    async fn delete_session(&self, id: &str, lease: Option<u64>) -> Result<bool, StoreError> {
         let id = id.to_owned();
         let existed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = existed.clone();
         self.write(move |conn| {
+            if last_step(conn, &id)?.is_none() {
+                return Ok(());
+            }
+            check_lease(conn, &id, lease)?;
             let snapshots: Vec<(String, i64)> = {
                 let mut stmt = conn.prepare("SELECT tool, seq FROM snapshots WHERE session = ?1").map_err(backend)?;
                 let rows = stmt.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
@@ -848,9 +852,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn clear_pending(&self, session: &str) -> Result<(), StoreError> {
+    async fn clear_pending(&self, session: &str, lease: Option<u64>) -> Result<(), StoreError> {
         let session = session.to_owned();
         self.write(move |conn| {
+            check_lease(conn, &session, lease)?;
             conn.execute("DELETE FROM pending WHERE session = ?1", [session]).map(drop).map_err(backend)
         })
         .await

@@ -15,6 +15,7 @@ on_both_backends!(
     a_leased_session_is_refused_to_other_hosts_until_released,
     an_unrenewed_lease_is_taken_over_and_the_old_holder_is_refused,
     renewal_keeps_an_active_session_leased,
+    deletes_and_journal_clears_are_fenced,
 );
 
 fn step(seq: u64, value: &str) -> StepCommit {
@@ -106,6 +107,55 @@ async fn the_store_fences_writes_made_under_a_lost_lease(db: &TestStore) {
     let c = store.acquire_lease("s", "host-a", ttl).await.unwrap();
     assert!(c.token > b.token);
     assert_eq!(store.get(&scope, "ns", "k").await.unwrap().as_deref(), Some(&b"three"[..]));
+}
+
+/// A session in use is never deleted under its host, nor its step's journal dropped by a
+/// host that lost it.
+async fn deletes_and_journal_clears_are_fenced(db: &TestStore) {
+    let store = db.open().await;
+    let record = SessionRecord { id: "s".into(), seed: [1; 32], forked_from: None, created_at_ms: 0, last_step: 0 };
+    store.create_session(&record).await.unwrap();
+    let ttl = Duration::from_millis(400);
+    let a = store.acquire_lease("s", "host-a", ttl).await.unwrap();
+    store.commit_step(fenced(step(1, "one"), a.token)).await.unwrap();
+    let pending =
+        PendingStep { seq: 2, tool: "t".into(), input: "{}".into(), journal: Vec::new(), lease: Some(a.token) };
+    store.put_pending("s", &pending).await.unwrap();
+
+    // While host-a runs the session, nobody else deletes it or drops its journal.
+    assert!(matches!(store.delete_session("s", None).await, Err(StoreError::LeaseHeld { .. })));
+    assert!(matches!(store.clear_pending("s", None).await, Err(StoreError::LeaseHeld { .. })));
+    assert!(store.pending("s").await.unwrap().is_some());
+    assert_eq!(store.steps("s", None, 0).await.unwrap().len(), 1);
+
+    // Taken over: the old holder's clear and delete are refused; the new holder's journal stays.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let b = store.acquire_lease("s", "host-b", ttl).await.unwrap();
+    store.put_pending("s", &PendingStep { lease: Some(b.token), ..pending.clone() }).await.unwrap();
+    assert!(matches!(store.clear_pending("s", Some(a.token)).await, Err(StoreError::LeaseLost { .. })));
+    assert!(matches!(store.delete_session("s", Some(a.token)).await, Err(StoreError::LeaseLost { .. })));
+    assert!(store.pending("s").await.unwrap().is_some());
+    store.clear_pending("s", Some(b.token)).await.unwrap();
+    assert_eq!(store.pending("s").await.unwrap(), None);
+
+    // The holder may delete; after a release, anyone may; a missing session is `false`.
+    assert!(store.delete_session("s", Some(b.token)).await.unwrap());
+    assert!(!store.delete_session("s", None).await.unwrap());
+    store.create_session(&record).await.unwrap();
+    let c = store.acquire_lease("s", "host-c", ttl).await.unwrap();
+    store.release_lease("s", c.token).await.unwrap();
+    assert!(store.delete_session("s", None).await.unwrap());
+
+    // Through a host: an open session is not deleted from under it; a closed one is.
+    let host = leased_host(db, "host-d", Duration::from_secs(5), Duration::from_secs(1)).await;
+    let session = host.new_session().await.unwrap();
+    let id = session.id().to_owned();
+    match host.delete_session(&id).await {
+        Err(SessionError::Leased { holder, .. }) => assert_eq!(holder, "host-d"),
+        other => panic!("expected Leased, got {other:?}"),
+    }
+    session.close().await.unwrap();
+    assert!(host.delete_session(&id).await.unwrap());
 }
 
 async fn leased_host(db: &TestStore, holder: &str, ttl: Duration, renew_every: Duration) -> Host {

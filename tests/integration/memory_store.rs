@@ -41,6 +41,7 @@ enum Op {
     },
     ClearPending {
         session: u8,
+        token: Option<u8>,
     },
     Fork {
         parent: u8,
@@ -49,6 +50,7 @@ enum Op {
     },
     Delete {
         session: u8,
+        token: Option<u8>,
     },
     Acquire {
         session: u8,
@@ -85,10 +87,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(session, tool, skew, writes, snapshot, keep, token, failed)| {
                 Op::Commit { session, tool, skew, writes, snapshot, keep, token, failed }
             }),
-        1 => (session.clone(), token).prop_map(|(session, token)| Op::PutPending { session, token }),
-        1 => session.clone().prop_map(|session| Op::ClearPending { session }),
+        1 => (session.clone(), token.clone()).prop_map(|(session, token)| Op::PutPending { session, token }),
+        1 => (session.clone(), token.clone()).prop_map(|(session, token)| Op::ClearPending { session, token }),
         1 => (session.clone(), 0u8..4, session.clone()).prop_map(|(parent, back, child)| Op::Fork { parent, back, child }),
-        1 => session.clone().prop_map(|session| Op::Delete { session }),
+        1 => (session.clone(), token.clone()).prop_map(|(session, token)| Op::Delete { session, token }),
         2 => (session.clone(), 0u8..2, prop::bool::weighted(0.3))
             .prop_map(|(session, holder, expired)| Op::Acquire { session, holder, expired }),
         1 => (session.clone(), 0u8..4, prop::bool::weighted(0.3))
@@ -200,7 +202,9 @@ async fn apply(store: &dyn Store, op: &Op) -> String {
             };
             answer(store.put_pending(&session_id(*session), &pending).await)
         }
-        Op::ClearPending { session } => answer(store.clear_pending(&session_id(*session)).await),
+        Op::ClearPending { session, token } => {
+            answer(store.clear_pending(&session_id(*session), token.map(u64::from)).await)
+        }
         Op::Fork { parent, back, child } => {
             let parent = session_id(*parent);
             let last = match store.session(&parent).await {
@@ -218,7 +222,9 @@ async fn apply(store: &dyn Store, op: &Op) -> String {
             };
             answer(store.fork_session(&parent, at, &child).await)
         }
-        Op::Delete { session } => answer(store.delete_session(&session_id(*session)).await),
+        Op::Delete { session, token } => {
+            answer(store.delete_session(&session_id(*session), token.map(u64::from)).await)
+        }
         Op::Acquire { session, holder, expired } => {
             lease_answer(store.acquire_lease(&session_id(*session), &format!("host{holder}"), ttl(*expired)).await)
         }
