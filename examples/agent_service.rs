@@ -35,6 +35,7 @@ use toolhost::{
 
 #[derive(Parser)]
 struct Args {
+    /// Address to listen on (port 0: any free port; the line `listening on` names it)
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
     #[arg(long, default_value = ".toolhost/service.db")]
@@ -240,7 +241,8 @@ async fn main() -> anyhow::Result<()> {
         .with_state(service);
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    println!("listening on http://{} (sessions in {}); Ctrl-C stops", args.listen, args.db.display());
+    let address = listener.local_addr()?;
+    println!("listening on http://{address} (sessions in {}); Ctrl-C stops", args.db.display());
     // In-flight requests finish (and their steps commit) before the process exits; a request
     // cut short by a crash instead commits nothing, and its session resumes at its last step.
     axum::serve(listener, app)

@@ -141,19 +141,6 @@ async fn proxy(
     (StatusCode::OK, reply)
 }
 
-fn example_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(workspace())
-        .args(["build", "--quiet", "--example", "resumable_agent"])
-        .env_remove("RUSTFLAGS")
-        .output()
-        .expect("running cargo");
-    assert!(out.status.success(), "building the example: {}", String::from_utf8_lossy(&out.stderr));
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
-    target.join("debug/examples/resumable_agent")
-}
-
 /// Runs the example until it prints `kill_after` more step lines (then SIGKILLs it) or exits.
 /// Returns its step lines, as (seq, line), and whether it finished by itself.
 fn run_example(binary: &Path, args: &[&str], kill_after: Option<usize>) -> (Vec<(u64, String)>, Vec<String>, bool) {
@@ -198,7 +185,7 @@ impl ModelProvider for NoModel {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_example_agent_resumes_without_repeating_steps_or_model_requests() {
-    let binary = tokio::task::spawn_blocking(example_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(|| crate::support::example_binary("resumable_agent")).await.unwrap();
     let model = start_local_model().await;
     let state = Arc::new(tokio::sync::Mutex::new(ProxyState { upstream: model.base_url(), ..ProxyState::default() }));
     let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(proxy)).with_state(state.clone());

@@ -2,6 +2,7 @@
 
 mod agent;
 mod agent_local;
+mod agent_service;
 mod backends;
 mod cache;
 mod cli;

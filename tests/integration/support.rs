@@ -59,3 +59,18 @@ pub fn grants(namespaces: &[&str], limits: Limits) -> ToolGrants {
     }
     grants
 }
+
+/// The example `name`, built (debug) if needed; its path.
+pub fn example_binary(name: &str) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .current_dir(workspace)
+        .args(["build", "--quiet", "--example", name])
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("running cargo");
+    assert!(out.status.success(), "building the example {name}: {}", String::from_utf8_lossy(&out.stderr));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
+    target.join("debug/examples").join(name)
+}
