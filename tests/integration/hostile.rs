@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use serde_json::json;
 use toolhost::{CallError, Policy, Session, Tool, TrapKind};
 
-use crate::support::{grants, guests, host, tight_limits};
+use crate::support::{bystander, grants, guests, host, tight_limits};
 
 async fn echo(session: &mut Session, tool: &Tool, n: u64) {
     let out = session.call(tool, &json!({"attack": "echo", "n": n})).await.unwrap();
@@ -21,16 +21,7 @@ async fn each_attack_is_stopped_and_a_second_session_keeps_serving() {
     let done = AtomicBool::new(false);
     let served = AtomicU64::new(0);
 
-    let bystander = async {
-        let mut session = host.new_session().await.unwrap();
-        let mut n = 0;
-        while !done.load(Ordering::Relaxed) {
-            n += 1;
-            echo(&mut session, &hostile, n).await;
-            served.fetch_add(1, Ordering::Relaxed);
-            tokio::task::yield_now().await;
-        }
-    };
+    let bystander = bystander(&host, &hostile, &done, &served);
 
     let attacks = async {
         let mut attacker = host.new_session().await.unwrap();

@@ -168,17 +168,7 @@ async fn every_escape_is_denied_and_audited_while_granted_uses_work() {
 
     let done = AtomicBool::new(false);
     let served = AtomicU64::new(0);
-    let bystander = async {
-        let mut session = host.new_session().await.unwrap();
-        let mut n = 0;
-        while !done.load(Ordering::Relaxed) {
-            n += 1;
-            let out = ok(&mut session, &hostile, json!({"attack": "echo", "n": n})).await;
-            assert_eq!(out["echo"], n);
-            served.fetch_add(1, Ordering::Relaxed);
-            tokio::task::yield_now().await;
-        }
-    };
+    let bystander = crate::support::bystander(&host, &hostile, &done, &served);
 
     let attacks = async {
         let mut attacker = host.new_session().await.unwrap();

@@ -74,3 +74,23 @@ pub fn example_binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
     target.join("debug/examples").join(name)
 }
+
+/// A session that calls the hostile tool's harmless `echo` until `done`, counting its calls
+/// in `served`: run beside an attack, it shows that other sessions keep being served.
+pub async fn bystander(
+    host: &Host,
+    hostile: &toolhost::Tool,
+    done: &std::sync::atomic::AtomicBool,
+    served: &std::sync::atomic::AtomicU64,
+) {
+    use std::sync::atomic::Ordering;
+    let mut session = host.new_session().await.unwrap();
+    let mut n = 0u64;
+    while !done.load(Ordering::Relaxed) {
+        n += 1;
+        let out = session.call(hostile, &serde_json::json!({"attack": "echo", "n": n})).await.unwrap();
+        assert_eq!(out["echo"], n);
+        served.fetch_add(1, Ordering::Relaxed);
+        tokio::task::yield_now().await;
+    }
+}
