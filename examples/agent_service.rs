@@ -22,6 +22,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use clap::Parser;
 use serde_json::{Value, json};
@@ -242,6 +243,10 @@ async fn main() -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let address = listener.local_addr()?;
+    // Small responses go out at once rather than waiting for the client's delayed ACK.
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     println!("listening on http://{address} (sessions in {}); Ctrl-C stops", args.db.display());
     // In-flight requests finish (and their steps commit) before the process exits; a request
     // cut short by a crash instead commits nothing, and its session resumes at its last step.

@@ -13,6 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use sha2::{Digest, Sha256};
@@ -123,6 +124,13 @@ pub(super) async fn start(server: McpServer, options: HttpOptions) -> Result<Htt
         .await
         .map_err(|source| McpError::Bind { addr: options.addr, source })?;
     let addr = listener.local_addr().map_err(|source| McpError::Bind { addr: options.addr, source })?;
+    // A response goes out in several small writes (headers, SSE events, the last chunk):
+    // with Nagle's algorithm on, each waits for the client's delayed ACK, ~40 ms a call.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on an MCP connection");
+        }
+    });
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
