@@ -50,6 +50,10 @@ pub struct Args {
     /// Sessions kept in memory; idle ones beyond this are reopened from the database on use
     #[arg(long, default_value_t = McpLimits::default().max_live_sessions)]
     max_live_sessions: usize,
+    /// Close sessions unused for this many seconds (0: never), releasing their leases so
+    /// another server on a shared store can serve their handles
+    #[arg(long, default_value_t = 300)]
+    idle_session_secs: u64,
 }
 
 /// The .wasm files named by `paths`: files as given, folders' `*.wasm` in name order.
@@ -85,6 +89,8 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         max_concurrent_calls: args.max_concurrent_calls,
         max_live_sessions: args.max_live_sessions,
         max_message_bytes: args.max_message_bytes,
+        idle_session_timeout: (args.idle_session_secs > 0)
+            .then(|| std::time::Duration::from_secs(args.idle_session_secs)),
     };
     let files = tool_files(&args.tools)?;
     // Each live session holds an instance per tool it used; leave room for them all.

@@ -22,7 +22,7 @@ use crate::error::CallError;
 /// What every connection of one server shares.
 pub(crate) struct Shared {
     pub catalog: Catalog,
-    pub pool: SessionPool,
+    pub pool: Arc<SessionPool>,
     /// Bounds the tool calls running at once, over all connections.
     pub calls: Arc<Semaphore>,
 }
@@ -60,6 +60,7 @@ impl Connection {
                 let kind = match e {
                     HandleError::Malformed(_) => "malformed-handle",
                     HandleError::Unknown(_) => "unknown-handle",
+                    HandleError::Leased { .. } => "leased",
                     HandleError::Store { .. } => "store",
                 };
                 Err(catalog::error_result(None, kind, &e.to_string()))

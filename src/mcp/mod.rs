@@ -60,11 +60,20 @@ pub struct McpLimits {
     pub max_live_sessions: usize,
     /// Largest JSON-RPC message accepted (an HTTP body, a stdio line), in bytes.
     pub max_message_bytes: usize,
+    /// Sessions unused this long are closed (their instances freed, their leases released,
+    /// so that on a shared store another server can serve their handles); the next call on
+    /// a handle reopens its session. `None`: only `max_live_sessions` closes sessions.
+    pub idle_session_timeout: Option<std::time::Duration>,
 }
 
 impl Default for McpLimits {
     fn default() -> Self {
-        Self { max_concurrent_calls: 16, max_live_sessions: 64, max_message_bytes: 4 << 20 }
+        Self {
+            max_concurrent_calls: 16,
+            max_live_sessions: 64,
+            max_message_bytes: 4 << 20,
+            idle_session_timeout: Some(std::time::Duration::from_secs(300)),
+        }
     }
 }
 
@@ -81,7 +90,7 @@ impl McpServer {
     pub fn new(host: Host, tools: Vec<Arc<Tool>>, limits: McpLimits) -> Result<Self, McpError> {
         let shared = handler::Shared {
             catalog: catalog::Catalog::new(tools)?,
-            pool: sessions::SessionPool::new(host, limits.max_live_sessions),
+            pool: Arc::new(sessions::SessionPool::new(host, limits.max_live_sessions, limits.idle_session_timeout)),
             calls: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls.max(1))),
         };
         Ok(Self { shared: Arc::new(shared), limits })
@@ -103,6 +112,7 @@ impl McpServer {
         W: tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
         use rmcp::ServiceExt;
+        self.shared.pool.start_sweeper();
         let max = self.limits.max_message_bytes;
         let (ours, theirs) = tokio::io::duplex(64 << 10);
         let (rmcp_read, rmcp_write) = tokio::io::split(theirs);
@@ -120,6 +130,7 @@ impl McpServer {
 
     /// Starts serving streamable HTTP as `options` say; see [`HttpServer`].
     pub async fn serve_http(&self, options: HttpOptions) -> Result<HttpServer, McpError> {
+        self.shared.pool.start_sweeper();
         http::start(self.clone(), options).await
     }
 }

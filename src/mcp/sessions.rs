@@ -6,10 +6,15 @@
 //! at a time and the session's instances stay warm. Idle sessions beyond the pool's capacity
 //! are dropped from memory (never from the store): the next call on their handle reopens
 //! them and rebuilds their instances from snapshots and journals, as after a restart.
+//!
+//! Sessions unused for the idle timeout are closed the same way, by a sweeper task. On a
+//! store shared by several servers that also releases their leases, so a handle whose
+//! client moved to another server (a load balancer's choice, a failover) is served there.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use crate::error::SessionError;
 use crate::host::Host;
@@ -27,6 +32,9 @@ pub(crate) enum HandleError {
     Malformed(String),
     #[error("no session with handle `{0}`: it was never minted by this server's store or has been deleted")]
     Unknown(String),
+    /// Another server runs the session (it holds its lease).
+    #[error("session `{handle}` is in use on another server: {source}; retry when it is released")]
+    Leased { handle: String, source: SessionError },
     #[error("cannot open session `{handle}`: {source}")]
     Store { handle: String, source: SessionError },
 }
@@ -39,12 +47,53 @@ struct Live {
 pub(crate) struct SessionPool {
     host: Host,
     capacity: usize,
+    /// Sessions unused this long are closed; `None`: only capacity evicts.
+    idle_timeout: Option<Duration>,
     live: Mutex<HashMap<String, Live>>,
+    sweeping: AtomicBool,
 }
 
 impl SessionPool {
-    pub fn new(host: Host, capacity: usize) -> Self {
-        Self { host, capacity: capacity.max(1), live: Mutex::new(HashMap::new()) }
+    pub fn new(host: Host, capacity: usize, idle_timeout: Option<Duration>) -> Self {
+        Self {
+            host,
+            capacity: capacity.max(1),
+            idle_timeout,
+            live: Mutex::new(HashMap::new()),
+            sweeping: AtomicBool::new(false),
+        }
+    }
+
+    /// Starts the task that closes idle sessions (once; it needs a runtime, so serving
+    /// starts it). It ends when the pool is dropped.
+    pub fn start_sweeper(self: &Arc<Self>) {
+        let Some(timeout) = self.idle_timeout else { return };
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pool: Weak<Self> = Arc::downgrade(self);
+        let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(10));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.close_idle(timeout);
+            }
+        });
+    }
+
+    /// Drops the sessions nobody has used for `timeout` (and nobody is using now).
+    fn close_idle(&self, timeout: Duration) {
+        let mut live = self.live();
+        live.retain(|handle, l| {
+            let idle = Arc::strong_count(&l.session) == 1 && l.last_used.elapsed() >= timeout;
+            if idle {
+                tracing::debug!(session = %handle, "closing an idle session");
+            }
+            !idle
+        });
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
@@ -70,6 +119,9 @@ impl SessionPool {
         let session = match self.host.open_session(handle).await {
             Ok(session) => session,
             Err(SessionError::NotFound(_)) => return Err(HandleError::Unknown(handle.to_owned())),
+            Err(source @ SessionError::Leased { .. }) => {
+                return Err(HandleError::Leased { handle: handle.to_owned(), source });
+            }
             Err(source) => return Err(HandleError::Store { handle: handle.to_owned(), source }),
         };
         tracing::info!(session = %handle, step = session.last_step(), "resumed a session");
@@ -143,7 +195,7 @@ mod tests {
     #[tokio::test]
     async fn idle_sessions_beyond_capacity_leave_memory_but_stay_resumable() {
         let host = Host::new(HostConfig::default()).unwrap();
-        let pool = SessionPool::new(host, 2);
+        let pool = SessionPool::new(host, 2, None);
         let (first, held) = pool.create().await.unwrap();
         let (second, _) = pool.create().await.unwrap();
         let (third, _) = pool.create().await.unwrap();
@@ -157,5 +209,21 @@ mod tests {
         assert!(pool.live().contains_key(&third) || pool.live().contains_key(&first));
         assert!(matches!(pool.get("no-such-session").await, Err(HandleError::Unknown(_))));
         assert!(matches!(pool.get("bad handle").await, Err(HandleError::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_closes_sessions_idle_past_the_timeout_but_not_those_in_use() {
+        let host = Host::new(HostConfig::default()).unwrap();
+        let pool = Arc::new(SessionPool::new(host, 8, Some(Duration::from_millis(100))));
+        pool.start_sweeper();
+        let (idle, _) = pool.create().await.unwrap();
+        let (busy, held) = pool.create().await.unwrap();
+        assert_eq!(pool.live_count(), 2);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!pool.live().contains_key(&idle), "the idle session is closed");
+        assert!(pool.live().contains_key(&busy), "a session in use stays");
+        drop(held);
+        // Closed is not gone: the handle reopens it from the store.
+        assert_eq!(pool.get(&idle).await.unwrap().lock().await.id(), idle);
     }
 }

@@ -13,6 +13,7 @@ mod isolation;
 mod leases;
 mod load_errors;
 mod mcp;
+mod mcp_multihost;
 mod memory_store;
 mod model_faults;
 mod model_local;
