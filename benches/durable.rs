@@ -256,9 +256,6 @@ impl BenchDatabase {
     }
 }
 
-/// The Postgres floor: one small row per transaction on one connection, committed (the
-/// server fsyncs its WAL), nothing of toolhost around it.
-
 fn main() {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
     let paths = toolhost::guest_build::build(workspace, &["calculator", "ballast"]).expect("building the tools");

@@ -132,11 +132,11 @@ impl Session {
         let input_text = input.to_string();
         // A session that cannot show it still holds its lease does no work, and calls no
         // model, that the store would refuse to commit.
-        if let Some(lease) = &self.lease {
-            if let Err(e) = lease.ensure_valid().await {
-                self.instances.clear();
-                return Err(self.lease_lost(&name, e));
-            }
+        if let Some(lease) = &self.lease
+            && let Err(e) = lease.ensure_valid().await
+        {
+            self.instances.clear();
+            return Err(self.lease_lost(&name, e));
         }
         self.ensure_instance(tool).await?;
         let seq = self.record.last_step + 1;
@@ -239,10 +239,8 @@ impl Session {
         // The commit deleted the step's pending journal with it.
         self.pending_possible = false;
         self.record.last_step = seq;
-        if took_snapshot {
-            if let Some(instance) = self.instances.get_mut(&name) {
-                instance.steps_since_snapshot = 0;
-            }
+        if took_snapshot && let Some(instance) = self.instances.get_mut(&name) {
+            instance.steps_since_snapshot = 0;
         }
         output
     }
@@ -400,17 +398,16 @@ impl Rebuilder<'_> {
         }
 
         let mut replay_after = 0;
-        if instance.is_stateful() {
-            if let Some((seq, bytes)) =
+        if instance.is_stateful()
+            && let Some((seq, bytes)) =
                 store.latest_snapshot(id, name, self.record.last_step).await.map_err(store_error)?
-            {
-                match instance.restore(self.host.engine(), tool, bytes).await? {
-                    Ok(()) => replay_after = seq,
-                    Err(reason) => {
-                        tracing::warn!(session = %id, tool = name, step = seq, %reason,
-                            "the tool refused its snapshot; rebuilding by full replay");
-                        instance = self.instantiate(tool).await?;
-                    }
+        {
+            match instance.restore(self.host.engine(), tool, bytes).await? {
+                Ok(()) => replay_after = seq,
+                Err(reason) => {
+                    tracing::warn!(session = %id, tool = name, step = seq, %reason,
+                        "the tool refused its snapshot; rebuilding by full replay");
+                    instance = self.instantiate(tool).await?;
                 }
             }
         }

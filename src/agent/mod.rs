@@ -254,13 +254,13 @@ impl Agent {
             return Err(AgentError::InvalidConfig("the goal is empty".into()));
         }
         for task in &goal.tasks {
-            if let Some(tool) = &task.tool {
-                if !self.tools.iter().any(|t| t.name() == tool) {
-                    return Err(AgentError::InvalidConfig(format!(
-                        "task `{}` names the tool `{tool}`, which the agent does not have",
-                        task.description
-                    )));
-                }
+            if let Some(tool) = &task.tool
+                && !self.tools.iter().any(|t| t.name() == tool)
+            {
+                return Err(AgentError::InvalidConfig(format!(
+                    "task `{}` names the tool `{tool}`, which the agent does not have",
+                    task.description
+                )));
             }
         }
         let input = serde_json::to_value(&goal).expect("a goal serializes");

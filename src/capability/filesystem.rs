@@ -22,18 +22,18 @@ pub struct AuditedFilesystem<'a> {
 
 /// Records `result` if it is a permission refusal, then hands it back.
 async fn audited<T>(audit: &Auditor, op: &str, path: Option<&str>, result: FsResult<T>) -> FsResult<T> {
-    if let Err(e) = &result {
-        if let Some(code @ (ErrorCode::Access | ErrorCode::NotPermitted)) = e.downcast_ref() {
-            let request = match path {
-                Some(path) => format!("{op} {}", path.escape_debug()),
-                None => op.to_owned(),
-            };
-            let reason = match code {
-                ErrorCode::Access => "access denied (outside the preopens or not granted)",
-                _ => "not permitted (read-only grant, or a path that leaves the preopen)",
-            };
-            audit.deny("filesystem", &request, reason).await;
-        }
+    if let Err(e) = &result
+        && let Some(code @ (ErrorCode::Access | ErrorCode::NotPermitted)) = e.downcast_ref()
+    {
+        let request = match path {
+            Some(path) => format!("{op} {}", path.escape_debug()),
+            None => op.to_owned(),
+        };
+        let reason = match code {
+            ErrorCode::Access => "access denied (outside the preopens or not granted)",
+            _ => "not permitted (read-only grant, or a path that leaves the preopen)",
+        };
+        audit.deny("filesystem", &request, reason).await;
     }
     result
 }

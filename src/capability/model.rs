@@ -47,12 +47,12 @@ impl ModelCtx {
                 lease: step.lease,
             })
         };
-        if let Some(pending) = pending {
-            if let Err(e) = self.store.put_pending(&self.session, &pending).await {
-                // The call still succeeds; only its crash-safety is lost.
-                tracing::warn!(session = %self.session, tool = %self.tool, error = %e,
-                    "could not persist a model response ahead of the step's commit");
-            }
+        if let Some(pending) = pending
+            && let Err(e) = self.store.put_pending(&self.session, &pending).await
+        {
+            // The call still succeeds; only its crash-safety is lost.
+            tracing::warn!(session = %self.session, tool = %self.tool, error = %e,
+                "could not persist a model response ahead of the step's commit");
         }
     }
 }
@@ -124,12 +124,12 @@ impl ModelCtx {
                     ),
                 })
             })?;
-            if let Some(limit) = grant.calls_per_minute {
-                if ledger.recent_calls >= limit {
-                    let reason = format!("`{}` may call models {limit} times per minute", self.tool);
-                    self.record(&format!("rate {shown}"), false, &reason).await;
-                    return Err(ModelError::RateLimited(reason));
-                }
+            if let Some(limit) = grant.calls_per_minute
+                && ledger.recent_calls >= limit
+            {
+                let reason = format!("`{}` may call models {limit} times per minute", self.tool);
+                self.record(&format!("rate {shown}"), false, &reason).await;
+                return Err(ModelError::RateLimited(reason));
             }
             if let Some(budget) = grant.session_token_budget {
                 if ledger.session_tokens >= budget {

@@ -217,11 +217,10 @@ impl StateCtx {
 impl wit::Host for StateCtx {
     async fn get(&mut self, namespace: String, key: String) -> Result<Option<Vec<u8>>, StateError> {
         self.check(&namespace, Some(&key), false, "get").await?;
-        let result = journaled!(self, "state.get",
+        journaled!(self, "state.get",
             JournalEntry::StateGet { namespace: n, key: k, result } if *n == namespace && *k == key => result,
             self.current(&namespace, &key).await,
-            |result| JournalEntry::StateGet { namespace: namespace.clone(), key: key.clone(), result });
-        result
+            |result| JournalEntry::StateGet { namespace: namespace.clone(), key: key.clone(), result })
     }
 
     async fn set(&mut self, namespace: String, key: String, value: Vec<u8>) -> Result<(), StateError> {
@@ -257,11 +256,10 @@ impl wit::Host for StateCtx {
 
     async fn list_keys(&mut self, namespace: String, prefix: String) -> Result<Vec<String>, StateError> {
         self.check(&namespace, None, false, "list-keys").await?;
-        let result = journaled!(self, "state.list-keys",
+        journaled!(self, "state.list-keys",
             JournalEntry::StateListKeys { namespace: n, prefix: p, result } if *n == namespace && *p == prefix => result,
             self.live_list_keys(&namespace, &prefix).await,
-            |result| JournalEntry::StateListKeys { namespace: namespace.clone(), prefix: prefix.clone(), result });
-        result
+            |result| JournalEntry::StateListKeys { namespace: namespace.clone(), prefix: prefix.clone(), result })
     }
 }
 

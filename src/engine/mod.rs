@@ -138,11 +138,11 @@ impl Engine {
     /// Compiles `bytes` (already checked to be a component), or reads it from the cache.
     pub fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Compiled, crate::LoadError> {
         let digest = sha256_hex(bytes);
-        if let Some(cache) = &self.cache {
-            if let Some(component) = cache.get(&self.wasmtime, &digest) {
-                tracing::debug!(path = %path.display(), %digest, "compile cache hit");
-                return Ok(Compiled { component, digest, cache: CacheStatus::Hit });
-            }
+        if let Some(cache) = &self.cache
+            && let Some(component) = cache.get(&self.wasmtime, &digest)
+        {
+            tracing::debug!(path = %path.display(), %digest, "compile cache hit");
+            return Ok(Compiled { component, digest, cache: CacheStatus::Hit });
         }
         let started = std::time::Instant::now();
         let component = Component::new(&self.wasmtime, bytes)

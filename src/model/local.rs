@@ -111,10 +111,10 @@ impl LocalModel {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(LocalModelError::Exited { status: status.to_string(), log: self.log_tail() });
             }
-            if let Ok(response) = client.get(&url).send().await {
-                if response.status().is_success() {
-                    return Ok(());
-                }
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
             }
             if started.elapsed() > timeout {
                 return Err(LocalModelError::NotReady(timeout));

@@ -96,12 +96,11 @@ impl HttpProvider {
             response.text = text;
             response.tool_calls = calls;
         }
-        if let Some(schema) = &request.response_schema {
-            if response.tool_calls.is_empty() {
-                structured::check_answer(&response.text, schema).map_err(|e| {
-                    self.transport.malformed(format!("{e} (finish reason {:?})", response.finish_reason))
-                })?;
-            }
+        if let Some(schema) = &request.response_schema
+            && response.tool_calls.is_empty()
+        {
+            structured::check_answer(&response.text, schema)
+                .map_err(|e| self.transport.malformed(format!("{e} (finish reason {:?})", response.finish_reason)))?;
         }
         Ok(response)
     }

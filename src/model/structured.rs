@@ -55,10 +55,10 @@ pub fn validate_request(request: &ChatRequest) -> Result<(), ModelError> {
     if request.max_tokens == Some(0) {
         return invalid("max-tokens must be at least 1".into());
     }
-    if let Some(t) = request.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return invalid(format!("temperature {t} is outside 0..=2"));
-        }
+    if let Some(t) = request.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return invalid(format!("temperature {t} is outside 0..=2"));
     }
     Ok(())
 }

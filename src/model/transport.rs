@@ -196,10 +196,7 @@ impl Transport {
     /// An error body, shortened: the provider's `error.message` if it is JSON that has one.
     async fn error_text(&self, response: reqwest::Response) -> String {
         let status = response.status();
-        let body = match read_limited(response, 64 << 10).await {
-            Ok(bytes) => bytes,
-            Err(_) => Vec::new(),
-        };
+        let body = read_limited(response, 64 << 10).await.unwrap_or_default();
         let text = String::from_utf8_lossy(&body);
         let message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()

@@ -214,13 +214,13 @@ impl Policy {
                 }
             }
             for (var, value) in &grants.env {
-                if let super::EnvValue::FromHost { from_host } = value {
-                    if std::env::var_os(from_host).is_none() {
-                        issues.push(self.issue(
-                            &["tools", name, "env", var, "from_host"],
-                            format!("host variable `{from_host}` is not set"),
-                        ));
-                    }
+                if let super::EnvValue::FromHost { from_host } = value
+                    && std::env::var_os(from_host).is_none()
+                {
+                    issues.push(self.issue(
+                        &["tools", name, "env", var, "from_host"],
+                        format!("host variable `{from_host}` is not set"),
+                    ));
                 }
             }
         }
@@ -234,10 +234,10 @@ impl Policy {
 fn toml_issue(origin: &Origin, key: &[String], error: &toml::de::Error) -> PolicyIssue {
     let mut key = key.to_vec();
     // For an unknown key, the path ends at its table: name the key itself.
-    if let Some(unknown) = error.message().strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-        if key.last().map(String::as_str) != Some(unknown) {
-            key.push(unknown.to_owned());
-        }
+    if let Some(unknown) = error.message().strip_prefix("unknown field `").and_then(|r| r.split('`').next())
+        && key.last().map(String::as_str) != Some(unknown)
+    {
+        key.push(unknown.to_owned());
     }
     let span = if key.is_empty() { None } else { locate(&origin.source, &key) };
     origin.issue_at_span(&key, span.or_else(|| error.span()), error.message().to_owned())

@@ -51,10 +51,10 @@ pub(super) fn check(policy: &Policy) -> Issues {
 }
 
 fn check_tool(grants: &ToolGrants, at: &dyn Fn(&[&str]) -> Vec<String>, issues: &mut Issues) {
-    if let Some(digest) = &grants.sha256 {
-        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            issues.push((at(&["sha256"]), "expected 64 hex digits (the component's sha256)".into()));
-        }
+    if let Some(digest) = &grants.sha256
+        && (digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        issues.push((at(&["sha256"]), "expected 64 hex digits (the component's sha256)".into()));
     }
     for namespace in grants.state.namespaces.keys() {
         if !valid_name(namespace, MAX_NAMESPACE_CHARS) {

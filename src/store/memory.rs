@@ -424,14 +424,15 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let entry = inner.session_mut(session)?;
         let now = timestamp_ms();
-        if let Some(current) = &entry.lease_holder {
-            if current != holder && entry.lease_expires_ms > now {
-                return Err(StoreError::LeaseHeld {
-                    session: session.to_owned(),
-                    holder: current.clone(),
-                    expires_in_ms: (entry.lease_expires_ms - now) as u64,
-                });
-            }
+        if let Some(current) = &entry.lease_holder
+            && current != holder
+            && entry.lease_expires_ms > now
+        {
+            return Err(StoreError::LeaseHeld {
+                session: session.to_owned(),
+                holder: current.clone(),
+                expires_in_ms: (entry.lease_expires_ms - now) as u64,
+            });
         }
         entry.lease_holder = Some(holder.to_owned());
         entry.lease_token += 1;
@@ -461,11 +462,11 @@ impl Store for MemoryStore {
     }
 
     async fn release_lease(&self, session: &str, token: u64) -> Result<(), StoreError> {
-        if let Some(entry) = self.lock().sessions.get_mut(session) {
-            if entry.lease_token == token {
-                entry.lease_holder = None;
-                entry.lease_expires_ms = 0;
-            }
+        if let Some(entry) = self.lock().sessions.get_mut(session)
+            && entry.lease_token == token
+        {
+            entry.lease_holder = None;
+            entry.lease_expires_ms = 0;
         }
         Ok(())
     }

@@ -345,7 +345,7 @@ async fn adjust_chunks(
 }
 
 fn count_hashes(deltas: &mut BTreeMap<[u8; 32], i64>, hashes: &[u8], delta: i64) -> Result<(), StoreError> {
-    if hashes.len() % 32 != 0 {
+    if !hashes.len().is_multiple_of(32) {
         return Err(StoreError::Corrupt("a snapshot's chunk list is not a list of sha256 hashes".into()));
     }
     for hash in hashes.chunks(32) {

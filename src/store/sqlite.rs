@@ -476,20 +476,51 @@ fn prune_snapshots(conn: &Connection, session: &str, tool: &str, keep: u32) -> R
     Ok(())
 }
 
-fn step_row(
-    row: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(i64, String, String, String, Vec<u8>, Option<Vec<u8>>, Vec<u8>, Vec<u8>, i64)> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-        row.get(6)?,
-        row.get(7)?,
-        row.get(8)?,
-    ))
+/// A `steps` row as read, before its encoded columns are decoded.
+struct StepRow {
+    seq: i64,
+    tool: String,
+    digest: String,
+    input: String,
+    outcome: Vec<u8>,
+    /// `NULL` once pruned.
+    journal: Option<Vec<u8>>,
+    writes: Vec<u8>,
+    random: Vec<u8>,
+    committed_at_ms: i64,
+}
+
+impl StepRow {
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            seq: row.get(0)?,
+            tool: row.get(1)?,
+            digest: row.get(2)?,
+            input: row.get(3)?,
+            outcome: row.get(4)?,
+            journal: row.get(5)?,
+            writes: row.get(6)?,
+            random: row.get(7)?,
+            committed_at_ms: row.get(8)?,
+        })
+    }
+
+    fn decode(self) -> Result<StepRecord, StoreError> {
+        Ok(StepRecord {
+            seq: self.seq as u64,
+            tool: self.tool,
+            digest: self.digest,
+            input: self.input,
+            outcome: decode(&self.outcome, "step outcome")?,
+            journal: match self.journal {
+                Some(j) => decode(&j, "step journal")?,
+                None => Vec::new(),
+            },
+            writes: decode(&self.writes, "step writes")?,
+            random: decode(&self.random, "step random position")?,
+            committed_at_ms: self.committed_at_ms,
+        })
+    }
 }
 
 #[async_trait]
@@ -721,27 +752,8 @@ impl Store for SqliteStore {
                      WHERE session = ?1 AND seq > ?2 AND (?3 IS NULL OR tool = ?3) ORDER BY seq",
                 )
                 .map_err(backend)?;
-            let rows = stmt.query_map(params![session, after as i64, tool], step_row).map_err(backend)?;
-            let mut steps = Vec::new();
-            for row in rows {
-                let (seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms) =
-                    row.map_err(backend)?;
-                steps.push(StepRecord {
-                    seq: seq as u64,
-                    tool,
-                    digest,
-                    input,
-                    outcome: decode(&outcome, "step outcome")?,
-                    journal: match journal {
-                        Some(j) => decode(&j, "step journal")?,
-                        None => Vec::new(),
-                    },
-                    writes: decode(&writes, "step writes")?,
-                    random: decode(&random, "step random position")?,
-                    committed_at_ms,
-                });
-            }
-            Ok(steps)
+            let rows = stmt.query_map(params![session, after as i64, tool], StepRow::read).map_err(backend)?;
+            rows.map(|row| row.map_err(backend)?.decode()).collect()
         })
         .await
     }
@@ -865,14 +877,15 @@ impl Store for SqliteStore {
         let (session, holder) = (session.to_owned(), holder.to_owned());
         self.write_value(move |conn| {
             let now = now_ms();
-            if let Some(current) = lease_row(conn, &session)? {
-                if current.holder != holder && current.expires_at_ms > now {
-                    return Err(StoreError::LeaseHeld {
-                        session,
-                        holder: current.holder,
-                        expires_in_ms: (current.expires_at_ms - now) as u64,
-                    });
-                }
+            if let Some(current) = lease_row(conn, &session)?
+                && current.holder != holder
+                && current.expires_at_ms > now
+            {
+                return Err(StoreError::LeaseHeld {
+                    session,
+                    holder: current.holder,
+                    expires_in_ms: (current.expires_at_ms - now) as u64,
+                });
             }
             let (token, expires_at_ms): (i64, i64) = conn
                 .query_row(

@@ -287,7 +287,6 @@ fn stdio_bad_traffic_gets_errors_and_the_connection_stays_up() {
     assert_eq!(answer["result"]["isError"], false, "{answer}");
     assert_eq!(answer["result"]["structuredContent"]["value"].as_f64(), Some(42.0), "{answer}");
 
-    drop(send);
     drop(stdin);
     let status = child.wait().unwrap();
     assert!(status.success(), "the server exited with {status} after its client closed stdin");

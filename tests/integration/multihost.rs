@@ -481,10 +481,10 @@ async fn a_thousand_sessions_over_two_hosts_killed_at_random_lose_and_repeat_not
     loop {
         assert!(Instant::now() < deadline, "the hosts did not finish in time ({kills} kills)");
         std::thread::sleep(Duration::from_millis(200 + next_random(&mut random) % 600));
-        for slot in 0..2 {
-            if let Some((status, stderr)) = hosts[slot].as_mut().and_then(HostProcess::try_finish) {
+        for host in &mut hosts {
+            if let Some((status, stderr)) = host.as_mut().and_then(HostProcess::try_finish) {
                 assert!(status.success(), "a host failed ({status}):\n{stderr}");
-                hosts[slot] = None;
+                *host = None;
             }
         }
         if hosts.iter().all(Option::is_none) {
