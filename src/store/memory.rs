@@ -8,6 +8,10 @@
 //! sessions need isolation but not durability; a step commits in a few microseconds instead
 //! of a disk flush (see `cargo bench --bench runtime`).
 //!
+//! Like the other stores it keeps every step (a tool without snapshots is rebuilt by
+//! replaying all of its steps), so memory grows with a session's history until the session
+//! is deleted or the store dropped.
+//!
 //! One mutex guards everything. Work that can be slow (chunking and hashing a snapshot) is
 //! done before taking it, so a critical section is map updates only.
 
