@@ -23,6 +23,7 @@ mod action;
 mod config;
 mod prompt;
 mod record;
+mod signature;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

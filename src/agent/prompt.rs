@@ -5,13 +5,24 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::action::{Action, FINAL_ANSWER};
+use super::config::{AgentConfig, ToolCalling};
+use super::record::{CallResult, Transcript};
+use super::signature;
+use crate::model::{ChatRequest, Message, Role, ToolCall, ToolChoice, ToolDefinition};
+use crate::tool::Tool;
 
 /// Longest final answer a constrained turn may give.
 const MAX_ANSWER_CHARS: u64 = 400;
-use super::config::{AgentConfig, ToolCalling};
-use super::record::{CallResult, Transcript};
-use crate::model::{ChatRequest, Message, Role, ToolCall, ToolChoice, ToolDefinition};
-use crate::tool::Tool;
+/// Longest string a constrained turn may write into a tool's input, unless the tool's schema
+/// or the turn's token limit sets a shorter one.
+const MAX_INPUT_STRING_CHARS: u64 = 400;
+/// Strings in one constrained reply may take this share of its token limit each (an ASCII
+/// character is at least one token's worth), leaving room for the other fields and the JSON.
+const STRING_SHARE_OF_TOKENS: u64 = 4;
+/// No string bound is shorter than this, however few tokens a turn has.
+const MIN_INPUT_STRING_CHARS: u64 = 16;
+/// Most items a constrained turn may write into an array of a tool's input.
+const MAX_INPUT_ARRAY_ITEMS: u64 = 8;
 
 const NATIVE_SYSTEM: &str = "You are an agent that reaches a goal by calling tools. Call the tools you need, \
      one step at a time, and use their results. When the goal is reached, reply with the final answer as plain text \
@@ -89,7 +100,7 @@ pub(crate) fn request(
 ) -> ChatRequest {
     let mut request = match config.tool_calling {
         ToolCalling::Native => native(config, tools, transcript),
-        ToolCalling::Constrained => constrained(config, tools, transcript),
+        ToolCalling::Constrained => constrained(config, tools, transcript, max_tokens),
     };
     request.max_tokens = max_tokens;
     request.temperature = config.temperature;
@@ -163,8 +174,8 @@ fn clean_schema(schema: &Value) -> Value {
     match schema {
         Value::Object(map) => {
             let mut map = map.clone();
-            map.remove("$schema");
-            map.remove("title");
+            map.shift_remove("$schema");
+            map.shift_remove("title");
             Value::Object(map)
         }
         other => other.clone(),
@@ -173,7 +184,15 @@ fn clean_schema(schema: &Value) -> Value {
 
 /// One prompt with the goal, what earlier calls returned, and what to do now; small models
 /// copy earlier replies when shown a long conversation, and do better with this.
-fn constrained(config: &AgentConfig, tools: &[Arc<Tool>], transcript: &Transcript) -> ChatRequest {
+fn constrained(
+    config: &AgentConfig,
+    tools: &[Arc<Tool>],
+    transcript: &Transcript,
+    max_tokens: Option<u32>,
+) -> ChatRequest {
+    let string_bound = max_tokens.map_or(MAX_INPUT_STRING_CHARS, |tokens| {
+        (u64::from(tokens) / STRING_SHARE_OF_TOKENS).clamp(MIN_INPUT_STRING_CHARS, MAX_INPUT_STRING_CHARS)
+    });
     let allowed: Vec<&Arc<Tool>> = match choice(transcript) {
         Choice::Any => tools.iter().collect(),
         Choice::Tool(name) => tools.iter().filter(|t| t.name() == name).collect(),
@@ -182,7 +201,11 @@ fn constrained(config: &AgentConfig, tools: &[Arc<Tool>], transcript: &Transcrip
     let mut system = config.system_prompt.clone().unwrap_or_else(|| CONSTRAINED_SYSTEM.into());
     system.push_str("\n\nTools:");
     for tool in &allowed {
-        system.push_str(&format!("\n- {}: {}", tool.name(), tool.descriptor().description));
+        system.push_str(&format!("\n- {}: {}\n  input:", tool.name(), tool.descriptor().description));
+        for line in signature::describe_input(&tool.descriptor().input_schema, "    ") {
+            system.push('\n');
+            system.push_str(&line);
+        }
     }
     system.push_str(&format!("\n- {FINAL_ANSWER}: ends the run with the answer to the goal."));
 
@@ -211,9 +234,10 @@ fn constrained(config: &AgentConfig, tools: &[Arc<Tool>], transcript: &Transcrip
         .iter()
         .map(|tool| {
             let mut input = clean_schema(&tool.descriptor().input_schema);
+            bound_input(&mut input, string_bound);
             // Definitions must sit at the root for `$ref`s to resolve once embedded.
             for (key, defs) in &mut defs {
-                if let Some(Value::Object(found)) = input.as_object_mut().and_then(|m| m.remove(*key)) {
+                if let Some(Value::Object(found)) = input.as_object_mut().and_then(|m| m.shift_remove(*key)) {
                     defs.extend(found);
                 }
             }
@@ -250,10 +274,82 @@ fn constrained(config: &AgentConfig, tools: &[Arc<Tool>], transcript: &Transcrip
     }
 }
 
+/// Gives every free-form string in `schema` a `maxLength` of at most `max_chars`, and every
+/// array a `maxItems` of at most [`MAX_INPUT_ARRAY_ITEMS`]. A small model under a grammar can
+/// repeat itself until the turn's tokens run out, and a reply cut off mid-string is no reply
+/// at all; bounded, it closes its JSON and the tool judges the input. Only the grammar sees
+/// the bounds: the host validates the call against the tool's own schema.
+fn bound_input(schema: &mut Value, max_chars: u64) {
+    match schema {
+        Value::Object(node) => {
+            let free = !node.contains_key("const") && !node.contains_key("enum");
+            if free && has_type(node, "string") {
+                tighten(node, ("minLength", "maxLength"), max_chars);
+            }
+            if has_type(node, "array") {
+                tighten(node, ("minItems", "maxItems"), MAX_INPUT_ARRAY_ITEMS);
+            }
+            node.values_mut().for_each(|child| bound_input(child, max_chars));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|child| bound_input(child, max_chars)),
+        _ => {}
+    }
+}
+
+fn has_type(node: &Map<String, Value>, name: &str) -> bool {
+    match node.get("type") {
+        Some(Value::String(t)) => t == name,
+        Some(Value::Array(types)) => types.iter().any(|t| t == name),
+        _ => false,
+    }
+}
+
+/// Sets the upper bound `keys.1` to `max`, keeping the node's own bound where it is tighter
+/// and never going below its lower bound `keys.0` (which would leave nothing valid).
+fn tighten(node: &mut Map<String, Value>, (min_key, max_key): (&str, &str), max: u64) {
+    let own = |key: &str| node.get(key).and_then(Value::as_u64);
+    let bound = own(max_key).map_or(max, |own| own.min(max)).max(own(min_key).unwrap_or(0));
+    node.insert(max_key.into(), bound.into());
+}
+
 fn option(name: &str, input: Value) -> Value {
     json!({
         "type": "object",
         "properties": {"tool": {"const": name}, "input": input},
         "required": ["tool", "input"],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::bound_input;
+
+    #[test]
+    fn free_strings_and_arrays_are_bounded_within_their_own_limits() {
+        let mut schema = json!({
+            "type": "object",
+            "properties": {
+                "free": {"type": "string"},
+                "short": {"type": "string", "maxLength": 10},
+                "long": {"type": ["string", "null"], "minLength": 60},
+                "op": {"type": "string", "const": "add"},
+                "kind": {"type": "string", "enum": ["a", "b"]},
+                "tags": {"type": "array", "items": {"type": "string"}, "minItems": 12},
+                "count": {"type": "integer"}
+            },
+            "$defs": {"Nested": {"type": "string"}}
+        });
+        bound_input(&mut schema, 50);
+        let p = &schema["properties"];
+        assert_eq!(p["free"]["maxLength"], 50);
+        assert_eq!(p["short"]["maxLength"], 10, "a tighter bound of the tool's own stays");
+        assert_eq!(p["long"]["maxLength"], 60, "never below the lower bound");
+        assert!(p["op"].get("maxLength").is_none() && p["kind"].get("maxLength").is_none());
+        assert_eq!(p["tags"]["maxItems"], 12);
+        assert_eq!(p["tags"]["items"]["maxLength"], 50);
+        assert!(p["count"].get("maxLength").is_none());
+        assert_eq!(schema["$defs"]["Nested"]["maxLength"], 50);
+    }
 }

@@ -126,7 +126,7 @@ fn take_handle(
     in_arguments: bool,
     meta: Option<&rmcp::model::MetaObject>,
 ) -> Result<Option<String>, String> {
-    let from_arguments = if in_arguments { arguments.remove(HANDLE_ARGUMENT) } else { None };
+    let from_arguments = if in_arguments { arguments.shift_remove(HANDLE_ARGUMENT) } else { None };
     let value = from_arguments.or_else(|| meta.and_then(|m| m.0.get(HANDLE_META_KEY).cloned()));
     match value {
         None | Some(Value::Null) => Ok(None),

@@ -175,10 +175,31 @@ async fn constrained_run_uses_a_schema_with_an_enum_of_tools_and_a_plan() {
             0 => {
                 // Task 1 names the calculator: the schema allows only it.
                 assert_eq!(schema["properties"]["tool"]["const"], "calculator", "{schema}");
+                // The model names the tool before it writes the input: keys keep their order.
+                let text = request.response_schema.as_deref().unwrap();
+                assert!(text.find(r#""tool""#).unwrap() < text.find(r#""input""#).unwrap(), "{text}");
+                // Free strings are bounded by the turn's tokens (400 / 4), so a rambling model
+                // still closes its JSON; the tool's own schema has no bound.
+                let expression = &schema["properties"]["input"]["properties"]["expression"];
+                assert_eq!(expression["maxLength"], 100, "{schema}");
+                // The prompt shows the input's shape and its documentation.
+                let system = &request.messages[0].content;
+                assert!(system.contains("- calculator: Evaluates"), "{system}");
+                assert!(system.contains(r#"    {"expression": string}"#), "{system}");
+                assert!(system.contains("      expression: Numbers,"), "{system}");
                 json!({"tool": "calculator", "input": {"expression": "2 + 3"}})
             }
             1 => {
                 assert_eq!(schema["properties"]["tool"]["const"], "notes", "{schema}");
+                // A tagged input: one line per shape, fields in the order the tool declares them.
+                let system = &request.messages[0].content;
+                let add = r#"    {"op": "add", "title": string, "body": string, "tags"?: [string]}  (Adds a note"#;
+                assert!(system.contains(add), "{system}");
+                assert!(system.contains(r#"    {"op": "get", "id": integer}  (Returns one note.)"#), "{system}");
+                let add_schema = &schema["properties"]["input"]["oneOf"][0];
+                assert_eq!(add_schema["properties"]["tags"]["maxItems"], 8, "{schema}");
+                assert_eq!(add_schema["properties"]["tags"]["items"]["maxLength"], 100, "{schema}");
+                assert!(add_schema["properties"]["op"].get("maxLength").is_none(), "a constant is not bounded");
                 let prompt = &request.messages[1].content;
                 assert!(prompt.contains("- calculator: {\"value\":5.0}"), "{prompt}");
                 assert!(prompt.contains("Task 2 of 2: save it"), "{prompt}");
@@ -193,7 +214,8 @@ async fn constrained_run_uses_a_schema_with_an_enum_of_tools_and_a_plan() {
         Ok(text(&reply.to_string()))
     });
     let host = host_on(&dir.path().join("s.db"), model.clone());
-    let agent = Agent::new(&host, config(ToolCalling::Constrained), tools(&host).await).unwrap();
+    let config = AgentConfig { max_tokens_per_turn: Some(400), ..config(ToolCalling::Constrained) };
+    let agent = Agent::new(&host, config, tools(&host).await).unwrap();
     let goal = Goal::new("Add 2 and 3, keep a note")
         .with_task(Task::using("add 2 and 3", "calculator"))
         .with_task(Task::using("save it", "notes"));
