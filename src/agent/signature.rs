@@ -18,26 +18,25 @@ const MAX_ALTERNATIVES: usize = 12;
 /// (with the shape's own description), then one per described field.
 pub(crate) fn describe_input(schema: &Value, indent: &str) -> Vec<String> {
     let root = schema;
-    let alternatives = alternatives(schema);
+    // The shapes accepted at the top level: the branches of a `oneOf`/`anyOf`, or the schema.
+    let alternatives: Vec<&Value> = branches(schema).map_or_else(|| vec![schema], |b| b.iter().collect());
+    let shown: Vec<&Value> = alternatives.iter().take(MAX_ALTERNATIVES).map(|shape| resolve(root, shape)).collect();
     let mut lines = Vec::new();
-    let shown = alternatives.len().min(MAX_ALTERNATIVES);
-    for shape in &alternatives[..shown] {
-        let shape = resolve(root, shape);
+    for shape in &shown {
         let mut line = format!("{indent}{}", sketch(root, shape, 0));
         if let Some(about) = shape.get("description").and_then(Value::as_str) {
             line.push_str(&format!("  ({})", one_line(about)));
         }
         lines.push(line);
     }
-    if alternatives.len() > shown {
-        lines.push(format!("{indent}... and {} more shapes", alternatives.len() - shown));
+    if alternatives.len() > shown.len() {
+        lines.push(format!("{indent}... and {} more shapes", alternatives.len() - shown.len()));
     }
-    let mut described = Vec::new();
-    for shape in &alternatives[..shown] {
-        for (name, field) in properties(resolve(root, shape)) {
-            let field = resolve(root, field);
-            if let Some(about) = field.get("description").and_then(Value::as_str)
-                && !described.iter().any(|(n, _): &(&str, String)| *n == name.as_str())
+    let mut described: Vec<(&str, String)> = Vec::new();
+    for shape in &shown {
+        for (name, field) in properties(shape) {
+            if let Some(about) = resolve(root, field).get("description").and_then(Value::as_str)
+                && !described.iter().any(|(known, _)| *known == name.as_str())
             {
                 described.push((name.as_str(), one_line(about)));
             }
@@ -47,13 +46,9 @@ pub(crate) fn describe_input(schema: &Value, indent: &str) -> Vec<String> {
     lines
 }
 
-/// The shapes a schema accepts at its top level: the branches of a `oneOf`/`anyOf`, or itself.
-fn alternatives(schema: &Value) -> Vec<&Value> {
-    ["oneOf", "anyOf"]
-        .iter()
-        .find_map(|key| schema.get(*key).and_then(Value::as_array))
-        .map(|branches| branches.iter().collect())
-        .unwrap_or_else(|| vec![schema])
+/// The branches of a `oneOf` or `anyOf`, if the schema is one.
+fn branches(schema: &Value) -> Option<&Vec<Value>> {
+    ["oneOf", "anyOf"].iter().find_map(|key| schema.get(*key).and_then(Value::as_array))
 }
 
 fn properties(schema: &Value) -> impl Iterator<Item = (&String, &Value)> {
@@ -75,7 +70,7 @@ fn sketch(root: &Value, schema: &Value, depth: usize) -> String {
     if let Some(values) = schema.get("enum").and_then(Value::as_array) {
         return values.iter().map(Value::to_string).collect::<Vec<_>>().join(" | ");
     }
-    if let Some(branches) = ["oneOf", "anyOf"].iter().find_map(|key| schema.get(*key).and_then(Value::as_array)) {
+    if let Some(branches) = branches(schema) {
         return branches.iter().map(|b| sketch(root, b, depth + 1)).collect::<Vec<_>>().join(" | ");
     }
     match schema.get("type") {
