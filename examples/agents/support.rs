@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use toolhost::agent::AgentEvent;
-use toolhost::model::{LocalModelOptions, ProviderConfig, ProviderKind};
+use toolhost::model::{LocalModelChoice, LocalModelOptions, ProviderConfig, ProviderKind};
 use toolhost::store::Durability;
 use toolhost::{
     Agent, AgentConfig, AgentOutcome, EngineConfig, Goal, Host, HostConfig, LocalModel, ModelRouter, ModelsConfig,
@@ -32,8 +32,12 @@ pub struct Args {
     /// starting the local model
     #[arg(long, value_name = "URL")]
     pub model_url: Option<String>,
+    /// The local model to start: qwen1.5b (Qwen2.5-Coder-1.5B, a 1.1 GB download on first use)
+    /// or small (SmolLM2-135M, 93 MB: fast, but it cannot do the job)
+    #[arg(long, default_value_t = LocalModelChoice::default())]
+    pub model: LocalModelChoice,
     /// The model id to ask for at --model-url
-    #[arg(long, default_value = "smollm2-135m")]
+    #[arg(long, default_value = "qwen2.5-coder-1.5b")]
     pub model_name: String,
     /// Model turns after which the run stops without an answer
     #[arg(long, default_value_t = 16)]
@@ -72,11 +76,11 @@ async fn setup(args: &Args) -> anyhow::Result<Setup> {
             (config, None)
         }
         None => {
-            install_local_model()?;
+            // Installs the model on first use (scripts/setup says what it downloads).
             let started = Instant::now();
-            let model = LocalModel::start(LocalModelOptions::for_project(workspace()))
+            let model = LocalModel::start(LocalModelOptions::for_project(workspace()).with_model(args.model))
                 .await
-                .context("starting the local model (run scripts/setup once to install it)")?;
+                .context("starting the local model")?;
             println!("started the local model {} on {} in {:.1?}", model.model(), model.base_url(), started.elapsed());
             (model.models_config(), Some(model))
         }
@@ -112,21 +116,6 @@ async fn setup(args: &Args) -> anyhow::Result<Setup> {
     };
     let agent = Agent::new(&host, config, tools)?;
     Ok(Setup { host, agent, local_model, db: args.db.clone() })
-}
-
-/// Runs scripts/setup (idempotent) when the local model's venv is missing, as on a fresh clone.
-fn install_local_model() -> anyhow::Result<()> {
-    let options = LocalModelOptions::for_project(workspace());
-    if options.python.exists() {
-        return Ok(());
-    }
-    println!("installing the local model into .venv (scripts/setup) ...");
-    let status = std::process::Command::new(workspace().join("scripts/setup"))
-        .current_dir(workspace())
-        .status()
-        .context("running scripts/setup")?;
-    anyhow::ensure!(status.success(), "scripts/setup failed ({status}); see its output above");
-    Ok(())
 }
 
 /// Opens the session to run in: `--resume`'s, or a new one.

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::config::ToolCalling;
-use crate::model::ChatResponse;
+use crate::model::{ChatResponse, FinishReason};
 
 /// The name a constrained reply uses to end the run (reserved: no tool may take it).
 pub const FINAL_ANSWER: &str = "final_answer";
@@ -30,9 +30,20 @@ pub(crate) enum Action {
 }
 
 pub(crate) fn parse(mode: ToolCalling, response: &ChatResponse) -> Action {
-    match mode {
+    let action = match mode {
         ToolCalling::Native => parse_native(response),
         ToolCalling::Constrained => parse_constrained(&response.text),
+    };
+    match action {
+        // A reply cut off at `max-tokens` is unusable even when what came parses as an answer:
+        // a final answer cut short is not the answer. A tool call whose JSON closed stands.
+        Action::Final(_) | Action::Invalid(_) if response.finish_reason == FinishReason::Length => {
+            Action::Invalid(format!(
+                "the reply was cut off at the turn's token limit ({} tokens): reply shorter",
+                response.usage.output_tokens
+            ))
+        }
+        action => action,
     }
 }
 
@@ -96,7 +107,7 @@ fn parse_constrained(text: &str) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FinishReason, ToolCall, Usage};
+    use crate::model::{ToolCall, Usage};
 
     fn response(text: &str, calls: Vec<ToolCall>) -> ChatResponse {
         ChatResponse {
@@ -122,6 +133,23 @@ mod tests {
         assert!(matches!(parse_constrained(r#"{"tool":"final_answer","input":{}}"#), Action::Invalid(_)));
         let Action::Calls(calls) = parse_constrained(r#"{"tool":"notes","input":"list"}"#) else { panic!() };
         assert_eq!(calls[0].input, None, "a non-object input is kept only as text");
+    }
+
+    #[test]
+    fn a_reply_cut_off_at_max_tokens_is_unusable_in_both_modes() {
+        let mut cut = response(r#"{"tool":"final_answer","input":{"answer":"12"#, vec![]);
+        cut.finish_reason = FinishReason::Length;
+        cut.usage.output_tokens = 256;
+        let reason = |action| match action {
+            Action::Invalid(reason) => reason,
+            other => panic!("{other:?}"),
+        };
+        assert!(reason(parse(ToolCalling::Constrained, &cut)).contains("cut off at the turn's token limit (256"));
+        cut.text = "The total is 1".into();
+        assert!(reason(parse(ToolCalling::Native, &cut)).contains("cut off"), "a cut final answer is no answer");
+        // A call whose JSON closed before the limit is still a call.
+        cut.text = r#"{"tool":"calculator","input":{"expression":"1+1"}}"#.into();
+        assert!(matches!(parse(ToolCalling::Constrained, &cut), Action::Calls(_)));
     }
 
     #[test]

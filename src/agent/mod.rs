@@ -378,7 +378,7 @@ impl Agent {
             .await
             .map_err(|error| AgentError::Model { turn, error })?;
         let elapsed = started.elapsed();
-        let action = action::parse(self.config.tool_calling, &response);
+        let action = record::judge(self.config.tool_calling, &response, &transcript.goal, &transcript.turns);
         let input =
             serde_json::to_value(ModelStepInput { turn, model: self.config.model.clone(), request: digest.clone() })
                 .expect("serializes");

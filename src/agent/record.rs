@@ -87,6 +87,54 @@ impl Turn {
     }
 }
 
+/// What a committed response means for the run so far (`goal`, `earlier` turns): the same
+/// live and when read back, so a resumed run sees the actions the live one saw.
+///
+/// On top of [`action::parse`]: with a plan in the constrained mode (small models), a final
+/// answer must be grounded in what the tools returned: a number it states that no tool result
+/// and not the goal shows makes it an unusable turn, and the model is asked again.
+pub(crate) fn judge(mode: ToolCalling, response: &ChatResponse, goal: &Goal, earlier: &[Turn]) -> Action {
+    let action = action::parse(mode, response);
+    let Action::Final(answer) = &action else { return action };
+    if mode != ToolCalling::Constrained || goal.tasks.is_empty() {
+        return action;
+    }
+    let mut known = numbers(&goal.text);
+    for task in &goal.tasks {
+        known.extend(numbers(&task.description));
+    }
+    for result in earlier.iter().flat_map(|t| &t.results) {
+        if let CallResult::Output(text) = result {
+            known.extend(numbers(text));
+        }
+    }
+    match numbers(answer).into_iter().find(|n| !known.contains(n)) {
+        Some(made_up) => Action::Invalid(format!(
+            "the answer states {made_up}, which no tool result shows: answer from the results above"
+        )),
+        None => action,
+    }
+}
+
+/// The decimal numbers in `text` (`12.85`, `3`, `-2.5`), as written, for comparing.
+fn numbers(text: &str) -> Vec<f64> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        let tail = &rest[start..];
+        let mut end = tail.find(|c: char| !c.is_ascii_digit()).unwrap_or(tail.len());
+        // A fraction: `.` followed by a digit.
+        if tail[end..].starts_with('.') && tail[end + 1..].starts_with(|c: char| c.is_ascii_digit()) {
+            end += 1 + tail[end + 1..].find(|c: char| !c.is_ascii_digit()).unwrap_or(tail.len() - end - 1);
+        }
+        if let Ok(n) = tail[..end].parse::<f64>() {
+            found.push(n);
+        }
+        rest = &tail[end..];
+    }
+    found
+}
+
 /// An agent run as read back from its session.
 #[derive(Debug, Clone)]
 pub(crate) struct Transcript {
@@ -145,7 +193,7 @@ impl Transcript {
                 let text = output_text(step).ok_or_else(|| corrupt(step.seq, "the model turn has no output".into()))?;
                 let response: ChatResponse =
                     serde_json::from_str(text).map_err(|e| corrupt(step.seq, format!("the model response: {e}")))?;
-                let action = action::parse(settings.tool_calling, &response);
+                let action = judge(settings.tool_calling, &response, &goal, &turns);
                 turns.push(Turn { response, action, results: Vec::new() });
                 continue;
             }
@@ -196,5 +244,49 @@ fn output_text(step: &StepRecord) -> Option<&str> {
     match &step.outcome {
         StepOutcome::Output(text) => Some(text),
         StepOutcome::Failed(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::config::Task;
+    use crate::model::{FinishReason, Usage};
+
+    fn turn(text: &str, results: Vec<CallResult>) -> Turn {
+        let response = ChatResponse {
+            text: text.into(),
+            tool_calls: Vec::new(),
+            finish_reason: FinishReason::Stop,
+            usage: Usage { input_tokens: 0, output_tokens: 0 },
+            model: "m".into(),
+        };
+        let action = action::parse(ToolCalling::Constrained, &response);
+        Turn { response, action, results }
+    }
+
+    #[test]
+    fn numbers_are_read_as_written() {
+        assert_eq!(numbers("apples 3.50, total 12.85 (2 items) v1.2.3 x."), [3.5, 12.85, 2.0, 1.2, 3.0]);
+        assert_eq!(numbers("{\"value\":27.0} 5."), [27.0, 5.0]);
+    }
+
+    #[test]
+    fn a_planned_final_answer_must_state_only_numbers_the_tools_returned() {
+        let goal = Goal::new("Add up the prices.").with_task(Task::using("Add them.", "calculator"));
+        let calc = turn(
+            r#"{"tool":"calculator","input":{"expression":"3.5+9.35"}}"#,
+            vec![CallResult::Output(r#"{"value":12.85}"#.into())],
+        );
+        let answer = |text: &str| turn(&format!(r#"{{"tool":"final_answer","input":{{"answer":"{text}"}}}}"#), vec![]);
+        let judged = |text: &str, goal: &Goal| {
+            judge(ToolCalling::Constrained, &answer(text).response, goal, std::slice::from_ref(&calc))
+        };
+        assert_eq!(judged("The total is 12.85 euros.", &goal), Action::Final("The total is 12.85 euros.".into()));
+        let Action::Invalid(reason) = judged("The total is 1.25.", &goal) else { panic!() };
+        assert!(reason.contains("1.25, which no tool result shows"), "{reason}");
+        // Without a plan the model is trusted, as in the native mode.
+        let free = Goal::new("Add up the prices.");
+        assert!(matches!(judged("The total is 1.25.", &free), Action::Final(_)));
     }
 }

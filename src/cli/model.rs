@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use toolhost::model::{
-    ChatRequest, LocalModel, LocalModelOptions, Message, ModelProvider, ModelRouter, ModelsConfig, ProgressKind, Role,
+    ChatRequest, LocalModel, LocalModelChoice, LocalModelOptions, Message, ModelProvider, ModelRouter, ModelsConfig,
+    ProgressKind, Role,
 };
 
 #[derive(clap::Args)]
@@ -18,7 +19,7 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Command {
-    /// Serve the offline local model (SmolLM2-135M via llama.cpp) on 127.0.0.1 until Ctrl-C
+    /// Serve an offline local model (via llama.cpp) on 127.0.0.1 until Ctrl-C; installs it on first use
     ServeLocal(ServeLocalArgs),
     /// Send one prompt to an alias of a model configuration and print the reply as it streams
     Chat(ChatArgs),
@@ -29,6 +30,9 @@ struct ServeLocalArgs {
     /// Port [default: a free one]
     #[arg(long)]
     port: Option<u16>,
+    /// The model: qwen1.5b (Qwen2.5-Coder-1.5B, 1.1 GB download) or small (SmolLM2-135M, 93 MB)
+    #[arg(long, default_value_t = LocalModelChoice::default())]
+    model: LocalModelChoice,
     /// The project checkout holding .venv and scripts/ [default: the current folder]
     #[arg(long, default_value = ".")]
     project: PathBuf,
@@ -56,7 +60,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve_local(args: ServeLocalArgs) -> anyhow::Result<ExitCode> {
-    let options = LocalModelOptions { port: args.port, ..LocalModelOptions::for_project(&args.project) };
+    let options =
+        LocalModelOptions { port: args.port, ..LocalModelOptions::for_project(&args.project).with_model(args.model) };
     let server = LocalModel::start(options).await.context("starting the local model")?;
     let config = toml::to_string_pretty(&server.models_config()).context("rendering the model configuration")?;
     println!("local model `{}` listening on {}", server.model(), server.base_url());

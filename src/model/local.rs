@@ -1,25 +1,81 @@
-//! The offline local model (SmolLM2-135M-Instruct served by llama.cpp through the `xllamacpp`
-//! wheel) as a child process on a free 127.0.0.1 port: for development, tests and examples.
+//! The offline local model served by llama.cpp (the `xllamacpp` wheel) as a child process on a
+//! free 127.0.0.1 port: for development, tests and examples. Two models: Qwen2.5-Coder-1.5B
+//! (the default, good enough for the agent examples) and SmolLM2-135M (fast, for plumbing).
 //!
-//! The server runs `scripts/serve_local_model.py` with the project's `.venv/bin/python`
-//! (`scripts/setup` installs both). It exits when its stdin closes, so dropping the handle
-//! stops it cleanly, and it never outlives this process even if this process is killed.
+//! The server runs `scripts/serve_local_model.py` with the project's `.venv/bin/python`.
+//! [`LocalModel::start`] first runs `scripts/setup` (idempotent, once per process, under a
+//! file lock shared with other processes), so a fresh clone installs what it needs on first
+//! use. The server exits when its stdin closes, so dropping the handle stops it cleanly, and
+//! it never outlives this process even if this process is killed.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::config::{ModelsConfig, ProviderConfig, ProviderKind, RetryPolicy, ToolMode};
+
+/// Which local model to serve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LocalModelChoice {
+    /// Qwen2.5-Coder-1.5B-Instruct Q4_K_M: 1.1 GB, ~2 GB RSS, 19-23 tokens/s on 2 quiet cores.
+    /// Fills tool inputs and follows a plan; the examples' model.
+    #[default]
+    Qwen15b,
+    /// SmolLM2-135M-Instruct Q4_1: 93 MB, ~300 MB RSS, fast; enough to test plumbing, not to
+    /// reason.
+    Small,
+}
+
+impl LocalModelChoice {
+    /// The name `--model` takes (and `serve_local_model.py --model`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Qwen15b => "qwen1.5b",
+            Self::Small => "small",
+        }
+    }
+
+    /// The model id the server answers to.
+    pub fn model_id(self) -> &'static str {
+        match self {
+            Self::Qwen15b => "qwen2.5-coder-1.5b",
+            Self::Small => "smollm2-135m",
+        }
+    }
+}
+
+impl std::fmt::Display for LocalModelChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for LocalModelChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "qwen1.5b" => Ok(Self::Qwen15b),
+            "small" => Ok(Self::Small),
+            other => Err(format!("no local model `{other}`: choose qwen1.5b (the default) or small")),
+        }
+    }
+}
 
 /// Where the interpreter and script are, and how to serve.
 #[derive(Debug, Clone)]
 pub struct LocalModelOptions {
     pub python: PathBuf,
     pub script: PathBuf,
+    /// Run before starting, to install what is missing (`None`: install nothing).
+    pub setup: Option<PathBuf>,
+    pub choice: LocalModelChoice,
     /// `None`: a free port.
     pub port: Option<u16>,
-    /// Threads per phase; 1 is fastest on 2-core machines.
+    /// Threads per phase; 1 holds up best on 2-core machines under load.
     pub threads: u32,
     pub context_tokens: u32,
     /// The model id the server answers to.
@@ -29,19 +85,59 @@ pub struct LocalModelOptions {
 }
 
 impl LocalModelOptions {
-    /// The venv and script of the project checked out at `root`.
+    /// The default model, with the venv, scripts and set-up of the project checked out at `root`.
     pub fn for_project(root: impl AsRef<Path>) -> Self {
         let root = root.as_ref();
+        let choice = LocalModelChoice::default();
         Self {
             python: root.join(".venv/bin/python"),
             script: root.join("scripts/serve_local_model.py"),
+            setup: Some(root.join("scripts/setup")),
+            choice,
             port: None,
             threads: 1,
             context_tokens: 4096,
-            model: "smollm2-135m".into(),
-            startup_timeout: Duration::from_secs(90),
+            model: choice.model_id().into(),
+            startup_timeout: Duration::from_secs(120),
         }
     }
+
+    /// These options with `choice` served under its own model id.
+    pub fn with_model(self, choice: LocalModelChoice) -> Self {
+        Self { choice, model: choice.model_id().into(), ..self }
+    }
+}
+
+/// Runs the project's `setup` script unless this process already ran it, holding an exclusive
+/// lock on `<project>/.venv.lock` meanwhile, so parallel tests and concurrent processes (two
+/// test binaries, an example beside `cargo test`) install once and never see a half-made venv.
+/// The script is idempotent and returns at once when everything is in place.
+pub fn ensure_installed(setup: &Path) -> Result<(), LocalModelError> {
+    static DONE: Mutex<BTreeMap<PathBuf, Result<(), String>>> = Mutex::new(BTreeMap::new());
+    let mut done = DONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let failed = |reason: String| LocalModelError::Setup { script: setup.to_owned(), reason };
+    if let Some(result) = done.get(setup) {
+        return result.clone().map_err(failed);
+    }
+    let result = run_setup(setup);
+    done.insert(setup.to_owned(), result.clone());
+    result.map_err(failed)
+}
+
+fn run_setup(setup: &Path) -> Result<(), String> {
+    let project = setup.parent().and_then(Path::parent).ok_or("the script is not in <project>/scripts/")?;
+    let lock_path = project.join(".venv.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
+    lock.lock().map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+    // Its progress goes to our stderr: stdout may be a result someone parses.
+    let status = Command::new(setup)
+        .current_dir(project)
+        .stdin(Stdio::null())
+        .stdout(std::io::stderr())
+        .status()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    drop(lock);
+    if status.success() { Ok(()) } else { Err(format!("it failed ({status}); its output above says why")) }
 }
 
 /// Why the local model did not start.
@@ -49,6 +145,8 @@ impl LocalModelOptions {
 pub enum LocalModelError {
     #[error("{path} is missing; run scripts/setup to create the Python venv with the local model")]
     NotInstalled { path: PathBuf },
+    #[error("installing the local model with {script}: {reason}")]
+    Setup { script: PathBuf, reason: String },
     #[error("cannot find a free port on 127.0.0.1")]
     Port(#[source] std::io::Error),
     #[error("cannot start {python}")]
@@ -72,6 +170,11 @@ pub struct LocalModel {
 impl LocalModel {
     /// Starts the server and waits until it answers `/health`.
     pub async fn start(options: LocalModelOptions) -> Result<Self, LocalModelError> {
+        if let Some(setup) = options.setup.clone() {
+            tokio::task::spawn_blocking(move || ensure_installed(&setup)).await.map_err(|e| {
+                LocalModelError::Setup { script: PathBuf::from("scripts/setup"), reason: e.to_string() }
+            })??;
+        }
         for path in [&options.python, &options.script] {
             if !path.exists() {
                 return Err(LocalModelError::NotInstalled { path: path.clone() });
@@ -90,7 +193,7 @@ impl LocalModel {
             .arg(&options.script)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--threads", &options.threads.to_string(), "--ctx", &options.context_tokens.to_string()])
-            .args(["--alias", &options.model])
+            .args(["--model", options.choice.name(), "--alias", &options.model])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log.reopen().map_err(spawn_error)?)

@@ -24,7 +24,7 @@ pub use crate::bindings::model::{
     ToolDefinition, Usage,
 };
 pub use config::{AliasConfig, ModelConfigError, ModelsConfig, ProviderConfig, ProviderKind, RetryPolicy, ToolMode};
-pub use local::{LocalModel, LocalModelError, LocalModelOptions};
+pub use local::{LocalModel, LocalModelChoice, LocalModelError, LocalModelOptions, ensure_installed};
 pub use progress::{ProgressEvent, ProgressKind, ProgressListener};
 pub use structured::validate_request;
 pub use transport::describe as describe_error;
@@ -96,8 +96,11 @@ impl HttpProvider {
             response.text = text;
             response.tool_calls = calls;
         }
+        // An answer cut off at `max-tokens` goes back as it is, with finish reason `length`:
+        // the caller decides whether a partial answer is worth anything.
         if let Some(schema) = &request.response_schema
             && response.tool_calls.is_empty()
+            && response.finish_reason != FinishReason::Length
         {
             structured::check_answer(&response.text, schema)
                 .map_err(|e| self.transport.malformed(format!("{e} (finish reason {:?})", response.finish_reason)))?;

@@ -1,6 +1,7 @@
-//! The agent loop with the real local model (SmolLM2-135M through llama.cpp, installed by
-//! scripts/setup): a multi-tool run that finishes, and the example agent killed with SIGKILL
-//! mid-run and resumed, behind a proxy that counts every model request.
+//! The agent loop with the real local models (through llama.cpp, installed on first use by
+//! scripts/setup): the main job on its model (Qwen2.5-Coder-1.5B) gives the right answer, and
+//! the example agent killed with SIGKILL mid-run resumes, behind a proxy that counts every
+//! model request (on SmolLM2-135M: the mechanism, not the model, is under test).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -12,11 +13,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use toolhost::model::{ChatRequest, ChatResponse, LocalModelOptions, ModelError};
+use toolhost::model::{ChatRequest, ChatResponse, LocalModelChoice, ModelError};
 use toolhost::store::{Durability, StepOutcome};
 use toolhost::{
-    Agent, AgentConfig, EngineConfig, Goal, Host, HostConfig, LocalModel, ModelProvider, ModelRouter, Policy,
-    SqliteStore, Task, ToolCalling,
+    Agent, AgentConfig, EngineConfig, Goal, Host, HostConfig, ModelProvider, ModelRouter, Policy, SqliteStore, Task,
+    ToolCalling,
 };
 
 use crate::support::engine_config;
@@ -34,20 +35,16 @@ fn example_tools() -> &'static [PathBuf] {
     })
 }
 
-async fn start_local_model() -> LocalModel {
-    let options = LocalModelOptions::for_project(workspace());
-    LocalModel::start(options)
-        .await
-        .unwrap_or_else(|e| panic!("the local model did not start ({e}); run scripts/setup to install it into .venv"))
-}
-
 fn example_policy() -> Policy {
     Policy::load(workspace().join("examples/agents/policy.toml")).unwrap()
 }
 
+/// The main job (`cargo run --example research_agent`) on its own model, in-process: the plan's
+/// three tools run in their sandboxes, the calculator gets the three prices, the note with the
+/// total is filed, and the answer is the right total.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_model_agent_uses_three_sandboxed_tools_and_answers() {
-    let model = start_local_model().await;
+async fn main_job_on_its_model_files_the_note_and_answers_the_right_total() {
+    let model = crate::support::local_model(LocalModelChoice::default());
     let router = ModelRouter::from_config(&model.models_config()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path().join("s.db"), Durability::Full).unwrap());
@@ -62,42 +59,41 @@ async fn local_model_agent_uses_three_sandboxed_tools_and_answers() {
     for path in example_tools() {
         tools.push(host.load_tool(path).await.unwrap());
     }
+    // The example's settings and plan (examples/research_agent.rs, examples/agents/support.rs).
     let config = AgentConfig {
         tool_calling: ToolCalling::Constrained,
+        max_turns: 16,
         max_tokens_per_turn: Some(256),
         ..AgentConfig::new("local")
     };
     let agent = Agent::new(&host, config, tools).unwrap();
-    let goal = Goal::new("Find out what the shopping list in prices.txt costs in total, and keep a note of it.")
+    let goal = Goal::new("Find out what the shopping list in prices.txt costs in total, and keep a note of the total.")
         .with_task(Task::using("Read the file prices.txt.", "reader"))
         .with_task(Task::using("Add up the three prices with the calculator.", "calculator"))
         .with_task(Task::using("Save the total as a note titled Shopping total.", "notes"));
     let mut session = host.new_session().await.unwrap();
     let mut lines = Vec::new();
     let outcome = agent.start(&mut session, goal, &mut |e| lines.push(e.to_string())).await.unwrap();
-    model.stop();
     let transcript = lines.join("\n");
     let answer = outcome.answer().unwrap_or_else(|| panic!("no answer: {}\n{transcript}", outcome.stop));
-    assert!(!answer.is_empty());
-    assert!(outcome.tokens > 0);
+    assert!(answer.contains("12.85"), "answer `{answer}`, the total is 12.85:\n{transcript}");
 
     let steps = session.steps(0).await.unwrap();
-    let mut used: Vec<&str> = steps.iter().map(|s| s.tool.as_str()).filter(|t| !t.starts_with("agent.")).collect();
-    used.dedup();
-    assert_eq!(used, ["reader", "calculator", "notes"], "{transcript}");
-    // The reader ran in its sandbox with /docs mounted: it read the file, or (when the tiny
-    // model wrote another file name) said that file is not there; never `denied`.
-    let read = steps.iter().find(|s| s.tool == "reader").unwrap();
-    let mounted = match &read.outcome {
-        StepOutcome::Output(text) => text.contains("cheese 7.10"),
-        StepOutcome::Failed(toolhost::ToolFailure::InvalidInput(message)) => message.contains("in /docs"),
-        StepOutcome::Failed(_) => false,
+    let output = |tool: &str| -> serde_json::Value {
+        let step = steps.iter().rfind(|s| s.tool == tool).unwrap_or_else(|| panic!("no {tool} step:\n{transcript}"));
+        match &step.outcome {
+            StepOutcome::Output(text) => serde_json::from_str(text).unwrap(),
+            StepOutcome::Failed(failure) => panic!("{tool} failed: {failure}\n{transcript}"),
+        }
     };
-    assert!(mounted, "{read:?}\n{transcript}");
-    // Each model turn is recorded once, with the usage the provider reported.
+    assert!(output("reader").to_string().contains("cheese 7.10"), "{transcript}");
+    assert_eq!(output("calculator")["value"], 12.85, "{transcript}");
+    // The note was filed, with the total in it.
+    let filed = steps.iter().rfind(|s| s.tool == "notes").unwrap();
+    assert!(output("notes")["id"].as_u64().is_some(), "{transcript}");
+    assert!(filed.input.contains("12.85"), "the note: {}\n{transcript}", filed.input);
     let turns = steps.iter().filter(|s| s.tool == "agent.model").count();
     assert_eq!(turns as u32, outcome.turns);
-    assert!(outcome.turns >= 4, "three tasks and the answer: {transcript}");
 }
 
 /// Forwards chat requests to the model once per `Idempotency-Key` (as providers that honor
@@ -148,9 +144,10 @@ fn run_example(binary: &Path, args: &[&str], kill_after: Option<usize>) -> (Vec<
         .args(args)
         .current_dir(workspace())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("starting the example");
+    crate::support::capture_stderr(&mut child);
     let stdout = child.stdout.take().unwrap();
     let mut steps = Vec::new();
     let mut all = Vec::new();
@@ -186,7 +183,7 @@ impl ModelProvider for NoModel {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_example_agent_resumes_without_repeating_steps_or_model_requests() {
     let binary = tokio::task::spawn_blocking(|| crate::support::example_binary("resumable_agent")).await.unwrap();
-    let model = start_local_model().await;
+    let model = crate::support::local_model(LocalModelChoice::Small);
     let state = Arc::new(tokio::sync::Mutex::new(ProxyState { upstream: model.base_url(), ..ProxyState::default() }));
     let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(proxy)).with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -197,7 +194,7 @@ async fn sigkilled_example_agent_resumes_without_repeating_steps_or_model_reques
     let db = dir.path().join("agents.db");
     let db_arg = db.to_str().unwrap().to_owned();
     let session = "killed-and-resumed";
-    let common = ["--db", &db_arg, "--model-url", &proxy_url];
+    let common = ["--db", &db_arg, "--model-url", &proxy_url, "--model-name", model.model()];
 
     // Kill it twice mid-run, at different points, then let it finish.
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -226,7 +223,6 @@ async fn sigkilled_example_agent_resumes_without_repeating_steps_or_model_reques
         .await
         .unwrap()
     };
-    model.stop();
 
     // The final run resumed where the killed ones stopped and printed the answer.
     let (last_steps, last_output) = &runs[2];

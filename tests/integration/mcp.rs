@@ -13,15 +13,9 @@ use crate::support::guests;
 const TOOLHOST: &str = env!("CARGO_BIN_EXE_toolhost");
 const MAX_BODY: usize = 256 << 10;
 
-/// The project's venv Python (made by scripts/setup), with the MCP SDK.
+/// The project's venv Python (made by scripts/setup on first use), with the MCP SDK.
 fn python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup (it installs the MCP Python SDK the MCP tests drive the server with)",
-        python.display()
-    );
-    python
+    crate::support::venv_python()
 }
 
 fn client_script() -> PathBuf {
@@ -220,9 +214,10 @@ fn stdio_bad_traffic_gets_errors_and_the_connection_stays_up() {
         .args(serve_args(&dir.path().join("sessions.db")))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("starting toolhost serve");
+    crate::support::capture_stderr(&mut child);
     let mut stdin = child.stdin.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<Value>();
     let stdout = child.stdout.take().unwrap();
@@ -305,9 +300,10 @@ impl RawStdio {
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting toolhost serve");
+        crate::support::capture_stderr(&mut child);
         let stdout = child.stdout.take().unwrap();
         let (tx, replies) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

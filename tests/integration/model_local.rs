@@ -1,36 +1,22 @@
-//! The real local model (SmolLM2-135M through llama.cpp, installed by scripts/setup) through
+//! The real local model (SmolLM2-135M through llama.cpp, installed on first use by scripts/setup) through
 //! both endpoints: plain completions, schema-constrained answers, the JSON-Schema tool mode,
 //! streaming progress, and the summarizer tool end to end.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use toolhost::model::{
-    ChatRequest, FinishReason, LocalModel, LocalModelOptions, Message, ModelProvider, ModelRouter, ProgressKind, Role,
+    ChatRequest, FinishReason, LocalModel, LocalModelChoice, Message, ModelProvider, ModelRouter, ProgressKind, Role,
     ToolChoice, ToolDefinition,
 };
 use toolhost::{Host, HostConfig, ModelGrant, Policy, ToolGrants};
 
 use crate::support::engine_config;
 
-/// One server per test process: it stops when the process exits (its stdin closes).
+/// The fast model: these tests check plumbing, not reasoning.
 fn local_model() -> &'static LocalModel {
-    static MODEL: OnceLock<LocalModel> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let options = LocalModelOptions::for_project(root);
-        // Started on its own thread and runtime: the server outlives any one test's runtime,
-        // and this runs inside one.
-        let started = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(LocalModel::start(options))
-        });
-        started
-            .join()
-            .expect("the start-up thread")
-            .unwrap_or_else(|e| panic!("the local model did not start (run scripts/setup to install it): {e}"))
-    })
+    crate::support::local_model(LocalModelChoice::Small)
 }
 
 fn router() -> ModelRouter {

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use toolhost::{EngineConfig, Host, HostConfig, Limits, Policy, ToolGrants};
+use toolhost::model::{LocalModelChoice, LocalModelOptions};
+use toolhost::{EngineConfig, Host, HostConfig, Limits, LocalModel, Policy, ToolGrants};
 
 pub struct Guests {
     pub calculator: PathBuf,
@@ -92,5 +93,51 @@ pub async fn bystander(
         assert_eq!(out["echo"], n);
         served.fetch_add(1, Ordering::Relaxed);
         tokio::task::yield_now().await;
+    }
+}
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The project venv's Python, after running the set-up the examples run (`scripts/setup`:
+/// once per process, under a lock shared with other processes; it says what it downloads).
+pub fn venv_python() -> PathBuf {
+    let setup = workspace().join("scripts/setup");
+    toolhost::model::ensure_installed(&setup).unwrap_or_else(|e| panic!("{e}"));
+    workspace().join(".venv/bin/python")
+}
+
+/// A local model server shared by the tests of this process; it stops when the process exits
+/// (its stdin closes). Started on its own thread and runtime: it outlives any one test's
+/// runtime, and this runs inside one.
+pub fn local_model(choice: LocalModelChoice) -> &'static LocalModel {
+    static QWEN: OnceLock<LocalModel> = OnceLock::new();
+    static SMALL: OnceLock<LocalModel> = OnceLock::new();
+    let cell = match choice {
+        LocalModelChoice::Qwen15b => &QWEN,
+        LocalModelChoice::Small => &SMALL,
+    };
+    cell.get_or_init(|| {
+        let options = LocalModelOptions::for_project(workspace()).with_model(choice);
+        let started = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(LocalModel::start(options))
+        });
+        started.join().expect("the start-up thread").unwrap_or_else(|e| panic!("the local model `{choice}`: {e}"))
+    })
+}
+
+/// Sends `child`'s stderr (spawned with `Stdio::piped()`) through the test's captured output,
+/// shown only when the test fails, instead of onto the terminal between the test results.
+/// The thread that copies it inherits the test's capture.
+pub fn capture_stderr(child: &mut std::process::Child) {
+    use std::io::BufRead;
+    if let Some(stderr) = child.stderr.take() {
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+            }
+        });
     }
 }
