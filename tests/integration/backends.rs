@@ -3,9 +3,11 @@
 //!
 //! PostgreSQL is reached through `TOOLHOST_TEST_POSTGRES` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`, a role allowed to create databases). When
-//! no server answers there, the Postgres variants print why and pass, unless
-//! `TOOLHOST_REQUIRE_POSTGRES=1` (set by `.ci/run`), which makes them fail instead.
+//! no server answers there, each Postgres variant prints `SKIPPED <test>: why` past the
+//! output capture (so it shows in the run, not as a silent `ok`) and returns, unless
+//! `TOOLHOST_REQUIRE_POSTGRES=1` (set by `.ci/run`), which makes it fail instead.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -64,7 +66,11 @@ impl TestStore {
                 if std::env::var("TOOLHOST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
                     panic!("TOOLHOST_REQUIRE_POSTGRES=1 but {why}");
                 }
-                eprintln!("SKIPPED (Postgres variant): {why}");
+                // Past the test's output capture, so the skip shows between the results
+                // instead of passing as a silent `ok`.
+                let test = std::thread::current().name().unwrap_or("a Postgres variant").to_owned();
+                let _ =
+                    writeln!(std::io::stderr(), "SKIPPED {test}: {why} (TOOLHOST_REQUIRE_POSTGRES=1 fails instead)");
                 return None;
             }
         };

@@ -232,15 +232,20 @@ async fn an_unrenewed_lease_is_taken_over_and_the_old_holder_is_refused(db: &Tes
 }
 
 async fn renewal_keeps_an_active_session_leased(db: &TestStore) {
-    let ttl = Duration::from_millis(400);
-    let a = leased_host(db, "host-a", ttl, Duration::from_millis(100)).await;
-    let b = leased_host(db, "host-b", ttl, Duration::from_millis(100)).await;
+    // A TTL with room for a busy 2-core machine: renewals every 250 ms may each be late by
+    // over a second and still hold the lease. The run lasts 2.5 TTLs: only renewal keeps it.
+    let ttl = Duration::from_secs(2);
+    let a = leased_host(db, "host-a", ttl, Duration::from_millis(250)).await;
+    let b = leased_host(db, "host-b", ttl, Duration::from_millis(250)).await;
     let calculator = a.load_tool(&guests().calculator).await.unwrap();
     let mut session = a.create_session("kept").await.unwrap();
-    for i in 0..6 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(matches!(b.open_session("kept").await, Err(SessionError::Leased { .. })), "round {i}");
-        session.call(&calculator, &json!({"expression": format!("{i} * 2")})).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut rounds = 0;
+    while started.elapsed() < ttl * 5 / 2 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(matches!(b.open_session("kept").await, Err(SessionError::Leased { .. })), "round {rounds}");
+        session.call(&calculator, &json!({"expression": format!("{rounds} * 2")})).await.unwrap();
+        rounds += 1;
     }
-    assert_eq!(session.last_step(), 6);
+    assert_eq!(session.last_step(), rounds);
 }
