@@ -437,3 +437,62 @@ async fn sessions_that_are_not_agent_runs_are_refused() {
     let no_models = crate::support::host(Policy::grant_requested());
     assert!(matches!(Agent::new(&no_models, config(ToolCalling::Native), vec![]), Err(AgentError::NoModelProvider)));
 }
+
+/// A reply cut off at `max_tokens` and a planned answer that states a number no tool returned
+/// are committed as unusable turns: the run goes on (the model hears why), and a resumed run
+/// keeps them and asks the model only for what comes next.
+#[tokio::test]
+async fn cut_off_and_ungrounded_replies_are_unusable_committed_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let first = ScriptedModel::new(|n, _| match n {
+        0 => Ok(ChatResponse {
+            finish_reason: FinishReason::Length,
+            ..text(r#"{"tool": "calculator", "input": {"expression": "2 + 3 + 3 + 3 + 3"#)
+        }),
+        1 => Ok(text(&json!({"tool": "calculator", "input": {"expression": "2 + 3"}}).to_string())),
+        2 => Ok(text(&json!({"tool": "final_answer", "input": {"answer": "The sum is 6."}}).to_string())),
+        _ => Err(ModelError::ProviderError(ProviderFailure { status: Some(503), message: "overloaded".into() })),
+    });
+    let host = host_on(&db, first.clone());
+    let agent = Agent::new(&host, config(ToolCalling::Constrained), tools(&host).await).unwrap();
+    let mut session = host.new_session().await.unwrap();
+    let id = session.id().to_owned();
+    let (events, mut sink) = recorder();
+    let goal = Goal::new("Add 2 and 3.").with_task(Task::using("Add them with the calculator.", "calculator"));
+    let error = agent.start(&mut session, goal, &mut sink).await.unwrap_err();
+    assert!(matches!(error, AgentError::Model { turn: 4, .. }), "{error}");
+    let decisions: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::ModelTurn { decision, .. } => Some(decision.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(decisions.len(), 3, "{decisions:?}");
+    assert!(decisions[0].contains("unusable reply: the reply was cut off at the turn's token limit"), "{decisions:?}");
+    assert_eq!(decisions[1], "call calculator");
+    assert!(decisions[2].contains("the answer states 6, which no tool result shows"), "{decisions:?}");
+    // The cut-off turn was asked again on the same task, not counted as the task done.
+    assert_eq!(first.requests()[1].1.response_schema, first.requests()[0].1.response_schema);
+    assert_eq!(session.last_step(), 5, "goal, three model turns, one calculator call");
+    drop((agent, session, host));
+
+    let working = ScriptedModel::new(|_, _| {
+        Ok(text(&json!({"tool": "final_answer", "input": {"answer": "The sum is 5."}}).to_string()))
+    });
+    let host = host_on(&db, working.clone());
+    let agent = Agent::new(&host, config(ToolCalling::Constrained), tools(&host).await).unwrap();
+    let mut session = host.open_session(&id).await.unwrap();
+    let outcome = agent.resume(&mut session, &mut |_| {}).await.unwrap();
+    assert_eq!(outcome.answer(), Some("The sum is 5."));
+    assert_eq!(outcome.turns, 4, "the unusable turns are kept, not asked again");
+    let requests = working.requests();
+    assert_eq!(requests.len(), 1);
+    let prompt = &requests[0].1.messages[1].content;
+    assert!(prompt.contains("rejected: the reply was cut off"), "{prompt}");
+    assert!(prompt.contains("rejected: the answer states 6"), "{prompt}");
+    assert!(prompt.contains("- calculator: {\"value\":5.0}"), "{prompt}");
+}
