@@ -108,7 +108,13 @@ pub(crate) fn judge(mode: ToolCalling, response: &ChatResponse, goal: &Goal, ear
             known.extend(numbers(text));
         }
     }
-    match numbers(answer).into_iter().find(|n| !known.contains(n)) {
+    // An answer may round what a tool returned (`38.55` for `38.550000000000004`), to the
+    // decimals it writes.
+    let grounded = |(n, decimals): &(f64, i32)| {
+        let scale = 10f64.powi(*decimals);
+        known.iter().any(|(k, _)| ((k * scale).round() / scale - n).abs() < 1e-9)
+    };
+    match numbers(answer).into_iter().find(|n| !grounded(n)).map(|(n, _)| n) {
         Some(made_up) => Action::Invalid(format!(
             "the answer states {made_up}, which no tool result shows: answer from the results above"
         )),
@@ -116,8 +122,8 @@ pub(crate) fn judge(mode: ToolCalling, response: &ChatResponse, goal: &Goal, ear
     }
 }
 
-/// The decimal numbers in `text` (`12.85`, `3`, `-2.5`), as written, for comparing.
-fn numbers(text: &str) -> Vec<f64> {
+/// The decimal numbers in `text` (`12.85`, `3`), each with how many decimals it is written with.
+fn numbers(text: &str) -> Vec<(f64, i32)> {
     let mut found = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
@@ -127,8 +133,10 @@ fn numbers(text: &str) -> Vec<f64> {
         if tail[end..].starts_with('.') && tail[end + 1..].starts_with(|c: char| c.is_ascii_digit()) {
             end += 1 + tail[end + 1..].find(|c: char| !c.is_ascii_digit()).unwrap_or(tail.len() - end - 1);
         }
-        if let Ok(n) = tail[..end].parse::<f64>() {
-            found.push(n);
+        let written = &tail[..end];
+        if let Ok(n) = written.parse::<f64>() {
+            let decimals = written.split_once('.').map_or(0, |(_, fraction)| fraction.len() as i32);
+            found.push((n, decimals));
         }
         rest = &tail[end..];
     }
@@ -267,8 +275,11 @@ mod tests {
 
     #[test]
     fn numbers_are_read_as_written() {
-        assert_eq!(numbers("apples 3.50, total 12.85 (2 items) v1.2.3 x."), [3.5, 12.85, 2.0, 1.2, 3.0]);
-        assert_eq!(numbers("{\"value\":27.0} 5."), [27.0, 5.0]);
+        assert_eq!(
+            numbers("apples 3.50, total 12.85 (2 items) v1.2.3 x."),
+            [(3.5, 2), (12.85, 2), (2.0, 0), (1.2, 1), (3.0, 0)]
+        );
+        assert_eq!(numbers("{\"value\":27.0} 5."), [(27.0, 1), (5.0, 0)]);
     }
 
     #[test]
@@ -283,6 +294,12 @@ mod tests {
             judge(ToolCalling::Constrained, &answer(text).response, goal, std::slice::from_ref(&calc))
         };
         assert_eq!(judged("The total is 12.85 euros.", &goal), Action::Final("The total is 12.85 euros.".into()));
+        // Rounded to the decimals it writes, as a float sum often must be.
+        assert!(matches!(judged("About 12.9.", &goal), Action::Final(_)));
+        let float = turn("{}", vec![CallResult::Output(r#"{"value":38.550000000000004}"#.into())]);
+        let rounded = judge(ToolCalling::Constrained, &answer("38.55 in total").response, &goal, &[float]);
+        assert!(matches!(rounded, Action::Final(_)), "{rounded:?}");
+        assert!(matches!(judged("About 12.8.", &goal), Action::Invalid(_)));
         let Action::Invalid(reason) = judged("The total is 1.25.", &goal) else { panic!() };
         assert!(reason.contains("1.25, which no tool result shows"), "{reason}");
         // Without a plan the model is trusted, as in the native mode.
