@@ -1,5 +1,5 @@
 //! A long-running bookkeeping agent that shows resume: it reads four receipts, notes each
-//! amount, adds them up and notes the total (11 model turns, under a minute with
+//! amount, adds them up and notes the total (11 model turns, 4-8 minutes with
 //! the local model). Stop it with Ctrl-C or `kill -9` at any point, then continue:
 //!
 //!     cargo run --example resumable_agent
