@@ -155,7 +155,19 @@ impl ModelCtx {
 }
 
 impl wit::Host for ModelCtx {
-    async fn chat(&mut self, model: String, request: ChatRequest) -> Result<ChatResponse, ModelError> {
+    async fn chat(
+        &mut self,
+        model: String,
+        request: ChatRequest,
+    ) -> wasmtime::Result<Result<ChatResponse, ModelError>> {
+        crate::charges::within_limits(&self.journal)?;
+        let result = self.chat_checked(model, request).await;
+        crate::charges::within_limits(&self.journal).map(|()| result)
+    }
+}
+
+impl ModelCtx {
+    async fn chat_checked(&mut self, model: String, request: ChatRequest) -> Result<ChatResponse, ModelError> {
         let shown = model.escape_debug().to_string();
         if !self.granted.allows(&model) {
             let reason = format!("model `{shown}` is not granted");
