@@ -130,6 +130,8 @@ impl Instance {
             .secure_random(secure_rng.clone())
             .insecure_random(insecure_rng.clone())
             .insecure_random_seed(insecure_seed(tool_name))
+            // One `get-random-bytes` answer is a host buffer: bounded by the tool's memory.
+            .max_random_size((grants.limits.memory_bytes / 4).max(4096))
             .allow_ip_name_lookup(false)
             .allow_tcp(false)
             .allow_udp(false)

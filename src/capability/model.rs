@@ -95,6 +95,11 @@ impl ModelCtx {
 
     /// Records a decision in the store's audit trail (and the log).
     async fn record(&self, request: &str, allowed: bool, reason: &str) {
+        // Charged like the other capabilities' decisions; past the bound the call is ending.
+        // An answered call is always recorded: the ledger of budgets counts on it.
+        if !allowed && !lock(&self.journal).charges.audit_event() {
+            return;
+        }
         super::audit(&self.session, &self.tool, "model", request, allowed, reason);
         let event = AuditEvent {
             at_ms: crate::store::timestamp_ms(),

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (one link on 2 cores), a module per concern.
 
+mod adversary;
 mod agent;
 mod agent_local;
 mod agent_service;
