@@ -2,6 +2,7 @@
 //! An instance belongs to exactly one session; nothing in it is shared.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use wasmtime::component::{Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -260,9 +261,15 @@ impl Instance {
         let limits = tool.grants.limits;
         self.arm(engine, &limits);
         let call = self.tool.call_call(&mut self.store, input);
-        let returned = match tokio::time::timeout(limits.wall_time, call).await {
-            Ok(returned) => returned,
-            Err(_) => return Err(CallError::WallDeadline { tool: tool.name().to_owned(), limit: limits.wall_time }),
+        let returned = if limits.wall_time == Duration::MAX {
+            call.await
+        } else {
+            match tokio::time::timeout(limits.wall_time, call).await {
+                Ok(returned) => returned,
+                Err(_) => {
+                    return Err(CallError::WallDeadline { tool: tool.name().to_owned(), limit: limits.wall_time });
+                }
+            }
         };
         let failure = match returned {
             Ok(Ok(output)) => {

@@ -496,3 +496,49 @@ pub(crate) fn insecure_seed(tool: &str) -> u128 {
     hasher.update(b"\0insecure-seed");
     u128::from_le_bytes(hasher.finalize()[..16].try_into().expect("16 bytes"))
 }
+
+#[cfg(test)]
+mod clock_run_tests {
+    use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
+
+    use super::*;
+
+    #[test]
+    fn a_clock_read_in_a_loop_is_one_entry_per_quantum_and_replays_exactly() {
+        let journal = Journal::new();
+        lock(&journal).begin_live();
+        let (wall, mono) = (JournaledWallClock(journal.clone()), JournaledMonotonicClock(journal.clone()));
+        let readings: Vec<(Duration, u64)> = (0..10_000).map(|_| (wall.now(), mono.now())).collect();
+        let single: Vec<u64> = (0..10_000).map(|_| mono.now()).collect();
+        let entries = lock(&journal).finish().unwrap();
+        // Alternating reads cannot share a run; a loop on one clock extends one.
+        assert!(single.windows(2).all(|w| w[0] < w[1]), "monotonic readings stay strictly increasing");
+        let runs = entries.iter().filter(|e| matches!(e, JournalEntry::MonotonicClockRun { .. })).count();
+        assert!(runs <= 20_000 + 1 + 10_000 / 100, "{runs} monotonic entries");
+        let last_runs =
+            entries.iter().rev().take_while(|e| matches!(e, JournalEntry::MonotonicClockRun { .. })).count();
+        assert!(last_runs < 100, "10,000 reads in a row took {last_runs} entries");
+
+        lock(&journal).begin_replay(entries, true);
+        let replayed: Vec<(Duration, u64)> = (0..10_000).map(|_| (wall.now(), mono.now())).collect();
+        let replayed_single: Vec<u64> = (0..10_000).map(|_| mono.now()).collect();
+        assert_eq!((replayed, replayed_single), (readings, single));
+        lock(&journal).finish().unwrap();
+    }
+
+    #[test]
+    fn a_replay_that_reads_the_clock_fewer_times_diverges() {
+        let journal = Journal::new();
+        lock(&journal).begin_live();
+        let mono = JournaledMonotonicClock(journal.clone());
+        for _ in 0..5 {
+            mono.now();
+        }
+        let entries = lock(&journal).finish().unwrap();
+        lock(&journal).begin_replay(entries, true);
+        for _ in 0..4 {
+            mono.now();
+        }
+        assert!(lock(&journal).finish().is_err());
+    }
+}

@@ -23,6 +23,7 @@ pub struct Limits {
     pub cpu_time: Duration,
     /// Wall-clock time one call may take, host calls included (sleeps, polls, HTTP, model
     /// calls, state I/O): the CPU deadline does not see time a guest spends waiting.
+    /// `Duration::MAX` (for embedders and benchmarks; a policy file cannot say it) sets none.
     #[serde(with = "duration_ms", rename = "wall_time_ms")]
     pub wall_time: Duration,
     /// Size of the JSON a call may return.

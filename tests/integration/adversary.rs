@@ -23,6 +23,9 @@ use crate::support::{grants, guests, host};
 enum Expect {
     /// The CPU deadline.
     Deadline,
+    /// The CPU or the wall deadline, whichever comes first: a loop that spends most of its
+    /// time in host calls (copying values) may reach either, depending on the machine's load.
+    AnyDeadline,
     WallDeadline,
     HostLimit(HostResource),
     MemoryLimit,
@@ -71,19 +74,19 @@ fn attacks() -> Vec<Attack> {
         row(
             "1 MiB read loop",
             json!({"attack": "read-loop", "key": "big", "bytes": 1 << 20, "reads": MANY}),
-            Deadline,
+            AnyDeadline,
             None,
         ),
         row(
             "committed 128 KiB read loop",
             json!({"attack": "read-loop", "key": "committed", "bytes": 0, "reads": MANY}),
-            Deadline,
+            AnyDeadline,
             None,
         ),
         row(
             "read-own-write loop",
             json!({"attack": "read-own-write-loop", "key": "own", "reads": MANY}),
-            Deadline,
+            AnyDeadline,
             None,
         ),
         row(
@@ -161,7 +164,7 @@ fn attacks() -> Vec<Attack> {
             Some("model"),
         ),
         row("1 GiB random request", json!({"attack": "huge-random", "bytes": 1u64 << 30}), Trap, None),
-        row("stdout flood", json!({"attack": "stdout-flood", "bytes": u64::MAX}), Deadline, None),
+        row("stdout flood", json!({"attack": "stdout-flood", "bytes": u64::MAX}), AnyDeadline, None),
         Attack {
             name: "snapshot over its cap",
             target: Target::Ballast,
@@ -180,13 +183,13 @@ fn attacks() -> Vec<Attack> {
 fn limits() -> Limits {
     Limits {
         memory_bytes: 32 << 20,
-        cpu_time: Duration::from_millis(300),
-        wall_time: Duration::from_millis(800),
+        cpu_time: Duration::from_millis(500),
+        wall_time: Duration::from_secs(2),
         max_output_bytes: 64 << 10,
         max_error_bytes: 4 << 10,
         max_snapshot_bytes: 1 << 20,
         max_log_bytes_per_step: 64 << 10,
-        max_journal_bytes: 256 << 10,
+        max_journal_bytes: 512 << 10,
         max_handles: 64,
         max_audit_events_per_step: 32,
         ..Limits::default()
@@ -198,6 +201,7 @@ fn matches(expect: Expect, outcome: &Result<Value, CallError>) -> bool {
     match (expect, error) {
         (Expect::Deadline, CallError::Deadline { .. })
         | (Expect::WallDeadline, CallError::WallDeadline { .. })
+        | (Expect::AnyDeadline, CallError::Deadline { .. } | CallError::WallDeadline { .. })
         | (Expect::MemoryLimit, CallError::MemoryLimit { .. })
         | (Expect::OutputTooLarge, CallError::OutputTooLarge { .. })
         | (Expect::Trap, CallError::Trap { .. })
@@ -235,7 +239,7 @@ fn open_fds() -> Vec<String> {
 /// in-flight host buffers (one 1 MiB value, a journal of at most 1 MiB) and the runtime.
 const FIXED_ALLOWANCE_BYTES: u64 = 48 << 20;
 /// How long one bystander call may take while an attack runs.
-const BYSTANDER_MAX_LATENCY: Duration = Duration::from_millis(250);
+const BYSTANDER_MAX_LATENCY: Duration = Duration::from_millis(400);
 
 async fn denials(host: &toolhost::Host, session: &str, capability: &str) -> usize {
     let events = host.store().audit_events(Some(session)).await.unwrap();

@@ -15,6 +15,7 @@ mod leases;
 mod load_errors;
 mod mcp;
 mod mcp_multihost;
+mod mcp_starvation;
 mod memory_store;
 mod model_faults;
 mod model_local;

@@ -51,7 +51,6 @@ pub fn tight_limits() -> Limits {
     Limits {
         memory_bytes: 32 << 20,
         cpu_time: Duration::from_millis(300),
-        wall_time: Duration::from_secs(2),
         max_output_bytes: 64 << 10,
         ..Limits::default()
     }
