@@ -5,7 +5,8 @@
 wasmtime::component::bindgen!({
     world: "stateful-tool",
     path: "wit",
-    imports: { default: async },
+    // Trappable: a host call past one of the step's host limits ends the call at once.
+    imports: { default: async | trappable },
     exports: { default: async },
     // Host-call results are journaled for replay, so the types that cross the boundary
     // must serialize.

@@ -31,6 +31,10 @@ pub enum LoadError {
     #[error("{path} needs imports the host does not provide: {reason}")]
     UnsatisfiedImports { path: PathBuf, reason: String },
 
+    /// `describe` ran past the load deadline (it ran the tool's code with nothing granted).
+    #[error("{path}: `describe` did not return within {limit:?}")]
+    DescribeDeadline { path: PathBuf, limit: Duration },
+
     #[error("{path}: calling `describe` failed: {reason}")]
     Describe { path: PathBuf, reason: String },
 
@@ -89,6 +93,43 @@ impl std::fmt::Display for TrapKind {
     }
 }
 
+/// A host-side resource a call is charged for (see [`crate::Limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostResource {
+    /// The step's journal (state reads, model answers, clock readings): `max_journal_bytes`.
+    Journal,
+    /// The message of the tool's own error: `max_error_bytes`.
+    ToolError,
+    /// A stateful tool's snapshot: `max_snapshot_bytes`.
+    Snapshot,
+    /// Log messages of the step: `max_log_bytes_per_step`.
+    Log,
+    /// WASI handles the instance holds (files, streams, pollables): `max_handles`.
+    Handles,
+    /// Audit events of the step (refusals): `max_audit_events_per_step`.
+    Audit,
+}
+
+impl HostResource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Journal => "journal",
+            Self::ToolError => "tool error",
+            Self::Snapshot => "snapshot",
+            Self::Log => "log",
+            Self::Handles => "handles",
+            Self::Audit => "audit events",
+        }
+    }
+}
+
+impl std::fmt::Display for HostResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a tool call did not produce output.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -100,6 +141,16 @@ pub enum CallError {
 
     #[error("tool `{tool}` exceeded its CPU time limit of {limit:?}")]
     Deadline { tool: String, limit: Duration },
+
+    /// The call ran past `wall_time_ms`, host calls included (a sleep, a blocking poll, a slow
+    /// HTTP peer or model). The instance is dropped and nothing is committed.
+    #[error("tool `{tool}` exceeded its wall-clock limit of {limit:?}")]
+    WallDeadline { tool: String, limit: Duration },
+
+    /// The call made the host hold more of `resource` than the tool's limits allow. The
+    /// instance is dropped and nothing is committed.
+    #[error("tool `{tool}` exceeded its host limit on {resource}: {used} > {limit}")]
+    HostLimit { tool: String, resource: HostResource, limit: u64, used: u64 },
 
     #[error("tool `{tool}` ran out of fuel (its limit is {limit} per call)")]
     FuelExhausted { tool: String, limit: u64 },
@@ -145,6 +196,8 @@ impl CallError {
             Self::InvalidInput { tool, .. }
             | Self::Tool { tool, .. }
             | Self::Deadline { tool, .. }
+            | Self::WallDeadline { tool, .. }
+            | Self::HostLimit { tool, .. }
             | Self::FuelExhausted { tool, .. }
             | Self::MemoryLimit { tool, .. }
             | Self::Trap { tool, .. }

@@ -96,6 +96,10 @@ fn session_error(error: StoreError) -> SessionError {
     }
 }
 
+/// How long `describe` may take at load, host calls included (it is granted nothing, so
+/// it has nothing legitimate to wait for).
+pub const DESCRIBE_WALL_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn random_seed() -> [u8; 32] {
     // uuid's v4 draws from the OS generator (getrandom).
     let mut seed = [0; 32];
@@ -195,9 +199,10 @@ impl Host {
         let mut instance = Instance::new(&self.inner.engine, &blueprint, "(loading)", env, &describe_grants)
             .await
             .map_err(|e| describe_error(e.to_string()))?;
-        let raw = instance
-            .describe(&self.inner.engine, &describe_grants.limits)
+        let describe = instance.describe(&self.inner.engine, &describe_grants.limits);
+        let raw = tokio::time::timeout(DESCRIBE_WALL_TIME, describe)
             .await
+            .map_err(|_| LoadError::DescribeDeadline { path: origin.to_owned(), limit: DESCRIBE_WALL_TIME })?
             .map_err(|e| describe_error(format!("{e:#}")))?;
         drop(instance);
         let (descriptor, input_validator, output_validator) = tool::parse_descriptor(origin, raw)?;

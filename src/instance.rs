@@ -2,8 +2,9 @@
 //! An instance belongs to exactly one session; nothing in it is shared.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -15,11 +16,13 @@ use crate::capability::filesystem::AuditedFilesystem;
 use crate::capability::log::LogCtx;
 use crate::capability::model::ModelCtx;
 use crate::capability::network::{HttpGate, deny_sockets};
+use crate::capability::sockets::SocketGate;
 use crate::capability::state::StateCtx;
+use crate::charges::{HostLimitExceeded, StepCharges};
 use crate::engine::{Engine, GuestLimiter, Limits, MemoryLimitExceeded};
-use crate::error::{CallError, ToolFailure, TrapKind};
+use crate::error::{CallError, HostResource, ToolFailure, TrapKind};
 use crate::journal::{
-    Journal, JournaledMonotonicClock, JournaledWallClock, RandomState, SessionRng, SharedJournal, insecure_seed,
+    Journal, JournaledMonotonicClock, JournaledWallClock, RandomState, SessionRng, SharedJournal, insecure_seed, lock,
 };
 use crate::model::ModelProvider;
 use crate::policy::{Access, CapabilityRow, ToolGrants};
@@ -37,6 +40,8 @@ pub(crate) struct InstanceState {
     pub(crate) state: StateCtx,
     log: LogCtx,
     model: ModelCtx,
+    /// The step's journal, whose charges the epoch callback checks.
+    journal: SharedJournal,
     /// Epoch ticks the current call may still run before it is interrupted.
     cpu_ticks_left: u64,
 }
@@ -64,6 +69,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Insta
     let mut linker: Linker<InstanceState> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::capability::filesystem::shadow_in_linker(&mut linker, audited_filesystem)?;
+    crate::capability::sockets::shadow_in_linker(&mut linker, |s| SocketGate { audit: &s.audit })?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::capability::state::add_to_linker(&mut linker, |s| &mut s.state)?;
     crate::capability::log::add_to_linker(&mut linker, |s| &mut s.log)?;
@@ -112,22 +118,24 @@ impl Instance {
         let session = env.session;
         let scope = StateScope { session: session.to_owned(), tool: tool_name.to_owned() };
         let journal = Journal::new();
+        lock(&journal).charges = StepCharges::new(&grants.limits);
         let secure_rng = SessionRng::new(env.seed, tool_name, "secure");
         let insecure_rng = SessionRng::new(env.seed, tool_name, "insecure");
         let audit = Auditor::new(session.to_owned(), tool_name.to_owned(), env.store.clone(), journal.clone());
         // No args, stdio, sockets or name lookups; env and preopens only as granted.
         // Clocks and randomness are virtual, so a replayed step sees what the original saw.
+        // Socket creation is also shadowed in the linker (audited, no OS socket opened).
         let mut wasi = WasiCtxBuilder::new();
         wasi.wall_clock(JournaledWallClock(journal.clone()))
             .monotonic_clock(JournaledMonotonicClock(journal.clone()))
             .secure_random(secure_rng.clone())
             .insecure_random(insecure_rng.clone())
             .insecure_random_seed(insecure_seed(tool_name))
+            // One `get-random-bytes` answer is a host buffer: bounded by the tool's memory.
+            .max_random_size((grants.limits.memory_bytes / 4).max(4096))
             .allow_ip_name_lookup(false)
-            // Sockets may be created so that every use of one (bind, connect, listen, send)
-            // reaches the address check, which denies it and records the attempt.
-            .allow_tcp(true)
-            .allow_udp(true)
+            .allow_tcp(false)
+            .allow_udp(false)
             .socket_addr_check(deny_sockets(audit.clone()));
         let fail_env = |reason: String| CallError::Instantiate { tool: tool_name.to_owned(), reason };
         for preopen in &grants.filesystem {
@@ -161,15 +169,17 @@ impl Instance {
             audit.deny(row.capability, requested, reason).await;
         }
         let wasi = wasi.build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(grants.limits.max_handles);
         let data = InstanceState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             http: WasiHttpCtx::new(),
             http_gate: HttpGate::new(Arc::new(grants.network.clone()), audit.clone()),
             audit,
             limiter: GuestLimiter::new(grants.limits.memory_bytes.min(engine.max_memory_bytes())),
             state: StateCtx::new(scope, Arc::new(grants.state.clone()), env.store.clone(), journal.clone()),
-            log: LogCtx::new(session.to_owned(), tool_name.to_owned()),
+            log: LogCtx::new(session.to_owned(), tool_name.to_owned(), journal.clone()),
             model: ModelCtx::new(
                 session.to_owned(),
                 tool_name.to_owned(),
@@ -178,14 +188,18 @@ impl Instance {
                 env.store,
                 journal.clone(),
             ),
+            journal: journal.clone(),
             cpu_ticks_left: engine.ticks_for(grants.limits.cpu_time),
         };
         let mut wasm_store = Store::new(engine.wasmtime(), data);
         wasm_store.limiter(|s| &mut s.limiter);
         // Each tick a guest runs it yields to the executor (so one busy guest cannot starve
         // other sessions on the same thread) and spends one tick of its CPU budget.
+        // A step past a host limit ends here at the latest (a WASI call that cannot trap,
+        // e.g. a clock read or an audited refusal, only marks it).
         wasm_store.epoch_deadline_callback(|mut ctx| {
             let data = ctx.data_mut();
+            crate::charges::within_limits(&data.journal)?;
             if data.cpu_ticks_left == 0 {
                 return Ok(UpdateDeadline::Interrupt);
             }
@@ -240,17 +254,56 @@ impl Instance {
     /// Runs `call`. `Err` means the instance is unusable (trap, deadline, memory) and must
     /// be dropped.
     #[allow(clippy::ptr_arg)] // the generated binding takes `&String`
+    ///
+    /// The call is bounded by `wall_time`, host calls included; a step past one of its host
+    /// limits (see [`StepCharges`]) fails with [`CallError::HostLimit`] even if it returned.
     pub async fn call(&mut self, engine: &Engine, tool: &Tool, input: &String) -> Result<CallOutcome, CallError> {
         let limits = tool.grants.limits;
         self.arm(engine, &limits);
-        match self.tool.call_call(&mut self.store, input).await {
-            Ok(Ok(output)) => Ok(Ok(output)),
-            Ok(Err(e)) => Ok(Err(match e {
+        let call = self.tool.call_call(&mut self.store, input);
+        let returned = if limits.wall_time == Duration::MAX {
+            call.await
+        } else {
+            match tokio::time::timeout(limits.wall_time, call).await {
+                Ok(returned) => returned,
+                Err(_) => {
+                    return Err(CallError::WallDeadline { tool: tool.name().to_owned(), limit: limits.wall_time });
+                }
+            }
+        };
+        let failure = match returned {
+            Ok(Ok(output)) => {
+                self.charged(tool)?;
+                return Ok(Ok(output));
+            }
+            Ok(Err(e)) => match e {
                 bindings::types::ToolError::InvalidInput(m) => ToolFailure::InvalidInput(m),
                 bindings::types::ToolError::Denied(m) => ToolFailure::Denied(m),
                 bindings::types::ToolError::Failed(m) => ToolFailure::Failed(m),
-            })),
-            Err(trap) => Err(classify(trap, tool.name(), &limits)),
+            },
+            Err(trap) => return Err(classify(trap, tool.name(), &limits)),
+        };
+        self.charged(tool)?;
+        // The failure is committed as the step's outcome: bounded like output.
+        let bytes = match &failure {
+            ToolFailure::InvalidInput(m) | ToolFailure::Denied(m) | ToolFailure::Failed(m) => m.len(),
+        };
+        if bytes > limits.max_error_bytes {
+            return Err(host_limit(tool.name(), HostResource::ToolError, limits.max_error_bytes, bytes));
+        }
+        Ok(Err(failure))
+    }
+
+    /// Fails if the step passed a host limit that no trap reported.
+    fn charged(&self, tool: &Tool) -> Result<(), CallError> {
+        match lock(&self.journal).charges.exceeded() {
+            Some(e) => Err(CallError::HostLimit {
+                tool: tool.name().to_owned(),
+                resource: e.resource,
+                limit: e.limit,
+                used: e.used,
+            }),
+            None => Ok(()),
         }
     }
 
@@ -285,7 +338,14 @@ impl Instance {
         let Some(stateful) = self.stateful.clone() else { return Ok(None) };
         let limits = tool.grants.limits;
         self.arm(engine, &limits);
-        stateful.call_snapshot(&mut self.store).await.map(Some).map_err(|e| classify(e, tool.name(), &limits))
+        let snapshot = match tokio::time::timeout(limits.wall_time, stateful.call_snapshot(&mut self.store)).await {
+            Ok(snapshot) => snapshot.map_err(|e| classify(e, tool.name(), &limits))?,
+            Err(_) => return Err(CallError::WallDeadline { tool: tool.name().to_owned(), limit: limits.wall_time }),
+        };
+        if snapshot.len() > limits.max_snapshot_bytes {
+            return Err(host_limit(tool.name(), HostResource::Snapshot, limits.max_snapshot_bytes, snapshot.len()));
+        }
+        Ok(Some(snapshot))
     }
 
     /// Restores a snapshot into this (fresh) instance. `Ok(Err(reason))`: the tool refused it.
@@ -302,11 +362,22 @@ impl Instance {
     }
 }
 
+fn host_limit(tool: &str, resource: HostResource, limit: usize, used: usize) -> CallError {
+    CallError::HostLimit { tool: tool.to_owned(), resource, limit: limit as u64, used: used as u64 }
+}
+
 /// Turns an aborted call into the error a caller can act on.
 fn classify(error: wasmtime::Error, tool: &str, limits: &Limits) -> CallError {
     let tool = tool.to_owned();
     if let Some(m) = error.downcast_ref::<MemoryLimitExceeded>() {
         return CallError::MemoryLimit { tool, limit_bytes: m.limit_bytes, requested_bytes: m.requested_bytes };
+    }
+    if let Some(e) = error.downcast_ref::<HostLimitExceeded>() {
+        return CallError::HostLimit { tool, resource: e.resource, limit: e.limit, used: e.used };
+    }
+    if let Some(ResourceTableError::Full) = error.downcast_ref::<ResourceTableError>() {
+        let limit = limits.max_handles as u64;
+        return CallError::HostLimit { tool, resource: HostResource::Handles, limit, used: limit + 1 };
     }
     let trap = match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => {

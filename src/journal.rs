@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bindings::model::{ChatResponse, ModelError};
 use crate::bindings::state::StateError;
+use crate::charges::StepCharges;
 
 /// One recorded input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +57,24 @@ pub enum JournalEntry {
         request: String,
         result: Result<ChatResponse, ModelError>,
     },
+    /// `count` wall-clock readings: `start_nanos` (since the epoch), then one nanosecond more
+    /// each. A clock read in a loop costs one entry per quantum of real time, not per read.
+    WallClockRun {
+        start_nanos: u64,
+        count: u32,
+    },
+    /// `count` monotonic readings from `start`, one nanosecond apart (see `WallClockRun`).
+    MonotonicClockRun {
+        start: u64,
+        count: u32,
+    },
+    /// `count` reads of a key answered from the step's own view: its write of the key, or
+    /// the value an earlier `StateGet` of this step recorded. No value is copied again.
+    StateGetRepeat {
+        namespace: String,
+        key: String,
+        count: u32,
+    },
 }
 
 impl JournalEntry {
@@ -68,8 +87,55 @@ impl JournalEntry {
             Self::StateDelete { .. } => "state.delete",
             Self::StateListKeys { .. } => "state.list-keys",
             Self::Model { .. } => "model.chat",
+            Self::WallClockRun { .. } => "wall-clock",
+            Self::MonotonicClockRun { .. } => "monotonic-clock",
+            Self::StateGetRepeat { .. } => "state.get",
         }
     }
+
+    /// How many guest requests the entry answers.
+    fn run_len(&self) -> u32 {
+        match self {
+            Self::WallClockRun { count, .. }
+            | Self::MonotonicClockRun { count, .. }
+            | Self::StateGetRepeat { count, .. } => *count,
+            _ => 1,
+        }
+    }
+
+    /// Host memory the entry holds, near enough to charge it.
+    fn approx_bytes(&self) -> usize {
+        let heap = match self {
+            Self::WallClock { .. }
+            | Self::MonotonicClock { .. }
+            | Self::WallClockRun { .. }
+            | Self::MonotonicClockRun { .. } => 0,
+            Self::StateGet { namespace, key, result } => {
+                namespace.len() + key.len() + result.as_ref().map_or(64, |v| v.as_ref().map_or(0, Vec::len))
+            }
+            Self::StateSet { namespace, key, .. } | Self::StateDelete { namespace, key, .. } => {
+                namespace.len() + key.len() + 64
+            }
+            Self::StateListKeys { namespace, prefix, result } => {
+                namespace.len()
+                    + prefix.len()
+                    + result.as_ref().map_or(64, |keys| keys.iter().map(|k| k.len() + 24).sum())
+            }
+            Self::StateGetRepeat { namespace, key, .. } => namespace.len() + key.len(),
+            Self::Model { .. } => postcard::to_stdvec(self).map_or(0, |b| b.len()),
+        };
+        std::mem::size_of::<Self>() + heap
+    }
+}
+
+/// Granularity of live clock readings: readings within one quantum extend a run.
+const WALL_QUANTUM_NANOS: u64 = 1_000_000;
+const MONOTONIC_QUANTUM_NANOS: u64 = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClockKind {
+    Wall,
+    Monotonic,
 }
 
 /// Stable digest of a serializable request.
@@ -106,7 +172,11 @@ pub(crate) struct Journal {
     mode: Mode,
     replay: VecDeque<JournalEntry>,
     recorded: Vec<JournalEntry>,
+    /// Readings already taken from the run entry at the front of `replay`.
+    run_taken: u32,
     diverged: Option<String>,
+    /// What the step has made the host hold, against the tool's limits.
+    pub charges: StepCharges,
 }
 
 /// Shared between an instance's capability contexts and its virtual clocks.
@@ -123,7 +193,9 @@ impl Journal {
             mode: Mode::Off,
             replay: VecDeque::new(),
             recorded: Vec::new(),
+            run_taken: 0,
             diverged: None,
+            charges: StepCharges::unbounded(),
         }))
     }
 
@@ -141,7 +213,9 @@ impl Journal {
         self.mode = mode;
         self.replay = entries.into();
         self.recorded.clear();
+        self.run_taken = 0;
         self.diverged = None;
+        self.charges.reset();
     }
 
     /// Ends the step: its recorded entries, or why the replay diverged.
@@ -166,12 +240,27 @@ impl Journal {
     /// In replay, the next entry if `matches` accepts it. `None` means: go live (and then
     /// [`Journal::record`] the result). A mismatch in strict replay marks the step diverged.
     pub fn replayed<T>(&mut self, expected: &str, matches: impl FnOnce(&JournalEntry) -> Option<T>) -> Option<T> {
+        self.replayed_in_run(expected, |entry, _| matches(entry))
+    }
+
+    /// Like [`Journal::replayed`], also handing `matches` the reading's index within a run
+    /// entry; the entry is consumed once all its readings are.
+    pub fn replayed_in_run<T>(
+        &mut self,
+        expected: &str,
+        matches: impl FnOnce(&JournalEntry, u32) -> Option<T>,
+    ) -> Option<T> {
         let Mode::Replay { strict } = self.mode else { return None };
         match self.replay.front() {
-            Some(entry) => match matches(entry) {
+            Some(entry) => match matches(entry, self.run_taken) {
                 Some(value) => {
-                    let entry = self.replay.pop_front().expect("front exists");
-                    self.recorded.push(entry);
+                    self.run_taken += 1;
+                    if self.run_taken >= entry.run_len() {
+                        self.run_taken = 0;
+                        let entry = self.replay.pop_front().expect("front exists");
+                        self.charges.journal(entry.approx_bytes());
+                        self.recorded.push(entry);
+                    }
                     Some(value)
                 }
                 None => {
@@ -189,6 +278,11 @@ impl Journal {
                 None
             }
         }
+    }
+
+    /// Marks the step diverged for a reason a capability found (see [`Journal::replayed`]).
+    pub fn mark_diverged(&mut self, reason: String) {
+        self.diverge(reason);
     }
 
     fn diverge(&mut self, reason: String) {
@@ -210,11 +304,63 @@ impl Journal {
         self.diverged.is_some()
     }
 
-    /// Records a live input (ignored outside a step).
+    /// Records a live input (ignored outside a step), charged to the step's journal bound;
+    /// past it, the entry is dropped (the step is ending with a host-limit error anyway).
     pub fn record(&mut self, entry: JournalEntry) {
-        if !matches!(self.mode, Mode::Off) {
+        if !matches!(self.mode, Mode::Off) && self.charges.journal(entry.approx_bytes()) {
             self.recorded.push(entry);
         }
+    }
+
+    /// Records one more repeated read of `namespace/key`, extending the last entry when it
+    /// is a repeat of the same key.
+    pub fn record_repeat(&mut self, namespace: &str, key: &str) {
+        if let Some(JournalEntry::StateGetRepeat { namespace: n, key: k, count }) = self.recorded.last_mut()
+            && n == namespace
+            && k == key
+            && *count < u32::MAX
+            && !matches!(self.mode, Mode::Off)
+        {
+            *count += 1;
+            return;
+        }
+        self.record(JournalEntry::StateGetRepeat { namespace: namespace.to_owned(), key: key.to_owned(), count: 1 });
+    }
+
+    /// The index in [`Journal::recorded`] the next recorded entry gets.
+    pub fn next_index(&self) -> usize {
+        self.recorded.len()
+    }
+
+    /// A live clock reading, quantized: a reading within the quantum of the previous one
+    /// continues its run one nanosecond later (readings stay strictly increasing), so a
+    /// clock read in a loop extends one entry instead of adding one per read.
+    fn record_clock(&mut self, kind: ClockKind, real_nanos: u64) -> u64 {
+        let quantum = match kind {
+            ClockKind::Wall => WALL_QUANTUM_NANOS,
+            ClockKind::Monotonic => MONOTONIC_QUANTUM_NANOS,
+        };
+        let reading = real_nanos - real_nanos % quantum;
+        if matches!(self.mode, Mode::Off) {
+            return reading;
+        }
+        let run = match (kind, self.recorded.last_mut()) {
+            (ClockKind::Wall, Some(JournalEntry::WallClockRun { start_nanos, count })) => Some((*start_nanos, count)),
+            (ClockKind::Monotonic, Some(JournalEntry::MonotonicClockRun { start, count })) => Some((*start, count)),
+            _ => None,
+        };
+        if let Some((start, count)) = run {
+            let next = start.saturating_add(u64::from(*count));
+            if reading <= next && *count < u32::MAX {
+                *count += 1;
+                return next;
+            }
+        }
+        self.record(match kind {
+            ClockKind::Wall => JournalEntry::WallClockRun { start_nanos: reading, count: 1 },
+            ClockKind::Monotonic => JournalEntry::MonotonicClockRun { start: reading, count: 1 },
+        });
+        reading
     }
 }
 
@@ -223,19 +369,22 @@ pub(crate) struct JournaledWallClock(pub SharedJournal);
 
 impl wasmtime_wasi::HostWallClock for JournaledWallClock {
     fn resolution(&self) -> Duration {
-        Duration::from_nanos(1)
+        Duration::from_nanos(WALL_QUANTUM_NANOS)
     }
 
     fn now(&self) -> Duration {
         let mut journal = lock(&self.0);
-        let replayed = journal.replayed("the wall clock", |e| match e {
+        let replayed = journal.replayed_in_run("the wall clock", |e, i| match e {
             JournalEntry::WallClock { secs, nanos } => Some(Duration::new(*secs, *nanos)),
+            JournalEntry::WallClockRun { start_nanos, .. } => {
+                Some(Duration::from_nanos(start_nanos.saturating_add(u64::from(i))))
+            }
             _ => None,
         });
         replayed.unwrap_or_else(|| {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            journal.record(JournalEntry::WallClock { secs: now.as_secs(), nanos: now.subsec_nanos() });
-            now
+            let nanos = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+            Duration::from_nanos(journal.record_clock(ClockKind::Wall, nanos))
         })
     }
 }
@@ -251,19 +400,19 @@ fn process_origin() -> std::time::Instant {
 
 impl wasmtime_wasi::HostMonotonicClock for JournaledMonotonicClock {
     fn resolution(&self) -> u64 {
-        1
+        MONOTONIC_QUANTUM_NANOS
     }
 
     fn now(&self) -> u64 {
         let mut journal = lock(&self.0);
-        let replayed = journal.replayed("the monotonic clock", |e| match e {
+        let replayed = journal.replayed_in_run("the monotonic clock", |e, i| match e {
             JournalEntry::MonotonicClock { nanos } => Some(*nanos),
+            JournalEntry::MonotonicClockRun { start, .. } => Some(start.saturating_add(u64::from(i))),
             _ => None,
         });
         replayed.unwrap_or_else(|| {
             let nanos = process_origin().elapsed().as_nanos() as u64;
-            journal.record(JournalEntry::MonotonicClock { nanos });
-            nanos
+            journal.record_clock(ClockKind::Monotonic, nanos)
         })
     }
 }
@@ -346,4 +495,50 @@ pub(crate) fn insecure_seed(tool: &str) -> u128 {
     hasher.update(tool.as_bytes());
     hasher.update(b"\0insecure-seed");
     u128::from_le_bytes(hasher.finalize()[..16].try_into().expect("16 bytes"))
+}
+
+#[cfg(test)]
+mod clock_run_tests {
+    use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
+
+    use super::*;
+
+    #[test]
+    fn a_clock_read_in_a_loop_is_one_entry_per_quantum_and_replays_exactly() {
+        let journal = Journal::new();
+        lock(&journal).begin_live();
+        let (wall, mono) = (JournaledWallClock(journal.clone()), JournaledMonotonicClock(journal.clone()));
+        let readings: Vec<(Duration, u64)> = (0..10_000).map(|_| (wall.now(), mono.now())).collect();
+        let single: Vec<u64> = (0..10_000).map(|_| mono.now()).collect();
+        let entries = lock(&journal).finish().unwrap();
+        // Alternating reads cannot share a run; a loop on one clock extends one.
+        assert!(single.windows(2).all(|w| w[0] < w[1]), "monotonic readings stay strictly increasing");
+        let runs = entries.iter().filter(|e| matches!(e, JournalEntry::MonotonicClockRun { .. })).count();
+        assert!(runs <= 20_000 + 1 + 10_000 / 100, "{runs} monotonic entries");
+        let last_runs =
+            entries.iter().rev().take_while(|e| matches!(e, JournalEntry::MonotonicClockRun { .. })).count();
+        assert!(last_runs < 100, "10,000 reads in a row took {last_runs} entries");
+
+        lock(&journal).begin_replay(entries, true);
+        let replayed: Vec<(Duration, u64)> = (0..10_000).map(|_| (wall.now(), mono.now())).collect();
+        let replayed_single: Vec<u64> = (0..10_000).map(|_| mono.now()).collect();
+        assert_eq!((replayed, replayed_single), (readings, single));
+        lock(&journal).finish().unwrap();
+    }
+
+    #[test]
+    fn a_replay_that_reads_the_clock_fewer_times_diverges() {
+        let journal = Journal::new();
+        lock(&journal).begin_live();
+        let mono = JournaledMonotonicClock(journal.clone());
+        for _ in 0..5 {
+            mono.now();
+        }
+        let entries = lock(&journal).finish().unwrap();
+        lock(&journal).begin_replay(entries, true);
+        for _ in 0..4 {
+            mono.now();
+        }
+        assert!(lock(&journal).finish().is_err());
+    }
 }

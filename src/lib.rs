@@ -14,6 +14,7 @@
 pub mod agent;
 mod bindings;
 pub mod capability;
+mod charges;
 pub mod engine;
 pub mod error;
 pub mod guest_build;
@@ -30,7 +31,7 @@ pub mod tool;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentOutcome, Goal, Stop, Task, ToolCalling};
 pub use engine::{CacheStatus, EngineConfig, Limits};
-pub use error::{CallError, HostError, LoadError, SessionError, ToolFailure, TrapKind};
+pub use error::{CallError, HostError, HostResource, LoadError, SessionError, ToolFailure, TrapKind};
 pub use host::{Host, HostConfig, SessionDetails};
 pub use journal::{JournalEntry, RandomState};
 pub use lease::LeaseConfig;

@@ -44,11 +44,47 @@ impl Auditor {
         self.record(capability, request, true, reason).await;
     }
 
+    /// The trap that ends the call once its step is past a host limit.
+    pub(crate) fn within_limits(&self) -> wasmtime::Result<()> {
+        crate::charges::within_limits(&self.inner.journal)
+    }
+
+    /// Records a denial from a synchronous host function: charged now, written beside the
+    /// call. Past the step's bound of audit events, the trap that ends the call.
+    pub(crate) fn deny_detached(
+        &self,
+        capability: &str,
+        request: String,
+        reason: &'static str,
+    ) -> wasmtime::Result<()> {
+        let Some(replaying) = self.admit() else {
+            return crate::charges::within_limits(&self.inner.journal);
+        };
+        let (this, capability) = (self.clone(), capability.to_owned());
+        tokio::spawn(async move { this.write(&capability, &request, false, reason, replaying).await });
+        Ok(())
+    }
+
     async fn record(&self, capability: &str, request: &str, allowed: bool, reason: &str) {
-        let Inner { session, tool, store, journal } = &*self.inner;
-        let decision = if allowed { "allow" } else { "deny" };
+        if let Some(replaying) = self.admit() {
+            self.write(capability, request, allowed, reason, replaying).await;
+        }
+    }
+
+    /// Whether a decision is recorded (`Some(replaying)`): each one is a log line and a store
+    /// write, charged to the step; past its bound the call is ending and goes unrecorded.
+    fn admit(&self) -> Option<bool> {
+        let mut journal = lock(&self.inner.journal);
         // A replayed step re-asks what the original asked; its decisions are already recorded.
-        let replaying = lock(journal).is_replaying();
+        let replaying = journal.is_replaying();
+        (replaying || journal.charges.audit_event()).then_some(replaying)
+    }
+
+    async fn write(&self, capability: &str, request: &str, allowed: bool, reason: &str, replaying: bool) {
+        let Inner { session, tool, store, .. } = &*self.inner;
+        let decision = if allowed { "allow" } else { "deny" };
+        let request: String = request.chars().take(MAX_REQUEST_CHARS).collect();
+        let request = request.as_str();
         if allowed {
             tracing::info!(target: "toolhost::audit", session, tool, capability, request, decision, reason, replaying);
         } else {
@@ -72,3 +108,6 @@ impl Auditor {
         }
     }
 }
+
+/// Longest request kept in an audit event (a tool chooses URLs and keys).
+const MAX_REQUEST_CHARS: usize = 1024;

@@ -3,19 +3,22 @@
 use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::log::{self as wit, Level};
+use crate::charges::within_limits;
+use crate::journal::{SharedJournal, lock};
 
 /// Longest message kept; longer ones are cut at a character boundary.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
 
-/// Per-instance log context: who is logging.
+/// Per-instance log context: who is logging, and the step its volume is charged to.
 pub struct LogCtx {
     session: String,
     tool: String,
+    journal: SharedJournal,
 }
 
 impl LogCtx {
-    pub(crate) fn new(session: String, tool: String) -> Self {
-        Self { session, tool }
+    pub(crate) fn new(session: String, tool: String, journal: SharedJournal) -> Self {
+        Self { session, tool, journal }
     }
 }
 
@@ -31,8 +34,13 @@ fn truncate(message: &str) -> &str {
 }
 
 impl wit::Host for LogCtx {
-    async fn log(&mut self, level: Level, message: String) {
-        let (session, tool, message) = (self.session.as_str(), self.tool.as_str(), truncate(&message));
+    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        within_limits(&self.journal)?;
+        let message = truncate(&message);
+        // Each line is charged as kept; past the step's volume the call ends, unlogged.
+        lock(&self.journal).charges.log(message.len());
+        within_limits(&self.journal)?;
+        let (session, tool) = (self.session.as_str(), self.tool.as_str());
         match level {
             Level::Trace => tracing::trace!(target: "toolhost::guest", session, tool, "{message}"),
             Level::Debug => tracing::debug!(target: "toolhost::guest", session, tool, "{message}"),
@@ -40,6 +48,7 @@ impl wit::Host for LogCtx {
             Level::Warn => tracing::warn!(target: "toolhost::guest", session, tool, "{message}"),
             Level::Error => tracing::error!(target: "toolhost::guest", session, tool, "{message}"),
         }
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ pub mod filesystem;
 pub mod log;
 pub mod model;
 pub mod network;
+pub mod sockets;
 pub mod state;
 
 /// Logs a capability decision to `tracing` only (target `toolhost::audit`), for decisions a

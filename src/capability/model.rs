@@ -95,6 +95,11 @@ impl ModelCtx {
 
     /// Records a decision in the store's audit trail (and the log).
     async fn record(&self, request: &str, allowed: bool, reason: &str) {
+        // Charged like the other capabilities' decisions; past the bound the call is ending.
+        // An answered call is always recorded: the ledger of budgets counts on it.
+        if !allowed && !lock(&self.journal).charges.audit_event() {
+            return;
+        }
         super::audit(&self.session, &self.tool, "model", request, allowed, reason);
         let event = AuditEvent {
             at_ms: crate::store::timestamp_ms(),
@@ -155,7 +160,19 @@ impl ModelCtx {
 }
 
 impl wit::Host for ModelCtx {
-    async fn chat(&mut self, model: String, request: ChatRequest) -> Result<ChatResponse, ModelError> {
+    async fn chat(
+        &mut self,
+        model: String,
+        request: ChatRequest,
+    ) -> wasmtime::Result<Result<ChatResponse, ModelError>> {
+        crate::charges::within_limits(&self.journal)?;
+        let result = self.chat_checked(model, request).await;
+        crate::charges::within_limits(&self.journal).map(|()| result)
+    }
+}
+
+impl ModelCtx {
+    async fn chat_checked(&mut self, model: String, request: ChatRequest) -> Result<ChatResponse, ModelError> {
         let shown = model.escape_debug().to_string();
         if !self.granted.allows(&model) {
             let reason = format!("model `{shown}` is not granted");

@@ -1,12 +1,13 @@
 //! The `state` import: key-value state scoped to (session, tool, namespace), with a write
 //! buffer per step so a call's writes commit together or not at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::state::{self as wit, StateError};
+use crate::charges::within_limits;
 use crate::journal::{JournalEntry, SharedJournal, lock};
 use crate::policy::StateGrant;
 use crate::store::{StateScope, StateUsage, StateWrite, Store};
@@ -25,10 +26,15 @@ pub struct StateCtx {
     audit: super::audit::Auditor,
     store: Arc<dyn Store>,
     journal: SharedJournal,
-    /// This step's writes by (namespace, key); `None` is a delete.
+    /// This step's writes by (namespace, key); `None` is a delete. A delete of a key the
+    /// step does not see is not buffered, so tombstones never outnumber the keys the quota
+    /// let the session (or this step) hold.
     pending: BTreeMap<(String, String), Option<Vec<u8>>>,
-    /// Usage committed before this step, read on the step's first write.
-    committed_usage: Option<StateUsage>,
+    /// Usage with this step's writes so far; `None` until needed (or after a replayed write).
+    usage: Option<StateUsage>,
+    /// Keys this step read from the store, with the index of the journal entry holding the
+    /// value: a later read of one is journaled as a repeat, not as another copy.
+    read: HashMap<(String, String), usize>,
 }
 
 impl StateCtx {
@@ -40,12 +46,13 @@ impl StateCtx {
     ) -> Self {
         let audit =
             super::audit::Auditor::new(scope.session.clone(), scope.tool.clone(), store.clone(), journal.clone());
-        Self { scope, grant, audit, store, journal, pending: BTreeMap::new(), committed_usage: None }
+        Self { scope, grant, audit, store, journal, pending: BTreeMap::new(), usage: None, read: HashMap::new() }
     }
 
     /// Takes this step's writes, leaving the buffer empty for the next step.
     pub(crate) fn take_writes(&mut self) -> Vec<StateWrite> {
-        self.committed_usage = None;
+        self.usage = None;
+        self.read.clear();
         std::mem::take(&mut self.pending)
             .into_iter()
             .map(|((namespace, key), value)| StateWrite { namespace, key, value })
@@ -75,17 +82,13 @@ impl StateCtx {
         }
     }
 
-    /// Usage as it would be after this step's writes so far.
+    /// Usage as it would be after this step's writes so far: computed once per step (and
+    /// after a replayed write), then kept up to date write by write.
     async fn usage_with_pending(&mut self) -> Result<StateUsage, StateError> {
-        let committed = match self.committed_usage {
-            Some(u) => u,
-            None => {
-                let u = self.store.usage(&self.scope).await.map_err(|e| StateError::Unavailable(e.to_string()))?;
-                self.committed_usage = Some(u);
-                u
-            }
-        };
-        let mut usage = committed;
+        if let Some(usage) = self.usage {
+            return Ok(usage);
+        }
+        let mut usage = self.store.usage(&self.scope).await.map_err(|e| StateError::Unavailable(e.to_string()))?;
         for ((namespace, key), value) in &self.pending {
             let before = self
                 .store
@@ -94,6 +97,7 @@ impl StateCtx {
                 .map_err(|e| StateError::Unavailable(e.to_string()))?;
             apply_delta(&mut usage, key, before.as_deref(), value.as_deref());
         }
+        self.usage = Some(usage);
         Ok(usage)
     }
 
@@ -190,7 +194,27 @@ impl StateCtx {
                 usage.bytes, quota.max_total_bytes
             )));
         }
+        self.usage = Some(usage);
         Ok(())
+    }
+
+    /// Whether the step sees `key`; a delete of one it sees frees its share of the quota.
+    async fn live_delete(&mut self, namespace: &str, key: &str) -> Result<bool, StateError> {
+        let Some(before) = self.current(namespace, key).await? else { return Ok(false) };
+        if let Some(usage) = &mut self.usage {
+            apply_delta(usage, key, Some(&before), None);
+        }
+        Ok(true)
+    }
+
+    /// A read the step's own view answers without a new copy in the journal: its own write
+    /// of the key, or (live) the committed value it already read and journaled.
+    fn repeat_of(&self, namespace: &str, key: &str) -> Option<RepeatSource> {
+        let id = (namespace.to_owned(), key.to_owned());
+        if let Some(pending) = self.pending.get(&id) {
+            return Some(RepeatSource::Pending(pending.clone()));
+        }
+        self.read.get(&id).map(|&index| RepeatSource::Journal(index))
     }
 
     async fn live_list_keys(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, StateError> {
@@ -214,21 +238,99 @@ impl StateCtx {
     }
 }
 
-impl wit::Host for StateCtx {
-    async fn get(&mut self, namespace: String, key: String) -> Result<Option<Vec<u8>>, StateError> {
+enum RepeatSource {
+    Pending(Option<Vec<u8>>),
+    /// The index of the journal entry that recorded the value.
+    Journal(usize),
+}
+
+impl StateCtx {
+    async fn get_value(&mut self, namespace: String, key: String) -> Result<Option<Vec<u8>>, StateError> {
         self.check(&namespace, Some(&key), false, "get").await?;
-        journaled!(self, "state.get",
-            JournalEntry::StateGet { namespace: n, key: k, result } if *n == namespace && *k == key => result,
-            self.current(&namespace, &key).await,
-            |result| JournalEntry::StateGet { namespace: namespace.clone(), key: key.clone(), result })
+        let replayed = lock(&self.journal).replayed("state.get", |entry| match entry {
+            JournalEntry::StateGet { namespace: n, key: k, result } if *n == namespace && *k == key => {
+                Some(Ok(result.clone()))
+            }
+            JournalEntry::StateGetRepeat { namespace: n, key: k, .. } if *n == namespace && *k == key => Some(Err(())),
+            _ => None,
+        });
+        match replayed {
+            Some(Ok(result)) => {
+                let index = lock(&self.journal).next_index().saturating_sub(1);
+                self.read.entry((namespace, key)).or_insert(index);
+                result
+            }
+            Some(Err(())) => self.replay_repeat(&namespace, &key),
+            None => self.live_get(namespace, key).await,
+        }
     }
 
-    async fn set(&mut self, namespace: String, key: String, value: Vec<u8>) -> Result<(), StateError> {
+    async fn live_get(&mut self, namespace: String, key: String) -> Result<Option<Vec<u8>>, StateError> {
+        match self.repeat_of(&namespace, &key) {
+            Some(RepeatSource::Pending(value)) => {
+                lock(&self.journal).record_repeat(&namespace, &key);
+                Ok(value)
+            }
+            Some(RepeatSource::Journal(_)) => {
+                // The committed value cannot have changed under this step: its session is ours.
+                let result = self.current(&namespace, &key).await;
+                if result.is_ok() {
+                    lock(&self.journal).record_repeat(&namespace, &key);
+                } else {
+                    lock(&self.journal).record(JournalEntry::StateGet { namespace, key, result: result.clone() });
+                }
+                result
+            }
+            None => {
+                let result = self.current(&namespace, &key).await;
+                let mut journal = lock(&self.journal);
+                if result.is_ok() {
+                    self.read.insert((namespace.clone(), key.clone()), journal.next_index());
+                }
+                journal.record(JournalEntry::StateGet { namespace, key, result: result.clone() });
+                result
+            }
+        }
+    }
+
+    /// A repeated read in replay: the step's own write, or the value recorded earlier.
+    fn replay_repeat(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let source = match self.repeat_of(namespace, key) {
+            Some(RepeatSource::Pending(value)) => return Ok(value),
+            Some(RepeatSource::Journal(index)) => Some(index),
+            None => None,
+        };
+        let mut journal = lock(&self.journal);
+        if let Some(JournalEntry::StateGet { result, .. }) = source.and_then(|i| journal.recorded().get(i)) {
+            return result.clone();
+        }
+        let reason =
+            format!("the journal repeats a read of {}/{} the step never made", printable(namespace), printable(key));
+        journal.mark_diverged(reason.clone());
+        Err(StateError::Unavailable(reason))
+    }
+
+    async fn set_value(&mut self, namespace: String, key: String, value: Vec<u8>) -> Result<(), StateError> {
         self.check(&namespace, Some(&key), true, "set").await?;
-        let result = journaled!(self, "state.set",
-            JournalEntry::StateSet { namespace: n, key: k, result } if *n == namespace && *k == key => result,
-            self.live_set(&namespace, &key, &value).await,
-            |result| JournalEntry::StateSet { namespace: namespace.clone(), key: key.clone(), result });
+        let replayed = lock(&self.journal).replayed("state.set", |entry| match entry {
+            JournalEntry::StateSet { namespace: n, key: k, result } if *n == namespace && *k == key => {
+                Some(result.clone())
+            }
+            _ => None,
+        });
+        let result = match replayed {
+            Some(result) => {
+                self.usage = None;
+                result
+            }
+            None => {
+                let result = self.live_set(&namespace, &key, &value).await;
+                let entry =
+                    JournalEntry::StateSet { namespace: namespace.clone(), key: key.clone(), result: result.clone() };
+                lock(&self.journal).record(entry);
+                result
+            }
+        };
         match &result {
             Ok(()) => {
                 self.pending.insert((namespace, key), Some(value));
@@ -242,24 +344,78 @@ impl wit::Host for StateCtx {
         result
     }
 
-    async fn delete(&mut self, namespace: String, key: String) -> Result<bool, StateError> {
+    async fn delete_value(&mut self, namespace: String, key: String) -> Result<bool, StateError> {
         self.check(&namespace, Some(&key), true, "delete").await?;
-        let result = journaled!(self, "state.delete",
-            JournalEntry::StateDelete { namespace: n, key: k, result } if *n == namespace && *k == key => result,
-            self.current(&namespace, &key).await.map(|v| v.is_some()),
-            |result| JournalEntry::StateDelete { namespace: namespace.clone(), key: key.clone(), result });
-        if result.is_ok() {
+        let replayed = lock(&self.journal).replayed("state.delete", |entry| match entry {
+            JournalEntry::StateDelete { namespace: n, key: k, result } if *n == namespace && *k == key => {
+                Some(result.clone())
+            }
+            _ => None,
+        });
+        let result = match replayed {
+            Some(result) => {
+                self.usage = None;
+                result
+            }
+            None => {
+                let result = self.live_delete(&namespace, &key).await;
+                let entry = JournalEntry::StateDelete {
+                    namespace: namespace.clone(),
+                    key: key.clone(),
+                    result: result.clone(),
+                };
+                lock(&self.journal).record(entry);
+                result
+            }
+        };
+        // A key the step does not see needs no tombstone.
+        if result == Ok(true) {
             self.pending.insert((namespace, key), None);
         }
         result
     }
 
-    async fn list_keys(&mut self, namespace: String, prefix: String) -> Result<Vec<String>, StateError> {
+    async fn list(&mut self, namespace: String, prefix: String) -> Result<Vec<String>, StateError> {
         self.check(&namespace, None, false, "list-keys").await?;
         journaled!(self, "state.list-keys",
             JournalEntry::StateListKeys { namespace: n, prefix: p, result } if *n == namespace && *p == prefix => result,
             self.live_list_keys(&namespace, &prefix).await,
             |result| JournalEntry::StateListKeys { namespace: namespace.clone(), prefix: prefix.clone(), result })
+    }
+}
+
+impl wit::Host for StateCtx {
+    async fn get(&mut self, namespace: String, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, StateError>> {
+        within_limits(&self.journal)?;
+        let result = self.get_value(namespace, key).await;
+        within_limits(&self.journal).map(|()| result)
+    }
+
+    async fn set(
+        &mut self,
+        namespace: String,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), StateError>> {
+        within_limits(&self.journal)?;
+        let result = self.set_value(namespace, key, value).await;
+        within_limits(&self.journal).map(|()| result)
+    }
+
+    async fn delete(&mut self, namespace: String, key: String) -> wasmtime::Result<Result<bool, StateError>> {
+        within_limits(&self.journal)?;
+        let result = self.delete_value(namespace, key).await;
+        within_limits(&self.journal).map(|()| result)
+    }
+
+    async fn list_keys(
+        &mut self,
+        namespace: String,
+        prefix: String,
+    ) -> wasmtime::Result<Result<Vec<String>, StateError>> {
+        within_limits(&self.journal)?;
+        let result = self.list(namespace, prefix).await;
+        within_limits(&self.journal).map(|()| result)
     }
 }
 

@@ -5,7 +5,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Limits on one tool call. Each tool gets [`Limits::default`] unless its grants say otherwise.
-/// In a policy file: `memory_mib`, `cpu_time_ms`, `fuel`, `max_output_bytes`.
+/// In a policy file: `memory_mib`, `cpu_time_ms`, `wall_time_ms`, `fuel`, `max_output_bytes`,
+/// `max_error_bytes`, `max_snapshot_bytes`, `max_log_bytes_per_step`, `max_journal_bytes`,
+/// `max_handles`, `max_audit_events_per_step`.
+///
+/// The `max_*` bounds beyond the output charge the call for what it makes the *host* hold or
+/// do (guest memory is bounded by `memory_mib`): passing one ends the call with
+/// [`crate::CallError::HostLimit`] naming the resource, and nothing is committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -15,8 +21,27 @@ pub struct Limits {
     /// CPU time one call may run in the guest (host calls such as model requests don't count).
     #[serde(with = "duration_ms", rename = "cpu_time_ms")]
     pub cpu_time: Duration,
+    /// Wall-clock time one call may take, host calls included (sleeps, polls, HTTP, model
+    /// calls, state I/O): the CPU deadline does not see time a guest spends waiting.
+    /// `Duration::MAX` (for embedders and benchmarks; a policy file cannot say it) sets none.
+    #[serde(with = "duration_ms", rename = "wall_time_ms")]
+    pub wall_time: Duration,
     /// Size of the JSON a call may return.
     pub max_output_bytes: usize,
+    /// Size of the message of a tool error (the step's committed outcome).
+    pub max_error_bytes: usize,
+    /// Size of a stateful tool's snapshot.
+    pub max_snapshot_bytes: usize,
+    /// Bytes of log messages one step may emit (each message is also cut at 4 KiB).
+    pub max_log_bytes_per_step: usize,
+    /// Host memory the step's journal may hold: state reads, model answers, clock runs. Repeated
+    /// reads of a value and runs of clock readings are recorded compactly, so an honest step
+    /// stays far below this.
+    pub max_journal_bytes: usize,
+    /// WASI handles (files, streams, pollables, sockets) one instance may hold at once.
+    pub max_handles: usize,
+    /// Capability decisions one step may add to the audit trail (each refusal is one).
+    pub max_audit_events_per_step: u32,
     /// Wasm fuel one call may burn (about one unit per instruction): a deterministic bound
     /// on work, unlike `cpu_time`. `None`: unmetered. The engine meters fuel only if some
     /// tool's limits set it.
@@ -26,7 +51,19 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_bytes: 64 << 20, cpu_time: Duration::from_secs(5), max_output_bytes: 1 << 20, fuel: None }
+        Self {
+            memory_bytes: 64 << 20,
+            cpu_time: Duration::from_secs(5),
+            wall_time: Duration::from_secs(60),
+            max_output_bytes: 1 << 20,
+            max_error_bytes: 64 << 10,
+            max_snapshot_bytes: 16 << 20,
+            max_log_bytes_per_step: 256 << 10,
+            max_journal_bytes: 16 << 20,
+            max_handles: 1024,
+            max_audit_events_per_step: 256,
+            fuel: None,
+        }
     }
 }
 

@@ -181,6 +181,8 @@ pub(crate) fn failure(handle: Option<&str>, error: &CallError) -> CallToolResult
             crate::ToolFailure::Failed(_) => "tool-failed",
         },
         CallError::Deadline { .. } => "deadline",
+        CallError::WallDeadline { .. } => "wall-deadline",
+        CallError::HostLimit { .. } => "host-limit",
         CallError::FuelExhausted { .. } => "fuel-exhausted",
         CallError::MemoryLimit { .. } => "memory-limit",
         CallError::Trap { .. } => "trap",

@@ -25,6 +25,15 @@ pub(crate) struct Shared {
     pub pool: Arc<SessionPool>,
     /// Bounds the tool calls running at once, over all connections.
     pub calls: Arc<Semaphore>,
+    /// Per tool: its share of `calls` ([`tool_share`]), taken before a permit of `calls`, so
+    /// one tool's hung calls (until their wall deadline) leave permits for every other tool.
+    pub tool_calls: std::collections::HashMap<String, Arc<Semaphore>>,
+}
+
+/// The calls one tool may run at once out of `max_concurrent_calls`: all but a quarter.
+pub(crate) fn tool_share(max_concurrent_calls: usize) -> usize {
+    let max = max_concurrent_calls.max(1);
+    (max - (max / 4).max(1)).max(1)
 }
 
 /// Serves one connection. Its default session (for calls without a handle) is minted on
@@ -84,27 +93,30 @@ impl Connection {
             Err(result) => return Ok(result),
         };
 
-        let permit = self
-            .shared
-            .calls
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ErrorData::internal_error("the server is shutting down", None))?;
+        let calls = self.shared.calls.clone();
+        let tool_calls = self.shared.tool_calls.get(request.name.as_ref()).cloned().unwrap_or_else(|| calls.clone());
         let tool = entry.tool.clone();
         let input = Value::Object(arguments);
         // The step runs in its own task: if the client goes away mid-call, the step still
-        // finishes and commits (or aborts cleanly) instead of being dropped half-way.
+        // finishes and commits (or aborts cleanly) instead of being dropped half-way. A call
+        // waiting behind another on the same handle holds no permit; nor does one waiting
+        // for its tool's share.
         let step = tokio::spawn(async move {
-            let _permit = permit;
             let mut session = session.lock_owned().await;
+            let (Ok(_tool_permit), Ok(_permit)) = (tool_calls.acquire_owned().await, calls.acquire_owned().await)
+            else {
+                return None;
+            };
             let outcome = session.call(&tool, &input).await;
-            (outcome, session.last_step())
+            Some((outcome, session.last_step()))
         });
-        let (outcome, step) = step.await.map_err(|e| {
-            tracing::error!(error = %e, "a tool call task failed");
-            ErrorData::internal_error(format!("the call failed inside the server: {e}"), None)
-        })?;
+        let (outcome, step) = step
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "a tool call task failed");
+                ErrorData::internal_error(format!("the call failed inside the server: {e}"), None)
+            })?
+            .ok_or_else(|| ErrorData::internal_error("the server is shutting down", None))?;
         let entry = self.shared.catalog.get(&request.name).expect("looked up above");
         Ok(match outcome {
             Ok(output) => catalog::success(entry, &handle, step, output),

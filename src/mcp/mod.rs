@@ -53,7 +53,9 @@ pub enum McpError {
 /// Limits of one server, over all its connections.
 #[derive(Debug, Clone, Copy)]
 pub struct McpLimits {
-    /// Tool calls running at once; further calls wait.
+    /// Tool calls running at once; further calls wait. One tool may take all but a quarter
+    /// of them (at least one left to others), so a tool whose calls hang until their wall
+    /// deadline never holds every permit.
     pub max_concurrent_calls: usize,
     /// Sessions kept in memory with their instances; idle ones beyond this are reopened
     /// from the store when next used.
@@ -88,10 +90,14 @@ impl McpServer {
     /// Serves `tools` (loaded by `host`). Fails if two share a name or one's input is not an
     /// object (MCP tool arguments always are).
     pub fn new(host: Host, tools: Vec<Arc<Tool>>, limits: McpLimits) -> Result<Self, McpError> {
+        let share = handler::tool_share(limits.max_concurrent_calls);
+        let tool_calls =
+            tools.iter().map(|t| (t.name().to_owned(), Arc::new(tokio::sync::Semaphore::new(share)))).collect();
         let shared = handler::Shared {
             catalog: catalog::Catalog::new(tools)?,
             pool: Arc::new(sessions::SessionPool::new(host, limits.max_live_sessions, limits.idle_session_timeout)),
             calls: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls.max(1))),
+            tool_calls,
         };
         Ok(Self { shared: Arc::new(shared), limits })
     }

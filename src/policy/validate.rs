@@ -130,7 +130,25 @@ fn check_tool(grants: &ToolGrants, at: &dyn Fn(&[&str]) -> Vec<String>, issues: 
     if limits.fuel == Some(0) {
         issues.push((at(&["limits", "fuel"]), "must be at least 1 (omit it for no fuel limit)".into()));
     }
-    if limits.max_output_bytes == 0 {
-        issues.push((at(&["limits", "max_output_bytes"]), "must be at least 1".into()));
+    if limits.wall_time.is_zero() {
+        issues.push((at(&["limits", "wall_time_ms"]), "must be at least 1".into()));
+    } else if limits.wall_time < limits.cpu_time {
+        issues.push((
+            at(&["limits", "wall_time_ms"]),
+            format!("must be at least cpu_time_ms ({} ms)", limits.cpu_time.as_millis()),
+        ));
+    }
+    for (key, value) in [
+        ("max_output_bytes", limits.max_output_bytes),
+        ("max_error_bytes", limits.max_error_bytes),
+        ("max_snapshot_bytes", limits.max_snapshot_bytes),
+        ("max_log_bytes_per_step", limits.max_log_bytes_per_step),
+        ("max_journal_bytes", limits.max_journal_bytes),
+        ("max_handles", limits.max_handles),
+        ("max_audit_events_per_step", limits.max_audit_events_per_step as usize),
+    ] {
+        if value == 0 {
+            issues.push((at(&["limits", key]), "must be at least 1".into()));
+        }
     }
 }

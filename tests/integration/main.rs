@@ -1,5 +1,6 @@
 //! Integration tests: one binary (one link on 2 cores), a module per concern.
 
+mod adversary;
 mod agent;
 mod agent_local;
 mod agent_service;
@@ -14,6 +15,7 @@ mod leases;
 mod load_errors;
 mod mcp;
 mod mcp_multihost;
+mod mcp_starvation;
 mod memory_store;
 mod model_faults;
 mod model_local;

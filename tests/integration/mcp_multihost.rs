@@ -16,14 +16,14 @@ use crate::support::{engine_config, guests};
 on_both_backends!(an_idle_handle_moves_to_the_other_server);
 
 /// An MCP client on one in-process stdio connection (newline-delimited JSON-RPC).
-struct Client {
+pub(crate) struct Client {
     write: WriteHalf<DuplexStream>,
     lines: Lines<BufReader<ReadHalf<DuplexStream>>>,
     next_id: u64,
 }
 
 impl Client {
-    async fn connect(server: &McpServer) -> Self {
+    pub(crate) async fn connect(server: &McpServer) -> Self {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         let (read, write) = tokio::io::split(theirs);
         let server = server.clone();
@@ -42,11 +42,11 @@ impl Client {
         client
     }
 
-    async fn send(&mut self, message: Value) {
+    pub(crate) async fn send(&mut self, message: Value) {
         self.write.write_all(format!("{message}\n").as_bytes()).await.unwrap();
     }
 
-    async fn request(&mut self, method: &str, params: Value) -> Value {
+    pub(crate) async fn request(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;

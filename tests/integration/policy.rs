@@ -280,7 +280,8 @@ async fn every_escape_is_denied_and_audited_while_granted_uses_work() {
     assert_denial(&events, "filesystem", "open planted.txt (write, create");
     assert_denial(&events, "filesystem", "open readme.txt (write, truncate)");
     assert_denial(&events, "network", &format!("http://localhost:{port}/"));
-    assert_denial(&events, "socket", &format!("127.0.0.1:{port}"));
+    // Refused at creation, before any OS socket (or destination) exists.
+    assert_denial(&events, "socket", "create-tcp-socket ipv4");
     assert_denial(&events, "env", "HOST_SECRET");
     // Granted HTTP requests are on the trail too (granted model calls are recorded by the
     // model capability with their token usage); routine state use is not.

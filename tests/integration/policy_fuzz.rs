@@ -63,8 +63,10 @@ fn tool_grants() -> impl Strategy<Value = ToolGrants> {
             grants.limits = Limits {
                 memory_bytes: mib << 20,
                 cpu_time: Duration::from_millis(cpu_ms),
+                wall_time: Duration::from_millis(cpu_ms.max(60_000)),
                 fuel,
                 max_output_bytes: output,
+                ..Limits::default()
             };
             grants
         })

@@ -49,7 +49,12 @@ pub fn host_on(store: std::sync::Arc<dyn toolhost::Store>, policy: Policy) -> Ho
 
 /// Limits small enough that hostile calls fail fast.
 pub fn tight_limits() -> Limits {
-    Limits { memory_bytes: 32 << 20, cpu_time: Duration::from_millis(300), max_output_bytes: 64 << 10, fuel: None }
+    Limits {
+        memory_bytes: 32 << 20,
+        cpu_time: Duration::from_millis(300),
+        max_output_bytes: 64 << 10,
+        ..Limits::default()
+    }
 }
 
 /// Grants `namespaces` read-write with `limits`.

@@ -1,0 +1,83 @@
+//! Raw sockets: never granted. `wasi:sockets` socket creation is shadowed in the linker, so
+//! a tool (granted network or not: HTTP goes through the host's client) gets `access-denied`
+//! and an audit event, and no OS socket is ever opened. WASI's own switches are off too
+//! (`allow_tcp(false)`, `allow_udp(false)`) in case a path around the shadow appears.
+
+use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddressFamily};
+use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
+use wasmtime_wasi::p2::{SocketError, SocketResult, TcpSocket, UdpSocket};
+
+use super::audit::Auditor;
+
+/// What socket creation sees of an instance: its audit trail.
+pub struct SocketGate<'a> {
+    pub audit: &'a Auditor,
+}
+
+const REASON: &str = "raw sockets are never granted; use HTTP through a network grant";
+
+fn family(family: IpAddressFamily) -> &'static str {
+    match family {
+        IpAddressFamily::Ipv4 => "ipv4",
+        IpAddressFamily::Ipv6 => "ipv6",
+    }
+}
+
+fn denied() -> SocketError {
+    ErrorCode::AccessDenied.into()
+}
+
+// Required by the bindings to turn a `SocketError` into the guest's error code; the gate
+// adds only socket creation to the linker, so WASI's own `network` functions stay in place.
+impl network::Host for SocketGate<'_> {
+    fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
+        error.downcast()
+    }
+
+    fn network_error_code(&mut self, _err: Resource<network::Error>) -> wasmtime::Result<Option<ErrorCode>> {
+        Ok(None)
+    }
+}
+
+impl network::HostNetwork for SocketGate<'_> {
+    fn drop(&mut self, _network: Resource<network::Network>) -> wasmtime::Result<()> {
+        // Never reached: WASI's own `network` resource keeps its destructor.
+        Ok(())
+    }
+}
+
+impl tcp_create_socket::Host for SocketGate<'_> {
+    fn create_tcp_socket(&mut self, address_family: IpAddressFamily) -> SocketResult<Resource<TcpSocket>> {
+        // Synchronous in WASI: the audit record is written beside the call.
+        let request = format!("create-tcp-socket {}", family(address_family));
+        self.audit.deny_detached("socket", request, REASON).map_err(SocketError::trap)?;
+        Err(denied())
+    }
+}
+
+impl udp_create_socket::Host for SocketGate<'_> {
+    async fn create_udp_socket(&mut self, address_family: IpAddressFamily) -> SocketResult<Resource<UdpSocket>> {
+        self.audit.deny("socket", &format!("create-udp-socket {}", family(address_family)), REASON).await;
+        self.audit.within_limits().map_err(SocketError::trap)?;
+        Err(denied())
+    }
+}
+
+struct HasSocketGate;
+
+impl HasData for HasSocketGate {
+    type Data<'a> = SocketGate<'a>;
+}
+
+/// Replaces WASI's socket creation (added by `add_to_linker_async`) with the gate.
+pub(crate) fn shadow_in_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> SocketGate<'_>,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let result = tcp_create_socket::add_to_linker::<T, HasSocketGate>(linker, get)
+        .and_then(|()| udp_create_socket::add_to_linker::<T, HasSocketGate>(linker, get));
+    linker.allow_shadowing(false);
+    result
+}
