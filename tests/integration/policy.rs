@@ -309,6 +309,41 @@ async fn a_pinned_tool_with_another_digest_is_refused() {
 }
 
 #[tokio::test]
+async fn require_pins_refuses_unpinned_grants_and_lets_pinned_ones_load() {
+    // At policy check: an unpinned section is located and named.
+    let text = "require_pins = true\n[tools.hostile.network]\nallow = [\"example.com\"]\n";
+    let err = Policy::from_toml(text, None).unwrap_err();
+    let issue = &err.issues()[0];
+    assert_eq!((issue.key.as_str(), issue.line), ("tools.hostile", Some(2)), "{err}");
+    assert!(issue.message.contains("require_pins") && issue.message.contains("sha256"), "{err}");
+
+    // At load: a tool granted what it requests, but not pinned, is refused with its digest.
+    let unpinned = Policy::grant_requested().requiring_pins();
+    let err = crate::support::host(unpinned.clone()).load_tool(&guests().notes).await.unwrap_err();
+    let LoadError::Unpinned { tool, actual, .. } = &err else { panic!("expected Unpinned, got {err:?}") };
+    assert_eq!(tool, "notes");
+    assert!(err.to_string().contains(&format!("sha256 = \"{actual}\"")), "{err}");
+    // A tool granted nothing needs no pin.
+    let host = crate::support::host(Policy::deny_all().requiring_pins());
+    assert_eq!(host.load_tool(&guests().notes).await.unwrap().name(), "notes");
+
+    // Pinned, the same grants load and work.
+    let digest = actual.clone();
+    let text = format!(
+        "require_pins = true\n[tools.notes]\nsha256 = \"{digest}\"\n[tools.notes.state]\nnamespaces = {{ notes = \"read-write\" }}\n"
+    );
+    let host = crate::support::host(Policy::from_toml(&text, None).unwrap());
+    let notes = host.load_tool(&guests().notes).await.unwrap();
+    assert_eq!(notes.digest(), digest);
+    assert!(notes.grants().identity_sensitive().is_empty());
+    let granted = toolhost::ToolGrants {
+        network: toolhost::NetworkGrant { allow: vec!["example.com".parse().unwrap()] },
+        ..Default::default()
+    };
+    assert_eq!(granted.identity_sensitive(), ["network"]);
+}
+
+#[tokio::test]
 async fn the_refuse_switch_names_every_ungranted_request() {
     let policy = Policy::from_toml(
         "on_ungranted = \"refuse\"\n[tools.hostile.state]\nnamespaces = { scratch = \"read\" }\n",
