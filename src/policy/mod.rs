@@ -114,6 +114,11 @@ pub struct NetworkGrant {
     /// `api.example.com`, `*.example.com` (any subdomain, not the apex), with an optional
     /// `:port` (without one, any port).
     pub allow: Vec<HostPattern>,
+    /// Let allowed names resolve to the host's own network (loopback, link-local incl.
+    /// 169.254.169.254, private, CGNAT, unique-local). Off: such a request is refused unless
+    /// the allowlist names that IP literal.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private: bool,
 }
 
 impl NetworkGrant {

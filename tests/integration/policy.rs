@@ -337,7 +337,7 @@ async fn require_pins_refuses_unpinned_grants_and_lets_pinned_ones_load() {
     assert_eq!(notes.digest(), digest);
     assert!(notes.grants().identity_sensitive().is_empty());
     let granted = toolhost::ToolGrants {
-        network: toolhost::NetworkGrant { allow: vec!["example.com".parse().unwrap()] },
+        network: toolhost::NetworkGrant { allow: vec!["example.com".parse().unwrap()], allow_private: false },
         ..Default::default()
     };
     assert_eq!(granted.identity_sensitive(), ["network"]);
@@ -435,4 +435,57 @@ fn inspect_prints_requested_vs_granted_and_policy_errors_name_the_line() {
     assert!(!out.status.success());
     assert!(stderr.contains(policy.to_str().unwrap()), "{stderr}");
     assert!(stderr.contains("line 4") && stderr.contains("tools.hostile.network.allow[1]"), "{stderr}");
+}
+
+/// A policy granting the hostile tool HTTP to `allow`, optionally into the host's network.
+fn network_policy(allow: &str, allow_private: bool) -> Policy {
+    let text = format!("[tools.hostile.network]\nallow = [\"{allow}\"]\nallow_private = {allow_private}\n");
+    Policy::from_toml(&text, None).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_name_that_resolves_to_the_hosts_network_is_refused_unless_opted_in() {
+    let (port, requests) = serve_http().await;
+    let url = format!("http://localhost:{port}/page");
+
+    // Granted by name, `localhost` resolves to loopback: refused before any connection, and
+    // the trail names the resolved address.
+    let host = crate::support::host(network_policy(&format!("localhost:{port}"), false));
+    let tool = host.load_tool(&guests().hostile).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    // The guest sees wasi-http's own error code for it.
+    let m = failed(&mut session, &tool, json!({"attack": "http-get", "url": url})).await;
+    assert!(m.contains("DestinationIpProhibited"), "{m}");
+    assert_eq!(requests.load(Ordering::SeqCst), 0, "a refused request reached the server");
+    let events = host.store().audit_events(Some(session.id())).await.unwrap();
+    let refusal = events.iter().find(|e| e.capability == "network" && !e.allowed).expect("an audited refusal");
+    assert!(refusal.request.contains("localhost"), "{refusal:?}");
+    assert!(
+        refusal.reason.contains("loopback") && (refusal.reason.contains("127.0.0.1") || refusal.reason.contains("::1")),
+        "{refusal:?}"
+    );
+    assert!(refusal.reason.contains("allow_private"), "{refusal:?}");
+
+    // The same grant with `allow_private = true` reaches the server, by name (Host header).
+    let host = crate::support::host(network_policy(&format!("localhost:{port}"), true));
+    let tool = host.load_tool(&guests().hostile).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    let out = ok(&mut session, &tool, json!({"attack": "http-get", "url": url})).await;
+    assert_eq!((out["echo"].as_u64(), out["padding"].as_str()), (Some(200), Some(PAGE)));
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    let events = host.store().audit_events(Some(session.id())).await.unwrap();
+    assert!(events.iter().any(|e| e.capability == "network" && e.allowed && e.reason.contains("connecting to")));
+
+    // An IP literal the policy names is reachable without the opt-in; another literal in
+    // the same range is not on the allowlist at all.
+    let host = crate::support::host(network_policy(&format!("127.0.0.1:{port}"), false));
+    let tool = host.load_tool(&guests().hostile).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    let literal = format!("http://127.0.0.1:{port}/page");
+    let out = ok(&mut session, &tool, json!({"attack": "http-get", "url": literal})).await;
+    assert_eq!(out["padding"].as_str(), Some(PAGE));
+    let m =
+        denied(&mut session, &tool, json!({"attack": "http-get", "url": format!("http://127.0.0.2:{port}/")})).await;
+    assert!(m.contains("allowlist"), "{m}");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
 }
