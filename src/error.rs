@@ -22,6 +22,14 @@ pub enum LoadError {
     #[error("{path} does not compile: {reason}")]
     Compile { path: PathBuf, reason: String },
 
+    /// Larger than the engine's `max_component_bytes`; refused before it is read whole.
+    #[error("{path} is {size} bytes, over the {limit}-byte limit for a component (`max_component_bytes`)")]
+    TooLarge { path: PathBuf, size: u64, limit: u64 },
+
+    /// Compiling took longer than the engine's `max_compile_time`.
+    #[error("{path} did not compile within {limit:?} (`max_compile_time`); refusing to load it")]
+    CompileTimeout { path: PathBuf, limit: Duration },
+
     #[error(
         "{path} is a component but not a toolhost tool: it does not export `{expected}` \
          (it exports: {found})"
@@ -46,6 +54,13 @@ pub enum LoadError {
         "{path}: tool `{tool}` is pinned to sha256 {expected}, but this component is sha256 {actual}; refusing to load it"
     )]
     PinMismatch { path: PathBuf, tool: String, expected: String, actual: String },
+
+    /// `require_pins = true` and this tool would be granted something without a `sha256` pin.
+    #[error(
+        "{path}: tool `{tool}` is granted capabilities but not pinned, and the policy has `require_pins = true`; \
+         add `sha256 = \"{actual}\"` to its section if this is the component you mean to grant"
+    )]
+    Unpinned { path: PathBuf, tool: String, actual: String },
 
     /// The policy refuses tools that request what they are not granted.
     #[error("{path}: tool `{tool}` requests capabilities the policy does not grant ({}); the policy's `on_ungranted = \"refuse\"` refuses to load it", ungranted.join("; "))]
@@ -229,8 +244,8 @@ pub enum SessionError {
 pub enum HostError {
     #[error("invalid engine configuration: {0}")]
     Engine(String),
-    #[error("cannot create the compile cache folder {path}")]
-    CacheDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Cache(#[from] crate::engine::CacheError),
     #[error("cannot open the store")]
     Store(#[from] crate::store::StoreError),
 }

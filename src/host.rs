@@ -167,20 +167,18 @@ impl Host {
     /// grants the policy gives it.
     pub async fn load_tool(&self, path: impl AsRef<Path>) -> Result<Arc<Tool>, LoadError> {
         let path = path.as_ref().to_owned();
-        let bytes = tokio::fs::read(&path).await.map_err(|source| LoadError::Read { path: path.clone(), source })?;
+        let bytes = tool::read_bounded(&path, self.inner.engine.max_component_bytes()).await?;
         self.load_tool_bytes(&path, bytes).await
     }
 
     /// Like [`Host::load_tool`], from bytes; `origin` names them in errors.
     pub async fn load_tool_bytes(&self, origin: &Path, bytes: Vec<u8>) -> Result<Arc<Tool>, LoadError> {
+        let limit = self.inner.engine.max_component_bytes();
+        if bytes.len() as u64 > limit {
+            return Err(LoadError::TooLarge { path: origin.to_owned(), size: bytes.len() as u64, limit });
+        }
         tool::check_component_header(origin, &bytes)?;
-        let this = self.clone();
-        let path = origin.to_owned();
-        // Compiling is CPU-bound and can take seconds: keep it off the async executor.
-        let compiled =
-            tokio::task::spawn_blocking(move || this.inner.engine.compile(&path, &bytes)).await.map_err(|e| {
-                LoadError::Compile { path: origin.to_owned(), reason: format!("compiler task failed: {e}") }
-            })??;
+        let compiled = self.compile_bounded(origin, bytes).await?;
 
         let pre = self
             .inner
@@ -214,6 +212,7 @@ impl Host {
             expected: m.expected,
             actual: m.actual,
         })?;
+        self.check_identity(origin, &descriptor.name, &grants, &compiled.digest)?;
         tracing::info!(
             tool = %descriptor.name, version = %descriptor.version, kind = ?kind, cache = ?compiled.cache,
             path = %origin.display(), "loaded tool"
@@ -256,6 +255,52 @@ impl Host {
             }
         }
         Ok(Arc::new(tool))
+    }
+
+    /// Grants go by the name a component gives itself: without a pin, any component calling
+    /// itself `tool` gets them. Refused under `require_pins`; otherwise a loud warning when
+    /// the grants reach outside the sandbox.
+    fn check_identity(&self, origin: &Path, tool: &str, grants: &ToolGrants, digest: &str) -> Result<(), LoadError> {
+        if grants.sha256.is_some() {
+            return Ok(());
+        }
+        if self.inner.policy.require_pins && *grants != ToolGrants::default() {
+            return Err(LoadError::Unpinned {
+                path: origin.to_owned(),
+                tool: tool.to_owned(),
+                actual: digest.to_owned(),
+            });
+        }
+        let sensitive = grants.identity_sensitive();
+        if !sensitive.is_empty() {
+            tracing::warn!(
+                tool, grants = %sensitive.join(", "), sha256 = digest, path = %origin.display(),
+                "UNPINNED tool granted {}: any component that calls itself `{tool}` gets these grants; \
+                 pin it with `sha256 = \"{digest}\"` in its policy section (or set `require_pins = true`)",
+                sensitive.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Compiles off the async executor (it is CPU-bound and can take seconds), within the
+    /// engine's `max_compile_time`. cranelift cannot be interrupted: a compile past the limit
+    /// finishes on its blocking thread and its result is dropped.
+    async fn compile_bounded(&self, origin: &Path, bytes: Vec<u8>) -> Result<crate::engine::Compiled, LoadError> {
+        let this = self.clone();
+        let path = origin.to_owned();
+        let limit = self.inner.engine.max_compile_time();
+        let task = tokio::task::spawn_blocking(move || this.inner.engine.compile(&path, &bytes));
+        match tokio::time::timeout(limit, task).await {
+            Err(_) => {
+                tracing::warn!(path = %origin.display(), ?limit, "component compile exceeded its time limit");
+                Err(LoadError::CompileTimeout { path: origin.to_owned(), limit })
+            }
+            Ok(Err(e)) => {
+                Err(LoadError::Compile { path: origin.to_owned(), reason: format!("compiler task failed: {e}") })
+            }
+            Ok(Ok(compiled)) => compiled,
+        }
     }
 
     /// A new session with a random id.

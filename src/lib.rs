@@ -30,7 +30,7 @@ pub mod store;
 pub mod tool;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentOutcome, Goal, Stop, Task, ToolCalling};
-pub use engine::{CacheStatus, EngineConfig, Limits};
+pub use engine::{CacheError, CacheStatus, EngineConfig, Limits};
 pub use error::{CallError, HostError, HostResource, LoadError, SessionError, ToolFailure, TrapKind};
 pub use host::{Host, HostConfig, SessionDetails};
 pub use journal::{JournalEntry, RandomState};

@@ -152,6 +152,24 @@ fn validate(validator: &jsonschema::Validator, value: &serde_json::Value) -> Res
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
+/// Reads the component at `path`, refusing one over `limit` bytes before reading it whole (a
+/// file that grows while it is read is cut at `limit + 1` bytes and refused too).
+pub(crate) async fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
+    use tokio::io::AsyncReadExt;
+    let read_error = |source| LoadError::Read { path: path.to_owned(), source };
+    let file = tokio::fs::File::open(path).await.map_err(read_error)?;
+    let size = file.metadata().await.map_err(read_error)?.len();
+    if size > limit {
+        return Err(LoadError::TooLarge { path: path.to_owned(), size, limit });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).await.map_err(read_error)?;
+    if bytes.len() as u64 > limit {
+        return Err(LoadError::TooLarge { path: path.to_owned(), size: bytes.len() as u64, limit });
+    }
+    Ok(bytes)
+}
+
 /// Checks that `bytes` is a component, not a core module or something else. The wasm header
 /// is 4 magic bytes and a 4-byte version/layer field: layer 0 is a core module, 1 a component.
 pub(crate) fn check_component_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {

@@ -1,7 +1,10 @@
 //! Network: outgoing HTTP(S) through `wasi:http`, checked against the tool's allowlist in
 //! the send hook (wasi-http's default client does not consult WASI's socket checks, so the
 //! hook is the only gate), and raw sockets, which stay denied whatever the grant says.
-//! Name lookups are disabled outright (`allow_ip_name_lookup(false)`).
+//! Name lookups are disabled outright (`allow_ip_name_lookup(false)`). An allowed name is
+//! resolved by the host and connected to only at an address that passed [`resolve`]'s check.
+
+mod resolve;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,14 +63,21 @@ impl WasiHttpHooks for HttpGate {
         let shown = format!("{} {}", request.method(), uri.to_string().escape_debug());
         let allowed = self.grant.allowing(&host, port).map(ToString::to_string);
         let audit = self.audit.clone();
+        let grant = self.grant.clone();
         Box::new(async move {
             match allowed {
                 Some(pattern) => {
-                    audit.allow("network", &shown, &format!("host matches `{pattern}`")).await;
-                    use http_body_util::BodyExt;
-                    let (response, io) =
-                        wasmtime_wasi_http::default_send_request(request, Some(capped(options))).await?;
-                    Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
+                    let options = capped(options);
+                    let lookup_timeout = options.connect_timeout.unwrap_or(MAX_CONNECT);
+                    let addr = match resolve::checked_address(&host, port, &grant, lookup_timeout).await {
+                        Ok(addr) => addr,
+                        Err(unreachable) => {
+                            audit.deny("network", &shown, &unreachable.reason(&host)).await;
+                            return Err(unreachable.error());
+                        }
+                    };
+                    audit.allow("network", &shown, &format!("host matches `{pattern}`, connecting to {addr}")).await;
+                    resolve::send_to(addr, request, options).await
                 }
                 None => {
                     let reason = format!("host `{}:{port}` is not on the allowlist", host.escape_debug());

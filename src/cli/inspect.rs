@@ -32,6 +32,11 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         if let Some(rows) = &rows {
             report["capabilities"] = serde_json::to_value(rows)?;
             report["limits"] = serde_json::to_value(tool.grants().limits)?;
+            report["pinned"] = tool.grants().sha256.is_some().into();
+            report["unpinned_sensitive_grants"] = serde_json::to_value(match tool.grants().sha256 {
+                Some(_) => Vec::new(),
+                None => tool.grants().identity_sensitive(),
+            })?;
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -89,9 +94,16 @@ fn render_table(rows: &[CapabilityRow], tool: &Tool) -> String {
         limits.cpu_time.as_millis(),
         limits.max_output_bytes
     );
+    let sensitive = tool.grants().identity_sensitive();
     let pin = match &tool.grants().sha256 {
-        Some(_) => "pinned (matches)",
-        None => "not pinned",
+        Some(_) => "pinned (matches)".to_owned(),
+        None if sensitive.is_empty() => "not pinned".to_owned(),
+        None => format!(
+            "NOT PINNED, yet granted {}: any component named `{}` gets these grants; pin it with sha256 = \"{}\"",
+            sensitive.join(", "),
+            tool.name(),
+            tool.digest()
+        ),
     };
     let _ = writeln!(out, "sha256: {pin}");
     out

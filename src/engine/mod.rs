@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use wasmtime::component::Component;
 
-pub use cache::CacheStatus;
 use cache::CompileCache;
 pub(crate) use cache::sha256_hex;
+pub use cache::{CacheError, CacheStatus};
 pub use limits::Limits;
 pub(crate) use limits::{GuestLimiter, MemoryLimitExceeded};
 
@@ -25,6 +25,14 @@ use crate::error::HostError;
 pub struct EngineConfig {
     /// Where compiled components are cached; `None` compiles on every load.
     pub cache_dir: Option<PathBuf>,
+    /// The secret that authenticates cached artifacts (32 bytes, mode 0600, created on first
+    /// use); must be outside `cache_dir`. `None`: [`EngineConfig::default_cache_key`].
+    pub cache_key: Option<PathBuf>,
+    /// Components larger than this are refused before they are read whole or compiled.
+    pub max_component_bytes: u64,
+    /// Compiling one component (or reading it from the cache) may take this long; past it the
+    /// load fails with `LoadError::CompileTimeout`.
+    pub max_compile_time: Duration,
     /// Pre-allocate instance slots (fast instantiation, ~10x cheaper than on demand). When
     /// every slot is in use, further instantiations fail with a typed error.
     pub pooling: bool,
@@ -46,6 +54,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             cache_dir: None,
+            cache_key: None,
+            max_component_bytes: 64 << 20,
+            max_compile_time: Duration::from_secs(120),
             pooling: true,
             max_instances: 1_000,
             max_memory_bytes: 1 << 30,
@@ -60,6 +71,12 @@ impl EngineConfig {
     /// The per-user cache folder (`$XDG_CACHE_HOME/toolhost/components` on Linux).
     pub fn default_cache_dir() -> Option<PathBuf> {
         dirs::cache_dir().map(|d| d.join("toolhost").join("components"))
+    }
+
+    /// The per-user cache key (`$XDG_DATA_HOME/toolhost/cache.key` on Linux): not under the
+    /// cache folder, so whoever can write the cache cannot forge artifacts with it.
+    pub fn default_cache_key() -> Option<PathBuf> {
+        dirs::data_local_dir().map(|d| d.join("toolhost").join("cache.key"))
     }
 }
 
@@ -77,6 +94,8 @@ pub(crate) struct Engine {
     /// Length of one epoch tick, the unit of CPU deadlines.
     epoch_tick: Duration,
     max_memory_bytes: u64,
+    max_component_bytes: u64,
+    max_compile_time: Duration,
     consume_fuel: bool,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -104,10 +123,12 @@ impl Engine {
         }
         let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let cache = match &config.cache_dir {
-            Some(dir) => Some(
-                CompileCache::open(dir, &wasmtime)
-                    .map_err(|source| HostError::CacheDir { path: dir.clone(), source })?,
-            ),
+            Some(dir) => {
+                let key = config.cache_key.clone().or_else(EngineConfig::default_cache_key).ok_or_else(|| {
+                    HostError::Engine("no per-user data folder for the compile cache key; set `cache_key`".into())
+                })?;
+                Some(CompileCache::open(dir, &key, &wasmtime)?)
+            }
             None => None,
         };
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -117,6 +138,8 @@ impl Engine {
             cache,
             epoch_tick: config.epoch_tick,
             max_memory_bytes: config.max_memory_bytes,
+            max_component_bytes: config.max_component_bytes,
+            max_compile_time: config.max_compile_time,
             consume_fuel: config.consume_fuel,
             ticker_stop,
         })
@@ -133,6 +156,14 @@ impl Engine {
 
     pub fn max_memory_bytes(&self) -> u64 {
         self.max_memory_bytes
+    }
+
+    pub fn max_component_bytes(&self) -> u64 {
+        self.max_component_bytes
+    }
+
+    pub fn max_compile_time(&self) -> Duration {
+        self.max_compile_time
     }
 
     /// Compiles `bytes` (already checked to be a component), or reads it from the cache.

@@ -295,9 +295,26 @@ async fn read_limited(mut response: reqwest::Response, limit: u64) -> Result<Vec
     Ok(body)
 }
 
+/// Longest `Retry-After` the host honours; the retry policy's `max_backoff_ms` caps it further.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A provider's `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3), clamped to
+/// [`MAX_RETRY_AFTER`]. Anything else (negative, NaN, `1e20`, garbage) is ignored rather than
+/// trusted: the header comes from the network.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("retry-after")?.to_str().ok()?;
-    value.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+    parse_retry_after(headers.get("retry-after")?.to_str().ok()?, std::time::SystemTime::now())
+}
+
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        if !seconds.is_finite() || seconds < 0.0 {
+            return None;
+        }
+        return Some(Duration::try_from_secs_f64(seconds).map_or(MAX_RETRY_AFTER, |d| d.min(MAX_RETRY_AFTER)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
 }
 
 /// reqwest's error with its causes ("error sending request: connection refused").
@@ -333,5 +350,31 @@ pub fn describe(error: &ModelError) -> String {
         ModelError::ProviderError(ProviderFailure { status: Some(s), message }) => format!("HTTP {s}: {message}"),
         ModelError::ProviderError(ProviderFailure { status: None, message }) => message.clone(),
         ModelError::InvalidRequest(m) => format!("invalid request: {m}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::{MAX_RETRY_AFTER, parse_retry_after};
+
+    #[test]
+    fn retry_after_is_parsed_defensively_and_bounded() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 0.5 ", now), Some(Duration::from_millis(500)));
+        for huge in ["1e20", "18446744073709551616", "1e308", "99999999999"] {
+            assert_eq!(parse_retry_after(huge, now), Some(MAX_RETRY_AFTER), "{huge}");
+        }
+        for junk in ["-1", "NaN", "inf", "-inf", "", "soon", "1e", "Wed, 99 Foo 2023"] {
+            assert_eq!(parse_retry_after(junk, now), None, "{junk}");
+        }
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(30)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        let far = httpdate::fmt_http_date(now + Duration::from_secs(10 * 365 * 86_400));
+        assert_eq!(parse_retry_after(&far, now), Some(MAX_RETRY_AFTER));
     }
 }

@@ -114,6 +114,11 @@ pub struct NetworkGrant {
     /// `api.example.com`, `*.example.com` (any subdomain, not the apex), with an optional
     /// `:port` (without one, any port).
     pub allow: Vec<HostPattern>,
+    /// Let allowed names resolve to the host's own network (loopback, link-local incl.
+    /// 169.254.169.254, private, CGNAT, unique-local). Off: such a request is refused unless
+    /// the allowlist names that IP literal.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private: bool,
 }
 
 impl NetworkGrant {
@@ -207,6 +212,23 @@ impl ToolGrants {
         }
     }
 
+    /// The grants that a component gets by calling itself this tool's name and that reach
+    /// outside the sandbox (host files, the network, the host's environment): unpinned,
+    /// they are worth a loud warning.
+    pub fn identity_sensitive(&self) -> Vec<&'static str> {
+        let mut found = Vec::new();
+        if !self.filesystem.is_empty() {
+            found.push("filesystem");
+        }
+        if !self.network.allow.is_empty() {
+            found.push("network");
+        }
+        if !self.env.is_empty() {
+            found.push("env");
+        }
+        found
+    }
+
     /// Checks the component's digest against the pin, if any.
     pub fn check_pin(&self, actual: &str) -> Result<(), PinMismatch> {
         match &self.sha256 {
@@ -243,6 +265,10 @@ pub struct Policy {
     /// Grant every tool what its descriptor requests, for tools without an entry.
     pub grant_requested: bool,
     pub on_ungranted: OnUngranted,
+    /// Grants bind to a component, not to a name: every `[tools.X]` section needs a `sha256`
+    /// pin (checked when the policy is loaded), and a tool granted anything without a pin
+    /// (e.g. through `grant_requested`) is refused at load.
+    pub require_pins: bool,
     pub tools: BTreeMap<String, ToolGrants>,
     /// The file and text the policy was read from, to locate errors found after loading.
     #[serde(skip)]
@@ -263,6 +289,12 @@ impl Policy {
     /// Sets the grants of the tool named `tool`.
     pub fn with_tool(mut self, tool: impl Into<String>, grants: ToolGrants) -> Self {
         self.tools.insert(tool.into(), grants);
+        self
+    }
+
+    /// Requires a `sha256` pin on every tool granted anything (see [`Policy::require_pins`]).
+    pub fn requiring_pins(mut self) -> Self {
+        self.require_pins = true;
         self
     }
 

@@ -45,6 +45,13 @@ pub(super) fn check(policy: &Policy) -> Issues {
         if !valid_name(name, 64) {
             issues.push((at(&[]), format!("tool name `{}` must be 1-64 chars of [a-z0-9_-]", name.escape_debug())));
         }
+        if policy.require_pins && grants.sha256.is_none() {
+            issues.push((
+                at(&[]),
+                "`require_pins = true`, but this tool has no `sha256` pin (`toolhost inspect` prints a component's sha256)"
+                    .into(),
+            ));
+        }
         check_tool(grants, &at, &mut issues);
     }
     issues

@@ -39,3 +39,48 @@ async fn each_kind_of_non_tool_gets_its_own_error() {
     let err = host.load_tool(&truncated).await.unwrap_err();
     assert!(matches!(err, LoadError::Compile { .. }), "{err:?}");
 }
+
+fn engine_with(adjust: impl FnOnce(&mut toolhost::EngineConfig)) -> toolhost::Host {
+    let mut engine = toolhost::EngineConfig { cache_dir: None, max_instances: 8, ..toolhost::EngineConfig::default() };
+    adjust(&mut engine);
+    toolhost::Host::new(toolhost::HostConfig { engine, policy: Policy::deny_all(), ..Default::default() }).unwrap()
+}
+
+#[tokio::test]
+async fn a_component_over_the_size_cap_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // A sparse 65 MiB file with a component header: over the default 64 MiB cap, costing no disk.
+    let big = dir.path().join("big.wasm");
+    let file = std::fs::File::create(&big).unwrap();
+    std::io::Write::write_all(&mut &file, b"\0asm\x0d\0\x01\0").unwrap();
+    file.set_len(65 << 20).unwrap();
+    let err = engine_with(|_| {}).load_tool(&big).await.unwrap_err();
+    match &err {
+        LoadError::TooLarge { size, limit, .. } => assert_eq!((*size, *limit), (65 << 20, 64 << 20)),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(err.to_string().contains("max_component_bytes"), "{err}");
+
+    // From bytes too, and a cap set below a real tool's size refuses it while the default loads it.
+    let bytes = std::fs::read(&guests().calculator).unwrap();
+    let small = engine_with(|e| e.max_component_bytes = bytes.len() as u64 - 1);
+    let err = small.load_tool_bytes(&guests().calculator, bytes.clone()).await.unwrap_err();
+    assert!(matches!(err, LoadError::TooLarge { .. }), "{err:?}");
+    let err = small.load_tool(&guests().calculator).await.unwrap_err();
+    assert!(matches!(err, LoadError::TooLarge { .. }), "{err:?}");
+    let exact = engine_with(|e| e.max_component_bytes = bytes.len() as u64);
+    assert_eq!(exact.load_tool(&guests().calculator).await.unwrap().name(), "calculator");
+}
+
+#[tokio::test]
+async fn a_compile_over_the_time_cap_fails_with_its_own_error_and_the_host_keeps_loading() {
+    let slow = engine_with(|e| e.max_compile_time = std::time::Duration::from_millis(1));
+    let err = slow.load_tool(&guests().calculator).await.unwrap_err();
+    match &err {
+        LoadError::CompileTimeout { limit, .. } => assert_eq!(*limit, std::time::Duration::from_millis(1)),
+        other => panic!("expected CompileTimeout, got {other:?}"),
+    }
+    assert!(err.to_string().contains("max_compile_time"), "{err}");
+    // The default limit compiles the same component.
+    assert_eq!(engine_with(|_| {}).load_tool(&guests().calculator).await.unwrap().name(), "calculator");
+}

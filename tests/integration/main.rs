@@ -22,6 +22,7 @@ mod model_local;
 mod multihost;
 mod policy;
 mod policy_fuzz;
+mod provider_fuzz;
 mod snapshots;
 mod state;
 mod support;

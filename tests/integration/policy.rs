@@ -310,6 +310,41 @@ async fn a_pinned_tool_with_another_digest_is_refused() {
 }
 
 #[tokio::test]
+async fn require_pins_refuses_unpinned_grants_and_lets_pinned_ones_load() {
+    // At policy check: an unpinned section is located and named.
+    let text = "require_pins = true\n[tools.hostile.network]\nallow = [\"example.com\"]\n";
+    let err = Policy::from_toml(text, None).unwrap_err();
+    let issue = &err.issues()[0];
+    assert_eq!((issue.key.as_str(), issue.line), ("tools.hostile", Some(2)), "{err}");
+    assert!(issue.message.contains("require_pins") && issue.message.contains("sha256"), "{err}");
+
+    // At load: a tool granted what it requests, but not pinned, is refused with its digest.
+    let unpinned = Policy::grant_requested().requiring_pins();
+    let err = crate::support::host(unpinned.clone()).load_tool(&guests().notes).await.unwrap_err();
+    let LoadError::Unpinned { tool, actual, .. } = &err else { panic!("expected Unpinned, got {err:?}") };
+    assert_eq!(tool, "notes");
+    assert!(err.to_string().contains(&format!("sha256 = \"{actual}\"")), "{err}");
+    // A tool granted nothing needs no pin.
+    let host = crate::support::host(Policy::deny_all().requiring_pins());
+    assert_eq!(host.load_tool(&guests().notes).await.unwrap().name(), "notes");
+
+    // Pinned, the same grants load and work.
+    let digest = actual.clone();
+    let text = format!(
+        "require_pins = true\n[tools.notes]\nsha256 = \"{digest}\"\n[tools.notes.state]\nnamespaces = {{ notes = \"read-write\" }}\n"
+    );
+    let host = crate::support::host(Policy::from_toml(&text, None).unwrap());
+    let notes = host.load_tool(&guests().notes).await.unwrap();
+    assert_eq!(notes.digest(), digest);
+    assert!(notes.grants().identity_sensitive().is_empty());
+    let granted = toolhost::ToolGrants {
+        network: toolhost::NetworkGrant { allow: vec!["example.com".parse().unwrap()], allow_private: false },
+        ..Default::default()
+    };
+    assert_eq!(granted.identity_sensitive(), ["network"]);
+}
+
+#[tokio::test]
 async fn the_refuse_switch_names_every_ungranted_request() {
     let policy = Policy::from_toml(
         "on_ungranted = \"refuse\"\n[tools.hostile.state]\nnamespaces = { scratch = \"read\" }\n",
@@ -401,4 +436,57 @@ fn inspect_prints_requested_vs_granted_and_policy_errors_name_the_line() {
     assert!(!out.status.success());
     assert!(stderr.contains(policy.to_str().unwrap()), "{stderr}");
     assert!(stderr.contains("line 4") && stderr.contains("tools.hostile.network.allow[1]"), "{stderr}");
+}
+
+/// A policy granting the hostile tool HTTP to `allow`, optionally into the host's network.
+fn network_policy(allow: &str, allow_private: bool) -> Policy {
+    let text = format!("[tools.hostile.network]\nallow = [\"{allow}\"]\nallow_private = {allow_private}\n");
+    Policy::from_toml(&text, None).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_name_that_resolves_to_the_hosts_network_is_refused_unless_opted_in() {
+    let (port, requests) = serve_http().await;
+    let url = format!("http://localhost:{port}/page");
+
+    // Granted by name, `localhost` resolves to loopback: refused before any connection, and
+    // the trail names the resolved address.
+    let host = crate::support::host(network_policy(&format!("localhost:{port}"), false));
+    let tool = host.load_tool(&guests().hostile).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    // The guest sees wasi-http's own error code for it.
+    let m = failed(&mut session, &tool, json!({"attack": "http-get", "url": url})).await;
+    assert!(m.contains("DestinationIpProhibited"), "{m}");
+    assert_eq!(requests.load(Ordering::SeqCst), 0, "a refused request reached the server");
+    let events = host.store().audit_events(Some(session.id())).await.unwrap();
+    let refusal = events.iter().find(|e| e.capability == "network" && !e.allowed).expect("an audited refusal");
+    assert!(refusal.request.contains("localhost"), "{refusal:?}");
+    assert!(
+        refusal.reason.contains("loopback") && (refusal.reason.contains("127.0.0.1") || refusal.reason.contains("::1")),
+        "{refusal:?}"
+    );
+    assert!(refusal.reason.contains("allow_private"), "{refusal:?}");
+
+    // The same grant with `allow_private = true` reaches the server, by name (Host header).
+    let host = crate::support::host(network_policy(&format!("localhost:{port}"), true));
+    let tool = host.load_tool(&guests().hostile).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    let out = ok(&mut session, &tool, json!({"attack": "http-get", "url": url})).await;
+    assert_eq!((out["echo"].as_u64(), out["padding"].as_str()), (Some(200), Some(PAGE)));
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    let events = host.store().audit_events(Some(session.id())).await.unwrap();
+    assert!(events.iter().any(|e| e.capability == "network" && e.allowed && e.reason.contains("connecting to")));
+
+    // An IP literal the policy names is reachable without the opt-in; another literal in
+    // the same range is not on the allowlist at all.
+    let host = crate::support::host(network_policy(&format!("127.0.0.1:{port}"), false));
+    let tool = host.load_tool(&guests().hostile).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    let literal = format!("http://127.0.0.1:{port}/page");
+    let out = ok(&mut session, &tool, json!({"attack": "http-get", "url": literal})).await;
+    assert_eq!(out["padding"].as_str(), Some(PAGE));
+    let m =
+        denied(&mut session, &tool, json!({"attack": "http-get", "url": format!("http://127.0.0.2:{port}/")})).await;
+    assert!(m.contains("allowlist"), "{m}");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
 }

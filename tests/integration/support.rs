@@ -34,8 +34,19 @@ fn shared_cache_dir() -> PathBuf {
     DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path().to_owned()
 }
 
+/// The key that authenticates the shared cache, outside it (and outside the user's own).
+fn shared_cache_key() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path().join("cache.key")
+}
+
 pub fn engine_config() -> EngineConfig {
-    EngineConfig { cache_dir: Some(shared_cache_dir()), max_instances: 64, ..EngineConfig::default() }
+    EngineConfig {
+        cache_dir: Some(shared_cache_dir()),
+        cache_key: Some(shared_cache_key()),
+        max_instances: 64,
+        ..EngineConfig::default()
+    }
 }
 
 pub fn host(policy: Policy) -> Host {
