@@ -7,9 +7,6 @@
 //! Peak RSS is per process (`VmHWM` after resetting it through `/proc/self/clear_refs`), so
 //! the attacks run one at a time on one thread.
 
-#[path = "../examples/tools/calculator/src/eval.rs"]
-mod eval;
-
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,9 +14,12 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use toolhost::{EngineConfig, Host, HostConfig, Limits, Policy, ToolGrants};
 
+#[path = "support/native.rs"]
+mod native;
 #[path = "support/stats.rs"]
 mod support;
 
+use native::native_call;
 use support::{Stats, stats};
 
 const CALLS: usize = 20_000;
@@ -31,16 +31,6 @@ fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with(field)).unwrap();
     line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap() * 1024
-}
-
-fn native_call(input: &str) -> String {
-    #[derive(serde::Deserialize)]
-    struct Input {
-        expression: String,
-    }
-    let input: Input = serde_json::from_str(input).unwrap();
-    let value = eval::evaluate(&input.expression).unwrap();
-    serde_json::to_string(&json!({ "value": value })).unwrap()
 }
 
 fn limits() -> Limits {

@@ -7,9 +7,6 @@
 //! Figures are medians (and p99) over many iterations in one process, so the ratios compare
 //! like with like on whatever machine runs it.
 
-#[path = "../examples/tools/calculator/src/eval.rs"]
-mod eval;
-
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Instant;
@@ -22,21 +19,13 @@ const INSTANTIATIONS: usize = 2_000;
 const CALLS: usize = 20_000;
 const WARMUP: usize = 200;
 
+#[path = "support/native.rs"]
+mod native;
 #[path = "support/stats.rs"]
 mod support;
 
+use native::native_call;
 use support::{Stats, stats};
-
-/// The calculator's work done natively: JSON text in, evaluate, JSON text out.
-fn native_call(input: &str) -> String {
-    #[derive(serde::Deserialize)]
-    struct Input {
-        expression: String,
-    }
-    let input: Input = serde_json::from_str(input).unwrap();
-    let value = eval::evaluate(&input.expression).unwrap();
-    serde_json::to_string(&json!({ "value": value })).unwrap()
-}
 
 fn config(pooling: bool, cache_dir: &Path) -> HostConfig {
     let engine =

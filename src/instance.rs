@@ -16,6 +16,7 @@ use crate::capability::filesystem::AuditedFilesystem;
 use crate::capability::log::LogCtx;
 use crate::capability::model::ModelCtx;
 use crate::capability::network::{HttpGate, deny_sockets};
+use crate::capability::random::SecureRandom;
 use crate::capability::sockets::SocketGate;
 use crate::capability::state::StateCtx;
 use crate::charges::{HostLimitExceeded, StepCharges};
@@ -42,6 +43,10 @@ pub(crate) struct InstanceState {
     model: ModelCtx,
     /// The step's journal, whose charges the epoch callback checks.
     journal: SharedJournal,
+    /// The seeded secure stream that steps committed before journaled entropy drew from.
+    seeded_secure: SessionRng,
+    /// The largest single `get-random-bytes` answer: a host buffer, bounded by the tool's memory.
+    max_random_draw: u64,
     /// Epoch ticks the current call may still run before it is interrupted.
     cpu_ticks_left: u64,
 }
@@ -58,6 +63,10 @@ impl WasiHttpView for InstanceState {
     }
 }
 
+fn secure_random(s: &mut InstanceState) -> SecureRandom<'_> {
+    SecureRandom { journal: &s.journal, legacy: &mut s.seeded_secure, max_draw: s.max_random_draw }
+}
+
 fn audited_filesystem(s: &mut InstanceState) -> AuditedFilesystem<'_> {
     AuditedFilesystem { view: WasiFilesystemCtxView { ctx: s.wasi.filesystem(), table: &mut s.table }, audit: &s.audit }
 }
@@ -70,6 +79,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Insta
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::capability::filesystem::shadow_in_linker(&mut linker, audited_filesystem)?;
     crate::capability::sockets::shadow_in_linker(&mut linker, |s| SocketGate { audit: &s.audit })?;
+    crate::capability::random::shadow_in_linker(&mut linker, secure_random)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::capability::state::add_to_linker(&mut linker, |s| &mut s.state)?;
     crate::capability::log::add_to_linker(&mut linker, |s| &mut s.log)?;
@@ -124,15 +134,15 @@ impl Instance {
         let audit = Auditor::new(session.to_owned(), tool_name.to_owned(), env.store.clone(), journal.clone());
         // No args, stdio, sockets or name lookups; env and preopens only as granted.
         // Clocks and randomness are virtual, so a replayed step sees what the original saw.
-        // Socket creation is also shadowed in the linker (audited, no OS socket opened).
+        // Secure randomness (OS entropy, journaled) and socket creation (audited, no OS
+        // socket opened) are shadowed in the linker.
+        let max_random_draw = (grants.limits.memory_bytes / 4).max(4096);
         let mut wasi = WasiCtxBuilder::new();
         wasi.wall_clock(JournaledWallClock(journal.clone()))
             .monotonic_clock(JournaledMonotonicClock(journal.clone()))
-            .secure_random(secure_rng.clone())
             .insecure_random(insecure_rng.clone())
             .insecure_random_seed(insecure_seed(tool_name))
-            // One `get-random-bytes` answer is a host buffer: bounded by the tool's memory.
-            .max_random_size((grants.limits.memory_bytes / 4).max(4096))
+            .max_random_size(max_random_draw)
             .allow_ip_name_lookup(false)
             .allow_tcp(false)
             .allow_udp(false)
@@ -189,6 +199,8 @@ impl Instance {
                 journal.clone(),
             ),
             journal: journal.clone(),
+            seeded_secure: secure_rng.clone(),
+            max_random_draw,
             cpu_ticks_left: engine.ticks_for(grants.limits.cpu_time),
         };
         let mut wasm_store = Store::new(engine.wasmtime(), data);

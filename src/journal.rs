@@ -3,9 +3,11 @@
 //! answers the guest from its journal, so a rebuilt instance reaches exactly the state it had,
 //! without side effects and without a single model call leaving the host.
 //!
-//! Randomness is not journaled value by value: each (session, tool) draws from ChaCha20
-//! streams seeded from the session's seed, and a step records the stream positions, which is
-//! enough to reproduce every random byte.
+//! Secure randomness is OS entropy, journaled like any other input (consecutive draws share
+//! one entry). Insecure randomness is not journaled value by value: each (session, tool)
+//! draws from a ChaCha20 stream seeded from the session's seed, and a step records the
+//! stream's position, which is enough to reproduce every byte. (Steps committed before
+//! entropy was journaled drew secure bytes from a seeded stream too; their replay does again.)
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -75,6 +77,10 @@ pub enum JournalEntry {
         key: String,
         count: u32,
     },
+    /// Secure random bytes from the OS, as drawn by one or more consecutive requests.
+    SecureRandom {
+        bytes: Vec<u8>,
+    },
 }
 
 impl JournalEntry {
@@ -90,6 +96,7 @@ impl JournalEntry {
             Self::WallClockRun { .. } => "wall-clock",
             Self::MonotonicClockRun { .. } => "monotonic-clock",
             Self::StateGetRepeat { .. } => "state.get",
+            Self::SecureRandom { .. } => "secure random bytes",
         }
     }
 
@@ -122,6 +129,7 @@ impl JournalEntry {
                     + result.as_ref().map_or(64, |keys| keys.iter().map(|k| k.len() + 24).sum())
             }
             Self::StateGetRepeat { namespace, key, .. } => namespace.len() + key.len(),
+            Self::SecureRandom { bytes } => bytes.len(),
             Self::Model { .. } => postcard::to_stdvec(self).map_or(0, |b| b.len()),
         };
         std::mem::size_of::<Self>() + heap
@@ -175,6 +183,9 @@ pub(crate) struct Journal {
     /// Readings already taken from the run entry at the front of `replay`.
     run_taken: u32,
     diverged: Option<String>,
+    /// The step being replayed drew its secure random bytes from the session-seeded stream
+    /// (it was committed before entropy was journaled).
+    seeded_random: bool,
     /// What the step has made the host hold, against the tool's limits.
     pub charges: StepCharges,
 }
@@ -195,6 +206,7 @@ impl Journal {
             recorded: Vec::new(),
             run_taken: 0,
             diverged: None,
+            seeded_random: false,
             charges: StepCharges::unbounded(),
         }))
     }
@@ -215,7 +227,19 @@ impl Journal {
         self.recorded.clear();
         self.run_taken = 0;
         self.diverged = None;
+        self.seeded_random = false;
         self.charges.reset();
+    }
+
+    /// Marks the step being replayed as one that drew secure randomness from the seeded
+    /// stream, as steps committed before entropy was journaled did.
+    pub fn replay_seeded_random(&mut self) {
+        self.seeded_random = matches!(self.mode, Mode::Replay { .. });
+    }
+
+    /// Whether secure random bytes come from the seeded stream (see [`Journal::replay_seeded_random`]).
+    pub fn replays_seeded_random(&self) -> bool {
+        self.seeded_random
     }
 
     /// Ends the step: its recorded entries, or why the replay diverged.
@@ -327,6 +351,52 @@ impl Journal {
         self.record(JournalEntry::StateGetRepeat { namespace: namespace.to_owned(), key: key.to_owned(), count: 1 });
     }
 
+    /// In replay, the next `len` recorded secure random bytes. `None` means: draw live (and
+    /// then [`Journal::record_random`] them). A draw the journal cannot answer in strict
+    /// replay marks the step diverged.
+    pub fn replayed_random(&mut self, len: usize) -> Option<Vec<u8>> {
+        let Mode::Replay { strict } = self.mode else { return None };
+        let taken = self.run_taken as usize;
+        let found = match self.replay.front() {
+            Some(JournalEntry::SecureRandom { bytes }) if bytes.len() - taken >= len => {
+                let drawn = bytes[taken..taken + len].to_vec();
+                if taken + len == bytes.len() {
+                    self.run_taken = 0;
+                    let entry = self.replay.pop_front().expect("front exists");
+                    self.charges.journal(entry.approx_bytes());
+                    self.recorded.push(entry);
+                } else {
+                    self.run_taken += len as u32;
+                }
+                return Some(drawn);
+            }
+            Some(JournalEntry::SecureRandom { bytes }) => format!("{} unread secure random bytes", bytes.len() - taken),
+            Some(entry) => entry.kind().to_owned(),
+            None if strict => "nothing (the end of the journal)".to_owned(),
+            None => {
+                self.mode = Mode::Live;
+                return None;
+            }
+        };
+        self.diverge(format!("the guest asked for {len} secure random bytes where the journal has {found}"));
+        None
+    }
+
+    /// Records secure random bytes drawn live, extending the last entry when it holds draws
+    /// too. Charged to the journal bound like [`Journal::record`].
+    pub fn record_random(&mut self, drawn: &[u8]) {
+        if matches!(self.mode, Mode::Off) {
+            return;
+        }
+        if let Some(JournalEntry::SecureRandom { bytes }) = self.recorded.last_mut() {
+            if self.charges.journal(drawn.len()) {
+                bytes.extend_from_slice(drawn);
+            }
+            return;
+        }
+        self.record(JournalEntry::SecureRandom { bytes: drawn.to_vec() });
+    }
+
     /// The index in [`Journal::recorded`] the next recorded entry gets.
     pub fn next_index(&self) -> usize {
         self.recorded.len()
@@ -419,6 +489,7 @@ impl wasmtime_wasi::HostMonotonicClock for JournaledMonotonicClock {
 
 /// Where a tool instance's random streams stand after a step: the session seed they are
 /// drawn from (a fork switches to a fresh one after its fork point) and their positions.
+/// `secure` moves only in steps committed before secure randomness was journaled entropy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RandomState {
     pub seed: [u8; 32],
@@ -540,5 +611,64 @@ mod clock_run_tests {
             mono.now();
         }
         assert!(lock(&journal).finish().is_err());
+    }
+}
+
+#[cfg(test)]
+mod secure_random_tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_draws_share_an_entry_and_replay_exactly() {
+        let journal = Journal::new();
+        let mut j = lock(&journal);
+        j.begin_live();
+        j.record_random(&[1, 2, 3, 4]);
+        j.record_random(&[5, 6]);
+        j.record(JournalEntry::MonotonicClock { nanos: 9 });
+        j.record_random(&[7]);
+        let entries = j.finish().unwrap();
+        assert_eq!(
+            entries,
+            [
+                JournalEntry::SecureRandom { bytes: vec![1, 2, 3, 4, 5, 6] },
+                JournalEntry::MonotonicClock { nanos: 9 },
+                JournalEntry::SecureRandom { bytes: vec![7] },
+            ]
+        );
+
+        j.begin_replay(entries.clone(), true);
+        assert_eq!(j.replayed_random(4), Some(vec![1, 2, 3, 4]));
+        assert_eq!(j.replayed_random(2), Some(vec![5, 6]));
+        assert_eq!(
+            j.replayed("monotonic", |e| matches!(e, JournalEntry::MonotonicClock { .. }).then_some(())),
+            Some(())
+        );
+        assert_eq!(j.replayed_random(1), Some(vec![7]));
+        assert_eq!(j.finish().unwrap(), entries, "a replayed step keeps its journal");
+    }
+
+    #[test]
+    fn a_draw_the_journal_cannot_answer_diverges_in_strict_replay() {
+        let journal = Journal::new();
+        let mut j = lock(&journal);
+        j.begin_replay(vec![JournalEntry::SecureRandom { bytes: vec![1, 2] }], true);
+        assert_eq!(j.replayed_random(3), None);
+        assert!(j.finish().unwrap_err().contains("3 secure random bytes where the journal has 2 unread"));
+
+        j.begin_replay(vec![JournalEntry::MonotonicClock { nanos: 1 }], true);
+        assert_eq!(j.replayed_random(1), None);
+        assert!(j.has_diverged());
+    }
+
+    #[test]
+    fn a_crashed_step_answers_its_recorded_draws_then_draws_live() {
+        let journal = Journal::new();
+        let mut j = lock(&journal);
+        j.begin_replay(vec![JournalEntry::SecureRandom { bytes: vec![1, 2] }], false);
+        assert_eq!(j.replayed_random(2), Some(vec![1, 2]));
+        assert_eq!(j.replayed_random(2), None, "past the pending journal the step goes live");
+        j.record_random(&[3, 4]);
+        assert_eq!(j.finish().unwrap(), [JournalEntry::SecureRandom { bytes: vec![1, 2, 3, 4] }]);
     }
 }

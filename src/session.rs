@@ -445,7 +445,15 @@ impl Rebuilder<'_> {
         if instance.random_state().seed != step.random.seed {
             instance.seek_random(&RandomState { seed: step.random.seed, secure: 0, insecure: 0 });
         }
-        lock(instance.journal()).begin_replay(step.journal.clone(), true);
+        // A step that moved the seeded secure stream predates journaled entropy.
+        let seeded = instance.random_state().secure != step.random.secure;
+        {
+            let mut journal = lock(instance.journal());
+            journal.begin_replay(step.journal.clone(), true);
+            if seeded {
+                journal.replay_seeded_random();
+            }
+        }
         let outcome = instance.call(self.host.engine(), tool, &step.input).await;
         let journal = lock(instance.journal()).finish();
         instance.state().take_writes();

@@ -303,8 +303,5 @@ pub(crate) fn shadow_in_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> AuditedFilesystem<'_>,
 ) -> wasmtime::Result<()> {
-    linker.allow_shadowing(true);
-    let result = types::add_to_linker::<T, HasAuditedFilesystem>(linker, get);
-    linker.allow_shadowing(false);
-    result
+    super::shadow(linker, |linker| types::add_to_linker::<T, HasAuditedFilesystem>(linker, get))
 }

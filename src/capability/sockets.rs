@@ -75,9 +75,8 @@ pub(crate) fn shadow_in_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> SocketGate<'_>,
 ) -> wasmtime::Result<()> {
-    linker.allow_shadowing(true);
-    let result = tcp_create_socket::add_to_linker::<T, HasSocketGate>(linker, get)
-        .and_then(|()| udp_create_socket::add_to_linker::<T, HasSocketGate>(linker, get));
-    linker.allow_shadowing(false);
-    result
+    super::shadow(linker, |linker| {
+        tcp_create_socket::add_to_linker::<T, HasSocketGate>(linker, get)?;
+        udp_create_socket::add_to_linker::<T, HasSocketGate>(linker, get)
+    })
 }

@@ -310,19 +310,33 @@ impl StateCtx {
         Err(StateError::Unavailable(reason))
     }
 
+    /// In replay, the recorded result of a write of `namespace/key` (`pick` reads it from
+    /// the entry); the quota's usage is then re-read before the next live write.
+    fn replayed_write<T: Clone>(
+        &mut self,
+        expected: &str,
+        namespace: &str,
+        key: &str,
+        pick: fn(&JournalEntry) -> Option<(&String, &String, &Result<T, StateError>)>,
+    ) -> Option<Result<T, StateError>> {
+        let replayed = lock(&self.journal).replayed(expected, |entry| match pick(entry) {
+            Some((n, k, result)) if n == namespace && k == key => Some(result.clone()),
+            _ => None,
+        });
+        if replayed.is_some() {
+            self.usage = None;
+        }
+        replayed
+    }
+
     async fn set_value(&mut self, namespace: String, key: String, value: Vec<u8>) -> Result<(), StateError> {
         self.check(&namespace, Some(&key), true, "set").await?;
-        let replayed = lock(&self.journal).replayed("state.set", |entry| match entry {
-            JournalEntry::StateSet { namespace: n, key: k, result } if *n == namespace && *k == key => {
-                Some(result.clone())
-            }
+        let replayed = self.replayed_write("state.set", &namespace, &key, |entry| match entry {
+            JournalEntry::StateSet { namespace, key, result } => Some((namespace, key, result)),
             _ => None,
         });
         let result = match replayed {
-            Some(result) => {
-                self.usage = None;
-                result
-            }
+            Some(result) => result,
             None => {
                 let result = self.live_set(&namespace, &key, &value).await;
                 let entry =
@@ -346,17 +360,12 @@ impl StateCtx {
 
     async fn delete_value(&mut self, namespace: String, key: String) -> Result<bool, StateError> {
         self.check(&namespace, Some(&key), true, "delete").await?;
-        let replayed = lock(&self.journal).replayed("state.delete", |entry| match entry {
-            JournalEntry::StateDelete { namespace: n, key: k, result } if *n == namespace && *k == key => {
-                Some(result.clone())
-            }
+        let replayed = self.replayed_write("state.delete", &namespace, &key, |entry| match entry {
+            JournalEntry::StateDelete { namespace, key, result } => Some((namespace, key, result)),
             _ => None,
         });
         let result = match replayed {
-            Some(result) => {
-                self.usage = None;
-                result
-            }
+            Some(result) => result,
             None => {
                 let result = self.live_delete(&namespace, &key).await;
                 let entry = JournalEntry::StateDelete {

@@ -88,8 +88,10 @@ impl CompileCache {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = hex::encode(&hasher.0.finalize()[..12]);
         let dir = root.join(&engine_key);
-        private_dir(root)
-            .and_then(|()| private_dir(&dir))
+        // The root may be a folder the user shares with other things: only what we create
+        // under it is ours to tighten.
+        create_private_dir(&dir)
+            .and_then(|()| tighten(&dir))
             .map_err(|source| CacheError::Dir { path: dir.clone(), source })?;
         let key = load_or_create_key(key_path)?;
         Ok(Self { dir, engine_key, key })
@@ -176,10 +178,14 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
-/// Creates `dir` (and missing parents) readable by its owner only; an existing folder is
-/// tightened to 0700 when it is ours.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+/// Creates `dir` and its missing parents readable by their owner only (mode 0700). Folders
+/// that already exist keep their mode.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Takes group and other access away from `dir`, a folder the cache owns.
+fn tighten(dir: &Path) -> std::io::Result<()> {
     let mode = std::fs::metadata(dir)?.permissions().mode();
     if mode & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -196,7 +202,7 @@ fn load_or_create_key(path: &Path) -> Result<[u8; KEY_LEN], CacheError> {
         other => return other,
     }
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    private_dir(parent).map_err(io)?;
+    create_private_dir(parent).map_err(io)?;
     let mut key = [0u8; KEY_LEN];
     getrandom::fill(&mut key).map_err(|e| io(std::io::Error::other(e.to_string())))?;
     let tmp = parent.join(format!(".cache-key-{}", uuid::Uuid::new_v4().simple()));

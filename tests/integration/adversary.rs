@@ -167,6 +167,13 @@ fn attacks() -> Vec<Attack> {
             Some("model"),
         ),
         row("1 GiB random request", json!({"attack": "huge-random", "bytes": 1u64 << 30}), Trap, None),
+        // Every secure random byte is journaled: a draw loop ends at the journal bound.
+        row(
+            "secure random loop",
+            json!({"attack": "random-loop", "draws": MANY, "bytes": 4096}),
+            HostLimit(R::Journal),
+            None,
+        ),
         row("stdout flood", json!({"attack": "stdout-flood", "bytes": u64::MAX}), AnyDeadline, None),
         Attack {
             name: "snapshot over its cap",
@@ -414,6 +421,7 @@ async fn granted_uses_work(session: &mut Session, hostile: &Tool) {
         ),
         (json!({"attack": "log-flood", "lines": 3, "bytes": 100}), Box::new(|o: &Value| o["echo"] == 3)),
         (json!({"attack": "huge-random", "bytes": 64}), Box::new(|o: &Value| o["echo"] == 64)),
+        (json!({"attack": "random-loop", "draws": 16, "bytes": 32}), Box::new(|o: &Value| o["echo"] == 16 * 32)),
     ];
     for (input, check) in uses {
         let out = session.call(hostile, &input).await.unwrap_or_else(|e| panic!("granted use {input} failed: {e}"));

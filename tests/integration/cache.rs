@@ -128,12 +128,22 @@ async fn swapped_truncated_and_bit_flipped_artifacts_are_refused_and_recompiled(
 #[tokio::test]
 async fn the_cache_folder_and_key_are_private_and_a_shared_key_is_refused() {
     let cache = Cache::new();
+    // An existing root may be shared with other things: it keeps its mode; the engine's
+    // folder under it is the cache's own and is private.
     std::fs::set_permissions(cache.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     cache.host().load_tool(&guests().calculator).await.unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(cache.dir.path()), 0o700);
+    assert_eq!(mode(cache.dir.path()), 0o755);
     assert_eq!(mode(cache.artifacts()[0].parent().unwrap()), 0o700);
     assert_eq!(mode(&cache.key()), 0o600);
+    // A root (and key folder) the cache creates is private from the start.
+    let fresh = cache.dir.path().join("new-root");
+    let key_home = tempfile::tempdir().unwrap();
+    let fresh_key = key_home.path().join("keys").join("cache.key");
+    host_with_cache(Some(&fresh), &fresh_key).load_tool(&guests().calculator).await.unwrap();
+    assert_eq!(mode(&fresh), 0o700);
+    assert_eq!(mode(fresh_key.parent().unwrap()), 0o700);
+    assert_eq!(mode(&fresh_key), 0o600);
     assert_eq!(std::fs::read(cache.key()).unwrap().len(), 32);
 
     std::fs::set_permissions(cache.key(), std::fs::Permissions::from_mode(0o644)).unwrap();

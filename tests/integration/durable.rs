@@ -15,6 +15,7 @@ on_both_backends!(
     without_snapshots_a_session_is_rebuilt_by_replaying_its_journal,
     a_replay_that_diverges_names_the_step,
     forks_evolve_independently_with_fresh_randomness,
+    secure_random_bytes_are_os_entropy_journaled_for_replay,
 );
 
 /// Answers every prompt with its echo and counts the calls.
@@ -194,4 +195,45 @@ async fn forks_evolve_independently_with_fresh_randomness(db: &TestStore) {
     let mut parent = host.open_session(&parent_id).await.unwrap();
     let listed = parent.call(&notes, &json!({"op": "list"})).await.unwrap();
     assert_eq!(listed["matches"].as_array().unwrap().len(), 2);
+}
+
+/// Secure random bytes do not derive from the session's seed (which sits in the database
+/// beside the session): two sessions with one seed draw different bytes. They are journaled,
+/// so a rebuilt instance replays them exactly (a different byte would diverge).
+async fn secure_random_bytes_are_os_entropy_journaled_for_replay(db: &TestStore) {
+    let never = SnapshotPolicy { every: u32::MAX, keep: 1 };
+    let seed = [42; 32];
+    let draw = json!({"attack": "random-loop", "draws": 3, "bytes": 16});
+    let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let (id, drawn) = {
+        let host = host_on(db, never, None).await;
+        let (_, hostile) = tools(&host).await;
+        let mut a = host.create_session_with_seed(format!("entropy-a-{unique}"), seed).await.unwrap();
+        let mut b = host.create_session_with_seed(format!("entropy-b-{unique}"), seed).await.unwrap();
+        let from_a = a.call(&hostile, &draw).await.unwrap();
+        let from_b = b.call(&hostile, &draw).await.unwrap();
+        assert_eq!(from_a["padding"].as_str().unwrap().len(), 32);
+        assert_ne!(from_a["padding"], from_b["padding"], "two sessions with one seed drew the same secure bytes");
+        (a.id().to_owned(), from_a["padding"].as_str().unwrap().to_owned())
+    };
+    let steps = db.open().await.steps(&id, None, 0).await.unwrap();
+    let entries: Vec<&[u8]> = steps[0]
+        .journal
+        .iter()
+        .filter_map(|e| match e {
+            toolhost::JournalEntry::SecureRandom { bytes } => Some(bytes.as_slice()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(entries.len(), 1, "consecutive draws share one journal entry");
+    let last: String = entries[0][32..].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!((entries[0].len(), last.as_str()), (48, drawn.as_str()));
+
+    let host = host_on(db, never, None).await;
+    let (_, hostile) = tools(&host).await;
+    let mut session = host.open_session(&id).await.unwrap();
+    let rebuild = session.prewarm(&hostile).await.unwrap().expect("rebuilt after the restart");
+    assert_eq!(rebuild.replayed, 1);
+    let next = session.call(&hostile, &draw).await.unwrap();
+    assert_ne!(next["padding"], drawn.as_str(), "a live step after the replay draws fresh entropy");
 }

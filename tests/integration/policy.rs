@@ -490,3 +490,30 @@ async fn a_granted_name_that_resolves_to_the_hosts_network_is_refused_unless_opt
     assert!(m.contains("allowlist"), "{m}");
     assert_eq!(requests.load(Ordering::SeqCst), 2);
 }
+
+/// HTTPS goes through the same checked connection: the TLS handshake reaches the address the
+/// host resolved and checked, naming the granted host (SNI), and a failed handshake is the
+/// tool's error, not the host's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_connects_to_the_checked_address_with_the_granted_name() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hello = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut first = vec![0; 2048];
+        let n = tokio::io::AsyncReadExt::read(&mut socket, &mut first).await.unwrap();
+        first.truncate(n);
+        first // dropping the socket ends the handshake
+    });
+    let host = crate::support::host(network_policy(&format!("localhost:{port}"), true));
+    let tool = host.load_tool(&guests().hostile).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    let m =
+        failed(&mut session, &tool, json!({"attack": "http-get", "url": format!("https://localhost:{port}/")})).await;
+    let hello = tokio::time::timeout(std::time::Duration::from_secs(10), hello).await.unwrap().unwrap();
+    assert_eq!(hello.get(..2), Some(&[0x16, 0x03][..]), "not a TLS handshake: {hello:02x?}");
+    assert!(hello.windows(9).any(|w| w == b"localhost"), "the ClientHello does not name the granted host");
+    assert!(!m.is_empty());
+    let events = host.store().audit_events(Some(session.id())).await.unwrap();
+    assert!(events.iter().any(|e| e.capability == "network" && e.allowed && e.reason.contains("connecting to")));
+}
