@@ -244,6 +244,9 @@ enum RepeatSource {
     Journal(usize),
 }
 
+/// A recorded write of a key: its namespace, key and result.
+type RecordedWrite<'e, T> = (&'e String, &'e String, &'e Result<T, StateError>);
+
 impl StateCtx {
     async fn get_value(&mut self, namespace: String, key: String) -> Result<Option<Vec<u8>>, StateError> {
         self.check(&namespace, Some(&key), false, "get").await?;
@@ -317,7 +320,7 @@ impl StateCtx {
         expected: &str,
         namespace: &str,
         key: &str,
-        pick: fn(&JournalEntry) -> Option<(&String, &String, &Result<T, StateError>)>,
+        pick: fn(&JournalEntry) -> Option<RecordedWrite<'_, T>>,
     ) -> Option<Result<T, StateError>> {
         let replayed = lock(&self.journal).replayed(expected, |entry| match pick(entry) {
             Some((n, k, result)) if n == namespace && k == key => Some(result.clone()),
