@@ -6,6 +6,7 @@ mod agent_local;
 mod agent_service;
 mod backends;
 mod cache;
+mod compat;
 mod cli;
 mod crash;
 mod durable;
