@@ -3,6 +3,11 @@
 //! answers the guest from its journal, so a rebuilt instance reaches exactly the state it had,
 //! without side effects and without a single model call leaving the host.
 //!
+//! Outgoing HTTP is journaled like a model call: each request's fingerprint and its whole
+//! response (see [`crate::exchange`]). The entry takes its place when the guest sends the
+//! request, not when the response arrives, so the order of inputs does not depend on network
+//! timing; the response fills it in.
+//!
 //! Randomness is not journaled value by value: each (session, tool) draws from ChaCha20
 //! streams seeded from the session's seed, and a step records the stream positions, which is
 //! enough to reproduce every random byte.
@@ -19,6 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::bindings::model::{ChatResponse, ModelError};
 use crate::bindings::state::StateError;
 use crate::charges::StepCharges;
+use crate::exchange::{HttpFailure, HttpOutcome, HttpRequestPrint};
 
 /// One recorded input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +81,11 @@ pub enum JournalEntry {
         key: String,
         count: u32,
     },
+    /// One outgoing HTTP request and what it came to.
+    Http {
+        request: HttpRequestPrint,
+        outcome: HttpOutcome,
+    },
 }
 
 impl JournalEntry {
@@ -90,6 +101,7 @@ impl JournalEntry {
             Self::WallClockRun { .. } => "wall-clock",
             Self::MonotonicClockRun { .. } => "monotonic-clock",
             Self::StateGetRepeat { .. } => "state.get",
+            Self::Http { .. } => "http",
         }
     }
 
@@ -123,6 +135,7 @@ impl JournalEntry {
             }
             Self::StateGetRepeat { namespace, key, .. } => namespace.len() + key.len(),
             Self::Model { .. } => postcard::to_stdvec(self).map_or(0, |b| b.len()),
+            Self::Http { request, outcome } => crate::exchange::approx_bytes(request, outcome),
         };
         std::mem::size_of::<Self>() + heap
     }
@@ -175,8 +188,20 @@ pub(crate) struct Journal {
     /// Readings already taken from the run entry at the front of `replay`.
     run_taken: u32,
     diverged: Option<String>,
+    /// Counts steps begun, so a response that arrives after its step ended is not recorded
+    /// in a later one.
+    generation: u64,
     /// What the step has made the host hold, against the tool's limits.
     pub charges: StepCharges,
+}
+
+/// Where an HTTP exchange of the step in flight is recorded, once its response is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HttpSlot {
+    generation: u64,
+    index: usize,
+    /// The request's number within its step (0 for the first): part of its idempotency key.
+    pub number: usize,
 }
 
 /// Shared between an instance's capability contexts and its virtual clocks.
@@ -195,6 +220,7 @@ impl Journal {
             recorded: Vec::new(),
             run_taken: 0,
             diverged: None,
+            generation: 0,
             charges: StepCharges::unbounded(),
         }))
     }
@@ -215,6 +241,7 @@ impl Journal {
         self.recorded.clear();
         self.run_taken = 0;
         self.diverged = None;
+        self.generation += 1;
         self.charges.reset();
     }
 
@@ -229,6 +256,12 @@ impl Journal {
             return Err(format!("the step used {} fewer recorded inputs than it did originally", self.replay.len()));
         }
         self.replay.clear();
+        // A response still outstanding is the guest's `Abandoned`, live and on replay.
+        for entry in &mut self.recorded {
+            if let JournalEntry::Http { outcome: outcome @ None, .. } = entry {
+                *outcome = Some(Err(HttpFailure::Abandoned));
+            }
+        }
         Ok(std::mem::take(&mut self.recorded))
     }
 
@@ -325,6 +358,35 @@ impl Journal {
             return;
         }
         self.record(JournalEntry::StateGetRepeat { namespace: namespace.to_owned(), key: key.to_owned(), count: 1 });
+    }
+
+    /// Whether a step is running (outside one, inputs are live and not recorded).
+    pub fn is_recording(&self) -> bool {
+        !matches!(self.mode, Mode::Off)
+    }
+
+    /// The slot of the entry just recorded or replayed, an `Http` one, if the step records.
+    pub fn last_http_slot(&self) -> Option<HttpSlot> {
+        if matches!(self.mode, Mode::Off) || !matches!(self.recorded.last(), Some(JournalEntry::Http { .. })) {
+            return None;
+        }
+        let number = self.recorded.iter().filter(|e| matches!(e, JournalEntry::Http { .. })).count() - 1;
+        Some(HttpSlot { generation: self.generation, index: self.recorded.len() - 1, number })
+    }
+
+    /// Fills in the outcome of the exchange at `slot`, charging its bytes. `false` if its
+    /// step has ended (the guest then gets `Abandoned`, as the committed journal says).
+    pub fn fill_http(&mut self, slot: HttpSlot, body: Option<String>, result: HttpOutcome) -> bool {
+        if slot.generation != self.generation || matches!(self.mode, Mode::Off) {
+            return false;
+        }
+        let Some(JournalEntry::Http { request, outcome }) = self.recorded.get_mut(slot.index) else { return false };
+        let before = crate::exchange::approx_bytes(request, outcome);
+        request.body = body;
+        *outcome = result;
+        let added = crate::exchange::approx_bytes(request, outcome).saturating_sub(before);
+        self.charges.journal(added);
+        true
     }
 
     /// The index in [`Journal::recorded`] the next recorded entry gets.
