@@ -79,11 +79,17 @@ fn serve(stream: TcpStream, log: &Mutex<HttpLog>) {
     }
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned());
+    if method.is_empty() {
+        // A connection closed before its request (a client killed mid-way): nothing to do.
+        return;
+    }
     let (mut length, mut key) = (0usize, None);
     loop {
         let mut header = String::new();
-        if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
-            break;
+        match reader.read_line(&mut header) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if header.trim().is_empty() => break,
+            Ok(_) => {}
         }
         let Some((name, value)) = header.trim_end().split_once(':') else { continue };
         match name.to_ascii_lowercase().as_str() {
