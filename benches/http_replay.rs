@@ -41,7 +41,8 @@ fn start_server() -> (u16, Arc<AtomicUsize>) {
             }
             let body = format!("response {n}");
             let mut stream = &stream;
-            let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let _ =
+                write!(stream, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
         }
     });
     (port, count)
@@ -52,7 +53,12 @@ fn host(store: Arc<dyn Store>, cache: &Path, port: u16) -> Host {
     hostile.network.allow = vec![format!("127.0.0.1:{port}").parse().unwrap()];
     let engine = EngineConfig { cache_dir: Some(cache.into()), ..EngineConfig::default() };
     let snapshots = SnapshotPolicy { every: u32::MAX, keep: 1 };
-    let config = HostConfig { engine, policy: Policy::deny_all().with_tool("hostile", hostile), snapshots, ..HostConfig::default() };
+    let config = HostConfig {
+        engine,
+        policy: Policy::deny_all().with_tool("hostile", hostile),
+        snapshots,
+        ..HostConfig::default()
+    };
     Host::with_store(config, store).expect("host")
 }
 
@@ -85,7 +91,8 @@ fn main() {
     let url = format!("http://127.0.0.1:{port}/item");
 
     runtime.block_on(async {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(data.path().join("bench.db"), Durability::Full).unwrap());
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(data.path().join("bench.db"), Durability::Full).unwrap());
         let live_host = host(store.clone(), cache.path(), port);
         let tool = live_host.load_tool(&paths[0]).await.unwrap();
 

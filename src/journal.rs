@@ -604,3 +604,41 @@ mod clock_run_tests {
         assert!(lock(&journal).finish().is_err());
     }
 }
+
+#[cfg(test)]
+mod http_slot_tests {
+    use super::*;
+    use crate::exchange::HttpResponseRecord;
+
+    fn print(url: &str) -> HttpRequestPrint {
+        HttpRequestPrint { method: "GET".into(), url: url.into(), headers: "h".into(), body: None }
+    }
+
+    #[test]
+    fn an_exchange_keeps_the_place_it_was_sent_at_and_an_unanswered_one_is_abandoned() {
+        let journal = Journal::new();
+        let mut j = lock(&journal);
+        j.begin_live();
+        j.record(JournalEntry::Http { request: print("/a"), outcome: None });
+        let first = j.last_http_slot().unwrap();
+        j.record(JournalEntry::WallClock { secs: 1, nanos: 0 });
+        j.record(JournalEntry::Http { request: print("/b"), outcome: None });
+        assert_eq!(j.last_http_slot().unwrap().number, 1);
+        let response = HttpResponseRecord { status: 200, headers: Vec::new(), body: b"ok".to_vec() };
+        assert!(j.fill_http(first, Some("body".into()), Some(Ok(response.clone()))));
+        let entries = j.finish().unwrap();
+        assert_eq!(
+            entries[0],
+            JournalEntry::Http {
+                request: HttpRequestPrint { body: Some("body".into()), ..print("/a") },
+                outcome: Some(Ok(response.clone())),
+            }
+        );
+        assert!(matches!(entries[1], JournalEntry::WallClock { .. }));
+        assert_eq!(entries[2], JournalEntry::Http { request: print("/b"), outcome: Some(Err(HttpFailure::Abandoned)) });
+        // A response that arrives after its step is not recorded in the next one.
+        j.begin_live();
+        assert!(!j.fill_http(first, None, Some(Ok(response))));
+        assert!(j.finish().unwrap().is_empty());
+    }
+}

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
+use super::in_flight::InFlight;
 use crate::bindings::model::{self as wit, ChatRequest, ChatResponse, ModelError, ProviderFailure};
 use crate::journal::{JournalEntry, SharedJournal, lock, request_digest};
 use crate::model::ModelProvider;
 use crate::policy::ModelGrant;
-use super::in_flight::InFlight;
 use crate::store::{AuditEvent, Store};
 
 /// Per-instance model context.

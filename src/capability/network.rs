@@ -131,7 +131,8 @@ impl WasiHttpHooks for HttpGate {
         match self.claim(&head) {
             Claim::Answered { slot, recorded, outcome } => Box::new(async move {
                 if let Some(expected) = &recorded.body {
-                    let now = HttpRequestPrint { body: Some(read_bounded(request.into_body(), max).await.print()), ..head };
+                    let now =
+                        HttpRequestPrint { body: Some(read_bounded(request.into_body(), max).await.print()), ..head };
                     if now.body.as_ref() != Some(expected) {
                         lock(&flight.journal).mark_diverged(changed_request(slot, &now, &recorded));
                         return Err(HttpError::InternalError(Some("the replay diverged from the journal".into())));
