@@ -29,7 +29,7 @@ impl HttpRequestPrint {
 impl fmt::Display for HttpRequestPrint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let short = |hash: &str| hash.get(..12).unwrap_or(hash).to_owned();
-        let body = self.body.as_deref().map_or_else(|| "unfinished".to_owned(), |b| short(b));
+        let body = self.body.as_deref().map_or_else(|| "unfinished".to_owned(), short);
         write!(f, "{} {} (headers {}, body {body})", self.method, self.url.escape_debug(), short(&self.headers))
     }
 }
