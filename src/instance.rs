@@ -13,6 +13,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::bindings::{self, stateful, tool as tool_export};
 use crate::capability::audit::Auditor;
 use crate::capability::filesystem::AuditedFilesystem;
+use crate::capability::in_flight::InFlight;
 use crate::capability::log::LogCtx;
 use crate::capability::model::ModelCtx;
 use crate::capability::network::{HttpGate, deny_sockets};
@@ -185,7 +186,16 @@ impl Instance {
             wasi,
             table,
             http: WasiHttpCtx::new(),
-            http_gate: HttpGate::new(Arc::new(grants.network.clone()), audit.clone()),
+            http_gate: HttpGate::new(
+                Arc::new(grants.network.clone()),
+                audit.clone(),
+                InFlight {
+                    session: session.to_owned(),
+                    tool: tool_name.to_owned(),
+                    store: env.store.clone(),
+                    journal: journal.clone(),
+                },
+            ),
             audit,
             limiter: GuestLimiter::new(grants.limits.memory_bytes.min(engine.max_memory_bytes())),
             state: StateCtx::new(scope, Arc::new(grants.state.clone()), env.store.clone(), journal.clone()),

@@ -3,6 +3,11 @@
 //! answers the guest from its journal, so a rebuilt instance reaches exactly the state it had,
 //! without side effects and without a single model call leaving the host.
 //!
+//! Outgoing HTTP is journaled like a model call: each request's fingerprint and its whole
+//! response (see [`crate::exchange`]). The entry takes its place when the guest sends the
+//! request, not when the response arrives, so the order of inputs does not depend on network
+//! timing; the response fills it in.
+//!
 //! Secure randomness is OS entropy, journaled like any other input (consecutive draws share
 //! one entry). Insecure randomness is not journaled value by value: each (session, tool)
 //! draws from a ChaCha20 stream seeded from the session's seed, and a step records the
@@ -21,6 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::bindings::model::{ChatResponse, ModelError};
 use crate::bindings::state::StateError;
 use crate::charges::StepCharges;
+use crate::exchange::{HttpFailure, HttpOutcome, HttpRequestPrint};
 
 /// One recorded input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +87,11 @@ pub enum JournalEntry {
     SecureRandom {
         bytes: Vec<u8>,
     },
+    /// One outgoing HTTP request and what it came to.
+    Http {
+        request: HttpRequestPrint,
+        outcome: HttpOutcome,
+    },
 }
 
 impl JournalEntry {
@@ -97,6 +108,7 @@ impl JournalEntry {
             Self::MonotonicClockRun { .. } => "monotonic-clock",
             Self::StateGetRepeat { .. } => "state.get",
             Self::SecureRandom { .. } => "secure random bytes",
+            Self::Http { .. } => "http",
         }
     }
 
@@ -131,6 +143,7 @@ impl JournalEntry {
             Self::StateGetRepeat { namespace, key, .. } => namespace.len() + key.len(),
             Self::SecureRandom { bytes } => bytes.len(),
             Self::Model { .. } => postcard::to_stdvec(self).map_or(0, |b| b.len()),
+            Self::Http { request, outcome } => crate::exchange::approx_bytes(request, outcome),
         };
         std::mem::size_of::<Self>() + heap
     }
@@ -186,8 +199,20 @@ pub(crate) struct Journal {
     /// The step being replayed drew its secure random bytes from the session-seeded stream
     /// (it was committed before entropy was journaled).
     seeded_random: bool,
+    /// Counts steps begun, so a response that arrives after its step ended is not recorded
+    /// in a later one.
+    generation: u64,
     /// What the step has made the host hold, against the tool's limits.
     pub charges: StepCharges,
+}
+
+/// Where an HTTP exchange of the step in flight is recorded, once its response is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HttpSlot {
+    generation: u64,
+    index: usize,
+    /// The request's number within its step (0 for the first): part of its idempotency key.
+    pub number: usize,
 }
 
 /// Shared between an instance's capability contexts and its virtual clocks.
@@ -207,6 +232,7 @@ impl Journal {
             run_taken: 0,
             diverged: None,
             seeded_random: false,
+            generation: 0,
             charges: StepCharges::unbounded(),
         }))
     }
@@ -228,6 +254,7 @@ impl Journal {
         self.run_taken = 0;
         self.diverged = None;
         self.seeded_random = false;
+        self.generation += 1;
         self.charges.reset();
     }
 
@@ -253,6 +280,12 @@ impl Journal {
             return Err(format!("the step used {} fewer recorded inputs than it did originally", self.replay.len()));
         }
         self.replay.clear();
+        // A response still outstanding is the guest's `Abandoned`, live and on replay.
+        for entry in &mut self.recorded {
+            if let JournalEntry::Http { outcome: outcome @ None, .. } = entry {
+                *outcome = Some(Err(HttpFailure::Abandoned));
+            }
+        }
         Ok(std::mem::take(&mut self.recorded))
     }
 
@@ -395,6 +428,35 @@ impl Journal {
             return;
         }
         self.record(JournalEntry::SecureRandom { bytes: drawn.to_vec() });
+    }
+
+    /// Whether a step is running (outside one, inputs are live and not recorded).
+    pub fn is_recording(&self) -> bool {
+        !matches!(self.mode, Mode::Off)
+    }
+
+    /// The slot of the entry just recorded or replayed, an `Http` one, if the step records.
+    pub fn last_http_slot(&self) -> Option<HttpSlot> {
+        if matches!(self.mode, Mode::Off) || !matches!(self.recorded.last(), Some(JournalEntry::Http { .. })) {
+            return None;
+        }
+        let number = self.recorded.iter().filter(|e| matches!(e, JournalEntry::Http { .. })).count() - 1;
+        Some(HttpSlot { generation: self.generation, index: self.recorded.len() - 1, number })
+    }
+
+    /// Fills in the outcome of the exchange at `slot`, charging its bytes. `false` if its
+    /// step has ended (the guest then gets `Abandoned`, as the committed journal says).
+    pub fn fill_http(&mut self, slot: HttpSlot, body: Option<String>, result: HttpOutcome) -> bool {
+        if slot.generation != self.generation || matches!(self.mode, Mode::Off) {
+            return false;
+        }
+        let Some(JournalEntry::Http { request, outcome }) = self.recorded.get_mut(slot.index) else { return false };
+        let before = crate::exchange::approx_bytes(request, outcome);
+        request.body = body;
+        *outcome = result;
+        let added = crate::exchange::approx_bytes(request, outcome).saturating_sub(before);
+        self.charges.journal(added);
+        true
     }
 
     /// The index in [`Journal::recorded`] the next recorded entry gets.
@@ -670,5 +732,43 @@ mod secure_random_tests {
         assert_eq!(j.replayed_random(2), None, "past the pending journal the step goes live");
         j.record_random(&[3, 4]);
         assert_eq!(j.finish().unwrap(), [JournalEntry::SecureRandom { bytes: vec![1, 2, 3, 4] }]);
+    }
+}
+
+#[cfg(test)]
+mod http_slot_tests {
+    use super::*;
+    use crate::exchange::HttpResponseRecord;
+
+    fn print(url: &str) -> HttpRequestPrint {
+        HttpRequestPrint { method: "GET".into(), url: url.into(), headers: "h".into(), body: None }
+    }
+
+    #[test]
+    fn an_exchange_keeps_the_place_it_was_sent_at_and_an_unanswered_one_is_abandoned() {
+        let journal = Journal::new();
+        let mut j = lock(&journal);
+        j.begin_live();
+        j.record(JournalEntry::Http { request: print("/a"), outcome: None });
+        let first = j.last_http_slot().unwrap();
+        j.record(JournalEntry::WallClock { secs: 1, nanos: 0 });
+        j.record(JournalEntry::Http { request: print("/b"), outcome: None });
+        assert_eq!(j.last_http_slot().unwrap().number, 1);
+        let response = HttpResponseRecord { status: 200, headers: Vec::new(), body: b"ok".to_vec() };
+        assert!(j.fill_http(first, Some("body".into()), Some(Ok(response.clone()))));
+        let entries = j.finish().unwrap();
+        assert_eq!(
+            entries[0],
+            JournalEntry::Http {
+                request: HttpRequestPrint { body: Some("body".into()), ..print("/a") },
+                outcome: Some(Ok(response.clone())),
+            }
+        );
+        assert!(matches!(entries[1], JournalEntry::WallClock { .. }));
+        assert_eq!(entries[2], JournalEntry::Http { request: print("/b"), outcome: Some(Err(HttpFailure::Abandoned)) });
+        // A response that arrives after its step is not recorded in the next one.
+        j.begin_live();
+        assert!(!j.fill_http(first, None, Some(Ok(response))));
+        assert!(j.finish().unwrap().is_empty());
     }
 }

@@ -17,6 +17,7 @@ pub mod capability;
 mod charges;
 pub mod engine;
 pub mod error;
+pub mod exchange;
 pub mod guest_build;
 pub mod host;
 mod instance;

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod filesystem;
+pub(crate) mod in_flight;
 pub mod log;
 pub mod model;
 pub mod network;

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
+use super::in_flight::InFlight;
 use crate::bindings::model::{self as wit, ChatRequest, ChatResponse, ModelError, ProviderFailure};
 use crate::journal::{JournalEntry, SharedJournal, lock, request_digest};
 use crate::model::ModelProvider;
 use crate::policy::ModelGrant;
-use crate::store::{AuditEvent, PendingStep, Store};
+use crate::store::{AuditEvent, Store};
 
 /// Per-instance model context.
 pub struct ModelCtx {
@@ -37,23 +38,13 @@ impl ModelCtx {
 
     /// Persists the step's journal so far, so the response just received survives a crash.
     async fn persist_in_flight(&self) {
-        let pending = {
-            let journal = lock(&self.journal);
-            journal.step.as_ref().map(|step| PendingStep {
-                seq: step.seq,
-                tool: self.tool.clone(),
-                input: step.input.clone(),
-                journal: journal.recorded().to_vec(),
-                lease: step.lease,
-            })
+        let in_flight = InFlight {
+            session: self.session.clone(),
+            tool: self.tool.clone(),
+            store: self.store.clone(),
+            journal: self.journal.clone(),
         };
-        if let Some(pending) = pending
-            && let Err(e) = self.store.put_pending(&self.session, &pending).await
-        {
-            // The call still succeeds; only its crash-safety is lost.
-            tracing::warn!(session = %self.session, tool = %self.tool, error = %e,
-                "could not persist a model response ahead of the step's commit");
-        }
+        in_flight.persist("a model response").await;
     }
 }
 

@@ -33,6 +33,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
             report["capabilities"] = serde_json::to_value(rows)?;
             report["limits"] = serde_json::to_value(tool.grants().limits)?;
             report["pinned"] = tool.grants().sha256.is_some().into();
+            report["outside_transaction"] = serde_json::to_value(outside_transaction(tool.grants()))?;
             report["unpinned_sensitive_grants"] = serde_json::to_value(match tool.grants().sha256 {
                 Some(_) => Vec::new(),
                 None => tool.grants().identity_sensitive(),
@@ -94,6 +95,7 @@ fn render_table(rows: &[CapabilityRow], tool: &Tool) -> String {
         limits.cpu_time.as_millis(),
         limits.max_output_bytes
     );
+    out.push_str(&render_durability(tool.grants()));
     let sensitive = tool.grants().identity_sensitive();
     let pin = match &tool.grants().sha256 {
         Some(_) => "pinned (matches)".to_owned(),
@@ -106,6 +108,30 @@ fn render_table(rows: &[CapabilityRow], tool: &Tool) -> String {
         ),
     };
     let _ = writeln!(out, "sha256: {pin}");
+    out
+}
+
+/// Host preopens a tool is granted: the session's journal does not cover them.
+fn outside_transaction(grants: &toolhost::ToolGrants) -> Vec<String> {
+    grants.filesystem.iter().map(|p| format!("{} ({}, host {})", p.guest, access(p.access), p.host.display())).collect()
+}
+
+/// What replay and crash recovery cover for the granted effects.
+fn render_durability(grants: &toolhost::ToolGrants) -> String {
+    let mut out = String::new();
+    if !grants.network.allow.is_empty() {
+        out.push_str(&format!(
+            "http: journaled (responses and request bodies up to {} bytes); replay sends nothing; each request \
+             carries an Idempotency-Key, so the one in flight at a crash can be deduplicated by the server\n",
+            grants.network.max_response_bytes
+        ));
+    }
+    for preopen in outside_transaction(grants) {
+        out.push_str(&format!(
+            "OUTSIDE THE SESSION'S TRANSACTION: {preopen}: a replayed step reads it as it is now, and what a \
+             step writes there stays written if the step never commits\n"
+        ));
+    }
     out
 }
 

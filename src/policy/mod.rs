@@ -108,7 +108,7 @@ pub struct Preopen {
 
 /// Outgoing HTTP(S) a tool may make, by destination host. Raw sockets and DNS stay denied
 /// whatever this says: HTTP goes through the host's client, which checks every request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkGrant {
     /// `api.example.com`, `*.example.com` (any subdomain, not the apex), with an optional
@@ -119,6 +119,19 @@ pub struct NetworkGrant {
     /// the allowlist names that IP literal.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_private: bool,
+    /// The most bytes one response body may have, and one request body: every exchange is
+    /// buffered whole and journaled, so replay answers it without the network. A larger
+    /// body is the guest's `http-response-body-size` (or `http-request-body-size`) error.
+    pub max_response_bytes: usize,
+}
+
+/// Default [`NetworkGrant::max_response_bytes`]: 8 MiB, half the default journal bound.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 8 << 20;
+
+impl Default for NetworkGrant {
+    fn default() -> Self {
+        Self { allow: Vec::new(), allow_private: false, max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES }
+    }
 }
 
 impl NetworkGrant {

@@ -96,6 +96,9 @@ fn check_tool(grants: &ToolGrants, at: &dyn Fn(&[&str]) -> Vec<String>, issues: 
             issues.push((at(&["model", key]), "must be at least 1 (omit it for no bound)".into()));
         }
     }
+    if grants.network.max_response_bytes == 0 {
+        issues.push((at(&["network", "max_response_bytes"]), "must be at least 1".into()));
+    }
     let mut guest_paths = BTreeSet::new();
     for (i, preopen) in grants.filesystem.iter().enumerate() {
         let index = i.to_string();

@@ -114,3 +114,25 @@ fn toolhost_run_drives_the_shipped_agent_file_to_the_right_answer() {
     let note = steps.iter().rfind(|s| s["tool"] == "notes").unwrap();
     assert!(note.to_string().contains("12.85"), "the note: {note}\n{stdout}");
 }
+
+/// Issue #15's reproduction: a plain tool (no snapshot exports) GETs in step 1; the next
+/// process rebuilds the instance by replaying step 1, which must be answered from the journal:
+/// the counting server sees one request, and the session lives on.
+#[test]
+fn the_next_process_replays_a_plain_tools_http_get_without_sending_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, cache) = (dir.path().join("sessions.db"), dir.path().join("cache"));
+    let server = crate::http_server::CountingServer::start();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, format!("[tools.hostile.network]\nallow = [\"127.0.0.1:{}\"]\n", server.port)).unwrap();
+    let hostile = guests().hostile.to_str().unwrap();
+    let call = |input: &str| {
+        json(toolhost(&db, &cache, &["call", "--policy", policy.to_str().unwrap(), "--session", "s1", hostile, input]))
+    };
+
+    let get = format!(r#"{{"attack": "http-get", "url": "{}"}}"#, server.url("/counter"));
+    assert_eq!(call(&get)["padding"], crate::http_server::reply_for("GET /counter ", 1).as_str());
+    assert_eq!(call(r#"{"attack": "echo", "n": 7}"#)["echo"], 7);
+    assert_eq!(call(r#"{"attack": "echo", "n": 8}"#)["echo"], 8);
+    assert_eq!(server.log().received, 1, "a replayed step sent its GET again: {:?}", server.log().keys);
+}

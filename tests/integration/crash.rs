@@ -1,7 +1,12 @@
 //! The crash harness: a child process runs a scripted multi-tool session with model calls and
-//! is killed with SIGKILL at random points; a new child resumes each time. The finished
-//! session must equal an uninterrupted run: every step once, the same outputs and state, and
-//! each model request seen exactly once by the (out-of-process) model server.
+//! HTTP POSTs and is killed with SIGKILL at random points; a new child resumes each time. The
+//! finished session must equal an uninterrupted run: every step once, the same outputs and
+//! state, each model request seen exactly once by the (out-of-process) model server, and each
+//! POST executed exactly once by the counting HTTP server (which deduplicates by
+//! `Idempotency-Key`: at most one redelivery per kill).
+//!
+//! Effects with their own witness (a server that counts) are added by [`with_effects`]; a
+//! new kind of effect adds its steps there and its check to [`Effects::check`].
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -18,6 +23,7 @@ use toolhost::{EngineConfig, Host, HostConfig, ModelProvider, SnapshotPolicy, Sq
 
 use crate::backends::{TestStore, on_both_backends};
 use crate::durable::policy;
+use crate::http_server::CountingServer;
 use crate::support::guests;
 
 const SEED: [u8; 32] = [7; 32];
@@ -26,7 +32,7 @@ const MIN_KILLS: usize = 50;
 /// (tool, input) per step: notes, calculator and hostile (randomness, clocks, model calls).
 pub(crate) fn script() -> Vec<(&'static str, Value)> {
     let mut steps = Vec::new();
-    for i in 0..8 {
+    for i in 0..BLOCKS {
         steps.push(("notes", json!({"op": "add", "title": format!("note {i}"), "body": format!("body {i} alpha")})));
         steps.push(("hostile", json!({"attack": "ask-model", "model": "counting", "prompt": format!("question {i}")})));
         steps.push(("hostile", json!({"attack": "entropy", "bytes": 8})));
@@ -34,6 +40,60 @@ pub(crate) fn script() -> Vec<(&'static str, Value)> {
         steps.push(("notes", json!({"op": "search", "query": format!("{i} alpha")})));
     }
     steps
+}
+
+/// The outside effects a crash run makes, each with the server that witnesses it.
+pub(crate) struct Effects {
+    pub http: CountingServer,
+}
+
+impl Effects {
+    /// Checks what the witnesses saw in a round with `kills` SIGKILLs; returns the
+    /// redeliveries (requests re-sent under a key the server knew).
+    fn check(&self, round: usize, kills: usize) -> usize {
+        let http = self.http.log();
+        assert_eq!(http.executions.len(), 2 * BLOCKS, "round {round}: {:?}", http.executions);
+        for (request, count) in &http.executions {
+            assert_eq!(*count, 1, "round {round}: the server executed `{request}` {count} times");
+        }
+        assert_eq!(http.unkeyed, 0, "round {round}: a request came without an Idempotency-Key");
+        assert!(
+            http.redelivered.len() <= kills,
+            "round {round}: {} redeliveries for {kills} kills: {:?}",
+            http.redelivered.len(),
+            http.redelivered
+        );
+        http.redelivered.len()
+    }
+
+    fn reset(&self) {
+        self.http.reset();
+    }
+}
+
+/// Blocks of steps in [`script`].
+const BLOCKS: usize = 8;
+
+/// [`script`] with a step of outside effects after each block: two POSTs in one step, so
+/// request numbers within a step matter too.
+pub(crate) fn with_effects(effects: &Effects) -> Vec<(&'static str, Value)> {
+    let base = script();
+    let per_block = base.len() / BLOCKS;
+    let mut steps = Vec::new();
+    for (i, block) in base.chunks(per_block).enumerate() {
+        steps.extend(block.iter().cloned());
+        let bodies = [format!("order {i}a"), format!("order {i}b")];
+        steps.push(("hostile", json!({"attack": "http-post", "url": effects.http.url("/orders"), "bodies": bodies})));
+    }
+    steps
+}
+
+/// The crash run's policy: the durable tests', and the hostile tool may reach the HTTP server.
+fn crash_policy(effects: &Effects) -> toolhost::Policy {
+    let mut policy = policy();
+    let hostile = policy.tools.get_mut("hostile").expect("the durable policy grants hostile");
+    hostile.network.allow = vec![format!("127.0.0.1:{}", effects.http.port).parse().unwrap()];
+    policy
 }
 
 /// The model, as the child process reaches it: one TCP line per request.
@@ -90,11 +150,11 @@ impl ModelProvider for ReferenceModel {
 
 on_both_backends!(sigkill_at_random_points_loses_and_repeats_nothing);
 
-fn host(store: Arc<dyn Store>, cache: &Path, models: Arc<dyn ModelProvider>) -> Host {
+fn host(store: Arc<dyn Store>, cache: &Path, models: Arc<dyn ModelProvider>, effects: &Effects) -> Host {
     let engine = EngineConfig { cache_dir: Some(cache.into()), max_instances: 16, ..EngineConfig::default() };
     let config = HostConfig {
         engine,
-        policy: policy(),
+        policy: crash_policy(effects),
         snapshots: SnapshotPolicy { every: 2, keep: 2 },
         models: Some(models),
         leases: None,
@@ -103,7 +163,7 @@ fn host(store: Arc<dyn Store>, cache: &Path, models: Arc<dyn ModelProvider>) -> 
 }
 
 /// Runs the script in session `id` from wherever it stands.
-async fn run_script(host: &Host, id: &str, tools: &[PathBuf]) {
+async fn run_script(host: &Host, id: &str, tools: &[PathBuf], effects: &Effects) {
     let mut loaded = HashMap::new();
     for path in tools {
         let tool = host.load_tool(path).await.unwrap();
@@ -114,7 +174,7 @@ async fn run_script(host: &Host, id: &str, tools: &[PathBuf]) {
         Err(toolhost::SessionError::NotFound(_)) => host.create_session_with_seed(id, SEED).await.unwrap(),
         Err(e) => panic!("{e}"),
     };
-    let script = script();
+    let script = with_effects(effects);
     for (tool, input) in &script[session.last_step() as usize..] {
         session.call(&loaded[*tool], input).await.unwrap();
     }
@@ -129,9 +189,10 @@ fn crash_child() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let model = Arc::new(TcpModel { addr: var("TOOLHOST_CRASH_MODEL") });
+        let effects = Effects { http: CountingServer::at(var("TOOLHOST_CRASH_HTTP").parse().unwrap()) };
         let store = toolhost::store::open(&url).await.unwrap();
-        let host = host(store, Path::new(&var("TOOLHOST_CRASH_CACHE")), model);
-        run_script(&host, &var("TOOLHOST_CRASH_SESSION"), &tools).await;
+        let host = host(store, Path::new(&var("TOOLHOST_CRASH_CACHE")), model, &effects);
+        run_script(&host, &var("TOOLHOST_CRASH_SESSION"), &tools, &effects).await;
     });
 }
 
@@ -236,18 +297,22 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing(db: &TestStore) {
     let joined_tools = tools.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().join(";");
 
     // The uninterrupted run (also fills the compile cache the children share).
+    let effects = Effects { http: CountingServer::start() };
     let reference_db = dir.path().join("reference.db");
     let reference_store = Arc::new(SqliteStore::open(&reference_db, Durability::Full).unwrap());
-    let reference_host = host(reference_store, &cache, Arc::new(ReferenceModel));
-    run_script(&reference_host, "reference", &tools).await;
+    let reference_host = host(reference_store, &cache, Arc::new(ReferenceModel), &effects);
+    run_script(&reference_host, "reference", &tools, &effects).await;
     let reference = summarize(&*reference_host.store(), "reference").await;
-    assert_eq!(reference.0.len(), script().len());
+    let steps = with_effects(&effects).len();
+    assert_eq!(reference.0.len(), steps);
+    effects.check(0, 0);
 
     let (model_addr, server) = start_model_server();
     let exe = std::env::current_exe().unwrap();
     let mut random = 0x9E37_79B9_7F4A_7C15 ^ (std::process::id() as u64);
     let mut kills = 0;
     let mut redeliveries = 0;
+    let mut http_redeliveries = 0;
     let mut round = 0;
     let deadline = Instant::now() + Duration::from_secs(600);
     while kills < MIN_KILLS {
@@ -255,6 +320,8 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing(db: &TestStore) {
         round += 1;
         let session = format!("crash-{round}");
         *server.lock().unwrap() = ServerLog::default();
+        effects.reset();
+        let kills_before = kills;
         loop {
             let mut child = Command::new(&exe)
                 .args(["--exact", "crash::crash_child", "--ignored", "--nocapture", "--test-threads=1"])
@@ -262,6 +329,7 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing(db: &TestStore) {
                 .env("TOOLHOST_CRASH_CACHE", &cache)
                 .env("TOOLHOST_CRASH_TOOLS", &joined_tools)
                 .env("TOOLHOST_CRASH_MODEL", &model_addr)
+                .env("TOOLHOST_CRASH_HTTP", effects.http.port.to_string())
                 .env("TOOLHOST_CRASH_SESSION", &session)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -295,19 +363,22 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing(db: &TestStore) {
 
         let store = db.open().await;
         let crashed = summarize(&*store, &session).await;
-        assert_eq!(crashed.0.len(), script().len(), "round {round}: every step exactly once");
+        assert_eq!(crashed.0.len(), steps, "round {round}: every step exactly once");
         for (seq, (got, want)) in crashed.0.iter().zip(&reference.0).enumerate() {
             assert_eq!(got, want, "round {round}: step {} differs from the uninterrupted run", seq + 1);
         }
         assert_eq!(crashed.1, reference.1, "round {round}: final state differs from the uninterrupted run");
         let log = server.lock().unwrap();
-        assert_eq!(log.executions.len(), 8, "round {round}: {:?}", log.executions);
+        assert_eq!(log.executions.len(), BLOCKS, "round {round}: {:?}", log.executions);
         for (prompt, count) in &log.executions {
             assert_eq!(*count, 1, "round {round}: the model executed `{prompt}` {count} times");
         }
         redeliveries += log.redeliveries;
+        http_redeliveries += effects.check(round, kills - kills_before);
     }
     eprintln!(
-        "crash harness: {kills} SIGKILLs over {round} sessions; {redeliveries} model requests redelivered (crash between answer and persist), each answered from its idempotency key"
+        "crash harness: {kills} SIGKILLs over {round} sessions; {redeliveries} model requests and \
+         {http_redeliveries} HTTP POSTs redelivered (crash between answer and persist), each answered from its \
+         idempotency key"
     );
 }

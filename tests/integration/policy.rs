@@ -338,7 +338,7 @@ async fn require_pins_refuses_unpinned_grants_and_lets_pinned_ones_load() {
     assert_eq!(notes.digest(), digest);
     assert!(notes.grants().identity_sensitive().is_empty());
     let granted = toolhost::ToolGrants {
-        network: toolhost::NetworkGrant { allow: vec!["example.com".parse().unwrap()], allow_private: false },
+        network: toolhost::NetworkGrant { allow: vec!["example.com".parse().unwrap()], ..Default::default() },
         ..Default::default()
     };
     assert_eq!(granted.identity_sensitive(), ["network"]);
@@ -428,6 +428,8 @@ fn inspect_prints_requested_vs_granted_and_policy_errors_name_the_line() {
     assert!(row(&["env", "GIVEN", "granted"]), "{table}");
     assert!(row(&["env", "HOST_SECRET", "DENIED"]), "{table}");
     assert!(row(&["env", "EXTRA", "not", "requested"]), "{table}");
+    // A host preopen is outside the session's transaction, and inspect says so.
+    assert!(stdout.contains("OUTSIDE THE SESSION'S TRANSACTION: /ro (read, host "), "{stdout}");
 
     // A bad host pattern: the CLI fails, naming the file, the line and the key.
     std::fs::write(&policy, "[tools.hostile.network]\nallow = [\n  \"api.example.com\",\n  \"*.com\",\n]\n").unwrap();

@@ -58,7 +58,7 @@ fn tool_grants() -> impl Strategy<Value = ToolGrants> {
                 .into_iter()
                 .map(|(guest, access)| Preopen { host: existing_dir(), guest: format!("/{guest}"), access })
                 .collect();
-            grants.network = NetworkGrant { allow, allow_private: false };
+            grants.network = NetworkGrant { allow, ..NetworkGrant::default() };
             let (mib, cpu_ms, fuel, output) = limits;
             grants.limits = Limits {
                 memory_bytes: mib << 20,
