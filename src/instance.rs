@@ -2,6 +2,7 @@
 //! An instance belongs to exactly one session; nothing in it is shared.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use wasmtime::component::{Linker, ResourceTable, ResourceTableError};
@@ -18,6 +19,7 @@ use crate::capability::model::ModelCtx;
 use crate::capability::network::{HttpGate, deny_sockets};
 use crate::capability::sockets::SocketGate;
 use crate::capability::state::StateCtx;
+use crate::capability::workspace::LiveWorkspace;
 use crate::charges::{HostLimitExceeded, StepCharges};
 use crate::engine::{Engine, GuestLimiter, Limits, MemoryLimitExceeded};
 use crate::error::{CallError, HostResource, ToolFailure, TrapKind};
@@ -44,6 +46,8 @@ pub(crate) struct InstanceState {
     journal: SharedJournal,
     /// Epoch ticks the current call may still run before it is interrupted.
     cpu_ticks_left: u64,
+    /// Whether a filesystem call may have changed a file since the last workspace scan.
+    fs_dirty: Arc<AtomicBool>,
 }
 
 impl WasiView for InstanceState {
@@ -59,7 +63,11 @@ impl WasiHttpView for InstanceState {
 }
 
 fn audited_filesystem(s: &mut InstanceState) -> AuditedFilesystem<'_> {
-    AuditedFilesystem { view: WasiFilesystemCtxView { ctx: s.wasi.filesystem(), table: &mut s.table }, audit: &s.audit }
+    AuditedFilesystem {
+        view: WasiFilesystemCtxView { ctx: s.wasi.filesystem(), table: &mut s.table },
+        audit: &s.audit,
+        dirty: &s.fs_dirty,
+    }
 }
 
 /// The linker every tool is instantiated with: WASI (sandboxed by each instance's
@@ -100,6 +108,8 @@ pub(crate) struct Instance {
     journal: SharedJournal,
     secure_rng: SessionRng,
     insecure_rng: SessionRng,
+    /// The session workspace, when the tool is granted one.
+    workspace: Option<LiveWorkspace>,
     /// Digest of the component this instance runs, to notice a reloaded tool.
     pub(crate) digest: String,
     /// Steps run since the last snapshot was taken or restored.
@@ -151,6 +161,17 @@ impl Instance {
                 ))
             })?;
         }
+        let fs_dirty = Arc::new(AtomicBool::new(false));
+        let workspace = match &grants.workspace {
+            Some(grant) => {
+                let live = LiveWorkspace::new(grant, fs_dirty.clone())
+                    .map_err(|e| fail_env(format!("cannot create the workspace's staging directory: {e}")))?;
+                wasi.preopened_dir(live.staging(), live.guest(), FsPerms::ReadWrite)
+                    .map_err(|e| fail_env(format!("cannot open the workspace's staging directory: {e:#}")))?;
+                Some(live)
+            }
+            None => None,
+        };
         for (name, value) in &grants.env {
             match value.resolve() {
                 Some(value) => {
@@ -190,6 +211,7 @@ impl Instance {
             ),
             journal: journal.clone(),
             cpu_ticks_left: engine.ticks_for(grants.limits.cpu_time),
+            fs_dirty,
         };
         let mut wasm_store = Store::new(engine.wasmtime(), data);
         wasm_store.limiter(|s| &mut s.limiter);
@@ -227,6 +249,7 @@ impl Instance {
             journal,
             secure_rng,
             insecure_rng,
+            workspace,
             digest: blueprint.digest.clone(),
             steps_since_snapshot: 0,
         })
@@ -309,6 +332,10 @@ impl Instance {
 
     pub fn state(&mut self) -> &mut StateCtx {
         &mut self.store.data_mut().state
+    }
+
+    pub fn workspace(&mut self) -> Option<&mut LiveWorkspace> {
+        self.workspace.as_mut()
     }
 
     pub fn journal(&self) -> &SharedJournal {

@@ -11,6 +11,7 @@ pub mod model;
 pub mod network;
 pub mod sockets;
 pub mod state;
+pub mod workspace;
 
 /// Logs a capability decision to `tracing` only (target `toolhost::audit`), for decisions a
 /// capability persists on its own terms. Everything else goes through [`audit::Auditor`],

@@ -27,3 +27,4 @@ mod snapshots;
 mod state;
 mod support;
 mod tools;
+mod workspace;

@@ -1,0 +1,249 @@
+//! The session workspace: files a tool writes with `std::fs` under `/workspace` commit with
+//! its step: read back within the step and in later ones, gone with a trapped step, forked
+//! copy-on-write, rebuilt on another host (both backends), bounded by quotas, written out
+//! by `export_files`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use serde_json::{Value, json};
+use toolhost::{
+    CallError, Host, HostConfig, HostResource, Policy, SnapshotPolicy, Store, ToolFailure, ToolGrants, WorkspaceGrant,
+};
+
+use toolhost::store::Durability;
+
+use crate::backends::{TestStore, on_both_backends};
+use crate::support::engine_config;
+
+on_both_backends!(a_workspace_written_on_one_host_is_read_on_another,);
+
+/// The `files` fixture, built once per test process.
+pub fn files_tool() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
+        toolhost::guest_build::build(workspace, &["files"]).expect("building the files fixture").remove(0)
+    })
+}
+
+fn grant(workspace: WorkspaceGrant) -> Policy {
+    Policy::deny_all().with_tool("files", ToolGrants { workspace: Some(workspace), ..ToolGrants::default() })
+}
+
+fn policy() -> Policy {
+    grant(WorkspaceGrant::at("/workspace"))
+}
+
+fn host_on(store: Arc<dyn Store>, policy: Policy, snapshots: SnapshotPolicy) -> Host {
+    Host::with_store(HostConfig { engine: engine_config(), policy, snapshots, ..HostConfig::default() }, store)
+        .expect("host")
+}
+
+fn memory_host(policy: Policy) -> Host {
+    host_on(Arc::new(toolhost::MemoryStore::new()), policy, SnapshotPolicy::default())
+}
+
+async fn call(session: &mut toolhost::Session, tool: &toolhost::Tool, input: Value) -> Value {
+    session.call(tool, &input).await.unwrap_or_else(|e| panic!("{input}: {e}"))
+}
+
+async fn read(session: &mut toolhost::Session, tool: &toolhost::Tool, path: &str) -> Result<Value, CallError> {
+    session.call(tool, &json!({"op": "read", "path": path})).await
+}
+
+fn text(output: &Value) -> &str {
+    output["text"].as_str().unwrap_or_else(|| panic!("no text in {output}"))
+}
+
+fn not_found(result: Result<Value, CallError>) -> bool {
+    matches!(result, Err(CallError::Tool { failure: ToolFailure::Failed(m), .. }) if m.contains("No such file"))
+}
+
+#[tokio::test]
+async fn a_write_is_read_back_in_its_step_and_in_later_ones() {
+    let host = memory_host(policy());
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    let written = call(&mut session, &tool, json!({"op": "write", "path": "notes/a.txt", "text": "hello"})).await;
+    assert_eq!(text(&written), "hello", "the tool reads its own write within the step");
+    call(&mut session, &tool, json!({"op": "append", "path": "notes/a.txt", "text": " world"})).await;
+    assert_eq!(text(&read(&mut session, &tool, "notes/a.txt").await.unwrap()), "hello world");
+    let listed = call(&mut session, &tool, json!({"op": "list"})).await;
+    assert_eq!(listed["entries"], json!(["notes/", "notes/a.txt 11"]));
+    let details = host.session_details(session.id()).await.unwrap();
+    let files = &details.workspaces["files"];
+    assert_eq!(files.keys().collect::<Vec<_>>(), ["notes", "notes/a.txt"]);
+    assert_eq!(files["notes/a.txt"].size(), 11);
+}
+
+async fn a_workspace_written_on_one_host_is_read_on_another(store: &TestStore) {
+    // No snapshots: host B rebuilds the instance by replaying every step, so the files it
+    // ends with are re-created by the replay and checked against the store's.
+    for snapshots in [SnapshotPolicy::default(), SnapshotPolicy { every: 1000, keep: 1 }] {
+        let (id, checksum) = {
+            let host = host_on(store.open().await, policy(), snapshots);
+            let tool = host.load_tool(files_tool()).await.unwrap();
+            let mut session = host.new_session().await.unwrap();
+            let filled =
+                call(&mut session, &tool, json!({"op": "fill", "path": "big.bin", "bytes": 300_000, "seed": 9})).await;
+            call(&mut session, &tool, json!({"op": "write", "path": "d/e/f.txt", "text": "on host A"})).await;
+            call(&mut session, &tool, json!({"op": "poke", "path": "big.bin", "offset": 1234, "byte": 7})).await;
+            let poked = read(&mut session, &tool, "big.bin").await.unwrap();
+            assert_ne!(poked["checksum"], filled["checksum"]);
+            (session.id().to_owned(), poked["checksum"].clone())
+            // Host A, its store handle and its instance (with its staging directory) end here.
+        };
+        let host = host_on(store.open().await, policy(), snapshots);
+        let tool = host.load_tool(files_tool()).await.unwrap();
+        let mut session = host.open_session(&id).await.unwrap();
+        assert_eq!(read(&mut session, &tool, "big.bin").await.unwrap()["checksum"], checksum, "{snapshots:?}");
+        assert_eq!(text(&read(&mut session, &tool, "d/e/f.txt").await.unwrap()), "on host A");
+        let listed = call(&mut session, &tool, json!({"op": "list"})).await;
+        assert_eq!(listed["entries"], json!(["big.bin 300000", "d/", "d/e/", "d/e/f.txt 9"]));
+    }
+}
+
+#[tokio::test]
+async fn a_trapped_steps_writes_are_gone() {
+    let host = memory_host(policy());
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    call(&mut session, &tool, json!({"op": "write", "path": "keep.txt", "text": "committed"})).await;
+    let trapped = session.call(&tool, &json!({"op": "write-then-trap", "path": "keep.txt", "text": "torn"})).await;
+    assert!(matches!(trapped, Err(CallError::Trap { .. })), "{trapped:?}");
+    let trapped = session.call(&tool, &json!({"op": "write-then-trap", "path": "new/file", "text": "x"})).await;
+    assert!(matches!(trapped, Err(CallError::Trap { .. })), "{trapped:?}");
+    assert_eq!(session.last_step(), 1);
+    assert_eq!(text(&read(&mut session, &tool, "keep.txt").await.unwrap()), "committed");
+    assert!(not_found(read(&mut session, &tool, "new/file").await));
+    let listed = call(&mut session, &tool, json!({"op": "list"})).await;
+    assert_eq!(listed["entries"], json!(["keep.txt 9"]));
+}
+
+#[tokio::test]
+async fn a_forks_branches_write_the_same_path_and_each_sees_its_own() {
+    let host = memory_host(policy());
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut parent = host.new_session().await.unwrap();
+    call(&mut parent, &tool, json!({"op": "write", "path": "f.txt", "text": "base"})).await;
+    call(&mut parent, &tool, json!({"op": "write", "path": "later.txt", "text": "after the fork point"})).await;
+    let mut child = host.fork_session(parent.id(), 1).await.unwrap();
+    assert!(not_found(read(&mut child, &tool, "later.txt").await), "the fork has the files as of its step");
+    call(&mut parent, &tool, json!({"op": "write", "path": "f.txt", "text": "parent"})).await;
+    call(&mut child, &tool, json!({"op": "write", "path": "f.txt", "text": "child"})).await;
+    assert_eq!(text(&read(&mut parent, &tool, "f.txt").await.unwrap()), "parent");
+    assert_eq!(text(&read(&mut child, &tool, "f.txt").await.unwrap()), "child");
+    let mut second = host.fork_session(parent.id(), 1).await.unwrap();
+    assert_eq!(text(&read(&mut second, &tool, "f.txt").await.unwrap()), "base");
+    // Deleting the parent keeps the chunks its forks still name.
+    let child_id = child.id().to_owned();
+    drop(child);
+    parent.close().await.unwrap();
+    let parent_id = second.forked_from().unwrap().0.to_owned();
+    assert!(host.delete_session(&parent_id).await.unwrap());
+    let mut child = host.open_session(&child_id).await.unwrap();
+    assert_eq!(text(&read(&mut child, &tool, "f.txt").await.unwrap()), "child");
+}
+
+#[tokio::test]
+async fn a_one_byte_change_to_a_mib_file_stores_at_most_two_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(toolhost::SqliteStore::open(dir.path().join("s.db"), Durability::Normal).unwrap());
+    let host = host_on(store.clone(), policy(), SnapshotPolicy::default());
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    call(&mut session, &tool, json!({"op": "fill", "path": "big.bin", "bytes": 1 << 20, "seed": 3})).await;
+    let before = store.storage_stats(session.id()).await.unwrap();
+    let old = host.session_details(session.id()).await.unwrap().workspaces["files"]["big.bin"].clone();
+    call(&mut session, &tool, json!({"op": "poke", "path": "big.bin", "offset": 500_000, "byte": 1})).await;
+    let after = store.storage_stats(session.id()).await.unwrap();
+    let new = host.session_details(session.id()).await.unwrap().workspaces["files"]["big.bin"].clone();
+    let new_chunks = new.chunks().iter().filter(|c| !old.chunks().contains(c)).count();
+    assert!((1..=2).contains(&new_chunks), "{new_chunks} new chunks for a 1-byte change");
+    // Snapshot chunks of the stateful fixture are tiny; the file's new chunks dominate.
+    let added = after.chunk_bytes - before.chunk_bytes;
+    assert!(added <= 2 * 16 * 1024 + 1024, "{added} new chunk bytes for a 1-byte change");
+}
+
+#[tokio::test]
+async fn quotas_refuse_with_host_limits_and_the_granted_use_still_works() {
+    let host =
+        memory_host(grant(WorkspaceGrant { quota_bytes: 1000, quota_files: 3, ..WorkspaceGrant::at("/workspace") }));
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    call(&mut session, &tool, json!({"op": "write", "path": "a", "text": "x".repeat(600)})).await;
+    let over = session.call(&tool, &json!({"op": "write", "path": "b", "text": "y".repeat(600)})).await;
+    match over {
+        Err(CallError::HostLimit { resource: HostResource::WorkspaceBytes, limit: 1000, used: 1200, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(not_found(read(&mut session, &tool, "b").await), "the refused step committed nothing");
+    call(&mut session, &tool, json!({"op": "write", "path": "b", "text": "y".repeat(400)})).await;
+    call(&mut session, &tool, json!({"op": "write", "path": "c", "text": ""})).await;
+    let over = session.call(&tool, &json!({"op": "write", "path": "d", "text": ""})).await;
+    assert!(
+        matches!(over, Err(CallError::HostLimit { resource: HostResource::WorkspaceFiles, limit: 3, used: 4, .. })),
+        "{over:?}"
+    );
+    call(&mut session, &tool, json!({"op": "remove", "path": "c"})).await;
+    call(&mut session, &tool, json!({"op": "write", "path": "d", "text": "fits now"})).await;
+    let listed = call(&mut session, &tool, json!({"op": "list"})).await;
+    assert_eq!(listed["entries"], json!(["a 600", "b 400", "d 8"]));
+}
+
+#[tokio::test]
+async fn a_tool_without_the_grant_sees_no_workspace() {
+    let host = memory_host(Policy::deny_all());
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    let refused = session.call(&tool, &json!({"op": "write", "path": "a", "text": "x"})).await;
+    assert!(matches!(refused, Err(CallError::Tool { failure: ToolFailure::Failed(_), .. })), "{refused:?}");
+    assert!(host.session_details(session.id()).await.unwrap().workspaces.is_empty());
+}
+
+#[tokio::test]
+async fn rebuilt_files_have_a_fixed_mtime_whatever_host_rebuilt_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let id = {
+        let host = host_on(
+            Arc::new(toolhost::SqliteStore::open(&path, Durability::Normal).unwrap()),
+            policy(),
+            SnapshotPolicy::default(),
+        );
+        let tool = host.load_tool(files_tool()).await.unwrap();
+        let mut session = host.new_session().await.unwrap();
+        call(&mut session, &tool, json!({"op": "write", "path": "t", "text": "x"})).await;
+        session.id().to_owned()
+    };
+    let host = host_on(
+        Arc::new(toolhost::SqliteStore::open(&path, Durability::Normal).unwrap()),
+        policy(),
+        SnapshotPolicy::default(),
+    );
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut session = host.open_session(&id).await.unwrap();
+    let mtime = call(&mut session, &tool, json!({"op": "mtime", "path": "t"})).await;
+    assert_eq!(mtime["mtime"], 0, "materialized files carry the epoch as their time");
+}
+
+#[tokio::test]
+async fn export_files_writes_them_out_and_refuses_a_non_empty_directory() {
+    let host = memory_host(policy());
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    call(&mut session, &tool, json!({"op": "write", "path": "d/a.txt", "text": "alpha"})).await;
+    call(&mut session, &tool, json!({"op": "fill", "path": "b.bin", "bytes": 50_000, "seed": 5})).await;
+    call(&mut session, &tool, json!({"op": "rename", "from": "d/a.txt", "to": "d/renamed.txt"})).await;
+    let out = tempfile::tempdir().unwrap();
+    let written = host.export_files(session.id(), out.path(), false).await.unwrap();
+    assert_eq!(written, 3);
+    assert_eq!(std::fs::read_to_string(out.path().join("files/d/renamed.txt")).unwrap(), "alpha");
+    assert!(!out.path().join("files/d/a.txt").exists());
+    assert_eq!(std::fs::metadata(out.path().join("files/b.bin")).unwrap().len(), 50_000);
+    let again = host.export_files(session.id(), out.path(), false).await;
+    assert!(matches!(again, Err(toolhost::capability::workspace::ExportError::NotEmpty(_))), "{again:?}");
+    assert_eq!(host.export_files(session.id(), out.path(), true).await.unwrap(), 3);
+}
