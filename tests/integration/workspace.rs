@@ -123,7 +123,9 @@ async fn a_trapped_steps_writes_are_gone() {
 
 #[tokio::test]
 async fn a_forks_branches_write_the_same_path_and_each_sees_its_own() {
-    let host = memory_host(policy());
+    // Every snapshot kept, so step 1 stays forkable.
+    let snapshots = SnapshotPolicy { every: 1, keep: u32::MAX };
+    let host = host_on(Arc::new(toolhost::MemoryStore::new()), policy(), snapshots);
     let tool = host.load_tool(files_tool()).await.unwrap();
     let mut parent = host.new_session().await.unwrap();
     call(&mut parent, &tool, json!({"op": "write", "path": "f.txt", "text": "base"})).await;
@@ -180,7 +182,7 @@ async fn quotas_refuse_with_host_limits_and_the_granted_use_still_works() {
         other => panic!("{other:?}"),
     }
     assert!(not_found(read(&mut session, &tool, "b").await), "the refused step committed nothing");
-    call(&mut session, &tool, json!({"op": "write", "path": "b", "text": "y".repeat(400)})).await;
+    call(&mut session, &tool, json!({"op": "write", "path": "b", "text": "y".repeat(390)})).await;
     call(&mut session, &tool, json!({"op": "write", "path": "c", "text": ""})).await;
     let over = session.call(&tool, &json!({"op": "write", "path": "d", "text": ""})).await;
     assert!(
@@ -190,7 +192,7 @@ async fn quotas_refuse_with_host_limits_and_the_granted_use_still_works() {
     call(&mut session, &tool, json!({"op": "remove", "path": "c"})).await;
     call(&mut session, &tool, json!({"op": "write", "path": "d", "text": "fits now"})).await;
     let listed = call(&mut session, &tool, json!({"op": "list"})).await;
-    assert_eq!(listed["entries"], json!(["a 600", "b 400", "d 8"]));
+    assert_eq!(listed["entries"], json!(["a 600", "b 390", "d 8"]));
 }
 
 #[tokio::test]
