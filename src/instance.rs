@@ -67,6 +67,7 @@ fn audited_filesystem(s: &mut InstanceState) -> AuditedFilesystem<'_> {
         view: WasiFilesystemCtxView { ctx: s.wasi.filesystem(), table: &mut s.table },
         audit: &s.audit,
         dirty: &s.fs_dirty,
+        journal: &s.journal,
     }
 }
 
@@ -128,7 +129,8 @@ impl Instance {
         let session = env.session;
         let scope = StateScope { session: session.to_owned(), tool: tool_name.to_owned() };
         let journal = Journal::new();
-        lock(&journal).charges = StepCharges::new(&grants.limits);
+        let max_written = grants.workspace.as_ref().map_or(u64::MAX, |w| w.quota_bytes);
+        lock(&journal).charges = StepCharges::new(&grants.limits).with_max_written_bytes(max_written);
         let secure_rng = SessionRng::new(env.seed, tool_name, "secure");
         let insecure_rng = SessionRng::new(env.seed, tool_name, "insecure");
         let audit = Auditor::new(session.to_owned(), tool_name.to_owned(), env.store.clone(), journal.clone());

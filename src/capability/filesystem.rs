@@ -16,6 +16,8 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult};
 
 use super::audit::Auditor;
+use super::workspace::{WriteCharged, charge_written};
+use crate::journal::SharedJournal;
 
 /// wasmtime-wasi's filesystem view plus the instance's auditor.
 pub struct AuditedFilesystem<'a> {
@@ -23,6 +25,8 @@ pub struct AuditedFilesystem<'a> {
     pub audit: &'a Auditor,
     /// Set before any call that may change the filesystem (see [`Self::mutating`]).
     pub dirty: &'a AtomicBool,
+    /// The step's journal, whose charges bound the bytes written (see [`WriteCharged`]).
+    pub(crate) journal: &'a SharedJournal,
 }
 
 impl AuditedFilesystem<'_> {
@@ -133,6 +137,7 @@ impl HostDescriptor for AuditedFilesystem<'_> {
         offset: types::Filesize,
     ) -> FsResult<types::Filesize> {
         self.mutating();
+        charge_written(self.journal, buf.len()).map_err(FsError::trap)?;
         let result = self.view.write(fd, buf, offset).await;
         audited(self.audit, "write", None, result).await
     }
@@ -273,12 +278,14 @@ impl HostDescriptor for AuditedFilesystem<'_> {
         offset: types::Filesize,
     ) -> FsResult<Resource<DynOutputStream>> {
         self.mutating();
-        self.view.write_via_stream(fd, offset)
+        let stream = self.view.write_via_stream(fd, offset)?;
+        WriteCharged::wrap(self.view.table, stream, self.journal)
     }
 
     fn append_via_stream(&mut self, fd: Resource<types::Descriptor>) -> FsResult<Resource<DynOutputStream>> {
         self.mutating();
-        self.view.append_via_stream(fd)
+        let stream = self.view.append_via_stream(fd)?;
+        WriteCharged::wrap(self.view.table, stream, self.journal)
     }
 
     async fn is_same_object(

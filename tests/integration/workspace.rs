@@ -196,6 +196,25 @@ async fn quotas_refuse_with_host_limits_and_the_granted_use_still_works() {
 }
 
 #[tokio::test]
+async fn bytes_written_within_one_step_are_bounded_by_the_quota() {
+    let host = memory_host(grant(WorkspaceGrant { quota_bytes: 100_000, ..WorkspaceGrant::at("/workspace") }));
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    // Within the quota in total: fine, and nothing is left to commit.
+    call(&mut session, &tool, json!({"op": "churn", "path": "t", "bytes": 10_000, "times": 9})).await;
+    // Each file fits, the end state is empty, but the step writes 10x the quota.
+    let churned = session.call(&tool, &json!({"op": "churn", "path": "t", "bytes": 50_000, "times": 20})).await;
+    match churned {
+        Err(CallError::HostLimit { resource: HostResource::WorkspaceBytes, limit: 100_000, used, .. }) => {
+            assert!(used <= 150_000, "stopped at the first write past the bound: {used}")
+        }
+        other => panic!("{other:?}"),
+    }
+    call(&mut session, &tool, json!({"op": "write", "path": "after", "text": "still works"})).await;
+    assert_eq!(text(&read(&mut session, &tool, "after").await.unwrap()), "still works");
+}
+
+#[tokio::test]
 async fn a_tool_without_the_grant_sees_no_workspace() {
     let host = memory_host(Policy::deny_all());
     let tool = host.load_tool(files_tool()).await.unwrap();

@@ -14,12 +14,14 @@
 //! Host preopens (`[[tools.NAME.filesystem]]`) are different: they are the host's real
 //! directories, outside the session's transaction.
 
+mod charged;
 mod export;
 mod grant;
 mod live;
 mod scan;
 mod types;
 
+pub(crate) use charged::{WriteCharged, charge_written};
 pub use export::{ExportError, export, workspaces};
 pub use grant::WorkspaceGrant;
 pub(crate) use live::LiveWorkspace;
