@@ -268,3 +268,42 @@ async fn export_files_writes_them_out_and_refuses_a_non_empty_directory() {
     assert!(matches!(again, Err(toolhost::capability::workspace::ExportError::NotEmpty(_))), "{again:?}");
     assert_eq!(host.export_files(session.id(), out.path(), true).await.unwrap(), 3);
 }
+
+#[tokio::test]
+async fn the_policy_file_grants_a_workspace_and_inspect_says_what_is_transactional() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[tools.files.workspace]\nguest = \"/workspace\"\nquota_bytes = 4096\n\n\
+         [[tools.files.filesystem]]\nhost = {:?}\nguest = \"/host\"\naccess = \"read-write\"\n",
+        dir.path().display().to_string()
+    );
+    let policy = Policy::from_toml(&text, None).unwrap();
+    let grants = &policy.tools["files"];
+    assert_eq!(grants.workspace, Some(WorkspaceGrant { quota_bytes: 4096, ..WorkspaceGrant::at("/workspace") }));
+    let host = memory_host(policy);
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let rows = toolhost::policy::compare(&tool.descriptor().capabilities, tool.grants());
+    let workspace = rows.iter().find(|r| r.requested.as_deref() == Some("/workspace (read-write)")).unwrap();
+    assert_eq!(workspace.coverage, toolhost::policy::Coverage::Granted, "{workspace:?}");
+    assert!(workspace.granted.as_deref().unwrap().contains("in the step's transaction"), "{workspace:?}");
+    let host_dir = rows.iter().find(|r| r.granted.as_deref().is_some_and(|g| g.starts_with("/host"))).unwrap();
+    assert!(host_dir.granted.as_deref().unwrap().contains("outside the session's transaction"), "{host_dir:?}");
+}
+
+#[test]
+fn a_workspace_grant_that_is_not_usable_is_a_policy_error() {
+    for (body, key, says) in [
+        ("guest = \"workspace\"", "tools.files.workspace.guest", "absolute"),
+        ("guest = \"/w\"\nquota_files = 0", "tools.files.workspace.quota_files", "at least 1"),
+        (
+            "guest = \"/data/w\"\n[[tools.files.filesystem]]\nhost = \"/tmp\"\nguest = \"/data\"\naccess = \"read\"",
+            "tools.files.workspace.guest",
+            "overlaps",
+        ),
+        ("guest = \"/w\"\nquota = 5", "", "unknown field"),
+    ] {
+        let error = Policy::from_toml(&format!("[tools.files.workspace]\n{body}\n"), None).unwrap_err();
+        let issue = &error.issues()[0];
+        assert!(issue.key.starts_with(key) && issue.message.contains(says), "{body}: {issue}");
+    }
+}
