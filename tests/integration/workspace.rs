@@ -307,3 +307,50 @@ fn a_workspace_grant_that_is_not_usable_is_a_policy_error() {
         assert!(issue.key.starts_with(key) && issue.message.contains(says), "{body}: {issue}");
     }
 }
+
+#[test]
+fn the_cli_shows_and_exports_a_sessions_workspace_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, cache, policy) = (dir.path().join("s.db"), dir.path().join("cache"), dir.path().join("policy.toml"));
+    std::fs::write(&policy, "[tools.files.workspace]\nguest = \"/workspace\"\n").unwrap();
+    let toolhost = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_toolhost"))
+            .arg("--db")
+            .arg(&db)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let ok = |output: std::process::Output| {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let tool = files_tool().to_str().unwrap();
+    let policy = policy.to_str().unwrap();
+    for input in [
+        r#"{"op": "write", "path": "docs/a.md", "text": "alpha doc"}"#,
+        r#"{"op": "fill", "path": "b.bin", "bytes": 40000, "seed": 2}"#,
+    ] {
+        ok(toolhost(&["call", "--policy", policy, "--session", "w1", tool, input]));
+    }
+    let read =
+        ok(toolhost(&["call", "--policy", policy, "--session", "w1", tool, r#"{"op": "read", "path": "docs/a.md"}"#]));
+    assert!(read.contains("alpha doc"), "a third process reads the file: {read}");
+    let shown: Value = serde_json::from_str(&ok(toolhost(&["sessions", "show", "w1", "--json"]))).unwrap();
+    let files = shown["workspace"]["files"].as_array().unwrap();
+    let paths: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["b.bin", "docs", "docs/a.md"], "{shown}");
+    assert_eq!(files[0]["bytes"], 40000);
+    assert!(files[0]["chunks"].as_u64().unwrap() >= 2, "{shown}");
+    let text = ok(toolhost(&["sessions", "show", "w1"]));
+    assert!(text.contains("files/docs/a.md  9 bytes in 1 chunks"), "{text}");
+    let out = dir.path().join("out");
+    ok(toolhost(&["sessions", "export-files", "w1", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(out.join("files/docs/a.md")).unwrap(), "alpha doc");
+    assert_eq!(std::fs::metadata(out.join("files/b.bin")).unwrap().len(), 40000);
+    let again = toolhost(&["sessions", "export-files", "w1", out.to_str().unwrap()]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not empty"));
+}
