@@ -16,7 +16,10 @@ use toolhost::store::Durability;
 use crate::backends::{TestStore, on_both_backends};
 use crate::support::engine_config;
 
-on_both_backends!(a_workspace_written_on_one_host_is_read_on_another,);
+on_both_backends!(
+    a_workspace_written_on_one_host_is_read_on_another,
+    a_replay_that_recreates_other_files_than_stored_diverges,
+);
 
 /// The `files` fixture, built once per test process.
 pub fn files_tool() -> &'static Path {
@@ -353,4 +356,26 @@ fn the_cli_shows_and_exports_a_sessions_workspace_files() {
     assert_eq!(std::fs::metadata(out.join("files/b.bin")).unwrap().len(), 40000);
     let again = toolhost(&["sessions", "export-files", "w1", out.to_str().unwrap()]);
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not empty"));
+}
+
+async fn a_replay_that_recreates_other_files_than_stored_diverges(store: &TestStore) {
+    let snapshots = SnapshotPolicy { every: 1000, keep: 1 };
+    let id = {
+        let host = host_on(store.open().await, policy(), snapshots);
+        let tool = host.load_tool(files_tool()).await.unwrap();
+        let mut session = host.new_session().await.unwrap();
+        call(&mut session, &tool, json!({"op": "write", "path": "a", "text": "one"})).await;
+        call(&mut session, &tool, json!({"op": "write", "path": "b", "text": "two"})).await;
+        session.id().to_owned()
+    };
+    // Behind the store's back, step 2 loses its file changes: replaying it re-creates `b`,
+    // which the stored workspace does not hold.
+    assert_eq!(store.execute("UPDATE steps SET files = NULL WHERE session = $1 AND seq = 2", &[&id]).await, 1);
+    let host = host_on(store.open().await, policy(), snapshots);
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut session = host.open_session(&id).await.unwrap();
+    match session.prewarm(&tool).await {
+        Err(CallError::ReplayDiverged { step: 2, reason, .. }) => assert!(reason.contains("`b`"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
 }
