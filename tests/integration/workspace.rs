@@ -19,6 +19,7 @@ use crate::support::engine_config;
 on_both_backends!(
     a_workspace_written_on_one_host_is_read_on_another,
     a_replay_that_recreates_other_files_than_stored_diverges,
+    a_database_from_before_workspaces_opens_and_gains_them,
 );
 
 /// The `files` fixture, built once per test process.
@@ -378,4 +379,24 @@ async fn a_replay_that_recreates_other_files_than_stored_diverges(store: &TestSt
         Err(CallError::ReplayDiverged { step: 2, reason, .. }) => assert!(reason.contains("`b`"), "{reason}"),
         other => panic!("{other:?}"),
     }
+}
+
+async fn a_database_from_before_workspaces_opens_and_gains_them(store: &TestStore) {
+    let id = {
+        let host = host_on(store.open().await, Policy::grant_requested(), SnapshotPolicy::default());
+        let notes = host.load_tool(&crate::support::guests().notes).await.unwrap();
+        let mut session = host.new_session().await.unwrap();
+        call(&mut session, &notes, json!({"op": "add", "title": "old", "body": "schema"})).await;
+        session.id().to_owned()
+    };
+    // Back to the schema before the workspace migration (the last one).
+    store.execute("ALTER TABLE steps DROP COLUMN files", &[]).await;
+    let version = "(SELECT MAX(version) FROM schema_version)";
+    store.execute(&format!("DELETE FROM schema_version WHERE version = {version}"), &[]).await;
+    let host = host_on(store.open().await, policy(), SnapshotPolicy::default());
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut session = host.open_session(&id).await.unwrap();
+    call(&mut session, &tool, json!({"op": "write", "path": "new", "text": "after the migration"})).await;
+    assert_eq!(text(&read(&mut session, &tool, "new").await.unwrap()), "after the migration");
+    assert_eq!(host.session_details(&id).await.unwrap().steps.len(), 3);
 }
