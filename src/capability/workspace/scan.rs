@@ -98,6 +98,7 @@ pub(crate) fn materialize(root: &Path, manifest: &Manifest, chunks: &HashMap<[u8
         if !valid_path(path) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("stored path `{path}` is not valid")));
         }
+        refuse_symlinks(root, path)?;
         let target = root.join(path);
         match entry {
             WorkspaceEntry::Dir => fs::create_dir_all(&target)?,
@@ -116,6 +117,25 @@ pub(crate) fn materialize(root: &Path, manifest: &Manifest, chunks: &HashMap<[u8
                 let times = fs::FileTimes::new().set_accessed(MATERIALIZED_TIME).set_modified(MATERIALIZED_TIME);
                 fs::File::options().write(true).open(&target)?.set_times(times)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Fails if `path` under `root`, or a directory on the way to it, is a symlink: writing
+/// through one could land outside `root` (an export into a directory that already held one).
+fn refuse_symlinks(root: &Path, path: &str) -> io::Result<()> {
+    let mut at = root.to_path_buf();
+    for component in path.split('/') {
+        at.push(component);
+        match fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let message = format!("`{}` is a symlink; refusing to write through it", at.display());
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -147,6 +167,17 @@ mod tests {
         assert!(again.new_chunks.is_empty(), "unchanged files bring no new chunks");
         let modified = fs::metadata(second.path().join("big")).unwrap().modified().unwrap();
         assert_eq!(modified, MATERIALIZED_TIME);
+    }
+
+    #[test]
+    fn materializing_never_writes_through_a_symlink() {
+        let outside = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("d")).unwrap();
+        let manifest: Manifest = [("d/f".to_owned(), WorkspaceEntry::File { size: 0, chunks: vec![] })].into();
+        let error = materialize(root.path(), &manifest, &HashMap::new()).unwrap_err();
+        assert!(error.to_string().contains("symlink"), "{error}");
+        assert!(!outside.path().join("f").exists());
     }
 
     #[test]
