@@ -20,6 +20,7 @@ on_both_backends!(
     a_workspace_written_on_one_host_is_read_on_another,
     a_replay_that_recreates_other_files_than_stored_diverges,
     a_database_from_before_workspaces_opens_and_gains_them,
+    a_forks_branches_write_the_same_path_and_each_sees_its_own,
 );
 
 /// The `files` fixture, built once per test process.
@@ -126,10 +127,18 @@ async fn a_trapped_steps_writes_are_gone() {
 }
 
 #[tokio::test]
-async fn a_forks_branches_write_the_same_path_and_each_sees_its_own() {
+async fn a_forks_branches_write_the_same_path_and_each_sees_its_own_in_memory() {
+    forks_on(Arc::new(toolhost::MemoryStore::new())).await
+}
+
+async fn a_forks_branches_write_the_same_path_and_each_sees_its_own(store: &TestStore) {
+    forks_on(store.open().await).await
+}
+
+async fn forks_on(store: Arc<dyn Store>) {
     // Every snapshot kept, so step 1 stays forkable.
     let snapshots = SnapshotPolicy { every: 1, keep: u32::MAX };
-    let host = host_on(Arc::new(toolhost::MemoryStore::new()), policy(), snapshots);
+    let host = host_on(store, policy(), snapshots);
     let tool = host.load_tool(files_tool()).await.unwrap();
     let mut parent = host.new_session().await.unwrap();
     call(&mut parent, &tool, json!({"op": "write", "path": "f.txt", "text": "base"})).await;
