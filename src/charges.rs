@@ -31,9 +31,13 @@ pub(crate) struct StepCharges {
     max_journal_bytes: u64,
     max_log_bytes: u64,
     max_audit_events: u64,
+    /// Bytes a step may write through WASI when the tool has a session workspace (its
+    /// `quota_bytes`), so one step cannot fill the host disk before the step-end scan.
+    max_written_bytes: u64,
     journal_bytes: u64,
     log_bytes: u64,
     audit_events: u64,
+    written_bytes: u64,
     exceeded: Option<HostLimitExceeded>,
 }
 
@@ -44,9 +48,11 @@ impl StepCharges {
             max_journal_bytes: (limits.max_journal_bytes as u64).min(limits.memory_bytes),
             max_log_bytes: limits.max_log_bytes_per_step as u64,
             max_audit_events: u64::from(limits.max_audit_events_per_step),
+            max_written_bytes: u64::MAX,
             journal_bytes: 0,
             log_bytes: 0,
             audit_events: 0,
+            written_bytes: 0,
             exceeded: None,
         }
     }
@@ -64,7 +70,7 @@ impl StepCharges {
 
     /// Starts a step: nothing used yet.
     pub fn reset(&mut self) {
-        *self = Self { journal_bytes: 0, log_bytes: 0, audit_events: 0, exceeded: None, ..*self };
+        *self = Self { journal_bytes: 0, log_bytes: 0, audit_events: 0, written_bytes: 0, exceeded: None, ..*self };
     }
 
     /// The first bound this step passed, if any.
@@ -79,6 +85,18 @@ impl StepCharges {
 
     pub fn log(&mut self, bytes: usize) -> bool {
         Self::charge(&mut self.log_bytes, self.max_log_bytes, bytes, HostResource::Log, &mut self.exceeded)
+    }
+
+    /// Bounds the bytes each step writes through WASI (see `max_written_bytes`).
+    pub fn with_max_written_bytes(self, limit: u64) -> Self {
+        Self { max_written_bytes: limit, ..self }
+    }
+
+    /// Whether `bytes` more written through WASI fit; if not, the step is over its limit
+    /// on workspace bytes.
+    pub fn written(&mut self, bytes: usize) -> bool {
+        let resource = HostResource::WorkspaceBytes;
+        Self::charge(&mut self.written_bytes, self.max_written_bytes, bytes, resource, &mut self.exceeded)
     }
 
     pub fn audit_event(&mut self) -> bool {

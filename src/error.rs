@@ -124,6 +124,10 @@ pub enum HostResource {
     Handles,
     /// Audit events of the step (refusals): `max_audit_events_per_step`.
     Audit,
+    /// Bytes of files in the session workspace: the workspace grant's `quota_bytes`.
+    WorkspaceBytes,
+    /// Files and directories in the session workspace: the workspace grant's `quota_files`.
+    WorkspaceFiles,
 }
 
 impl HostResource {
@@ -135,6 +139,8 @@ impl HostResource {
             Self::Log => "log",
             Self::Handles => "handles",
             Self::Audit => "audit events",
+            Self::WorkspaceBytes => "workspace bytes",
+            Self::WorkspaceFiles => "workspace files",
         }
     }
 }
@@ -182,6 +188,11 @@ pub enum CallError {
     #[error("tool `{tool}` returned output that is not valid: {reason}")]
     InvalidOutput { tool: String, reason: String },
 
+    /// The step left its session workspace in a state it cannot keep (a symlink, a special
+    /// file, a name that is not UTF-8) or the host could not read it. Nothing is committed.
+    #[error("tool `{tool}`: the session workspace cannot be committed: {reason}")]
+    Workspace { tool: String, reason: String },
+
     #[error("cannot start an instance of `{tool}`: {reason}")]
     Instantiate { tool: String, reason: String },
 
@@ -218,6 +229,7 @@ impl CallError {
             | Self::Trap { tool, .. }
             | Self::OutputTooLarge { tool, .. }
             | Self::InvalidOutput { tool, .. }
+            | Self::Workspace { tool, .. }
             | Self::Instantiate { tool, .. }
             | Self::Store { tool, .. }
             | Self::ReplayDiverged { tool, .. }

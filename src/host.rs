@@ -83,6 +83,8 @@ pub struct SessionDetails {
     pub state_keys: Vec<(String, String, String)>,
     pub snapshots: Vec<SnapshotInfo>,
     pub storage: StorageStats,
+    /// Each tool's session workspace after the last step (tools with files only).
+    pub workspaces: std::collections::BTreeMap<String, crate::capability::workspace::Manifest>,
 }
 
 /// A store failure as a session operation reports it: a running lease is `Leased`.
@@ -395,11 +397,27 @@ impl Host {
     }
 
     /// Steps, state keys, snapshots and stored bytes of session `id`.
+    /// Writes the session's workspace files to `dir/TOOL/...` (see
+    /// [`crate::capability::workspace::export`]); returns how many paths it wrote.
+    pub async fn export_files(
+        &self,
+        id: &str,
+        dir: &std::path::Path,
+        overwrite: bool,
+    ) -> Result<usize, crate::capability::workspace::ExportError> {
+        let store = &self.inner.store;
+        store.session(id).await?.ok_or_else(|| StoreError::SessionNotFound(id.to_owned()))?;
+        let workspaces = crate::capability::workspace::workspaces(&store.steps(id, None, 0).await?);
+        crate::capability::workspace::export(store.as_ref(), &workspaces, dir, overwrite).await
+    }
+
     pub async fn session_details(&self, id: &str) -> Result<SessionDetails, SessionError> {
         let store = &self.inner.store;
         let record = store.session(id).await?.ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
+        let steps = store.steps(id, None, 0).await?;
         Ok(SessionDetails {
-            steps: store.steps(id, None, 0).await?,
+            workspaces: crate::capability::workspace::workspaces(&steps),
+            steps,
             state_keys: store.state_keys(id).await?,
             snapshots: store.snapshots(id).await?,
             storage: store.storage_stats(id).await?,

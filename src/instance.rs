@@ -2,6 +2,7 @@
 //! An instance belongs to exactly one session; nothing in it is shared.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use wasmtime::component::{Linker, ResourceTable, ResourceTableError};
@@ -20,6 +21,7 @@ use crate::capability::network::{HttpGate, deny_sockets};
 use crate::capability::random::SecureRandom;
 use crate::capability::sockets::SocketGate;
 use crate::capability::state::StateCtx;
+use crate::capability::workspace::LiveWorkspace;
 use crate::charges::{HostLimitExceeded, StepCharges};
 use crate::engine::{Engine, GuestLimiter, Limits, MemoryLimitExceeded};
 use crate::error::{CallError, HostResource, ToolFailure, TrapKind};
@@ -50,6 +52,8 @@ pub(crate) struct InstanceState {
     max_random_draw: u64,
     /// Epoch ticks the current call may still run before it is interrupted.
     cpu_ticks_left: u64,
+    /// Whether a filesystem call may have changed a file since the last workspace scan.
+    fs_dirty: Arc<AtomicBool>,
 }
 
 impl WasiView for InstanceState {
@@ -69,7 +73,12 @@ fn secure_random(s: &mut InstanceState) -> SecureRandom<'_> {
 }
 
 fn audited_filesystem(s: &mut InstanceState) -> AuditedFilesystem<'_> {
-    AuditedFilesystem { view: WasiFilesystemCtxView { ctx: s.wasi.filesystem(), table: &mut s.table }, audit: &s.audit }
+    AuditedFilesystem {
+        view: WasiFilesystemCtxView { ctx: s.wasi.filesystem(), table: &mut s.table },
+        audit: &s.audit,
+        dirty: &s.fs_dirty,
+        journal: &s.journal,
+    }
 }
 
 /// The linker every tool is instantiated with: WASI (sandboxed by each instance's
@@ -111,6 +120,8 @@ pub(crate) struct Instance {
     journal: SharedJournal,
     secure_rng: SessionRng,
     insecure_rng: SessionRng,
+    /// The session workspace, when the tool is granted one.
+    workspace: Option<LiveWorkspace>,
     /// Digest of the component this instance runs, to notice a reloaded tool.
     pub(crate) digest: String,
     /// Steps run since the last snapshot was taken or restored.
@@ -129,7 +140,8 @@ impl Instance {
         let session = env.session;
         let scope = StateScope { session: session.to_owned(), tool: tool_name.to_owned() };
         let journal = Journal::new();
-        lock(&journal).charges = StepCharges::new(&grants.limits);
+        let max_written = grants.workspace.as_ref().map_or(u64::MAX, |w| w.quota_bytes);
+        lock(&journal).charges = StepCharges::new(&grants.limits).with_max_written_bytes(max_written);
         let secure_rng = SessionRng::new(env.seed, tool_name, "secure");
         let insecure_rng = SessionRng::new(env.seed, tool_name, "insecure");
         let audit = Auditor::new(session.to_owned(), tool_name.to_owned(), env.store.clone(), journal.clone());
@@ -162,6 +174,17 @@ impl Instance {
                 ))
             })?;
         }
+        let fs_dirty = Arc::new(AtomicBool::new(false));
+        let workspace = match &grants.workspace {
+            Some(grant) => {
+                let live = LiveWorkspace::new(grant, fs_dirty.clone())
+                    .map_err(|e| fail_env(format!("cannot create the workspace's staging directory: {e}")))?;
+                wasi.preopened_dir(live.staging(), live.guest(), FsPerms::ReadWrite)
+                    .map_err(|e| fail_env(format!("cannot open the workspace's staging directory: {e:#}")))?;
+                Some(live)
+            }
+            None => None,
+        };
         for (name, value) in &grants.env {
             match value.resolve() {
                 Some(value) => {
@@ -212,6 +235,7 @@ impl Instance {
             seeded_secure: secure_rng.clone(),
             max_random_draw,
             cpu_ticks_left: engine.ticks_for(grants.limits.cpu_time),
+            fs_dirty,
         };
         let mut wasm_store = Store::new(engine.wasmtime(), data);
         wasm_store.limiter(|s| &mut s.limiter);
@@ -249,6 +273,7 @@ impl Instance {
             journal,
             secure_rng,
             insecure_rng,
+            workspace,
             digest: blueprint.digest.clone(),
             steps_since_snapshot: 0,
         })
@@ -331,6 +356,10 @@ impl Instance {
 
     pub fn state(&mut self) -> &mut StateCtx {
         &mut self.store.data_mut().state
+    }
+
+    pub fn workspace(&mut self) -> Option<&mut LiveWorkspace> {
+        self.workspace.as_mut()
     }
 
     pub fn journal(&self) -> &SharedJournal {

@@ -39,7 +39,7 @@ pub use lease::LeaseConfig;
 pub use model::{LocalModel, ModelProvider, ModelRouter, ModelsConfig};
 pub use policy::{
     Access, EnvValue, HostPattern, ModelGrant, NetworkGrant, OnUngranted, Policy, PolicyError, Preopen, StateGrant,
-    StateQuota, ToolGrants,
+    StateQuota, ToolGrants, WorkspaceGrant,
 };
 pub use session::{Rebuild, Session, SnapshotPolicy};
 pub use store::{AuditEvent, MemoryStore, PostgresStore, SqliteStore, Store, StoreUrl};

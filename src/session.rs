@@ -194,6 +194,10 @@ impl Session {
             }
         };
 
+        let files = match instance.workspace().map(|w| w.stage_for(&name)).transpose() {
+            Ok(files) => files.unwrap_or_default(),
+            Err(over) => return Err(self.abort(&name, over).await),
+        };
         let writes = instance.state().take_writes();
         let random = instance.random_state();
         let policy = self.host.snapshot_policy();
@@ -219,8 +223,10 @@ impl Session {
                 writes,
                 random,
                 committed_at_ms: crate::store::timestamp_ms(),
+                files: files.changes,
             },
             snapshot,
+            file_chunks: files.chunks,
             keep_snapshots: policy.keep,
             lease: self.lease.as_ref().map(LeaseKeeper::token),
         };
@@ -239,8 +245,13 @@ impl Session {
         // The commit deleted the step's pending journal with it.
         self.pending_possible = false;
         self.record.last_step = seq;
-        if took_snapshot && let Some(instance) = self.instances.get_mut(&name) {
-            instance.steps_since_snapshot = 0;
+        if let Some(instance) = self.instances.get_mut(&name) {
+            if took_snapshot {
+                instance.steps_since_snapshot = 0;
+            }
+            if let Some(workspace) = instance.workspace() {
+                workspace.committed();
+            }
         }
         output
     }
@@ -270,8 +281,10 @@ impl Session {
                 writes: Vec::new(),
                 random: RandomState { seed: self.record.seed, secure: 0, insecure: 0 },
                 committed_at_ms: crate::store::timestamp_ms(),
+                files: Vec::new(),
             },
             snapshot: None,
+            file_chunks: Vec::new(),
             keep_snapshots: self.host.snapshot_policy().keep,
             lease: self.lease.as_ref().map(LeaseKeeper::token),
         };
@@ -397,11 +410,18 @@ impl Rebuilder<'_> {
             return Ok((instance, Rebuild { restored_from: None, replayed: 0, elapsed: started.elapsed() }));
         }
 
+        // The tool's file history, when it has a workspace: files are restored as of the
+        // step the rebuild starts from, and replay re-creates the later ones.
+        let files = match instance.workspace() {
+            Some(_) => Some(store.steps(id, Some(name), 0).await.map_err(store_error)?),
+            None => None,
+        };
         let mut replay_after = 0;
         if instance.is_stateful()
             && let Some((seq, bytes)) =
                 store.latest_snapshot(id, name, self.record.last_step).await.map_err(store_error)?
         {
+            self.materialize(&mut instance, name, files.as_deref(), seq).await?;
             match instance.restore(self.host.engine(), tool, bytes).await? {
                 Ok(()) => replay_after = seq,
                 Err(reason) => {
@@ -427,10 +447,33 @@ impl Rebuilder<'_> {
             replayed += 1;
         }
         instance.steps_since_snapshot = replayed;
+        if let (Some(workspace), Some(history)) = (instance.workspace(), &files) {
+            let expected = workspace_at(history, self.record.last_step);
+            workspace.verify(expected).map_err(|reason| CallError::ReplayDiverged {
+                tool: name.to_owned(),
+                session: id.clone(),
+                step: self.record.last_step,
+                reason,
+            })?;
+        }
         let rebuild =
             Rebuild { restored_from: (replay_after > 0).then_some(replay_after), replayed, elapsed: started.elapsed() };
         tracing::debug!(session = %id, tool = name, ?rebuild, "rebuilt instance");
         Ok((instance, rebuild))
+    }
+
+    /// Fills a fresh instance's workspace with its files as of step `at`.
+    async fn materialize(
+        &self,
+        instance: &mut Instance,
+        tool: &str,
+        history: Option<&[StepRecord]>,
+        at: u64,
+    ) -> Result<(), CallError> {
+        let (Some(workspace), Some(history)) = (instance.workspace(), history) else { return Ok(()) };
+        let store = self.host.store();
+        let materialized = workspace.materialize(store.as_ref(), workspace_at(history, at)).await;
+        materialized.map_err(|e| CallError::Store { tool: tool.to_owned(), reason: e.to_string() })
     }
 
     /// Re-runs a committed step against its journal and checks it ends the same way.
@@ -457,6 +500,9 @@ impl Rebuilder<'_> {
         let outcome = instance.call(self.host.engine(), tool, &step.input).await;
         let journal = lock(instance.journal()).finish();
         instance.state().take_writes();
+        if let Some(workspace) = instance.workspace() {
+            workspace.replayed();
+        }
         let outcome = outcome.map_err(|e| diverged(format!("the replay failed: {e}")))?;
         journal.map_err(diverged)?;
         let matches = match (&outcome, &step.outcome) {
@@ -476,6 +522,11 @@ impl Rebuilder<'_> {
         }
         Ok(())
     }
+}
+
+/// A tool's workspace as of step `at`, from its steps.
+fn workspace_at(history: &[StepRecord], at: u64) -> crate::capability::workspace::Manifest {
+    crate::capability::workspace::manifest_at(history.iter().map(|s| (s.seq, s.files.as_slice())), at)
 }
 
 fn describe(outcome: &Result<String, ToolFailure>) -> String {

@@ -3,7 +3,10 @@
 //! leaves a preopen (`..`, absolute paths, symlinks pointing out). This layer sits in front
 //! of wasmtime-wasi's implementation and records each refusal (`access` or `not-permitted`)
 //! in the audit trail, with the path the tool asked for; every call is otherwise passed
-//! through unchanged.
+//! through unchanged. It also marks the instance's filesystem dirty on every call that may
+//! change a file or directory, so a step that changed nothing skips the workspace scan.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
@@ -13,11 +16,23 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult};
 
 use super::audit::Auditor;
+use super::workspace::{WriteCharged, charge_written};
+use crate::journal::SharedJournal;
 
 /// wasmtime-wasi's filesystem view plus the instance's auditor.
 pub struct AuditedFilesystem<'a> {
     pub view: WasiFilesystemCtxView<'a>,
     pub audit: &'a Auditor,
+    /// Set before any call that may change the filesystem (see [`Self::mutating`]).
+    pub dirty: &'a AtomicBool,
+    /// The step's journal, whose charges bound the bytes written (see [`WriteCharged`]).
+    pub(crate) journal: &'a SharedJournal,
+}
+
+impl AuditedFilesystem<'_> {
+    fn mutating(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Records `result` if it is a permission refusal, then hands it back.
@@ -90,6 +105,7 @@ impl HostDescriptor for AuditedFilesystem<'_> {
     }
 
     async fn set_size(&mut self, fd: Resource<types::Descriptor>, size: types::Filesize) -> FsResult<()> {
+        self.mutating();
         let result = self.view.set_size(fd, size).await;
         audited(self.audit, &format!("set-size {size}"), None, result).await
     }
@@ -120,6 +136,8 @@ impl HostDescriptor for AuditedFilesystem<'_> {
         buf: Vec<u8>,
         offset: types::Filesize,
     ) -> FsResult<types::Filesize> {
+        self.mutating();
+        charge_written(self.journal, buf.len()).map_err(FsError::trap)?;
         let result = self.view.write(fd, buf, offset).await;
         audited(self.audit, "write", None, result).await
     }
@@ -137,6 +155,7 @@ impl HostDescriptor for AuditedFilesystem<'_> {
     }
 
     async fn create_directory_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<()> {
+        self.mutating();
         let result = self.view.create_directory_at(fd, path.clone()).await;
         audited(self.audit, "create-directory", Some(&path), result).await
     }
@@ -175,6 +194,7 @@ impl HostDescriptor for AuditedFilesystem<'_> {
         new_descriptor: Resource<types::Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
+        self.mutating();
         let shown = format!("{old_path} -> {new_path}");
         let result = self.view.link_at(fd, old_path_flags, old_path, new_descriptor, new_path).await;
         audited(self.audit, "link", Some(&shown), result).await
@@ -188,6 +208,11 @@ impl HostDescriptor for AuditedFilesystem<'_> {
         oflags: types::OpenFlags,
         flags: types::DescriptorFlags,
     ) -> FsResult<Resource<types::Descriptor>> {
+        if flags.contains(types::DescriptorFlags::WRITE)
+            || oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE)
+        {
+            self.mutating();
+        }
         let shown = open_request(&path, oflags, flags);
         let result = self.view.open_at(fd, path_flags, path, oflags, flags).await;
         audited(self.audit, "open", Some(&shown), result).await
@@ -203,6 +228,7 @@ impl HostDescriptor for AuditedFilesystem<'_> {
     }
 
     async fn remove_directory_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<()> {
+        self.mutating();
         let result = self.view.remove_directory_at(fd, path.clone()).await;
         audited(self.audit, "remove-directory", Some(&path), result).await
     }
@@ -214,6 +240,7 @@ impl HostDescriptor for AuditedFilesystem<'_> {
         new_fd: Resource<types::Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
+        self.mutating();
         let shown = format!("{old_path} -> {new_path}");
         let result = self.view.rename_at(fd, old_path, new_fd, new_path).await;
         audited(self.audit, "rename", Some(&shown), result).await
@@ -225,12 +252,14 @@ impl HostDescriptor for AuditedFilesystem<'_> {
         src_path: String,
         dest_path: String,
     ) -> FsResult<()> {
+        self.mutating();
         let shown = format!("{dest_path} -> {src_path}");
         let result = self.view.symlink_at(fd, src_path, dest_path).await;
         audited(self.audit, "symlink", Some(&shown), result).await
     }
 
     async fn unlink_file_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<()> {
+        self.mutating();
         let result = self.view.unlink_file_at(fd, path.clone()).await;
         audited(self.audit, "unlink", Some(&path), result).await
     }
@@ -248,11 +277,15 @@ impl HostDescriptor for AuditedFilesystem<'_> {
         fd: Resource<types::Descriptor>,
         offset: types::Filesize,
     ) -> FsResult<Resource<DynOutputStream>> {
-        self.view.write_via_stream(fd, offset)
+        self.mutating();
+        let stream = self.view.write_via_stream(fd, offset)?;
+        WriteCharged::wrap(self.view.table, stream, self.journal)
     }
 
     fn append_via_stream(&mut self, fd: Resource<types::Descriptor>) -> FsResult<Resource<DynOutputStream>> {
-        self.view.append_via_stream(fd)
+        self.mutating();
+        let stream = self.view.append_via_stream(fd)?;
+        WriteCharged::wrap(self.view.table, stream, self.journal)
     }
 
     async fn is_same_object(

@@ -13,6 +13,7 @@ pub mod network;
 pub mod random;
 pub mod sockets;
 pub mod state;
+pub mod workspace;
 
 /// Logs a capability decision to `tracing` only (target `toolhost::audit`), for decisions a
 /// capability persists on its own terms. Everything else goes through [`audit::Auditor`],

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use toolhost::Policy;
+use toolhost::capability::workspace::WorkspaceEntry;
 
 use super::CliHostConfig;
 
@@ -16,7 +17,7 @@ pub struct Args {
 enum Command {
     /// List the sessions in the store
     List,
-    /// Show a session's steps, state keys, snapshots and stored bytes
+    /// Show a session's steps, state keys, workspace files, snapshots and stored bytes
     Show {
         id: String,
         /// Print JSON instead of text
@@ -42,6 +43,14 @@ enum Command {
     },
     /// Delete a session and everything it stored
     Delete { id: String },
+    /// Write a session's workspace files out, to DIR/TOOL/PATH; DIR must be empty
+    ExportFiles {
+        id: String,
+        dir: std::path::PathBuf,
+        /// Write into DIR even if it is not empty (same-named files are replaced)
+        #[arg(long)]
+        overwrite: bool,
+    },
 }
 
 fn when(ms: i64) -> String {
@@ -76,12 +85,29 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
                     .iter()
                     .map(|s| serde_json::json!({"tool": s.tool, "seq": s.seq, "bytes": s.bytes, "chunks": s.chunks}))
                     .collect();
+                let workspaces: serde_json::Map<String, serde_json::Value> = d
+                    .workspaces
+                    .iter()
+                    .map(|(tool, manifest)| {
+                        let files: Vec<_> = manifest
+                            .iter()
+                            .map(|(path, e)| match e {
+                                WorkspaceEntry::Dir => serde_json::json!({"path": path, "dir": true}),
+                                WorkspaceEntry::File { size, chunks } => {
+                                    serde_json::json!({"path": path, "bytes": size, "chunks": chunks.len()})
+                                }
+                            })
+                            .collect();
+                        (tool.clone(), serde_json::Value::Array(files))
+                    })
+                    .collect();
                 let report = serde_json::json!({
                     "id": d.record.id,
                     "last_step": d.record.last_step,
                     "forked_from": d.record.forked_from,
                     "steps": steps,
                     "state_keys": d.state_keys,
+                    "workspace": workspaces,
                     "snapshots": snapshots,
                     "stored_bytes": {"steps": d.storage.step_bytes, "snapshots_logical": d.storage.snapshot_bytes},
                 });
@@ -107,6 +133,17 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
                 println!("\nstate keys:");
                 for (tool, namespace, key) in &d.state_keys {
                     println!("  {tool}/{namespace}/{}", key.escape_debug());
+                }
+                println!("\nworkspace files:");
+                for (tool, manifest) in &d.workspaces {
+                    for (path, entry) in manifest {
+                        match entry {
+                            WorkspaceEntry::Dir => println!("  {tool}/{}/", path.escape_debug()),
+                            WorkspaceEntry::File { size, chunks } => {
+                                println!("  {tool}/{}  {size} bytes in {} chunks", path.escape_debug(), chunks.len())
+                            }
+                        }
+                    }
                 }
                 println!("\nsnapshots:");
                 for s in &d.snapshots {
@@ -137,6 +174,10 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
                 println!("  {name:<12} {from}, {replayed} steps replayed, {elapsed:.2?}");
             }
             session.close().await?;
+        }
+        Command::ExportFiles { id, dir, overwrite } => {
+            let written = host.export_files(&id, &dir, overwrite).await?;
+            println!("wrote {written} workspace paths of {id} to {}", dir.display());
         }
         Command::Delete { id } => {
             if !host.delete_session(&id).await? {

@@ -188,6 +188,7 @@ pub(crate) fn failure(handle: Option<&str>, error: &CallError) -> CallToolResult
         CallError::Trap { .. } => "trap",
         CallError::OutputTooLarge { .. } => "output-too-large",
         CallError::InvalidOutput { .. } => "invalid-output",
+        CallError::Workspace { .. } => "workspace",
         CallError::Instantiate { .. } => "instantiate",
         CallError::Store { .. } => "store",
         CallError::ReplayDiverged { .. } => "replay-diverged",

@@ -23,7 +23,7 @@ pub enum Coverage {
 /// One line of the requested-vs-granted table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CapabilityRow {
-    /// `state`, `model`, `filesystem`, `network` or `env`.
+    /// `state`, `model`, `filesystem`, `workspace`, `network` or `env`.
     pub capability: &'static str,
     pub requested: Option<String>,
     pub granted: Option<String>,
@@ -48,6 +48,16 @@ fn row(
 
 fn with_access(name: &str, access: Access) -> String {
     format!("{name} ({})", access.as_str())
+}
+
+/// A host preopen as the table shows it; a writable one says its writes escape the step.
+fn host_preopen(p: &super::Preopen) -> String {
+    let shown = format!("{} <- {} ({})", p.guest, p.host.display(), p.access.as_str());
+    if p.access.allows_write() {
+        format!("{shown}, host directory: writes are outside the session's transaction")
+    } else {
+        shown
+    }
 }
 
 fn access_coverage(requested: Access, granted: Access) -> Coverage {
@@ -86,20 +96,23 @@ pub fn compare(requested: &Capabilities, grants: &ToolGrants) -> Vec<CapabilityR
     for r in &requested.filesystem {
         let asked = Some(with_access(&r.guest_path, r.access));
         rows.push(match grants.filesystem.iter().find(|p| p.guest == r.guest_path) {
-            Some(p) => row(
-                "filesystem",
-                asked,
-                Some(format!("{} <- {} ({})", p.guest, p.host.display(), p.access.as_str())),
-                access_coverage(r.access, p.access),
-            ),
-            None => row("filesystem", asked, None, Coverage::Denied),
+            Some(p) => row("filesystem", asked, Some(host_preopen(p)), access_coverage(r.access, p.access)),
+            None => match &grants.workspace {
+                Some(w) if w.guest == r.guest_path => row("filesystem", asked, Some(w.describe()), Coverage::Granted),
+                _ => row("filesystem", asked, None, Coverage::Denied),
+            },
         });
     }
     for p in &grants.filesystem {
         if !requested.filesystem.iter().any(|r| r.guest_path == p.guest) {
-            let shown = format!("{} <- {} ({})", p.guest, p.host.display(), p.access.as_str());
-            rows.push(row("filesystem", None, Some(shown), Coverage::Unrequested));
+            rows.push(row("filesystem", None, Some(host_preopen(p)), Coverage::Unrequested));
         }
+    }
+
+    if let Some(workspace) =
+        grants.workspace.as_ref().filter(|w| !requested.filesystem.iter().any(|r| r.guest_path == w.guest))
+    {
+        rows.push(row("workspace", None, Some(workspace.describe()), Coverage::Unrequested));
     }
 
     let mut used = vec![false; grants.network.allow.len()];

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::capability::workspace::WorkspaceGrant;
 use crate::engine::Limits;
 use crate::tool::Descriptor;
 
@@ -200,8 +201,12 @@ pub struct ToolGrants {
     pub state: StateGrant,
     #[serde(rename = "model")]
     pub models: ModelGrant,
+    /// Host directories: the host's own files, outside the session's transaction.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub filesystem: Vec<Preopen>,
+    /// A session workspace: files kept in the session store, committed with each step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceGrant>,
     pub network: NetworkGrant,
     /// Variables the tool sees; it sees none of the host's environment besides these.
     pub env: BTreeMap<String, EnvValue>,

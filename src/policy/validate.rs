@@ -116,6 +116,21 @@ fn check_tool(grants: &ToolGrants, at: &dyn Fn(&[&str]) -> Vec<String>, issues: 
             ));
         }
     }
+    if let Some(workspace) = &grants.workspace {
+        if let Some(problem) = guest_path_problem(&workspace.guest) {
+            issues.push((at(&["workspace", "guest"]), problem.into()));
+        } else if let Some(preopen) = grants.filesystem.iter().find(|p| overlaps(&p.guest, &workspace.guest)) {
+            issues.push((
+                at(&["workspace", "guest"]),
+                format!("`{}` overlaps the filesystem grant at `{}`", workspace.guest, preopen.guest),
+            ));
+        }
+        for (key, value) in [("quota_bytes", workspace.quota_bytes), ("quota_files", workspace.quota_files)] {
+            if value == 0 {
+                issues.push((at(&["workspace", key]), "must be at least 1".into()));
+            }
+        }
+    }
     for (name, value) in &grants.env {
         if !valid_env_name(name) {
             issues.push((at(&["env", name]), "a variable name must be non-empty, without `=` or NUL".into()));
@@ -161,4 +176,13 @@ fn check_tool(grants: &ToolGrants, at: &dyn Fn(&[&str]) -> Vec<String>, issues: 
             issues.push((at(&["limits", key]), "must be at least 1".into()));
         }
     }
+}
+
+/// Whether one guest path lies in (or is) the other.
+fn overlaps(a: &str, b: &str) -> bool {
+    let within = |inner: &str, outer: &str| {
+        let outer = outer.trim_end_matches('/');
+        inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/')) || outer.is_empty()
+    };
+    within(a, b) || within(b, a)
 }

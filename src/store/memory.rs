@@ -175,7 +175,8 @@ fn step_bytes(step: &StoredStep) -> u64 {
     }
     let r = &step.record;
     let journal = if step.journal_pruned { 0 } else { encoded_len(&r.journal) };
-    (r.input.len() + encoded_len(&r.outcome) + journal + encoded_len(&r.writes) + encoded_len(&r.random)) as u64
+    let files = if r.files.is_empty() { 0 } else { encoded_len(&r.files) };
+    (r.input.len() + encoded_len(&r.outcome) + journal + encoded_len(&r.writes) + encoded_len(&r.random) + files) as u64
 }
 
 impl MemoryStore {
@@ -231,6 +232,8 @@ impl Store for MemoryStore {
         for snapshot in session.snapshots.values() {
             inner.drop_refs(&snapshot.chunks);
         }
+        let files: Vec<ChunkHash> = session.steps.iter().flat_map(|s| s.record.file_chunk_refs().copied()).collect();
+        inner.drop_refs(&files);
         Ok(true)
     }
 
@@ -270,7 +273,8 @@ impl Store for MemoryStore {
         for (tool, writes) in &history {
             entry.apply_writes(tool, writes);
         }
-        let shared: Vec<ChunkHash> = entry.snapshots.values().flat_map(|s| s.chunks.iter().copied()).collect();
+        let mut shared: Vec<ChunkHash> = entry.snapshots.values().flat_map(|s| s.chunks.iter().copied()).collect();
+        shared.extend(entry.steps.iter().flat_map(|s| s.record.file_chunk_refs().copied()));
         inner.add_refs(&shared);
         inner.sessions.insert(child.id.clone(), entry);
         Ok(())
@@ -312,7 +316,8 @@ impl Store for MemoryStore {
     }
 
     async fn commit_step(&self, commit: StepCommit) -> Result<(), StoreError> {
-        let StepCommit { session: id, step, snapshot, keep_snapshots, lease } = commit;
+        let StepCommit { session: id, step, snapshot, file_chunks, keep_snapshots, lease } = commit;
+        step.check_files()?;
         // Chunking hashes the whole snapshot: do it before taking the lock.
         let chunks = snapshot.as_deref().map(|bytes| (bytes.len() as u64, chunk_snapshot(bytes)));
 
@@ -333,6 +338,11 @@ impl Store for MemoryStore {
             inner.add_refs(&hashes);
             StoredSnapshot { bytes, chunks: hashes }
         });
+        for chunk in file_chunks {
+            inner.chunks.entry(chunk.hash).or_insert_with(|| StoredChunk { data: chunk.data.into(), refs: 0 });
+        }
+        let file_refs: Vec<ChunkHash> = step.file_chunk_refs().copied().collect();
+        inner.add_refs(&file_refs);
         let session = inner.session_mut(&id).expect("checked above");
         session.apply_writes(&tool, &step.writes);
         session.record.last_step = step.seq;
@@ -372,6 +382,20 @@ impl Store for MemoryStore {
             bytes.extend_from_slice(&chunk.data);
         }
         Ok(Some((*seq, bytes)))
+    }
+
+    async fn chunks(&self, hashes: &[[u8; 32]]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let inner = self.lock();
+        hashes
+            .iter()
+            .map(|hash| {
+                inner
+                    .chunks
+                    .get(hash)
+                    .map(|c| c.data.to_vec())
+                    .ok_or_else(|| StoreError::Corrupt("a workspace file misses a chunk".into()))
+            })
+            .collect()
     }
 
     async fn snapshots(&self, session: &str) -> Result<Vec<SnapshotInfo>, StoreError> {

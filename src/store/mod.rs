@@ -27,6 +27,7 @@ pub(crate) use sqlite::timestamp_ms;
 pub use sqlite::{Durability, SqliteStore};
 pub use url::{StoreUrl, open};
 
+use crate::capability::workspace::{FileChange, valid_path};
 use crate::error::ToolFailure;
 use crate::journal::{JournalEntry, RandomState};
 
@@ -121,6 +122,28 @@ pub struct StepRecord {
     /// The tool's random-stream positions after the step.
     pub random: RandomState,
     pub committed_at_ms: i64,
+    /// The step's changes to the tool's session workspace (kept so a fork, or another host,
+    /// can rebuild the files as of any step).
+    #[serde(default)]
+    pub files: Vec<FileChange>,
+}
+
+impl StepRecord {
+    /// Every chunk the step's file changes name, once per naming (the store's reference count).
+    pub(crate) fn file_chunk_refs(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.files.iter().filter_map(|c| c.entry.as_ref()).flat_map(|e| e.chunks())
+    }
+
+    /// Refuses file changes a store must not keep: a path that could leave a directory it
+    /// is written out to.
+    pub(crate) fn check_files(&self) -> Result<(), StoreError> {
+        match self.files.iter().find(|c| !valid_path(&c.path)) {
+            Some(c) => {
+                Err(StoreError::Corrupt(format!("step {} changes an invalid workspace path {:?}", self.seq, c.path)))
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// Everything one step commits, atomically.
@@ -130,6 +153,9 @@ pub struct StepCommit {
     pub step: StepRecord,
     /// The tool's snapshot after the step, if taken.
     pub snapshot: Option<Vec<u8>>,
+    /// Chunks of the step's changed workspace files that the store may not hold yet (it
+    /// keeps one copy of each, shared with snapshots and other sessions).
+    pub file_chunks: Vec<Chunk>,
     /// Snapshots to keep per (session, tool); older ones are pruned with the journals of the
     /// steps they cover.
     pub keep_snapshots: u32,
@@ -226,6 +252,9 @@ pub trait Store: Send + Sync + 'static {
     /// The newest snapshot of `tool` taken at or before step `at`, with its bytes.
     async fn latest_snapshot(&self, session: &str, tool: &str, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
     async fn snapshots(&self, session: &str) -> Result<Vec<SnapshotInfo>, StoreError>;
+    /// The data of the chunks `hashes` name, in order (workspace files are rebuilt from them).
+    /// Fails with [`StoreError::Corrupt`] if one is missing.
+    async fn chunks(&self, hashes: &[[u8; 32]]) -> Result<Vec<Vec<u8>>, StoreError>;
     async fn storage_stats(&self, session: &str) -> Result<StorageStats, StoreError>;
 
     /// Persists the journal of the step in flight (durably, before returning).

@@ -28,9 +28,11 @@ use super::{
     AuditEvent, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage, StateWrite,
     StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
+use crate::capability::workspace::FileChange;
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE sessions (
         id TEXT PRIMARY KEY,
         seed BYTEA NOT NULL,
@@ -94,7 +96,13 @@ const MIGRATIONS: &[&str] = &[r#"
         reason TEXT NOT NULL
     );
     CREATE INDEX audit_by_session ON audit (session, id);
-"#];
+"#,
+    // The step's workspace changes (NULL: none); their chunks live in `chunks`, one
+    // reference per step naming them.
+    r#"
+    ALTER TABLE steps ADD COLUMN files BYTEA;
+"#,
+];
 
 /// The server's clock in milliseconds since the Unix epoch (lease expiry).
 const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -344,6 +352,23 @@ async fn adjust_chunks(
     Ok(())
 }
 
+/// Counts the chunk references the file changes of `session`'s steps hold, `delta` each.
+async fn count_file_refs(
+    tx: &Transaction<'_>,
+    deltas: &mut BTreeMap<[u8; 32], i64>,
+    session: &str,
+    delta: i64,
+) -> Result<(), Failure> {
+    let rows = tx.query("SELECT files FROM steps WHERE session = $1 AND files IS NOT NULL", &[&session]).await?;
+    for row in rows {
+        let files: Vec<FileChange> = decode(row.get(0), "step files")?;
+        for hash in files.iter().filter_map(|c| c.entry.as_ref()).flat_map(|e| e.chunks()) {
+            *deltas.entry(*hash).or_default() += delta;
+        }
+    }
+    Ok(())
+}
+
 fn count_hashes(deltas: &mut BTreeMap<[u8; 32], i64>, hashes: &[u8], delta: i64) -> Result<(), StoreError> {
     if !hashes.len().is_multiple_of(32) {
         return Err(StoreError::Corrupt("a snapshot's chunk list is not a list of sha256 hashes".into()));
@@ -376,18 +401,20 @@ async fn apply_writes(tx: &Transaction<'_>, session: &str, tool: &str, writes: &
 }
 
 async fn commit_step(tx: &Transaction<'_>, commit: &StepCommit) -> Result<(), Failure> {
-    let StepCommit { session, step, snapshot, keep_snapshots, lease } = commit;
+    let StepCommit { session, step, snapshot, file_chunks, keep_snapshots, lease } = commit;
+    step.check_files()?;
     let found = lock_session(tx, session, *lease).await?;
     if found + 1 != step.seq {
         return Err(StoreError::Conflict { session: session.clone(), expected: step.seq - 1, found }.into());
     }
     let insert = tx
         .prepare_cached(
-            "INSERT INTO steps (session, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO steps (session, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms, files)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .await?;
-    let params: [&(dyn ToSql + Sync); 10] = [
+    let files = (!step.files.is_empty()).then(|| encode(&step.files)).transpose()?;
+    let params: [&(dyn ToSql + Sync); 11] = [
         session,
         &(step.seq as i64),
         &step.tool,
@@ -398,16 +425,25 @@ async fn commit_step(tx: &Transaction<'_>, commit: &StepCommit) -> Result<(), Fa
         &encode(&step.writes)?,
         &encode(&step.random)?,
         &step.committed_at_ms,
+        &files,
     ];
     tx.execute(&insert, &params).await?;
     apply_writes(tx, session, &step.tool, &step.writes).await?;
 
-    if let Some(bytes) = snapshot {
-        let chunks = chunk_snapshot(bytes);
-        let mut deltas = BTreeMap::new();
-        let mut new_data = BTreeMap::new();
+    // One reference-count adjustment for the step's file chunks and its snapshot's, so its
+    // chunk locks are taken in one hash order.
+    let mut deltas = BTreeMap::new();
+    let mut new_data: BTreeMap<[u8; 32], &[u8]> = BTreeMap::new();
+    for hash in step.file_chunk_refs() {
+        *deltas.entry(*hash).or_default() += 1;
+    }
+    for chunk in file_chunks {
+        new_data.insert(chunk.hash, chunk.data.as_slice());
+    }
+    let snapshot_chunks = snapshot.as_deref().map(chunk_snapshot);
+    if let (Some(bytes), Some(chunks)) = (snapshot, &snapshot_chunks) {
         let mut hashes = Vec::with_capacity(chunks.len() * 32);
-        for chunk in &chunks {
+        for chunk in chunks {
             *deltas.entry(chunk.hash).or_default() += 1;
             new_data.insert(chunk.hash, chunk.data.as_slice());
             hashes.extend_from_slice(&chunk.hash);
@@ -437,12 +473,12 @@ async fn commit_step(tx: &Transaction<'_>, commit: &StepCommit) -> Result<(), Fa
                 .await?;
             tx.execute(&forget, &[session, &step.tool, kept.last().expect("keep >= 1")]).await?;
         }
-        adjust_chunks(tx, &deltas, &new_data).await?;
         let insert = tx
             .prepare_cached("INSERT INTO snapshots (session, tool, seq, bytes, chunks) VALUES ($1, $2, $3, $4, $5)")
             .await?;
         tx.execute(&insert, &[session, &step.tool, &(step.seq as i64), &(bytes.len() as i64), &hashes]).await?;
     }
+    adjust_chunks(tx, &deltas, &new_data).await?;
     let clear = tx.prepare_cached("DELETE FROM pending WHERE session = $1").await?;
     tx.execute(&clear, &[session]).await?;
     let advance = tx.prepare_cached("UPDATE sessions SET last_step = $2 WHERE id = $1").await?;
@@ -460,6 +496,7 @@ async fn delete_session(tx: &Transaction<'_>, id: &str, lease: Option<u64>) -> R
     for row in tx.query("DELETE FROM snapshots WHERE session = $1 RETURNING chunks", &[&id]).await? {
         count_hashes(&mut deltas, row.get(0), -1)?;
     }
+    count_file_refs(tx, &mut deltas, id, -1).await?;
     adjust_chunks(tx, &deltas, &BTreeMap::new()).await?;
     for table in ["state", "steps", "pending"] {
         tx.execute(&format!("DELETE FROM {table} WHERE session = $1"), &[&id]).await?;
@@ -504,13 +541,15 @@ async fn fork_session(tx: &Transaction<'_>, parent: &str, at: i64, child: &Sessi
         return Err(StoreError::SessionExists(child.id.clone()).into());
     }
     tx.execute(
-        "INSERT INTO steps (session, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms)
-                 SELECT $1, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms
+        "INSERT INTO steps (session, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms, files)
+                 SELECT $1, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms, files
                  FROM steps WHERE session = $2 AND seq <= $3",
         &[&child.id, &parent, &at],
     )
     .await?;
     let mut deltas = BTreeMap::new();
+    // The child's steps name the parent's file chunks: shared, one more reference each.
+    count_file_refs(tx, &mut deltas, &child.id, 1).await?;
     let copied = tx
         .query(
             "INSERT INTO snapshots (session, tool, seq, bytes, chunks)
@@ -714,7 +753,7 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms FROM steps
+                "SELECT seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms, files FROM steps
                  WHERE session = $1 AND seq > $2 AND ($3::text IS NULL OR tool = $3) ORDER BY seq",
             )
             .await
@@ -723,6 +762,7 @@ impl Store for PostgresStore {
         rows.iter()
             .map(|r| {
                 let journal: Option<&[u8]> = r.get(5);
+                let files: Option<&[u8]> = r.get(9);
                 Ok(StepRecord {
                     seq: r.get::<_, i64>(0) as u64,
                     tool: r.get(1),
@@ -733,6 +773,7 @@ impl Store for PostgresStore {
                     writes: decode(r.get(6), "step writes")?,
                     random: decode(r.get(7), "step random position")?,
                     committed_at_ms: r.get(8),
+                    files: files.map(|f| decode(f, "step files")).transpose()?.unwrap_or_default(),
                 })
             })
             .collect()
@@ -767,6 +808,24 @@ impl Store for PostgresStore {
         Ok(Some((seq as u64, bytes)))
     }
 
+    async fn chunks(&self, hashes: &[[u8; 32]]) -> Result<Vec<Vec<u8>>, StoreError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let wanted: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+        let rows =
+            client.query("SELECT hash, data FROM chunks WHERE hash = ANY($1)", &[&wanted]).await.map_err(pg_error)?;
+        let data: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+            rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        wanted
+            .iter()
+            .map(|hash| {
+                data.get(*hash).cloned().ok_or_else(|| StoreError::Corrupt("a workspace file misses a chunk".into()))
+            })
+            .collect()
+    }
+
     async fn snapshots(&self, session: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
         let client = self.client().await?;
         let rows = client
@@ -794,7 +853,8 @@ impl Store for PostgresStore {
             .query_one(
                 "SELECT
                    (SELECT COALESCE(SUM(octet_length(input) + octet_length(outcome)
-                      + COALESCE(octet_length(journal), 0) + octet_length(writes) + octet_length(random)), 0)::bigint
+                      + COALESCE(octet_length(journal), 0) + octet_length(writes) + octet_length(random)
+                      + COALESCE(octet_length(files), 0)), 0)::bigint
                     FROM steps WHERE session = $1),
                    (SELECT COALESCE(SUM(bytes), 0)::bigint FROM snapshots WHERE session = $1),
                    (SELECT COALESCE(SUM(octet_length(data)), 0)::bigint FROM chunks)",

@@ -20,6 +20,7 @@ use super::{
     AuditEvent, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage, StepCommit,
     StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
+use crate::capability::workspace::FileChange;
 
 /// How hard a commit tries to survive power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,6 +100,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions ADD COLUMN lease_holder TEXT;
     ALTER TABLE sessions ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE sessions ADD COLUMN lease_expires_ms INTEGER NOT NULL DEFAULT 0;
+"#,
+    // The step's workspace changes (NULL: none); their chunks live in `chunks`, one
+    // reference per step naming them.
+    r#"
+    ALTER TABLE steps ADD COLUMN files BLOB;
 "#,
 ];
 
@@ -372,6 +378,35 @@ fn add_chunk_refs(conn: &Connection, hashes: &[u8], delta: i64) -> Result<(), St
     Ok(())
 }
 
+/// Stores `chunks` (once each) and takes one reference per naming in `step`'s file changes.
+fn add_file_chunks(conn: &Connection, step: &StepRecord, chunks: &[super::Chunk]) -> Result<(), StoreError> {
+    for chunk in chunks {
+        conn.execute(
+            "INSERT INTO chunks (hash, data, refs) VALUES (?1, ?2, 0) ON CONFLICT (hash) DO NOTHING",
+            params![&chunk.hash[..], chunk.data],
+        )
+        .map_err(backend)?;
+    }
+    let hashes: Vec<u8> = step.file_chunk_refs().flatten().copied().collect();
+    add_chunk_refs(conn, &hashes, 1)
+}
+
+/// Changes by `delta` the references the file changes of `session`'s steps hold.
+fn adjust_file_refs(conn: &Connection, session: &str, delta: i64) -> Result<(), StoreError> {
+    let blobs: Vec<Vec<u8>> = {
+        let mut stmt =
+            conn.prepare("SELECT files FROM steps WHERE session = ?1 AND files IS NOT NULL").map_err(backend)?;
+        let rows = stmt.query_map([session], |r| r.get(0)).map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)?
+    };
+    let mut hashes = Vec::new();
+    for blob in blobs {
+        let files: Vec<FileChange> = decode(&blob, "step files")?;
+        hashes.extend(files.iter().filter_map(|c| c.entry.as_ref()).flat_map(|e| e.chunks()).flatten());
+    }
+    add_chunk_refs(conn, &hashes, delta)
+}
+
 fn delete_snapshot(conn: &Connection, session: &str, tool: &str, seq: u64) -> Result<(), StoreError> {
     let chunks: Vec<u8> = conn
         .query_row(
@@ -402,15 +437,16 @@ fn apply_writes(conn: &Connection, session: &str, tool: &str, writes: &[super::S
 }
 
 fn commit_step(conn: &Connection, commit: StepCommit) -> Result<(), StoreError> {
-    let StepCommit { session, step, snapshot, keep_snapshots, lease } = commit;
+    let StepCommit { session, step, snapshot, file_chunks, keep_snapshots, lease } = commit;
+    step.check_files()?;
     check_lease(conn, &session, lease)?;
     let found = last_step(conn, &session)?.ok_or_else(|| StoreError::SessionNotFound(session.clone()))?;
     if found + 1 != step.seq {
         return Err(StoreError::Conflict { session, expected: step.seq - 1, found });
     }
     conn.execute(
-        "INSERT INTO steps (session, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO steps (session, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms, files)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             session,
             step.seq as i64,
@@ -422,10 +458,12 @@ fn commit_step(conn: &Connection, commit: StepCommit) -> Result<(), StoreError> 
             encode(&step.writes)?,
             encode(&step.random)?,
             step.committed_at_ms,
+            (!step.files.is_empty()).then(|| encode(&step.files)).transpose()?,
         ],
     )
     .map_err(backend)?;
     apply_writes(conn, &session, &step.tool, &step.writes)?;
+    add_file_chunks(conn, &step, &file_chunks)?;
     if let Some(bytes) = snapshot {
         let chunks = chunk_snapshot(&bytes);
         let mut hashes = Vec::with_capacity(chunks.len() * 32);
@@ -488,6 +526,7 @@ struct StepRow {
     writes: Vec<u8>,
     random: Vec<u8>,
     committed_at_ms: i64,
+    files: Option<Vec<u8>>,
 }
 
 impl StepRow {
@@ -502,6 +541,7 @@ impl StepRow {
             writes: row.get(6)?,
             random: row.get(7)?,
             committed_at_ms: row.get(8)?,
+            files: row.get(9)?,
         })
     }
 
@@ -519,6 +559,10 @@ impl StepRow {
             writes: decode(&self.writes, "step writes")?,
             random: decode(&self.random, "step random position")?,
             committed_at_ms: self.committed_at_ms,
+            files: match self.files {
+                Some(f) => decode(&f, "step files")?,
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -598,6 +642,7 @@ impl Store for SqliteStore {
             for (tool, seq) in snapshots {
                 delete_snapshot(conn, &id, &tool, seq as u64)?;
             }
+            adjust_file_refs(conn, &id, -1)?;
             for table in ["state", "steps", "pending"] {
                 conn.execute(&format!("DELETE FROM {table} WHERE session = ?1"), [&id]).map_err(backend)?;
             }
@@ -643,12 +688,14 @@ impl Store for SqliteStore {
                 e => backend(e),
             })?;
             conn.execute(
-                "INSERT INTO steps (session, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms)
-                 SELECT ?1, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms
+                "INSERT INTO steps (session, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms, files)
+                 SELECT ?1, seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms, files
                  FROM steps WHERE session = ?2 AND seq <= ?3",
                 params![child.id, parent, at as i64],
             )
             .map_err(backend)?;
+            // The child's steps name the parent's file chunks: shared, one more reference each.
+            adjust_file_refs(conn, &child.id, 1)?;
             let snapshots: Vec<(String, i64, i64, Vec<u8>)> = {
                 let mut stmt = conn
                     .prepare("SELECT tool, seq, bytes, chunks FROM snapshots WHERE session = ?1 AND seq <= ?2")
@@ -748,7 +795,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms FROM steps
+                    "SELECT seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms, files FROM steps
                      WHERE session = ?1 AND seq > ?2 AND (?3 IS NULL OR tool = ?3) ORDER BY seq",
                 )
                 .map_err(backend)?;
@@ -788,6 +835,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn chunks(&self, hashes: &[[u8; 32]]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let hashes = hashes.to_vec();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT data FROM chunks WHERE hash = ?1").map_err(backend)?;
+            hashes
+                .iter()
+                .map(|hash| {
+                    stmt.query_row([&hash[..]], |r| r.get(0))
+                        .optional()
+                        .map_err(backend)?
+                        .ok_or_else(|| StoreError::Corrupt("a workspace file misses a chunk".into()))
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn snapshots(&self, session: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
         let session = session.to_owned();
         self.read(move |conn| {
@@ -817,7 +881,7 @@ impl Store for SqliteStore {
             let step_bytes: i64 = conn
                 .query_row(
                     "SELECT COALESCE(SUM(length(CAST(input AS BLOB)) + length(outcome) + COALESCE(length(journal), 0)
-                     + length(writes) + length(random)), 0) FROM steps WHERE session = ?1",
+                     + length(writes) + length(random) + COALESCE(length(files), 0)), 0) FROM steps WHERE session = ?1",
                     [&session],
                     |r| r.get(0),
                 )

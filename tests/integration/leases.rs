@@ -35,8 +35,10 @@ fn step(seq: u64, value: &str) -> StepCommit {
             }],
             random: RandomState { seed: [0; 32], secure: 0, insecure: 0 },
             committed_at_ms: 0,
+            files: Vec::new(),
         },
         snapshot: Some(vec![seq as u8; 4096]),
+        file_chunks: Vec::new(),
         keep_snapshots: 2,
         lease: None,
     }

@@ -31,3 +31,4 @@ mod snapshots;
 mod state;
 mod support;
 mod tools;
+mod workspace;

@@ -182,11 +182,13 @@ async fn apply(store: &dyn Store, op: &Op) -> String {
                 writes,
                 random: RandomState { seed: [1; 32], secure: u128::from(seq), insecure: 0 },
                 committed_at_ms: 2_000 + seq as i64,
+                files: Vec::new(),
             };
             let commit = StepCommit {
                 session: id,
                 step,
                 snapshot: snapshot.map(|(family, poke)| snapshot_bytes(family, poke)),
+                file_chunks: Vec::new(),
                 keep_snapshots: *keep,
                 lease: token.map(u64::from),
             };

@@ -1,0 +1,119 @@
+//! One instance's workspace: its staging directory, what the store holds for it, and the
+//! step-end scan that turns the directory into the step's file changes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::grant::WorkspaceGrant;
+use super::scan::{ScanError, materialize, scan};
+use super::types::{FileChange, Manifest, diff};
+use crate::error::CallError;
+use crate::store::{Chunk, Store, StoreError};
+
+/// A staging directory that only this instance sees (mode 0700, removed with the instance)
+/// and the manifest it was last committed (or materialized) at.
+pub(crate) struct LiveWorkspace {
+    grant: WorkspaceGrant,
+    staging: tempfile::TempDir,
+    committed: Manifest,
+    /// What the step in flight would commit, once scanned.
+    staged: Option<Manifest>,
+    /// Set by the filesystem layer on every mutating call; a step that did none skips the scan.
+    dirty: Arc<AtomicBool>,
+}
+
+/// A step's part of the commit: its file changes and the chunks the store may not hold yet.
+#[derive(Default)]
+pub(crate) struct StagedFiles {
+    pub changes: Vec<FileChange>,
+    pub chunks: Vec<Chunk>,
+}
+
+impl LiveWorkspace {
+    pub fn new(grant: &WorkspaceGrant, dirty: Arc<AtomicBool>) -> std::io::Result<Self> {
+        let staging = tempfile::Builder::new().prefix("toolhost-workspace-").tempdir()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(Self { grant: grant.clone(), staging, committed: Manifest::new(), staged: None, dirty })
+    }
+
+    pub fn guest(&self) -> &str {
+        &self.grant.guest
+    }
+
+    pub fn staging(&self) -> &Path {
+        self.staging.path()
+    }
+
+    /// Fills the (fresh) staging directory with `manifest`, fetching its chunks from `store`.
+    pub async fn materialize(&mut self, store: &dyn Store, manifest: Manifest) -> Result<(), StoreError> {
+        let wanted: BTreeSet<[u8; 32]> = manifest.values().flat_map(|e| e.chunks().iter().copied()).collect();
+        let wanted: Vec<[u8; 32]> = wanted.into_iter().collect();
+        let data = store.chunks(&wanted).await?;
+        let chunks: HashMap<[u8; 32], Vec<u8>> = wanted.into_iter().zip(data).collect();
+        materialize(self.staging.path(), &manifest, &chunks)
+            .map_err(|e| StoreError::Corrupt(format!("materializing the workspace: {e}")))?;
+        self.committed = manifest;
+        self.staged = None;
+        self.dirty.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Scans the staging directory if the step changed anything: its changes against the
+    /// committed manifest, held as staged until [`Self::committed`].
+    pub fn stage(&mut self) -> Result<StagedFiles, ScanError> {
+        self.staged = None;
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return Ok(StagedFiles::default());
+        }
+        let scanned = scan(self.staging.path(), &self.committed, &self.grant)?;
+        let changes = diff(&self.committed, &scanned.manifest);
+        self.staged = Some(scanned.manifest);
+        Ok(StagedFiles { changes, chunks: scanned.new_chunks })
+    }
+
+    /// [`Self::stage`], with a scan's failure as the call's error: over a quota, a host
+    /// limit; anything else, a workspace error.
+    pub fn stage_for(&mut self, tool: &str) -> Result<StagedFiles, CallError> {
+        self.stage().map_err(|e| match e {
+            ScanError::Quota { resource, limit, used } => {
+                CallError::HostLimit { tool: tool.to_owned(), resource, limit, used }
+            }
+            e => CallError::Workspace { tool: tool.to_owned(), reason: e.to_string() },
+        })
+    }
+
+    /// The staged step committed: its manifest is now the committed one.
+    pub fn committed(&mut self) {
+        if let Some(manifest) = self.staged.take() {
+            self.committed = manifest;
+        }
+    }
+
+    /// Forgets what a replayed step wrote being unscanned: [`Self::verify`] checks it all.
+    pub fn replayed(&self) {
+        self.dirty.store(false, Ordering::Relaxed);
+    }
+
+    /// After replaying steps: the staging directory must hold exactly `expected`, the
+    /// manifest the store holds for the last step; it becomes the committed one.
+    pub fn verify(&mut self, expected: Manifest) -> Result<(), String> {
+        let scanned = scan(self.staging.path(), &self.committed, &self.grant).map_err(|e| e.to_string())?;
+        let differences = diff(&expected, &scanned.manifest);
+        if let Some(first) = differences.first() {
+            let what = if first.entry.is_some() { "holds" } else { "lacks" };
+            return Err(format!(
+                "the replayed workspace {what} `{}` unlike the committed one ({} paths differ)",
+                first.path,
+                differences.len()
+            ));
+        }
+        self.committed = expected;
+        Ok(())
+    }
+}
