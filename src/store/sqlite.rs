@@ -758,6 +758,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn last_step_of(&self, session: &str, tool: &str, at: u64) -> Result<Option<StepRecord>, StoreError> {
+        let (session, tool) = (session.to_owned(), tool.to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms FROM steps
+                     WHERE session = ?1 AND tool = ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT 1",
+                )
+                .map_err(backend)?;
+            let row = stmt.query_row(params![session, tool, at as i64], StepRow::read).optional().map_err(backend)?;
+            row.map(StepRow::decode).transpose()
+        })
+        .await
+    }
+
     async fn latest_snapshot(&self, session: &str, tool: &str, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let (session, tool) = (session.to_owned(), tool.to_owned());
         self.read(move |conn| {
