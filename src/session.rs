@@ -228,8 +228,7 @@ impl Session {
         };
         let budget = self.host.live_budget();
         // Kept for a rebuild after hibernation, so it need not read the store.
-        let cached: Option<Arc<[u8]>> =
-            snapshot.as_deref().filter(|bytes| budget.caches(bytes.len())).map(Arc::from);
+        let cached: Option<Arc<[u8]>> = snapshot.as_deref().filter(|bytes| budget.caches(bytes.len())).map(Arc::from);
         let took_snapshot = snapshot.is_some();
         let commit = StepCommit {
             session: self.record.id.clone(),

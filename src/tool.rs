@@ -234,9 +234,10 @@ pub(crate) fn locate_exports(
 
 /// Whether the component exports the `stateless` declaration.
 pub(crate) fn declares_stateless(engine: &wasmtime::Engine, pre: &InstancePre<InstanceState>) -> bool {
-    pre.component().component_type().exports(engine).any(|(name, item)| {
-        name == STATELESS_EXPORT && matches!(item.ty, ComponentItem::ComponentInstance(_))
-    })
+    pre.component()
+        .component_type()
+        .exports(engine)
+        .any(|(name, item)| name == STATELESS_EXPORT && matches!(item.ty, ComponentItem::ComponentInstance(_)))
 }
 
 fn access(a: wit::Access) -> Access {

@@ -920,16 +920,16 @@ impl Store for PostgresStore {
 
 /// A step as `SELECT seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms` reads it.
 fn step_from_row(r: &tokio_postgres::Row) -> Result<StepRecord, StoreError> {
-                let journal: Option<&[u8]> = r.get(5);
-                Ok(StepRecord {
-                    seq: r.get::<_, i64>(0) as u64,
-                    tool: r.get(1),
-                    digest: r.get(2),
-                    input: r.get(3),
-                    outcome: decode(r.get(4), "step outcome")?,
-                    journal: journal.map(|j| decode(j, "step journal")).transpose()?.unwrap_or_default(),
-                    writes: decode(r.get(6), "step writes")?,
-                    random: decode(r.get(7), "step random position")?,
-                    committed_at_ms: r.get(8),
-                })
-            }
+    let journal: Option<&[u8]> = r.get(5);
+    Ok(StepRecord {
+        seq: r.get::<_, i64>(0) as u64,
+        tool: r.get(1),
+        digest: r.get(2),
+        input: r.get(3),
+        outcome: decode(r.get(4), "step outcome")?,
+        journal: journal.map(|j| decode(j, "step journal")).transpose()?.unwrap_or_default(),
+        writes: decode(r.get(6), "step writes")?,
+        random: decode(r.get(7), "step random position")?,
+        committed_at_ms: r.get(8),
+    })
+}

@@ -85,7 +85,8 @@ const MANY_BUDGET: u32 = 500;
 #[test]
 fn twenty_thousand_open_sessions_share_500_live_instances() {
     if std::env::var_os(CHILD).is_some() {
-        return tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(many_sessions());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        return runtime.block_on(many_sessions());
     }
     guests(); // build the tools here, not in the child's measured run
     let exe = std::env::current_exe().unwrap();
@@ -101,42 +102,58 @@ fn twenty_thousand_open_sessions_share_500_live_instances() {
     assert!(text.contains("sessions: 20000"), "the child ran nothing:\n{text}");
 }
 
+/// Sessions are called from this many tasks, interleaved, each owning a share of them.
+const CALLERS: usize = 4;
+
 async fn many_sessions() {
     let engine = EngineConfig { max_instances: MANY_BUDGET + 8, ..engine_config() };
     let host = host_with(engine, budget(MANY_BUDGET));
     let notes = host.load_tool(&guests().notes).await.unwrap();
     let rss_start = vm_rss_bytes();
     let started = Instant::now();
-    let mut sessions: Vec<Session> = Vec::with_capacity(MANY_SESSIONS);
-    for _ in 0..MANY_SESSIONS {
-        sessions.push(host.new_session().await.unwrap());
+    let mut shares: Vec<Vec<(usize, Session)>> = (0..CALLERS).map(|_| Vec::new()).collect();
+    for i in 0..MANY_SESSIONS {
+        shares[i % CALLERS].push((i, host.new_session().await.unwrap()));
     }
     let opened = started.elapsed();
-    for round in 1..=2u64 {
-        for i in shuffled(MANY_SESSIONS, round) {
-            let out = sessions[i].call(&notes, &add(&format!("s{i} r{round}"))).await;
-            let out = out.unwrap_or_else(|e| panic!("session {i}, round {round}: {e}"));
-            // The tool's own counters: restored from its snapshot after hibernation.
-            assert_eq!(out, json!({"id": round, "notes": round}), "session {i}, round {round}");
-        }
-        let stats = host.instance_stats();
-        assert!(stats.live <= MANY_BUDGET as usize, "{stats:?}");
-    }
-    // Its state too: every note is there, under its session.
-    for i in shuffled(MANY_SESSIONS, 3).into_iter().take(500) {
-        let note = sessions[i].call(&notes, &json!({"op": "get", "id": 1})).await.unwrap();
-        assert_eq!(note["title"], format!("s{i} r1"));
-        let found = sessions[i].call(&notes, &json!({"op": "search", "query": "r2"})).await.unwrap();
-        assert_eq!(found["matches"][0]["title"], format!("s{i} r2"));
+    let callers = shares.into_iter().enumerate().map(|(caller, mut share)| {
+        let notes = notes.clone();
+        tokio::spawn(async move {
+            for round in 1..=2u64 {
+                for at in shuffled(share.len(), round * 10 + caller as u64) {
+                    let (i, session) = &mut share[at];
+                    let out = session.call(&notes, &add(&format!("s{i} r{round}"))).await;
+                    let out = out.unwrap_or_else(|e| panic!("session {i}, round {round}: {e}"));
+                    // The tool's own counters: restored from its snapshot after hibernation.
+                    assert_eq!(out, json!({"id": round, "notes": round}), "session {i}, round {round}");
+                }
+            }
+            // Its state too: every note is there, under its session.
+            for at in shuffled(share.len(), 3).into_iter().take(100) {
+                let (i, session) = &mut share[at];
+                let note = session.call(&notes, &json!({"op": "get", "id": 1})).await.unwrap();
+                assert_eq!(note["title"], format!("s{i} r1"));
+                let found = session.call(&notes, &json!({"op": "search", "query": "r2"})).await.unwrap();
+                assert_eq!(found["matches"][0]["title"], format!("s{i} r2"));
+            }
+            share
+        })
+    });
+    let mut sessions = Vec::new();
+    for caller in callers.collect::<Vec<_>>() {
+        sessions.extend(caller.await.unwrap());
     }
     let stats = host.instance_stats();
     let rss = vm_rss_bytes();
     println!(
-        "sessions: {MANY_SESSIONS}, opened in {opened:?}, all calls in {:?}; {stats:?}; RSS {} MiB (started at {} MiB)",
+        "sessions: {}, opened in {opened:?}, all calls in {:?}; {stats:?}; RSS {} MiB (started at {} MiB)",
+        sessions.len(),
         started.elapsed(),
         rss >> 20,
         rss_start >> 20
     );
+    assert_eq!(sessions.len(), MANY_SESSIONS);
+    assert!(stats.live <= MANY_BUDGET as usize, "{stats:?}");
     assert!(stats.hibernated >= (MANY_SESSIONS - MANY_BUDGET as usize) as u64, "{stats:?}");
     assert!(stats.snapshot_cache_hits > 0, "reactivations read the cache: {stats:?}");
     assert!(rss < 1 << 30, "RSS {} MiB", rss >> 20);
@@ -145,7 +162,8 @@ async fn many_sessions() {
 /// A call that finds every live instance busy waits for one to become idle, then fails typed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_waits_for_a_busy_budget_then_gets_busy() {
-    let instances = InstanceBudget { live: Some(1), busy_wait: Duration::from_millis(200), ..InstanceBudget::default() };
+    let instances =
+        InstanceBudget { live: Some(1), busy_wait: Duration::from_millis(200), ..InstanceBudget::default() };
     let host = host_with(engine_config(), instances);
     let hostile = host.load_tool(&guests().hostile).await.unwrap();
     let mut sleeper = host.new_session().await.unwrap();
