@@ -328,9 +328,8 @@ impl Session {
 
     /// The session's committed steps after step `after`, in order.
     ///
-    /// The future holds no borrow of the session: a `Session` is `Send` but not `Sync` (its
-    /// instances are not), so a `&Session` held across an await would make callers' futures
-    /// (the agent loop's among them) non-`Send`.
+    /// The future holds no borrow of the session, so callers' futures (the agent loop's
+    /// among them) stay `Send` whatever `Session` holds.
     pub fn steps(&self, after: u64) -> impl Future<Output = Result<Vec<StepRecord>, StoreError>> + Send + 'static {
         let (store, id) = (self.host.store(), self.record.id.clone());
         async move { store.steps(&id, None, after).await }

@@ -173,7 +173,10 @@ async fn a_call_waits_for_a_busy_budget_then_gets_busy() {
         let out = sleeper.call(&tool, &json!({"attack": "sleep", "ms": 1_500})).await;
         (sleeper, out)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until the sleeper's call holds the only place (its first call instantiates first).
+    while host.instance_stats().live == 0 || host.instance_stats().idle > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let started = Instant::now();
     let refused = waiter.call(&hostile, &json!({"attack": "echo", "n": 1})).await;
     assert!(matches!(refused, Err(CallError::Busy { limit: 1, .. })), "{refused:?}");
