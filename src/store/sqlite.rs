@@ -789,11 +789,16 @@ impl Store for SqliteStore {
             let mut bytes = Vec::with_capacity(size as usize);
             let mut stmt = conn.prepare_cached("SELECT data FROM chunks WHERE hash = ?1").map_err(backend)?;
             for hash in hashes.chunks(32) {
-                let data: Vec<u8> =
-                    stmt.query_row([hash], |r| r.get(0)).optional().map_err(backend)?.ok_or_else(|| {
-                        StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} misses a chunk"))
-                    })?;
-                bytes.extend_from_slice(&data);
+                // Copied from SQLite's row straight into the snapshot: no buffer per chunk.
+                let found = stmt
+                    .query_row([hash], |r| {
+                        bytes.extend_from_slice(r.get_ref(0)?.as_blob()?);
+                        Ok(())
+                    })
+                    .optional()
+                    .map_err(backend)?;
+                found
+                    .ok_or_else(|| StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} misses a chunk")))?;
             }
             if bytes.len() as i64 != size {
                 return Err(StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} has the wrong size")));
