@@ -204,6 +204,20 @@ pub enum CallError {
     #[error("replaying step {step} of session `{session}` on `{tool}` diverged: {reason}")]
     ReplayDiverged { tool: String, session: String, step: u64, reason: String },
 
+    /// Rebuilding the tool's instance would replay more steps than its `max_replay_steps`
+    /// allows: resume cost would grow with the session's history.
+    #[error(
+        "rebuilding `{tool}` in session `{session}` would replay {steps} steps, over its limit of {limit} \
+         (`max_replay_steps`): export snapshots (`export_stateful_tool!`) or, if it keeps no in-memory \
+         state, declare it stateless (`export_stateless_tool!`)"
+    )]
+    ReplayTooLong { tool: String, session: String, steps: u64, limit: u32 },
+
+    /// Every live instance the host's budget allows was busy for the whole wait: nothing idle
+    /// could be hibernated to make room. Retry later, or raise the budget.
+    #[error("no instance of `{tool}` could start: all {limit} live instances stayed busy for {waited:?}")]
+    Busy { tool: String, limit: usize, waited: Duration },
+
     /// Another host committed a step of this session first; this session handle is stale.
     #[error("session `{session}` was advanced elsewhere: {reason}")]
     Conflict { tool: String, session: String, reason: String },
@@ -233,6 +247,8 @@ impl CallError {
             | Self::Instantiate { tool, .. }
             | Self::Store { tool, .. }
             | Self::ReplayDiverged { tool, .. }
+            | Self::ReplayTooLong { tool, .. }
+            | Self::Busy { tool, .. }
             | Self::Conflict { tool, .. }
             | Self::LeaseLost { tool, .. } => tool,
         }

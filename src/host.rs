@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use wasmtime::component::Linker;
 
+use crate::budget::{InstanceBudget, InstanceStats, LiveInstances};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{HostError, LoadError, SessionError};
 use crate::instance::{Instance, InstanceEnv, InstanceState};
@@ -30,6 +31,9 @@ pub struct HostConfig {
     /// Lease each session while it is open, so hosts sharing a store never both advance
     /// it (see [`LeaseConfig`]). `None`: one host per store, no leases.
     pub leases: Option<LeaseConfig>,
+    /// How many instances stay alive across all sessions; past it the least recently used
+    /// idle one is hibernated (see [`InstanceBudget`]).
+    pub instances: InstanceBudget,
 }
 
 impl std::fmt::Debug for HostConfig {
@@ -40,6 +44,7 @@ impl std::fmt::Debug for HostConfig {
             .field("snapshots", &self.snapshots)
             .field("models", &self.models.as_ref().map(|_| "configured"))
             .field("leases", &self.leases)
+            .field("instances", &self.instances)
             .finish()
     }
 }
@@ -72,6 +77,7 @@ struct HostInner {
     models: Option<Arc<dyn ModelProvider>>,
     store: Arc<dyn Store>,
     leases: Option<LeaseConfig>,
+    instances: LiveInstances,
 }
 
 /// What a session holds, for inspection.
@@ -85,6 +91,43 @@ pub struct SessionDetails {
     pub storage: StorageStats,
     /// Each tool's session workspace after the last step (tools with files only).
     pub workspaces: std::collections::BTreeMap<String, crate::capability::workspace::Manifest>,
+}
+
+/// How many steps a rebuild of one tool's instance would replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayLength {
+    pub tool: String,
+    /// The step of the latest snapshot the rebuild would restore, if any.
+    pub snapshot: Option<u64>,
+    /// The tool's steps after it: what a rebuild replays (none if the tool is declared
+    /// stateless), checked against the tool's `max_replay_steps`.
+    pub steps: u64,
+}
+
+impl SessionDetails {
+    /// Per tool that took steps, what a rebuild would replay, in tool-name order.
+    pub fn replay_lengths(&self) -> Vec<ReplayLength> {
+        let mut by_tool: std::collections::BTreeMap<&str, ReplayLength> = std::collections::BTreeMap::new();
+        for snapshot in &self.snapshots {
+            let entry = by_tool.entry(&snapshot.tool).or_insert_with(|| ReplayLength {
+                tool: snapshot.tool.clone(),
+                snapshot: None,
+                steps: 0,
+            });
+            entry.snapshot = entry.snapshot.max(Some(snapshot.seq));
+        }
+        for step in self.steps.iter().filter(|s| tool::valid_name(&s.tool)) {
+            let entry = by_tool.entry(&step.tool).or_insert_with(|| ReplayLength {
+                tool: step.tool.clone(),
+                snapshot: None,
+                steps: 0,
+            });
+            if entry.snapshot.is_none_or(|at| step.seq > at) {
+                entry.steps += 1;
+            }
+        }
+        by_tool.into_values().collect()
+    }
 }
 
 /// A store failure as a session operation reports it: a running lease is `Leased`.
@@ -129,6 +172,14 @@ impl Host {
                 );
             }
         }
+        let max = config.engine.max_instances;
+        let live = config.instances.live.unwrap_or(max);
+        if live == 0 || (config.engine.pooling && live > max) {
+            return Err(HostError::Engine(format!(
+                "the live-instance budget ({live}) must be between 1 and the engine's `max_instances` ({max})"
+            )));
+        }
+        let instances = LiveInstances::new(live as usize, &config.instances);
         let engine = Engine::new(&config.engine)?;
         let linker = crate::instance::linker(engine.wasmtime()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         Ok(Self {
@@ -140,12 +191,22 @@ impl Host {
                 models: config.models,
                 store,
                 leases: config.leases,
+                instances,
             }),
         })
     }
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    pub(crate) fn live_budget(&self) -> &LiveInstances {
+        &self.inner.instances
+    }
+
+    /// Live instances across this host's sessions, and how many were hibernated so far.
+    pub fn instance_stats(&self) -> InstanceStats {
+        self.inner.instances.stats()
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
@@ -188,7 +249,11 @@ impl Host {
             .instantiate_pre(&compiled.component)
             .map_err(|e| LoadError::UnsatisfiedImports { path: origin.to_owned(), reason: format!("{e:#}") })?;
         let (tool_indices, stateful_indices) = tool::locate_exports(origin, self.inner.engine.wasmtime(), &pre)?;
-        let kind = if stateful_indices.is_some() { ToolKind::Stateful } else { ToolKind::Plain };
+        let kind = match (&stateful_indices, tool::declares_stateless(self.inner.engine.wasmtime(), &pre)) {
+            (Some(_), _) => ToolKind::Stateful,
+            (None, true) => ToolKind::Stateless,
+            (None, false) => ToolKind::Plain,
+        };
         let blueprint = Blueprint { pre, tool_indices, stateful_indices, digest: compiled.digest.clone() };
 
         // `describe` runs in a throwaway instance that is granted nothing.

@@ -404,12 +404,12 @@ impl Instance {
         &mut self,
         engine: &Engine,
         tool: &Tool,
-        bytes: Vec<u8>,
+        bytes: &[u8],
     ) -> Result<Result<(), String>, CallError> {
         let Some(stateful) = self.stateful.clone() else { return Ok(Err("the tool exports no restore".into())) };
         let limits = tool.grants.limits;
         self.arm(engine, &limits);
-        stateful.call_restore(&mut self.store, &bytes).await.map_err(|e| classify(e, tool.name(), &limits))
+        stateful.call_restore(&mut self.store, bytes).await.map_err(|e| classify(e, tool.name(), &limits))
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod agent;
 mod bindings;
+pub mod budget;
 pub mod capability;
 mod charges;
 pub mod engine;
@@ -31,9 +32,10 @@ pub mod store;
 pub mod tool;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentOutcome, Goal, Stop, Task, ToolCalling};
+pub use budget::{InstanceBudget, InstanceStats};
 pub use engine::{CacheError, CacheStatus, EngineConfig, Limits};
 pub use error::{CallError, HostError, HostResource, LoadError, SessionError, ToolFailure, TrapKind};
-pub use host::{Host, HostConfig, SessionDetails};
+pub use host::{Host, HostConfig, ReplayLength, SessionDetails};
 pub use journal::{JournalEntry, RandomState};
 pub use lease::LeaseConfig;
 pub use model::{LocalModel, ModelProvider, ModelRouter, ModelsConfig};

@@ -1,28 +1,34 @@
-//! A session: the unit of isolation and of durability. It owns one instance per tool it has
+//! A session: the unit of isolation and of durability. It has one instance per tool it has
 //! called (created on first use, never shared with another session), and every call is a
 //! step that commits atomically to the store: its input and output, its journal, its state
 //! writes and the tool's snapshot.
 //!
-//! An instance that is not live (after a restart, a trap, or in a fork) is rebuilt on the
-//! next call: the latest snapshot is restored, then the tool's later steps are replayed from
-//! their journals, checking that each produces the recorded output.
+//! Idle instances are held by the host's live-instance budget ([`crate::budget`]), which may
+//! hibernate (drop) them to make room for others. An instance that is not live (hibernated,
+//! after a restart, a trap, or in a fork) is rebuilt on the next call: the latest snapshot is
+//! restored, then the tool's later steps are replayed from their journals, checking that
+//! each produces the recorded output. A tool declared stateless is never replayed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use crate::budget::{Live, Slot};
 use crate::error::{CallError, ToolFailure};
 use crate::host::Host;
 use crate::instance::{Instance, InstanceEnv};
 use crate::journal::{RandomState, StepInFlight, lock};
 use crate::lease::LeaseKeeper;
 use crate::store::{SessionRecord, StepCommit, StepOutcome, StepRecord, StoreError};
-use crate::tool::Tool;
+use crate::tool::{Tool, ToolKind};
 
 /// A sequence of steps with its own instances and state. Calls take `&mut self`: a session
 /// runs one step at a time, while many sessions run concurrently.
 pub struct Session {
     record: SessionRecord,
     host: Host,
-    instances: HashMap<String, Instance>,
+    /// This handle's place in the host's budget for each tool it has called. The instance
+    /// itself is in the budget while idle, and in the running call's hands while busy.
+    slots: HashMap<String, Slot>,
     /// Held while the session is open, when the host leases sessions.
     lease: Option<LeaseKeeper>,
     /// Whether the store may hold a pending journal for this session: true when opened (a
@@ -36,7 +42,7 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session")
             .field("id", &self.record.id)
             .field("last_step", &self.record.last_step)
-            .field("live_instances", &self.instances.keys().collect::<Vec<_>>())
+            .field("live_instances", &self.live_instances().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -59,6 +65,12 @@ pub struct Rebuild {
     pub replayed: u32,
     /// Instantiation, restore and replay together.
     pub elapsed: std::time::Duration,
+    /// Of `elapsed`: reading the snapshot (from the budget's cache or the store).
+    pub snapshot_read: std::time::Duration,
+    /// Of `elapsed`: the guest's `restore` of the snapshot.
+    pub restore: std::time::Duration,
+    /// Of `elapsed`: reading the steps to replay and replaying them.
+    pub replay: std::time::Duration,
 }
 
 impl Default for SnapshotPolicy {
@@ -69,7 +81,15 @@ impl Default for SnapshotPolicy {
 
 impl Session {
     pub(crate) fn new(record: SessionRecord, host: Host) -> Self {
-        Self { record, host, instances: HashMap::new(), lease: None, pending_possible: true }
+        Self { record, host, slots: HashMap::new(), lease: None, pending_possible: true }
+    }
+
+    /// Drops every instance of this session (they ran ahead of, or lost, the store).
+    fn drop_instances(&mut self) {
+        let budget = self.host.live_budget();
+        for slot in self.slots.values() {
+            budget.forget(*slot);
+        }
     }
 
     pub(crate) fn with_lease(mut self, lease: Option<LeaseKeeper>) -> Self {
@@ -117,9 +137,10 @@ impl Session {
         self.record.forked_from.as_ref().map(|(id, at)| (id.as_str(), *at))
     }
 
-    /// Tools with a live instance in this session.
+    /// Tools with a live instance in this session (not hibernated).
     pub fn live_instances(&self) -> impl Iterator<Item = &str> {
-        self.instances.keys().map(String::as_str)
+        let budget = self.host.live_budget();
+        self.slots.iter().filter(|(_, slot)| budget.is_idle(**slot)).map(|(name, _)| name.as_str())
     }
 
     /// Calls `tool` with `input` as one durable step. The input is validated against the
@@ -135,10 +156,10 @@ impl Session {
         if let Some(lease) = &self.lease
             && let Err(e) = lease.ensure_valid().await
         {
-            self.instances.clear();
+            self.drop_instances();
             return Err(self.lease_lost(&name, e));
         }
-        self.ensure_instance(tool).await?;
+        let (mut instance, _) = self.check_out(tool).await?;
         let seq = self.record.last_step + 1;
         let store = self.host.store();
         let store_error = |e: StoreError| CallError::Store { tool: name.clone(), reason: e.to_string() };
@@ -150,7 +171,6 @@ impl Session {
         // From here until the commit, this step may leave a pending journal behind.
         self.pending_possible = true;
         let lease = self.lease_token();
-        let instance = self.instances.get_mut(&name).expect("ensured above");
         {
             let mut journal = lock(instance.journal());
             match pending {
@@ -169,7 +189,7 @@ impl Session {
         let engine = self.host.engine();
         let outcome = match instance.call(engine, tool, &input_text).await {
             Ok(outcome) => outcome,
-            Err(aborted) => return Err(self.abort(&name, aborted).await),
+            Err(aborted) => return Err(self.abort(&name, instance, aborted).await),
         };
         let finished = lock(instance.journal()).finish();
         let journal = match finished {
@@ -181,13 +201,13 @@ impl Session {
                     step: seq,
                     reason,
                 };
-                return Err(self.abort(&name, diverged).await);
+                return Err(self.abort(&name, instance, diverged).await);
             }
         };
         let (output, step_outcome) = match outcome {
             Ok(text) => match check_output(tool, &text) {
                 Ok(value) => (Ok(value), StepOutcome::Output(text)),
-                Err(invalid) => return Err(self.abort(&name, invalid).await),
+                Err(invalid) => return Err(self.abort(&name, instance, invalid).await),
             },
             Err(failure) => {
                 (Err(CallError::Tool { tool: name.clone(), failure: failure.clone() }), StepOutcome::Failed(failure))
@@ -196,7 +216,7 @@ impl Session {
 
         let files = match instance.workspace().map(|w| w.stage_for(&name)).transpose() {
             Ok(files) => files.unwrap_or_default(),
-            Err(over) => return Err(self.abort(&name, over).await),
+            Err(over) => return Err(self.abort(&name, instance, over).await),
         };
         let writes = instance.state().take_writes();
         let random = instance.random_state();
@@ -205,11 +225,14 @@ impl Session {
         let snapshot = if instance.is_stateful() && instance.steps_since_snapshot >= policy.every {
             match instance.snapshot(engine, tool).await {
                 Ok(bytes) => bytes,
-                Err(aborted) => return Err(self.abort(&name, aborted).await),
+                Err(aborted) => return Err(self.abort(&name, instance, aborted).await),
             }
         } else {
             None
         };
+        let budget = self.host.live_budget();
+        // Kept for a rebuild after hibernation, so it need not read the store.
+        let cached: Option<Arc<[u8]>> = snapshot.as_deref().filter(|bytes| budget.caches(bytes.len())).map(Arc::from);
         let took_snapshot = snapshot.is_some();
         let commit = StepCommit {
             session: self.record.id.clone(),
@@ -239,20 +262,25 @@ impl Session {
                 e => store_error(e),
             };
             // The instance ran ahead of what is stored: it must be rebuilt from the store.
-            self.instances.clear();
+            drop(instance);
+            self.drop_instances();
             return Err(error);
         }
         // The commit deleted the step's pending journal with it.
         self.pending_possible = false;
         self.record.last_step = seq;
-        if let Some(instance) = self.instances.get_mut(&name) {
-            if took_snapshot {
-                instance.steps_since_snapshot = 0;
-            }
-            if let Some(workspace) = instance.workspace() {
-                workspace.committed();
+        let slot = self.slots[&name];
+        if took_snapshot {
+            instance.steps_since_snapshot = 0;
+            match cached {
+                Some(bytes) => budget.cache_snapshot(slot, seq, bytes),
+                None => budget.forget_snapshot(slot),
             }
         }
+        if let Some(workspace) = instance.workspace() {
+            workspace.committed();
+        }
+        budget.check_in(slot, instance);
         output
     }
 
@@ -291,7 +319,7 @@ impl Session {
         if let Err(e) = self.host.store().commit_step(commit).await {
             return Err(match e {
                 StoreError::Conflict { .. } => {
-                    self.instances.clear();
+                    self.drop_instances();
                     CallError::Conflict {
                         tool: actor.to_owned(),
                         session: self.record.id.clone(),
@@ -299,7 +327,7 @@ impl Session {
                     }
                 }
                 e @ StoreError::LeaseLost { .. } => {
-                    self.instances.clear();
+                    self.drop_instances();
                     self.lease_lost(actor, e)
                 }
                 e => CallError::Store { tool: actor.to_owned(), reason: e.to_string() },
@@ -311,9 +339,8 @@ impl Session {
 
     /// The session's committed steps after step `after`, in order.
     ///
-    /// The future holds no borrow of the session: a `Session` is `Send` but not `Sync` (its
-    /// instances are not), so a `&Session` held across an await would make callers' futures
-    /// (the agent loop's among them) non-`Send`.
+    /// The future holds no borrow of the session, so callers' futures (the agent loop's
+    /// among them) stay `Send` whatever `Session` holds.
     pub fn steps(&self, after: u64) -> impl Future<Output = Result<Vec<StepRecord>, StoreError>> + Send + 'static {
         let (store, id) = (self.host.store(), self.record.id.clone());
         async move { store.steps(&id, None, after).await }
@@ -327,16 +354,25 @@ impl Session {
     /// Starts (or rebuilds) this session's instance of `tool` now rather than on the next
     /// call, and says how; `None` if the instance was already live.
     pub async fn prewarm(&mut self, tool: &Tool) -> Result<Option<Rebuild>, CallError> {
-        self.ensure_instance(tool).await
+        let (live, rebuild) = self.check_out(tool).await?;
+        self.host.live_budget().check_in(self.slots[tool.name()], live);
+        Ok(rebuild)
     }
 
-    async fn ensure_instance(&mut self, tool: &Tool) -> Result<Option<Rebuild>, CallError> {
+    /// This session's instance of `tool` for a call: the idle one, or one rebuilt in a place
+    /// the budget admits (which may hibernate another session's idle instance).
+    async fn check_out(&mut self, tool: &Tool) -> Result<(Live, Option<Rebuild>), CallError> {
         let name = tool.name();
-        if self.instances.get(name).is_some_and(|i| i.digest != tool.digest()) {
-            self.instances.remove(name);
-        }
-        if self.instances.contains_key(name) {
-            return Ok(None);
+        let budget = self.host.live_budget();
+        let slot = match self.slots.get(name) {
+            Some(slot) => *slot,
+            None => *self.slots.entry(name.to_owned()).or_insert_with(|| budget.new_slot()),
+        };
+        match budget.check_out(slot) {
+            Some(live) if live.digest == tool.digest() => return Ok((live, None)),
+            // A reloaded tool: its snapshots may not suit the new component's restore.
+            Some(_) => budget.forget(slot),
+            None => {}
         }
         let engine = self.host.engine();
         if !wasmtime::Engine::same(tool.blueprint.pre.component().engine(), engine.wasmtime()) {
@@ -345,15 +381,20 @@ impl Session {
                 reason: "the tool was loaded by another host".into(),
             });
         }
-        let (instance, rebuild) = Rebuilder { record: &self.record, host: &self.host }.rebuild(tool).await?;
-        self.instances.insert(name.to_owned(), instance);
-        Ok(Some(rebuild))
+        let place = budget.admit().await.map_err(|busy| CallError::Busy {
+            tool: name.to_owned(),
+            limit: busy.limit,
+            waited: busy.waited,
+        })?;
+        let cached = budget.cached_snapshot(slot).filter(|(seq, _)| *seq <= self.record.last_step);
+        let (instance, rebuild) = Rebuilder { record: &self.record, host: &self.host, cached }.rebuild(tool).await?;
+        Ok((Live::new(instance, place), Some(rebuild)))
     }
 
     /// Drops the instance of `tool` with everything its aborted call did.
-    async fn abort(&mut self, tool: &str, why: CallError) -> CallError {
+    async fn abort(&mut self, tool: &str, instance: Live, why: CallError) -> CallError {
         tracing::warn!(session = %self.record.id, tool, error = %why, "call aborted; dropping the instance");
-        self.instances.remove(tool);
+        drop(instance);
         if self.lease.as_ref().is_some_and(LeaseKeeper::is_lost) {
             // The pending journal now belongs to the lease's new holder.
             return why;
@@ -379,6 +420,8 @@ impl Session {
 struct Rebuilder<'a> {
     record: &'a SessionRecord,
     host: &'a Host,
+    /// The session's latest snapshot of the tool, if the budget's cache holds it.
+    cached: Option<(u64, Arc<[u8]>)>,
 }
 
 impl Rebuilder<'_> {
@@ -398,7 +441,8 @@ impl Rebuilder<'_> {
     }
 
     /// A fresh instance brought to the session's last committed step: restore the newest
-    /// snapshot, then replay the tool's later steps.
+    /// snapshot, then replay the tool's later steps. A tool declared stateless is only
+    /// instantiated, its random streams put where its last step left them.
     async fn rebuild(&self, tool: &Tool) -> Result<(Instance, Rebuild), CallError> {
         let name = tool.name();
         let store = self.host.store();
@@ -406,31 +450,56 @@ impl Rebuilder<'_> {
         let store_error = |e: StoreError| CallError::Store { tool: name.to_owned(), reason: e.to_string() };
         let started = std::time::Instant::now();
         let mut instance = self.instantiate(tool).await?;
+        let zero = std::time::Duration::ZERO;
+        let fresh = |instance| {
+            let rebuild = Rebuild {
+                restored_from: None,
+                replayed: 0,
+                elapsed: started.elapsed(),
+                snapshot_read: zero,
+                restore: zero,
+                replay: zero,
+            };
+            Ok((instance, rebuild))
+        };
         if self.record.last_step == 0 {
-            return Ok((instance, Rebuild { restored_from: None, replayed: 0, elapsed: started.elapsed() }));
+            return fresh(instance);
         }
-
         // The tool's file history, when it has a workspace: files are restored as of the
         // step the rebuild starts from, and replay re-creates the later ones.
         let files = match instance.workspace() {
             Some(_) => Some(store.steps(id, Some(name), 0).await.map_err(store_error)?),
             None => None,
         };
-        let mut replay_after = 0;
+        if tool.kind() == ToolKind::Stateless {
+            if let Some(last) = store.last_step_of(id, name, self.record.last_step).await.map_err(store_error)? {
+                instance.seek_random(&last.random);
+            }
+            self.materialize(&mut instance, name, files.as_deref(), self.record.last_step).await?;
+            return fresh(instance);
+        }
+
+        let (mut replay_after, mut snapshot_read, mut restore) = (0, zero, zero);
+        let read_started = std::time::Instant::now();
         if instance.is_stateful()
-            && let Some((seq, bytes)) =
-                store.latest_snapshot(id, name, self.record.last_step).await.map_err(store_error)?
+            && let Some((seq, bytes)) = self.latest_snapshot(name).await.map_err(store_error)?
         {
+            snapshot_read = read_started.elapsed();
             self.materialize(&mut instance, name, files.as_deref(), seq).await?;
-            match instance.restore(self.host.engine(), tool, bytes).await? {
+            let restore_started = std::time::Instant::now();
+            let restored = instance.restore(self.host.engine(), tool, &bytes).await?;
+            restore = restore_started.elapsed();
+            match restored {
                 Ok(()) => replay_after = seq,
                 Err(reason) => {
                     tracing::warn!(session = %id, tool = name, step = seq, %reason,
                         "the tool refused its snapshot; rebuilding by full replay");
+                    drop(instance);
                     instance = self.instantiate(tool).await?;
                 }
             }
         }
+        let replay_started = std::time::Instant::now();
         let steps = store.steps(id, Some(name), replay_after.saturating_sub(1)).await.map_err(store_error)?;
         let mut steps = steps.into_iter().filter(|s| s.seq <= self.record.last_step).peekable();
         if replay_after > 0 {
@@ -441,9 +510,19 @@ impl Rebuilder<'_> {
             })?;
             instance.seek_random(&snapshot_step.random);
         }
+        let steps: Vec<StepRecord> = steps.collect();
+        let limit = tool.grants.limits.max_replay_steps;
+        if steps.len() as u64 > u64::from(limit) {
+            return Err(CallError::ReplayTooLong {
+                tool: name.to_owned(),
+                session: id.clone(),
+                steps: steps.len() as u64,
+                limit,
+            });
+        }
         let mut replayed = 0;
-        for step in steps {
-            self.replay_step(&mut instance, tool, &step).await?;
+        for step in &steps {
+            self.replay_step(&mut instance, tool, step).await?;
             replayed += 1;
         }
         instance.steps_since_snapshot = replayed;
@@ -456,8 +535,14 @@ impl Rebuilder<'_> {
                 reason,
             })?;
         }
-        let rebuild =
-            Rebuild { restored_from: (replay_after > 0).then_some(replay_after), replayed, elapsed: started.elapsed() };
+        let rebuild = Rebuild {
+            restored_from: (replay_after > 0).then_some(replay_after),
+            replayed,
+            elapsed: started.elapsed(),
+            snapshot_read,
+            restore,
+            replay: replay_started.elapsed(),
+        };
         tracing::debug!(session = %id, tool = name, ?rebuild, "rebuilt instance");
         Ok((instance, rebuild))
     }
@@ -474,6 +559,16 @@ impl Rebuilder<'_> {
         let store = self.host.store();
         let materialized = workspace.materialize(store.as_ref(), workspace_at(history, at)).await;
         materialized.map_err(|e| CallError::Store { tool: tool.to_owned(), reason: e.to_string() })
+    }
+
+    /// The newest snapshot of `tool` at or before the last committed step: from the budget's
+    /// cache when it holds it, else from the store.
+    async fn latest_snapshot(&self, tool: &str) -> Result<Option<(u64, Arc<[u8]>)>, StoreError> {
+        if let Some(cached) = &self.cached {
+            return Ok(Some(cached.clone()));
+        }
+        let stored = self.host.store().latest_snapshot(&self.record.id, tool, self.record.last_step).await?;
+        Ok(stored.map(|(seq, bytes)| (seq, Arc::from(bytes))))
     }
 
     /// Re-runs a committed step against its journal and checks it ends the same way.
@@ -567,6 +662,13 @@ fn check_output(tool: &Tool, text: &str) -> Result<serde_json::Value, CallError>
         reason: format!("does not match the output schema: {}", errors.join("; ")),
     })?;
     Ok(value)
+}
+
+impl Drop for Session {
+    /// Frees this handle's places in the budget: nothing else can reach its instances now.
+    fn drop(&mut self) {
+        self.drop_instances();
+    }
 }
 
 /// Embedders spawn sessions on tokio's multi-threaded runtime: their futures must be `Send`.

@@ -16,6 +16,8 @@ use crate::policy::{Access, CapabilityRow, ToolGrants};
 pub(crate) const TOOL_EXPORT: &str = "toolhost:tool/tool@0.1.0";
 /// The export of tools whose state the host snapshots.
 pub(crate) const STATEFUL_EXPORT: &str = "toolhost:tool/stateful@0.1.0";
+/// The export by which a tool declares it keeps no in-memory state between calls.
+pub(crate) const STATELESS_EXPORT: &str = "toolhost:tool/stateless@0.1.0";
 
 /// Longest tool name.
 const MAX_NAME_CHARS: usize = 64;
@@ -55,14 +57,17 @@ pub struct Descriptor {
     pub capabilities: Capabilities,
 }
 
-/// Whether the host can snapshot the tool's in-memory state.
+/// How the host brings a tool's instance back after a restart or hibernation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ToolKind {
-    /// Exports only `tool`: stateless, or rebuilt by replaying its steps.
+    /// Exports only `tool`: rebuilt by replaying its steps (bounded by `max_replay_steps`).
     Plain,
-    /// Also exports `stateful` (snapshot/restore).
+    /// Also exports `stateful` (snapshot/restore): restored, then the steps since replayed.
     Stateful,
+    /// Exports `stateless`, declaring it keeps no in-memory state: a fresh instance is
+    /// used as it is, never replayed.
+    Stateless,
 }
 
 /// A tool, compiled and linked, shared by every session that uses it.
@@ -225,6 +230,14 @@ pub(crate) fn locate_exports(
         None
     };
     Ok((tool_indices, stateful_indices))
+}
+
+/// Whether the component exports the `stateless` declaration.
+pub(crate) fn declares_stateless(engine: &wasmtime::Engine, pre: &InstancePre<InstanceState>) -> bool {
+    pre.component()
+        .component_type()
+        .exports(engine)
+        .any(|(name, item)| name == STATELESS_EXPORT && matches!(item.ty, ComponentItem::ComponentInstance(_)))
 }
 
 fn access(a: wit::Access) -> Access {

@@ -141,6 +141,43 @@ macro_rules! export_stateful_tool {
     };
 }
 
+/// Exports a [`Tool`] that keeps no in-memory state between calls (the `stateless-tool`
+/// world): the host never replays its steps to rebuild it, so resuming costs the same
+/// whatever the session's history. Declare it only if every call's result depends on its
+/// input and host calls alone; a tool whose fields carry data from call to call must use
+/// [`export_tool!`] (replayed) or [`export_stateful_tool!`] (snapshotted).
+#[macro_export]
+macro_rules! export_stateless_tool {
+    ($tool:ty) => {
+        $crate::__export_tool_core!($tool);
+
+        #[doc(hidden)]
+        mod __toolhost_stateless {
+            // The WIT text must stay identical to `interface stateless` in wit/tool.wit (a
+            // test checks).
+            $crate::__private::wit_bindgen::generate!({
+                inline: "package toolhost:tool@0.1.0;
+                    interface stateless {
+                        declare-stateless: func();
+                    }
+                    world stateless-exports {
+                        export stateless;
+                    }",
+                world: "stateless-exports",
+                runtime_path: "::toolhost_guest::__private::wit_bindgen::rt",
+            });
+
+            struct Declaration;
+
+            impl exports::toolhost::tool::stateless::Guest for Declaration {
+                fn declare_stateless() {}
+            }
+
+            export!(Declaration);
+        }
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_tool_core {
@@ -174,22 +211,29 @@ macro_rules! __export_tool_core {
 
 #[cfg(test)]
 mod tests {
-    /// The stateful world inlined in `export_stateful_tool!` must match wit/tool.wit.
-    #[test]
-    fn inline_stateful_interface_matches_wit() {
-        fn normalize(text: &str) -> String {
-            text.lines()
-                .map(|l| l.split("//").next().unwrap_or("").trim())
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
+    fn normalize(text: &str) -> String {
+        text.lines()
+            .map(|l| l.split("//").next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// `interface <name>` of wit/tool.wit, normalized, must appear in this file's macros.
+    fn assert_inlined(name: &str) {
         let wit = include_str!("../../wit/tool.wit");
-        let start = wit.find("interface stateful {").expect("wit has interface stateful");
+        let header = format!("interface {name} {{");
+        let start = wit.find(&header).unwrap_or_else(|| panic!("wit has interface {name}"));
         let end = start + wit[start..].find("\n}").expect("interface closes") + 2;
         let canonical = normalize(&wit[start..end]);
-        let macro_source = include_str!("tool.rs");
-        let inline = normalize(macro_source);
-        assert!(inline.contains(&canonical), "export_stateful_tool! WIT drifted from wit/tool.wit:\n{canonical}");
+        let inline = normalize(include_str!("tool.rs"));
+        assert!(inline.contains(&canonical), "the inlined `{name}` WIT drifted from wit/tool.wit:\n{canonical}");
+    }
+
+    /// The worlds inlined in `export_stateful_tool!` and `export_stateless_tool!` must match wit/tool.wit.
+    #[test]
+    fn inline_interfaces_match_wit() {
+        assert_inlined("stateful");
+        assert_inlined("stateless");
     }
 }

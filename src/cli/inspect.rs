@@ -150,6 +150,7 @@ fn render(tool: &Tool) -> String {
     let kind = match tool.kind() {
         toolhost::ToolKind::Plain => "plain (no snapshots)",
         toolhost::ToolKind::Stateful => "stateful (snapshot/restore)",
+        toolhost::ToolKind::Stateless => "stateless (declared; never replayed)",
     };
     let _ = writeln!(out, "{} {}\n  {}\n", d.name, d.version, d.description);
     let _ = writeln!(out, "kind:    {kind}");

@@ -113,15 +113,31 @@ fn init_tracing(verbose: u8) {
 struct CliHostConfig {
     engine: EngineConfig,
     store: Option<StoreUrl>,
+    /// The live-instance budget (`--live-instances`); `None`: the engine's `max_instances`.
+    live_instances: Option<u32>,
 }
 
 fn cli_host_config(cache_dir: Option<PathBuf>, no_cache: bool, store: Option<StoreUrl>) -> CliHostConfig {
     let cache_dir = if no_cache { None } else { cache_dir.or_else(EngineConfig::default_cache_dir) };
     // One-shot commands need few instance slots; a small pool starts faster.
-    CliHostConfig { engine: EngineConfig { cache_dir, max_instances: 16, ..EngineConfig::default() }, store }
+    CliHostConfig {
+        engine: EngineConfig { cache_dir, max_instances: 16, ..EngineConfig::default() },
+        store,
+        live_instances: None,
+    }
 }
 
 impl CliHostConfig {
+    /// This configuration with a budget of `live` instances (`--live-instances`), the
+    /// engine's pool sized to hold them.
+    fn with_live_instances(&self, live: Option<u32>) -> Self {
+        let mut engine = self.engine.clone();
+        if let Some(live) = live {
+            engine.max_instances = engine.max_instances.max(live);
+        }
+        Self { engine, store: self.store.clone(), live_instances: live.or(self.live_instances) }
+    }
+
     async fn host(&self, policy: Policy) -> anyhow::Result<Host> {
         self.host_with(HostConfig { policy, ..HostConfig::default() }).await
     }
@@ -137,6 +153,7 @@ impl CliHostConfig {
     /// A host with `config`'s policy and models, and this command line's engine and store.
     async fn host_with(&self, config: HostConfig) -> anyhow::Result<Host> {
         let mut config = HostConfig { engine: self.engine.clone(), ..config };
+        config.instances.live = self.live_instances;
         Ok(match &self.store {
             Some(url) => {
                 // A shared store may have other hosts on it: lease the sessions this one runs.

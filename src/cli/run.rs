@@ -25,6 +25,10 @@ pub struct Args {
     /// Start the run as a session with this id (default: a random one)
     #[arg(long, value_name = "SESSION", conflicts_with = "resume")]
     session: Option<String>,
+    /// Tool instances kept alive at once; past it the least recently used idle one is
+    /// hibernated and rebuilt on its next call [default: 16]
+    #[arg(long, value_name = "N")]
+    live_instances: Option<u32>,
 }
 
 /// An agent file. Relative paths are relative to the file.
@@ -110,6 +114,7 @@ async fn drive(
         models.aliases.extend(local_config.aliases);
     }
     let router = ModelRouter::from_config(&models).context("the agent file's model configuration")?;
+    let config = config.with_live_instances(args.live_instances);
     let host = config.host_with(HostConfig { policy, models: Some(Arc::new(router)), ..HostConfig::default() }).await?;
     let mut tools = Vec::new();
     for path in &file.tools {

@@ -54,6 +54,11 @@ pub struct Args {
     /// another server on a shared store can serve their handles
     #[arg(long, default_value_t = 300)]
     idle_session_secs: u64,
+    /// Tool instances kept alive across all sessions; past it the least recently used idle
+    /// one is hibernated (its session stays open and rebuilds on its next call)
+    /// [default: enough for every live session]
+    #[arg(long, value_name = "N")]
+    live_instances: Option<u32>,
 }
 
 /// The .wasm files named by `paths`: files as given, folders' `*.wasm` in name order.
@@ -94,9 +99,11 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
     };
     let files = tool_files(&args.tools)?;
     // Each live session holds an instance per tool it used; leave room for them all.
-    let mut config = CliHostConfig { engine: config.engine.clone(), store: config.store.clone() };
-    let wanted = (limits.max_live_sessions + limits.max_concurrent_calls) * files.len() + 8;
-    config.engine.max_instances = config.engine.max_instances.max(u32::try_from(wanted).unwrap_or(u32::MAX));
+    let mut config = config.with_live_instances(args.live_instances);
+    if args.live_instances.is_none() {
+        let wanted = (limits.max_live_sessions + limits.max_concurrent_calls) * files.len() + 8;
+        config.engine.max_instances = config.engine.max_instances.max(u32::try_from(wanted).unwrap_or(u32::MAX));
+    }
     let host = config.host(policy).await?;
     let mut tools = Vec::with_capacity(files.len());
     for file in &files {

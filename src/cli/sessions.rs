@@ -101,6 +101,11 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
                         (tool.clone(), serde_json::Value::Array(files))
                     })
                     .collect();
+                let replay: Vec<_> = d
+                    .replay_lengths()
+                    .iter()
+                    .map(|r| serde_json::json!({"tool": r.tool, "snapshot": r.snapshot, "steps": r.steps}))
+                    .collect();
                 let report = serde_json::json!({
                     "id": d.record.id,
                     "last_step": d.record.last_step,
@@ -109,6 +114,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
                     "state_keys": d.state_keys,
                     "workspace": workspaces,
                     "snapshots": snapshots,
+                    "replay": replay,
                     "stored_bytes": {"steps": d.storage.step_bytes, "snapshots_logical": d.storage.snapshot_bytes},
                 });
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -148,6 +154,11 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
                 println!("\nsnapshots:");
                 for s in &d.snapshots {
                     println!("  {:<12} after step {:>4}: {} bytes in {} chunks", s.tool, s.seq, s.bytes, s.chunks);
+                }
+                println!("\nreplay on resume (steps after the latest snapshot; none for a tool declared stateless):");
+                for r in d.replay_lengths() {
+                    let from = r.snapshot.map_or("no snapshot".into(), |at| format!("snapshot of step {at}"));
+                    println!("  {:<12} {from}, {} steps to replay", r.tool, r.steps);
                 }
                 println!(
                     "\nstored: {} bytes of steps, {} bytes of snapshots (logical)",

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Limits on one tool call. Each tool gets [`Limits::default`] unless its grants say otherwise.
 /// In a policy file: `memory_mib`, `cpu_time_ms`, `wall_time_ms`, `fuel`, `max_output_bytes`,
 /// `max_error_bytes`, `max_snapshot_bytes`, `max_log_bytes_per_step`, `max_journal_bytes`,
-/// `max_handles`, `max_audit_events_per_step`.
+/// `max_handles`, `max_audit_events_per_step`, `max_replay_steps`.
 ///
 /// The `max_*` bounds beyond the output charge the call for what it makes the *host* hold or
 /// do (guest memory is bounded by `memory_mib`): passing one ends the call with
@@ -42,6 +42,10 @@ pub struct Limits {
     pub max_handles: usize,
     /// Capability decisions one step may add to the audit trail (each refusal is one).
     pub max_audit_events_per_step: u32,
+    /// Steps a rebuild of a plain tool's instance may replay (after a restart or
+    /// hibernation); past it the call fails with [`crate::CallError::ReplayTooLong`]. A
+    /// stateful tool replays only the steps since its last snapshot; a stateless one none.
+    pub max_replay_steps: u32,
     /// Wasm fuel one call may burn (about one unit per instruction): a deterministic bound
     /// on work, unlike `cpu_time`. `None`: unmetered. The engine meters fuel only if some
     /// tool's limits set it.
@@ -62,6 +66,7 @@ impl Default for Limits {
             max_journal_bytes: 16 << 20,
             max_handles: 1024,
             max_audit_events_per_step: 256,
+            max_replay_steps: 10_000,
             fuel: None,
         }
     }

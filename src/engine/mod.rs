@@ -37,6 +37,8 @@ pub struct EngineConfig {
     /// every slot is in use, further instantiations fail with a typed error.
     pub pooling: bool,
     /// Instances that can be alive at once with pooling (one per session and tool in use).
+    /// The host's live-instance budget ([`crate::HostConfig::live_instances`]) defaults to
+    /// it and may not exceed it with pooling.
     pub max_instances: u32,
     /// The largest memory any tool may be granted; per-tool caps are in [`Limits`].
     pub max_memory_bytes: u64,
@@ -110,8 +112,11 @@ impl Engine {
             .consume_fuel(config.consume_fuel)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
         if config.pooling {
+            // Every pool dimension follows `max_instances`: a live store keeps its async
+            // fiber stack cached, so stacks bound live instances as much as memories do.
             let mut pool = wasmtime::PoolingAllocationConfig::default();
             pool.total_component_instances(config.max_instances)
+                .total_stacks(config.max_instances)
                 .total_core_instances(config.max_instances.saturating_mul(8))
                 .total_memories(config.max_instances.saturating_mul(2))
                 .total_tables(config.max_instances.saturating_mul(4))

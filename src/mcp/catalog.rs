@@ -192,6 +192,8 @@ pub(crate) fn failure(handle: Option<&str>, error: &CallError) -> CallToolResult
         CallError::Instantiate { .. } => "instantiate",
         CallError::Store { .. } => "store",
         CallError::ReplayDiverged { .. } => "replay-diverged",
+        CallError::ReplayTooLong { .. } => "replay-too-long",
+        CallError::Busy { .. } => "busy",
         CallError::Conflict { .. } => "conflict",
         CallError::LeaseLost { .. } => "lease-lost",
     };

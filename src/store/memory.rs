@@ -368,6 +368,13 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn last_step_of(&self, session: &str, tool: &str, at: u64) -> Result<Option<StepRecord>, StoreError> {
+        let inner = self.lock();
+        let Some(entry) = inner.sessions.get(session) else { return Ok(None) };
+        let upto = entry.steps.partition_point(|s| s.record.seq <= at);
+        Ok(entry.steps[..upto].iter().rev().find(|s| s.record.tool == tool).map(|s| s.record.clone()))
+    }
+
     async fn latest_snapshot(&self, session: &str, tool: &str, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let inner = self.lock();
         let Some(entry) = inner.sessions.get(session) else { return Ok(None) };

@@ -249,6 +249,12 @@ pub trait Store: Send + Sync + 'static {
     async fn commit_step(&self, commit: StepCommit) -> Result<(), StoreError>;
     /// Steps of `session` after `after`, optionally of one tool, in order.
     async fn steps(&self, session: &str, tool: Option<&str>, after: u64) -> Result<Vec<StepRecord>, StoreError>;
+    /// The last step of `tool` at or before step `at`: where a stateless tool's random
+    /// streams resume. Override with an indexed read; the default reads every step.
+    async fn last_step_of(&self, session: &str, tool: &str, at: u64) -> Result<Option<StepRecord>, StoreError> {
+        let steps = self.steps(session, Some(tool), 0).await?;
+        Ok(steps.into_iter().rev().find(|s| s.seq <= at))
+    }
     /// The newest snapshot of `tool` taken at or before step `at`, with its bytes.
     async fn latest_snapshot(&self, session: &str, tool: &str, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
     async fn snapshots(&self, session: &str) -> Result<Vec<SnapshotInfo>, StoreError>;

@@ -759,24 +759,20 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_error)?;
         let rows = client.query(&stmt, &[&session, &(after as i64), &tool]).await.map_err(pg_error)?;
-        rows.iter()
-            .map(|r| {
-                let journal: Option<&[u8]> = r.get(5);
-                let files: Option<&[u8]> = r.get(9);
-                Ok(StepRecord {
-                    seq: r.get::<_, i64>(0) as u64,
-                    tool: r.get(1),
-                    digest: r.get(2),
-                    input: r.get(3),
-                    outcome: decode(r.get(4), "step outcome")?,
-                    journal: journal.map(|j| decode(j, "step journal")).transpose()?.unwrap_or_default(),
-                    writes: decode(r.get(6), "step writes")?,
-                    random: decode(r.get(7), "step random position")?,
-                    committed_at_ms: r.get(8),
-                    files: files.map(|f| decode(f, "step files")).transpose()?.unwrap_or_default(),
-                })
-            })
-            .collect()
+        rows.iter().map(step_from_row).collect()
+    }
+
+    async fn last_step_of(&self, session: &str, tool: &str, at: u64) -> Result<Option<StepRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms, files FROM steps
+                 WHERE session = $1 AND tool = $2 AND seq <= $3 ORDER BY seq DESC LIMIT 1",
+            )
+            .await
+            .map_err(pg_error)?;
+        let row = client.query_opt(&stmt, &[&session, &tool, &(at as i64)]).await.map_err(pg_error)?;
+        row.as_ref().map(step_from_row).transpose()
     }
 
     async fn latest_snapshot(&self, session: &str, tool: &str, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
@@ -978,4 +974,23 @@ impl Store for PostgresStore {
             })
             .collect())
     }
+}
+
+/// A step as `SELECT seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms, files`
+/// reads it.
+fn step_from_row(r: &tokio_postgres::Row) -> Result<StepRecord, StoreError> {
+    let journal: Option<&[u8]> = r.get(5);
+    let files: Option<&[u8]> = r.get(9);
+    Ok(StepRecord {
+        seq: r.get::<_, i64>(0) as u64,
+        tool: r.get(1),
+        digest: r.get(2),
+        input: r.get(3),
+        outcome: decode(r.get(4), "step outcome")?,
+        journal: journal.map(|j| decode(j, "step journal")).transpose()?.unwrap_or_default(),
+        writes: decode(r.get(6), "step writes")?,
+        random: decode(r.get(7), "step random position")?,
+        committed_at_ms: r.get(8),
+        files: files.map(|f| decode(f, "step files")).transpose()?.unwrap_or_default(),
+    })
 }

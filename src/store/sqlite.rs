@@ -805,6 +805,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn last_step_of(&self, session: &str, tool: &str, at: u64) -> Result<Option<StepRecord>, StoreError> {
+        let (session, tool) = (session.to_owned(), tool.to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, tool, digest, input, outcome, journal, writes, random, committed_at_ms, files FROM steps
+                     WHERE session = ?1 AND tool = ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT 1",
+                )
+                .map_err(backend)?;
+            let row = stmt.query_row(params![session, tool, at as i64], StepRow::read).optional().map_err(backend)?;
+            row.map(StepRow::decode).transpose()
+        })
+        .await
+    }
+
     async fn latest_snapshot(&self, session: &str, tool: &str, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let (session, tool) = (session.to_owned(), tool.to_owned());
         self.read(move |conn| {
@@ -821,11 +836,16 @@ impl Store for SqliteStore {
             let mut bytes = Vec::with_capacity(size as usize);
             let mut stmt = conn.prepare_cached("SELECT data FROM chunks WHERE hash = ?1").map_err(backend)?;
             for hash in hashes.chunks(32) {
-                let data: Vec<u8> =
-                    stmt.query_row([hash], |r| r.get(0)).optional().map_err(backend)?.ok_or_else(|| {
-                        StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} misses a chunk"))
-                    })?;
-                bytes.extend_from_slice(&data);
+                // Copied from SQLite's row straight into the snapshot: no buffer per chunk.
+                let found = stmt
+                    .query_row([hash], |r| {
+                        bytes.extend_from_slice(r.get_ref(0)?.as_blob()?);
+                        Ok(())
+                    })
+                    .optional()
+                    .map_err(backend)?;
+                found
+                    .ok_or_else(|| StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} misses a chunk")))?;
             }
             if bytes.len() as i64 != size {
                 return Err(StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} has the wrong size")));

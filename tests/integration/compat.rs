@@ -67,6 +67,7 @@ fn host_on(store: Arc<dyn toolhost::Store>, snapshots: SnapshotPolicy) -> Host {
         snapshots,
         models: Some(Arc::new(EchoModel)),
         leases: None,
+        ..HostConfig::default()
     };
     Host::with_store(config, store).unwrap()
 }

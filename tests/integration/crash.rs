@@ -158,6 +158,7 @@ fn host(store: Arc<dyn Store>, cache: &Path, models: Arc<dyn ModelProvider>, eff
         snapshots: SnapshotPolicy { every: 2, keep: 2 },
         models: Some(models),
         leases: None,
+        ..HostConfig::default()
     };
     Host::with_store(config, store).unwrap()
 }

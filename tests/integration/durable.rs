@@ -53,6 +53,7 @@ async fn host_on(db: &TestStore, snapshots: SnapshotPolicy, models: Option<Arc<C
         snapshots,
         models: models.map(|m| m as Arc<dyn ModelProvider>),
         leases: None,
+        ..HostConfig::default()
     };
     Host::with_store(config, store).unwrap()
 }

@@ -27,6 +27,7 @@ mod policy;
 mod policy_fuzz;
 mod provider_fuzz;
 mod replay_inputs;
+mod scale;
 mod snapshots;
 mod state;
 mod support;

@@ -46,8 +46,8 @@ fn host(
     models: Option<Arc<dyn ModelProvider>>,
 ) -> Host {
     let engine = EngineConfig { cache_dir: Some(cache.into()), max_instances: 64, ..EngineConfig::default() };
-    let config =
-        HostConfig { engine, policy: policy(), snapshots: SnapshotPolicy { every: 2, keep: 2 }, models, leases };
+    let snapshots = SnapshotPolicy { every: 2, keep: 2 };
+    let config = HostConfig { engine, policy: policy(), snapshots, models, leases, ..HostConfig::default() };
     Host::with_store(config, store).unwrap()
 }
 

@@ -12,7 +12,7 @@ async fn calculator_describes_itself_and_evaluates() {
     let d = calculator.descriptor();
     assert_eq!(d.name, "calculator");
     assert_eq!(d.version, "0.1.0");
-    assert_eq!(calculator.kind(), ToolKind::Plain);
+    assert_eq!(calculator.kind(), ToolKind::Stateless);
     assert_eq!(d.input_schema["required"], json!(["expression"]));
     assert!(d.capabilities.state.is_empty() && d.capabilities.models.is_empty());
     assert_eq!(calculator.digest().len(), 64);

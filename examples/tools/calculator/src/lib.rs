@@ -1,11 +1,11 @@
-//! A stateless tool: evaluates an arithmetic expression.
+//! A stateless tool (declared, so the host never replays it): evaluates an arithmetic expression.
 //!
 //! `{"expression": "2 * (3 + 4) ^ 2"}` -> `{"value": 98.0}`
 
 mod eval;
 
 use serde::{Deserialize, Serialize};
-use toolhost_guest::{JsonSchema, Tool, ToolError, export_tool};
+use toolhost_guest::{JsonSchema, Tool, ToolError, export_stateless_tool};
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -36,7 +36,7 @@ impl Tool for Calculator {
     }
 }
 
-export_tool!(Calculator);
+export_stateless_tool!(Calculator);
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,308 @@
+//! Scale benchmark: what an open session costs on one host, how fast a hibernated session
+//! comes back, and how resume cost depends on history. Each figure comes with a baseline
+//! measured in the same run. Prints tables.
+//!
+//!     cargo bench --bench scale
+//!
+//! RSS is the process's `VmRSS`, so the figures include the in-memory store's copy of every
+//! session's steps, state and snapshots; the per-session row subtracts a baseline of the same
+//! sessions created without any call.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use toolhost::store::Durability;
+use toolhost::{
+    EngineConfig, Host, HostConfig, InstanceBudget, Limits, MemoryStore, Policy, Session, SnapshotPolicy, SqliteStore,
+    Store, Tool,
+};
+
+#[path = "support/stats.rs"]
+mod support;
+
+use support::{Stats, stats};
+
+const OPEN_SESSIONS: usize = 100_000;
+const LIVE: u32 = 1_000;
+const REACTIVATIONS: usize = 2_000;
+const RESUMES: usize = 20;
+const HISTORIES: [u64; 3] = [10, 1_000, 100_000];
+const SNAPSHOT_BYTES: usize = 1 << 20;
+const REPLAYED_STEPS: usize = 10;
+
+fn vm_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).expect("kB") * 1024
+}
+
+fn host(store: Arc<dyn Store>, cache: &Path, live: u32, policy: Policy, snapshots: SnapshotPolicy) -> Host {
+    let engine = EngineConfig { cache_dir: Some(cache.into()), max_instances: live + 8, ..EngineConfig::default() };
+    let instances = InstanceBudget { live: Some(live), ..InstanceBudget::default() };
+    Host::with_store(HostConfig { engine, policy, snapshots, instances, ..HostConfig::default() }, store).unwrap()
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+fn us(d: Duration) -> String {
+    if d >= Duration::from_millis(10) {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.1} us", d.as_secs_f64() * 1e6)
+    }
+}
+
+/// 100,000 sessions opened and called once each (then idle), 1,000 instances live.
+async fn open_sessions(paths: &Paths, cache: &Path) {
+    println!("\n{OPEN_SESSIONS} open sessions, {LIVE} live instances (calculator, memory store)\n");
+    println!("| {:<52} | {:>10} | {:>12} | {:>14} |", "what", "time", "RSS added", "per session");
+    println!("|{:-<54}|{:-<12}|{:-<14}|{:-<16}|", "", "", "", "");
+    // Baseline: the same number of sessions created, never called (store record + handle).
+    let rss_start = vm_rss();
+    let h = host(Arc::new(MemoryStore::new()), cache, LIVE, Policy::deny_all(), SnapshotPolicy::default());
+    let started = Instant::now();
+    let mut bare: Vec<Session> = Vec::with_capacity(OPEN_SESSIONS);
+    for _ in 0..OPEN_SESSIONS {
+        bare.push(h.new_session().await.unwrap());
+    }
+    let bare_time = started.elapsed();
+    let bare_rss = vm_rss().saturating_sub(rss_start);
+    let line = |what: &str, time: Duration, rss: u64| {
+        println!(
+            "| {what:<52} | {:>10} | {:>8.1} MiB | {:>10.2} KiB |",
+            us(time),
+            mib(rss),
+            rss as f64 / 1024.0 / OPEN_SESSIONS as f64
+        );
+    };
+    line("sessions created, no call (baseline)", bare_time, bare_rss);
+    drop(bare);
+    drop(h);
+
+    let rss_start = vm_rss();
+    let h = host(Arc::new(MemoryStore::new()), cache, LIVE, Policy::deny_all(), SnapshotPolicy::default());
+    let calculator = h.load_tool(&paths.calculator).await.unwrap();
+    let started = Instant::now();
+    let mut sessions: Vec<Session> = Vec::with_capacity(OPEN_SESSIONS);
+    for i in 0..OPEN_SESSIONS {
+        let mut session = h.new_session().await.unwrap();
+        session.call(&calculator, &json!({"expression": format!("{i} + 1")})).await.unwrap();
+        sessions.push(session);
+    }
+    let time = started.elapsed();
+    let rss = vm_rss().saturating_sub(rss_start);
+    let stats = h.instance_stats();
+    line("sessions created + one call each, kept open", time, rss);
+    let hibernated = rss.saturating_sub(bare_rss + u64::from(LIVE) * 64 * 1024);
+    println!(
+        "\nhost RSS {:.0} MiB in all (target < 1 GiB); {} live, {} hibernated; a hibernated session adds \
+         ~{:.2} KiB over a bare one (step record in the store included; target <= 4 KiB)",
+        mib(vm_rss()),
+        stats.live,
+        stats.hibernated,
+        hibernated as f64 / 1024.0 / (OPEN_SESSIONS - LIVE as usize) as f64,
+    );
+    drop(sessions);
+    drop(h);
+}
+
+/// Live instances: RSS of 1,000 live instances against the same sessions hibernated.
+async fn live_instance_cost(paths: &Paths, cache: &Path) {
+    const N: usize = 1_000;
+    let h = host(Arc::new(MemoryStore::new()), cache, N as u32, Policy::deny_all(), SnapshotPolicy::default());
+    let calculator = h.load_tool(&paths.calculator).await.unwrap();
+    let mut sessions = Vec::with_capacity(N);
+    for _ in 0..N {
+        sessions.push(h.new_session().await.unwrap());
+    }
+    let before = vm_rss();
+    for (i, s) in sessions.iter_mut().enumerate() {
+        s.call(&calculator, &json!({"expression": format!("{i}")})).await.unwrap();
+    }
+    let after = vm_rss();
+    let per = after.saturating_sub(before) as f64 / 1024.0 / N as f64;
+    println!(
+        "\nper live instance (calculator, first call + step record included): {per:.1} KiB of host RSS \
+         (target <= 64 KiB beyond the guest's own pages)"
+    );
+}
+
+/// A hibernated stateful session's next call, snapshot in the cache, against a warm call.
+async fn reactivation(paths: &Paths, cache: &Path) {
+    let h = host(Arc::new(MemoryStore::new()), cache, 1, Policy::grant_requested(), SnapshotPolicy::default());
+    let notes = h.load_tool(&paths.notes).await.unwrap();
+    let add = |n: usize| json!({"op": "add", "title": format!("note {n}"), "body": "a body of a few words"});
+    let mut warm_session = h.new_session().await.unwrap();
+    let mut warm = Vec::with_capacity(REACTIVATIONS);
+    for n in 0..REACTIVATIONS + 50 {
+        let started = Instant::now();
+        warm_session.call(&notes, &add(n)).await.unwrap();
+        warm.push(started.elapsed());
+    }
+    drop(warm_session);
+    let (mut a, mut b) = (h.new_session().await.unwrap(), h.new_session().await.unwrap());
+    let (mut calls, mut rebuilds) = (Vec::new(), Vec::new());
+    for n in 0..REACTIVATIONS + 50 {
+        let session = if n % 2 == 0 { &mut a } else { &mut b };
+        // The other session's call hibernated this one's instance (budget of 1).
+        let started = Instant::now();
+        let rebuild = session.prewarm(&notes).await.unwrap();
+        let rebuilt = started.elapsed();
+        session.call(&notes, &add(n)).await.unwrap();
+        calls.push(started.elapsed());
+        if let Some(r) = rebuild.filter(|r| r.restored_from.is_some()) {
+            assert_eq!(r.replayed, 0);
+            rebuilds.push(rebuilt);
+        }
+    }
+    let stats_line = |what: &str, s: &Stats, base: Duration| {
+        println!(
+            "| {what:<52} | {:>10} | {:>10} | {:>7.1}x |",
+            us(s.median),
+            us(s.p99),
+            s.median.as_secs_f64() / base.as_secs_f64()
+        );
+    };
+    let warm = stats(warm.split_off(50));
+    let calls = stats(calls.split_off(50));
+    let rebuilds = stats(rebuilds.split_off(50.min(rebuilds.len() / 2)));
+    println!("\nreactivation of a hibernated stateful session (notes, snapshot in the cache)\n");
+    println!("| {:<52} | {:>10} | {:>10} | {:>8} |", "what", "p50", "p99", "x warm");
+    println!("|{:-<54}|{:-<12}|{:-<12}|{:-<10}|", "", "", "", "");
+    stats_line("warm call, instance live (baseline)", &warm, warm.median);
+    stats_line("reactivation: instantiate + restore from cache", &rebuilds, warm.median);
+    stats_line("reactivation + the call", &calls, warm.median);
+    let cache_hits = h.instance_stats().snapshot_cache_hits;
+    println!("\nsnapshot cache hits: {cache_hits}");
+}
+
+/// Resume after a restart of a session whose tool took `steps` steps.
+async fn resume_after(h: &Host, tool: &Tool, id: &str) -> (Stats, u32) {
+    let mut samples = Vec::with_capacity(RESUMES);
+    let mut replayed = 0;
+    let rounds = if tool.kind() == toolhost::ToolKind::Stateless { RESUMES } else { RESUMES / 4 };
+    for _ in 0..rounds + 1 {
+        let started = Instant::now();
+        let mut session = h.open_session(id).await.unwrap();
+        let rebuild = session.prewarm(tool).await.unwrap().expect("rebuilt");
+        samples.push(started.elapsed());
+        replayed = rebuild.replayed;
+    }
+    (stats(samples.split_off(1)), replayed)
+}
+
+async fn resume_by_history(paths: &Paths, cache: &Path) {
+    let limits = Limits { max_replay_steps: 200_000, ..Limits::default() };
+    let grants = toolhost::ToolGrants { limits, ..toolhost::ToolGrants::default() };
+    let policy = Policy::deny_all().with_tool("hostile", grants);
+    let h = host(Arc::new(MemoryStore::new()), cache, 8, policy, SnapshotPolicy::default());
+    let calculator = h.load_tool(&paths.calculator).await.unwrap();
+    let hostile = h.load_tool(&paths.hostile).await.unwrap();
+    println!("\nresume of a session by its tool's history (memory store; open + rebuild)\n");
+    println!("| {:<52} | {:>10} | {:>10} | {:>9} |", "tool, steps", "p50", "p99", "replayed");
+    println!("|{:-<54}|{:-<12}|{:-<12}|{:-<11}|", "", "", "", "");
+    for steps in HISTORIES {
+        for (tool, label) in [(&calculator, "calculator, declared stateless"), (&hostile, "echo (plain, replayed)")] {
+            let mut session = h.new_session().await.unwrap();
+            for i in 0..steps {
+                let input = if tool.name() == "calculator" {
+                    json!({"expression": format!("{i} + 1")})
+                } else {
+                    json!({"attack": "echo", "n": i})
+                };
+                session.call(tool, &input).await.unwrap();
+            }
+            let id = session.id().to_owned();
+            drop(session);
+            let (s, replayed) = resume_after(&h, tool, &id).await;
+            println!(
+                "| {:<52} | {:>10} | {:>10} | {replayed:>9} |",
+                format!("{label}, {steps}"),
+                us(s.median),
+                us(s.p99)
+            );
+            h.delete_session(&id).await.unwrap();
+        }
+    }
+}
+
+/// The durable bench's 1 MiB snapshot + 10 replayed steps on SQLite, by phase.
+async fn big_snapshot_resume(paths: &Paths, cache: &Path, data: &Path) {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(data.join("scale.db"), Durability::Full).unwrap());
+    let filling = host(store.clone(), cache, 8, Policy::deny_all(), SnapshotPolicy::default());
+    let ballast = filling.load_tool(&paths.ballast).await.unwrap();
+    let mut session = filling.new_session().await.unwrap();
+    session.call(&ballast, &json!({"op": "fill", "bytes": SNAPSHOT_BYTES, "seed": 42})).await.unwrap();
+    let id = session.id().to_owned();
+    drop(session);
+    let poking = host(store.clone(), cache, 8, Policy::deny_all(), SnapshotPolicy { every: u32::MAX, keep: 3 });
+    let ballast = poking.load_tool(&paths.ballast).await.unwrap();
+    let mut session = poking.open_session(&id).await.unwrap();
+    for i in 0..REPLAYED_STEPS {
+        session.call(&ballast, &json!({"op": "poke", "offset": i * 1000, "letter": "z"})).await.unwrap();
+    }
+    drop(session);
+
+    let h = host(store.clone(), cache, 8, Policy::deny_all(), SnapshotPolicy::default());
+    let ballast = h.load_tool(&paths.ballast).await.unwrap();
+    let (mut total, mut read, mut restore, mut replay, mut raw_read) = (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..RESUMES + 3 {
+        let started = Instant::now();
+        let mut session = h.open_session(&id).await.unwrap();
+        let rebuild = session.prewarm(&ballast).await.unwrap().expect("rebuilt");
+        total.push(started.elapsed());
+        read.push(rebuild.snapshot_read);
+        restore.push(rebuild.restore);
+        replay.push(rebuild.replay);
+        let started = Instant::now();
+        let (_, bytes) = store.latest_snapshot(&id, "ballast", u64::MAX).await.unwrap().expect("a snapshot");
+        raw_read.push(started.elapsed());
+        assert!(bytes.len() >= SNAPSHOT_BYTES);
+    }
+    println!("\nresume: 1 MiB snapshot + {REPLAYED_STEPS} steps to replay, SQLite (p50 of {RESUMES})\n");
+    println!("| {:<52} | {:>10} | {:>10} |", "phase", "p50", "p99");
+    println!("|{:-<54}|{:-<12}|{:-<12}|", "", "", "");
+    for (what, samples) in [
+        ("open + rebuild, in all", total),
+        ("  snapshot read (chunks + reassembly)", read),
+        ("  guest restore (JSON decode of 1 MiB)", restore),
+        ("  steps read + 10 replayed", replay),
+        ("Store::latest_snapshot alone (baseline)", raw_read),
+    ] {
+        let s = stats(samples.into_iter().skip(3).collect());
+        println!("| {what:<52} | {:>10} | {:>10} |", us(s.median), us(s.p99));
+    }
+}
+
+struct Paths {
+    calculator: std::path::PathBuf,
+    notes: std::path::PathBuf,
+    hostile: std::path::PathBuf,
+    ballast: std::path::PathBuf,
+}
+
+fn main() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let built = toolhost::guest_build::build(workspace, &["calculator", "notes", "hostile", "ballast"])
+        .expect("building the tools");
+    let paths = Paths {
+        calculator: built[0].clone(),
+        notes: built[1].clone(),
+        hostile: built[2].clone(),
+        ballast: built[3].clone(),
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir_in(workspace.join("target")).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        open_sessions(&paths, cache.path()).await;
+        live_instance_cost(&paths, cache.path()).await;
+        reactivation(&paths, cache.path()).await;
+        resume_by_history(&paths, cache.path()).await;
+        big_snapshot_resume(&paths, cache.path(), data.path()).await;
+    });
+}
