@@ -25,6 +25,8 @@ mod support;
 use support::{Stats, stats};
 
 const OPEN_SESSIONS: usize = 100_000;
+/// Overrides [`OPEN_SESSIONS`] (e.g. for a quick run of an unoptimized build).
+const OPEN_SESSIONS_VAR: &str = "TOOLHOST_BENCH_SESSIONS";
 const LIVE: u32 = 1_000;
 const REACTIVATIONS: usize = 2_000;
 const RESUMES: usize = 20;
@@ -58,15 +60,16 @@ fn us(d: Duration) -> String {
 
 /// 100,000 sessions opened and called once each (then idle), 1,000 instances live.
 async fn open_sessions(paths: &Paths, cache: &Path) {
-    println!("\n{OPEN_SESSIONS} open sessions, {LIVE} live instances (calculator, memory store)\n");
+    let sessions_wanted = std::env::var(OPEN_SESSIONS_VAR).ok().and_then(|v| v.parse().ok()).unwrap_or(OPEN_SESSIONS);
+    println!("\n{sessions_wanted} open sessions, {LIVE} live instances (calculator, memory store)\n");
     println!("| {:<52} | {:>10} | {:>12} | {:>14} |", "what", "time", "RSS added", "per session");
     println!("|{:-<54}|{:-<12}|{:-<14}|{:-<16}|", "", "", "", "");
     // Baseline: the same number of sessions created, never called (store record + handle).
     let rss_start = vm_rss();
     let h = host(Arc::new(MemoryStore::new()), cache, LIVE, Policy::deny_all(), SnapshotPolicy::default());
     let started = Instant::now();
-    let mut bare: Vec<Session> = Vec::with_capacity(OPEN_SESSIONS);
-    for _ in 0..OPEN_SESSIONS {
+    let mut bare: Vec<Session> = Vec::with_capacity(sessions_wanted);
+    for _ in 0..sessions_wanted {
         bare.push(h.new_session().await.unwrap());
     }
     let bare_time = started.elapsed();
@@ -76,42 +79,43 @@ async fn open_sessions(paths: &Paths, cache: &Path) {
             "| {what:<52} | {:>10} | {:>8.1} MiB | {:>10.2} KiB |",
             us(time),
             mib(rss),
-            rss as f64 / 1024.0 / OPEN_SESSIONS as f64
+            rss as f64 / 1024.0 / sessions_wanted as f64
         );
     };
     line("sessions created, no call (baseline)", bare_time, bare_rss);
-    drop(bare);
-    drop(h);
 
+    // Measured while the baseline's sessions stay open: no freed memory is reused.
     let rss_start = vm_rss();
-    let h = host(Arc::new(MemoryStore::new()), cache, LIVE, Policy::deny_all(), SnapshotPolicy::default());
-    let calculator = h.load_tool(&paths.calculator).await.unwrap();
+    let called = host(Arc::new(MemoryStore::new()), cache, LIVE, Policy::deny_all(), SnapshotPolicy::default());
+    let calculator = called.load_tool(&paths.calculator).await.unwrap();
+    let rss_start = rss_start.max(vm_rss());
     let started = Instant::now();
-    let mut sessions: Vec<Session> = Vec::with_capacity(OPEN_SESSIONS);
-    for i in 0..OPEN_SESSIONS {
-        let mut session = h.new_session().await.unwrap();
+    let mut sessions: Vec<Session> = Vec::with_capacity(sessions_wanted);
+    for i in 0..sessions_wanted {
+        let mut session = called.new_session().await.unwrap();
         session.call(&calculator, &json!({"expression": format!("{i} + 1")})).await.unwrap();
         sessions.push(session);
     }
     let time = started.elapsed();
     let rss = vm_rss().saturating_sub(rss_start);
-    let stats = h.instance_stats();
+    let stats = called.instance_stats();
     line("sessions created + one call each, kept open", time, rss);
-    let hibernated = rss.saturating_sub(bare_rss + u64::from(LIVE) * 64 * 1024);
+    // Still with every session above open, so its growth reuses no freed memory either.
+    let per_live = live_instance_cost(paths, cache).await;
+    let hibernated = rss.saturating_sub(bare_rss + u64::from(LIVE) * per_live);
     println!(
-        "\nhost RSS {:.0} MiB in all (target < 1 GiB); {} live, {} hibernated; a hibernated session adds \
-         ~{:.2} KiB over a bare one (step record in the store included; target <= 4 KiB)",
+        "\nhost RSS {:.0} MiB in all, both sets open (target < 1 GiB); {} live, {} hibernated; a hibernated \
+         session adds ~{:.2} KiB over a bare one (its step record in the store included; target <= 4 KiB)",
         mib(vm_rss()),
         stats.live,
         stats.hibernated,
-        hibernated as f64 / 1024.0 / (OPEN_SESSIONS - LIVE as usize) as f64,
+        hibernated as f64 / 1024.0 / (sessions_wanted - LIVE as usize) as f64,
     );
-    drop(sessions);
-    drop(h);
+    drop((sessions, bare, called, h));
 }
 
 /// Live instances: RSS of 1,000 live instances against the same sessions hibernated.
-async fn live_instance_cost(paths: &Paths, cache: &Path) {
+async fn live_instance_cost(paths: &Paths, cache: &Path) -> u64 {
     const N: usize = 1_000;
     let h = host(Arc::new(MemoryStore::new()), cache, N as u32, Policy::deny_all(), SnapshotPolicy::default());
     let calculator = h.load_tool(&paths.calculator).await.unwrap();
@@ -129,6 +133,7 @@ async fn live_instance_cost(paths: &Paths, cache: &Path) {
         "\nper live instance (calculator, first call + step record included): {per:.1} KiB of host RSS \
          (target <= 64 KiB beyond the guest's own pages)"
     );
+    (per * 1024.0) as u64
 }
 
 /// A hibernated stateful session's next call, snapshot in the cache, against a warm call.
@@ -259,7 +264,7 @@ async fn big_snapshot_resume(paths: &Paths, cache: &Path, data: &Path) {
         restore.push(rebuild.restore);
         replay.push(rebuild.replay);
         let started = Instant::now();
-        let (_, bytes) = store.latest_snapshot(&id, "ballast", u64::MAX).await.unwrap().expect("a snapshot");
+        let (_, bytes) = store.latest_snapshot(&id, "ballast", i64::MAX as u64).await.unwrap().expect("a snapshot");
         raw_read.push(started.elapsed());
         assert!(bytes.len() >= SNAPSHOT_BYTES);
     }
@@ -300,7 +305,6 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         open_sessions(&paths, cache.path()).await;
-        live_instance_cost(&paths, cache.path()).await;
         reactivation(&paths, cache.path()).await;
         resume_by_history(&paths, cache.path()).await;
         big_snapshot_resume(&paths, cache.path(), data.path()).await;
