@@ -111,6 +111,13 @@ fn chat(kind: ProviderKind, stream: bool, schema: bool) -> Result<toolhost::mode
     server().runtime.block_on(provider.chat("m", &request(schema), "call-1", "alias", listener))
 }
 
+/// The server holds one script at a time: tests take turns with it (libtest runs them on
+/// parallel threads).
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn script(response: Vec<u8>) {
     *server().script.lock().unwrap() = Script { response, requests: 0 };
 }
@@ -251,6 +258,7 @@ proptest! {
         stream in any::<bool>(),
         schema in any::<bool>(),
     ) {
+        let _turn = turn();
         script(response);
         let kind = if anthropic { ProviderKind::Anthropic } else { ProviderKind::Openai };
         let started = Instant::now();
@@ -270,6 +278,7 @@ proptest! {
 
 #[test]
 fn a_huge_retry_after_is_clamped_not_a_panic() {
+    let _turn = turn();
     for value in ["1e20", "18446744073709551616", "1e308", "-5", "NaN", "Fri, 31 Dec 9999 23:59:59 GMT"] {
         script(format!("HTTP/1.1 429 Too Many\r\nretry-after: {value}\r\ncontent-length: 0\r\n\r\n").into_bytes());
         let started = Instant::now();
