@@ -160,3 +160,39 @@ async fn a_request_body_over_the_grant_is_refused_before_sending() {
     session.call(&hostile, &post(&server, &["small"])).await.unwrap();
     assert_eq!(server.log().received, 1);
 }
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_and_replay_whole() {
+    let (db, server) = (TestStore::sqlite(), CountingServer::start());
+    let mut policy = http_policy(&server, None);
+    policy.tools.get_mut("hostile").unwrap().limits.max_output_bytes = 1 << 20;
+    let big_request = "r".repeat(100_000); // 25 writes of the guest's 4 KiB chunks
+    let id = {
+        let (host, hostile) = host_on(&db, policy.clone()).await;
+        let mut session = host.new_session().await.unwrap();
+        // 300 KB back: the guest reads it in several 64 KiB reads.
+        let got = session.call(&hostile, &json!({"attack": "http-get", "url": server.url("/bytes/300000")})).await;
+        assert_eq!(got.unwrap()["padding"].as_str().unwrap().len(), 300_000);
+        let posted = session.call(&hostile, &post(&server, &[&big_request])).await.unwrap();
+        assert_eq!(posted["padding"], reply_for(&format!("POST /orders {big_request}"), 1).as_str());
+        session.id().to_owned()
+    };
+    assert_eq!(server.log().received, 2);
+    let (host, hostile) = host_on(&db, policy).await;
+    let mut session = host.open_session(&id).await.unwrap();
+    session.call(&hostile, &serde_json::from_str(ECHO).unwrap()).await.unwrap();
+    assert_eq!(server.log().received, 2, "both large exchanges replayed from the journal");
+}
+
+#[tokio::test]
+async fn the_host_replaces_a_guest_set_idempotency_key() {
+    let (db, server) = (TestStore::sqlite(), CountingServer::start());
+    let (host, hostile) = host_on(&db, http_policy(&server, None)).await;
+    let mut session = host.new_session().await.unwrap();
+    let mut input = post(&server, &["once"]);
+    input["headers"] = json!([["Idempotency-Key", "chosen-by-the-guest"], ["x-trace", "t1"]]);
+    session.call(&hostile, &input).await.unwrap();
+    let keys = server.log().keys.clone();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0] != "chosen-by-the-guest" && keys[0].ends_with("-1-0"), "{keys:?}");
+}

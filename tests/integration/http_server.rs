@@ -30,9 +30,13 @@ pub struct CountingServer {
     log: Arc<Mutex<HttpLog>>,
 }
 
-/// What the server answers the `count`-th execution of `request`.
+/// What the server answers the `count`-th execution of `request`; a GET of `/bytes/N` is
+/// answered with N bytes (to stream a large body).
 pub fn reply_for(request: &str, count: usize) -> String {
-    format!("did {request} #{count}")
+    match request.strip_prefix("GET /bytes/").and_then(|rest| rest.trim().parse::<usize>().ok()) {
+        Some(n) => "x".repeat(n.min(16 << 20)),
+        None => format!("did {request} #{count}"),
+    }
 }
 
 impl CountingServer {
@@ -98,7 +102,7 @@ fn serve(stream: TcpStream, log: &Mutex<HttpLog>) {
             _ => {}
         }
     }
-    let mut body = vec![0; length.min(1 << 20)];
+    let mut body = vec![0; length.min(16 << 20)];
     if reader.read_exact(&mut body).is_err() {
         return;
     }
