@@ -18,6 +18,7 @@ mod charges;
 pub mod engine;
 pub mod error;
 pub mod guest_build;
+pub mod python_build;
 pub mod host;
 mod instance;
 mod journal;
