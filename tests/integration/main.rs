@@ -23,6 +23,7 @@ mod multihost;
 mod policy;
 mod policy_fuzz;
 mod provider_fuzz;
+mod python;
 mod snapshots;
 mod state;
 mod support;
