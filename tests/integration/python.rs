@@ -208,3 +208,66 @@ async fn a_python_session_resumes_from_its_snapshot_after_a_restart() {
     let rows = ok(&mut session, &table, json!({"op": "query", "table": "people", "sort_by": "age"})).await;
     assert_eq!(rows["rows"][0][0], "cy");
 }
+
+#[test]
+#[ignore = "the child process of python::a_python_session_resumes_from_its_snapshot_after_sigkill"]
+fn python_kill_child() {
+    let Ok(db) = std::env::var("TOOLHOST_PY_KILL_DB") else { return };
+    let id = std::env::var("TOOLHOST_PY_KILL_SESSION").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let host = host_on(std::path::Path::new(&db));
+        let hostile = host.load_tool(&python_tools().hostile).await.unwrap();
+        let mut session = match host.open_session(&id).await {
+            Ok(session) => session,
+            Err(_) => host.create_session(id.clone()).await.unwrap(),
+        };
+        // Counts until killed; each committed step is announced on stdout.
+        for n in 1.. {
+            let out = ok(&mut session, &hostile, json!({"attack": "count", "n": n})).await;
+            println!("committed {}", out["calls"]);
+        }
+    });
+}
+
+/// A child process counts through a stateful Python tool and is SIGKILLed mid-run; the
+/// session resumes from the tool's snapshot with exactly the committed steps, none repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_session_resumes_from_its_snapshot_after_sigkill() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    python_tools(); // built and compiled before the child starts
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sessions.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "python::python_kill_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("TOOLHOST_PY_KILL_DB", &db)
+        .env("TOOLHOST_PY_KILL_SESSION", "py-kill")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut announced = 0;
+    while announced < 5 {
+        let line = lines.next().expect("the child exited early").unwrap();
+        if line.starts_with("committed ") {
+            announced += 1;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL, likely mid-step
+    child.wait().unwrap();
+
+    let host = host_on(&db);
+    let hostile = host.load_tool(&python_tools().hostile).await.unwrap();
+    let mut session = host.open_session("py-kill").await.unwrap();
+    let committed = session.last_step();
+    assert!(committed >= 5, "{committed} steps committed");
+    let rebuild = session.prewarm(&hostile).await.unwrap().expect("rebuilt");
+    assert_eq!((rebuild.restored_from, rebuild.replayed), (Some(committed), 0), "{rebuild:?}");
+    let out = ok(&mut session, &hostile, json!({"attack": "count", "n": committed + 1})).await;
+    let expected: Vec<u64> = (1..=committed + 1).collect();
+    assert_eq!(out["calls"], committed + 1);
+    assert_eq!(out["seen"], json!(expected), "every committed step exactly once");
+}
