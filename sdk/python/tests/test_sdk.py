@@ -83,6 +83,12 @@ class DecodeTests(unittest.TestCase):
                 decode(Union[Add, Clear], value)
             self.assertIn(message, caught.exception.message)
 
+    def test_bare_containers(self):
+        self.assertEqual(decode(list, [1, "a"]), [1, "a"])
+        self.assertEqual(decode(dict, {"a": 1}), {"a": 1})
+        with self.assertRaises(InvalidInput):
+            decode(list, {"a": 1})
+
     def test_bool_is_not_an_int(self):
         with self.assertRaises(InvalidInput):
             decode(int, True)

@@ -158,6 +158,10 @@ def decode(tp: Any, value: Any, path: str = "") -> Any:
         if value is None:
             return None
         raise _mismatch(path, "null", value)
+    if tp in (list, List, dict, Dict):  # unparameterized: any JSON array / object
+        if isinstance(value, list if tp in (list, List) else dict):
+            return value
+        raise _mismatch(path, "an array" if tp in (list, List) else "an object", value)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
