@@ -271,3 +271,20 @@ async fn a_python_session_resumes_from_its_snapshot_after_sigkill() {
     assert_eq!(out["calls"], committed + 1);
     assert_eq!(out["seen"], json!(expected), "every committed step exactly once");
 }
+
+/// A Rust and a Python tool serve one session side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_and_a_python_tool_share_a_session() {
+    let host = host();
+    let calculator = host.load_tool(&crate::support::guests().calculator).await.unwrap();
+    let table = host.load_tool(&python_tools().table).await.unwrap();
+    let mut session = host.new_session().await.unwrap();
+    ok(&mut session, &table, json!({"op": "load", "table": "people", "csv": PEOPLE})).await;
+    let sum =
+        ok(&mut session, &table, json!({"op": "aggregate", "table": "people", "function": "sum", "column": "age"}))
+            .await;
+    assert_eq!(sum["groups"]["*"], 98.0);
+    let out = ok(&mut session, &calculator, json!({"expression": "98 / 3"})).await;
+    assert!(out.to_string().contains("32.6"), "{out}");
+    assert_eq!(session.last_step(), 3);
+}
