@@ -27,9 +27,11 @@ pub mod lease;
 pub mod mcp;
 pub mod model;
 pub mod policy;
+pub mod python_build;
 pub mod session;
 pub mod store;
 pub mod tool;
+pub mod tool_build;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentOutcome, Goal, Stop, Task, ToolCalling};
 pub use budget::{InstanceBudget, InstanceStats};

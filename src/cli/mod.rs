@@ -1,6 +1,7 @@
 //! `toolhost` subcommands. Each parses its arguments, drives the library and renders the
 //! result; none holds logic the library lacks.
 
+mod build;
 mod call;
 mod inspect;
 mod model;
@@ -47,6 +48,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a tool project (Rust crate or Python tool) into a component; prints its path
+    Build(build::Args),
     /// Show what a tool is and what it asks for
     Inspect(inspect::Args),
     /// Call a tool as one step of a session and print its JSON output
@@ -79,6 +82,7 @@ pub fn main() -> ExitCode {
         };
         let config = cli_host_config(cli.cache_dir, cli.no_cache, store);
         match cli.command {
+            Command::Build(args) => build::run(args),
             Command::Inspect(args) => inspect::run(&config, args).await,
             Command::Call(args) => call::run(&config, args).await,
             Command::Sessions(args) => sessions::run(&config, args).await,

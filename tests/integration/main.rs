@@ -26,6 +26,7 @@ mod multihost;
 mod policy;
 mod policy_fuzz;
 mod provider_fuzz;
+mod python;
 mod replay_inputs;
 mod scale;
 mod snapshots;

@@ -157,3 +157,66 @@ pub fn capture_stderr(child: &mut std::process::Child) {
         });
     }
 }
+
+pub struct PythonTools {
+    pub table: PathBuf,
+    pub hostile: PathBuf,
+}
+
+/// Where Python tools and their compiled artifacts are kept between test runs: componentize-py
+/// takes ~10 s per tool and compiling its ~18 MB component as long again, so both are cached
+/// (builds by a hash of their inputs, compiles in a compile cache of their own).
+fn python_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+    target.join("python-tools")
+}
+
+/// The Python example and fixture tools, built once per process (and only when they changed),
+/// with the toolchain installed into `.venv-sdk` on first use.
+pub fn python_tools() -> &'static PythonTools {
+    static TOOLS: OnceLock<PythonTools> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let venv = workspace().join(".venv-sdk");
+        let build = |dir: &str| {
+            toolhost::python_build::build(&workspace().join(dir), &venv, &python_dir())
+                .unwrap_or_else(|e| panic!("building the Python tool {dir}: {e}"))
+        };
+        let tools =
+            PythonTools { table: build("examples/tools/table-py"), hostile: build("tests/fixtures/hostile-py") };
+        warm_compile_cache(&[&tools.table, &tools.hostile]);
+        tools
+    })
+}
+
+/// Compiles `components` into the Python compile cache once, so tests running in parallel
+/// read it instead of each compiling the same 18 MB. On its own thread and runtime: callers
+/// are inside a test's runtime.
+fn warm_compile_cache(components: &[&Path]) {
+    let components: Vec<PathBuf> = components.iter().map(|p| p.to_path_buf()).collect();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let host = Host::new(HostConfig {
+            engine: python_engine_config(),
+            policy: Policy::deny_all().on_ungranted(toolhost::OnUngranted::DenyAtUse),
+            ..HostConfig::default()
+        })
+        .expect("host");
+        for component in &components {
+            runtime.block_on(host.load_tool(component)).unwrap_or_else(|e| panic!("{}: {e}", component.display()));
+        }
+    })
+    .join()
+    .expect("compiling the Python tools");
+}
+
+/// An engine whose compile cache outlives the test run, for the large Python components.
+pub fn python_engine_config() -> EngineConfig {
+    let dir = python_dir();
+    std::fs::create_dir_all(&dir).expect("python-tools dir");
+    EngineConfig {
+        cache_dir: Some(dir.join("compiled")),
+        cache_key: Some(dir.join("compile-cache.key")),
+        max_instances: 64,
+        ..EngineConfig::default()
+    }
+}

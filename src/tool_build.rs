@@ -1,0 +1,86 @@
+//! `toolhost build PATH`: detects a tool project's language and builds its component, with
+//! the same code the tests and examples use (`guest_build` for Rust, `python_build` for Python).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::guest_build::{self, GuestBuildError};
+use crate::python_build::{self, PythonBuildError};
+
+/// The languages `toolhost build` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// A cargo package (`Cargo.toml` with `[package]`).
+    Rust,
+    /// A `pyproject.toml` with a `[tool.toolhost]` table.
+    Python,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "{0} is not a tool project: expected a Rust crate (Cargo.toml) or a Python tool \
+         (pyproject.toml with [tool.toolhost])"
+    )]
+    Unknown(PathBuf),
+    #[error("{path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Rust(#[from] GuestBuildError),
+    #[error(transparent)]
+    Python(#[from] PythonBuildError),
+}
+
+/// The language of the project in `dir`.
+pub fn detect(dir: &Path) -> Result<Language, BuildError> {
+    if python_build::is_python_tool(dir) {
+        return Ok(Language::Python);
+    }
+    if dir.join("Cargo.toml").is_file() {
+        return Ok(Language::Rust);
+    }
+    Err(BuildError::Unknown(dir.to_owned()))
+}
+
+/// Builds the tool in `dir` and returns the component's path. A Python tool's toolchain goes
+/// into `venv` (default: `dir/.venv`), its builds into `dir/.toolhost-build`.
+pub fn build(dir: &Path, venv: Option<&Path>) -> Result<(Language, PathBuf), BuildError> {
+    let language = detect(dir)?;
+    let component = match language {
+        Language::Python => {
+            let venv = venv.map(Path::to_owned).unwrap_or_else(|| dir.join(".venv"));
+            python_build::build(dir, &venv, &dir.join(".toolhost-build"))?
+        }
+        Language::Rust => {
+            let (workspace, package) = cargo_package(dir)?;
+            guest_build::build(&workspace, &[&package])?.remove(0)
+        }
+    };
+    Ok((language, component))
+}
+
+/// The workspace root and package name of the crate in `dir`.
+fn cargo_package(dir: &Path) -> Result<(PathBuf, String), BuildError> {
+    let manifest = dir.join("Cargo.toml");
+    let bad = |reason: String| BuildError::Manifest { path: manifest.clone(), reason };
+    let text = std::fs::read_to_string(&manifest).map_err(|e| bad(e.to_string()))?;
+    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    let package = doc
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .ok_or_else(|| bad("no [package] name (a workspace root is not a tool)".into()))?
+        .to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(dir)
+        .args(["locate-project", "--workspace", "--message-format", "plain"])
+        .output()
+        .map_err(|e| bad(format!("cannot run cargo: {e}")))?;
+    if !out.status.success() {
+        return Err(bad(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let workspace = root.parent().map(Path::to_owned).unwrap_or_else(|| dir.to_owned());
+    Ok((workspace, package))
+}
