@@ -289,17 +289,10 @@ fn the_adversary_is_stopped_on_every_host_resource_and_the_host_keeps_serving() 
     if std::env::var_os(CHILD).is_some() {
         return tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(adversary());
     }
-    guests(); // build the tools here, not in the child's measured run
-    let exe = std::env::current_exe().unwrap();
-    let output = std::process::Command::new(exe)
-        .args(["adversary::the_adversary_is_stopped_on_every_host_resource_and_the_host_keeps_serving", "--exact"])
-        .args(["--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    println!("{text}");
-    assert!(output.status.success(), "the adversary run failed:\n{text}");
+    let text = crate::support::run_in_child(
+        "adversary::the_adversary_is_stopped_on_every_host_resource_and_the_host_keeps_serving",
+        CHILD,
+    );
     assert!(text.contains("attacks stopped: "), "the child ran no attacks:\n{text}");
 }
 

@@ -88,8 +88,11 @@ async fn call(session: &mut Session, tools: &[Arc<Tool>], name: &str, input: &Va
     }
 }
 
+/// (tool, input) of one call.
+type Call = (&'static str, Value);
+
 /// The steps each session of the fixture commits.
-fn history() -> Vec<(&'static str, SnapshotPolicy, Vec<(&'static str, Value)>)> {
+fn history() -> Vec<(&'static str, SnapshotPolicy, Vec<Call>)> {
     let never = SnapshotPolicy { every: u32::MAX, keep: 1 };
     let add = |title: &str| json!({"op": "add", "title": title, "body": format!("about {title}")});
     vec![
@@ -119,7 +122,7 @@ fn history() -> Vec<(&'static str, SnapshotPolicy, Vec<(&'static str, Value)>)> 
 }
 
 /// The calls that continue each session.
-fn continuation(id: &str) -> Vec<(&'static str, Value)> {
+fn continuation(id: &str) -> Vec<Call> {
     match id {
         "compat-snapshots" => vec![
             ("notes", json!({"op": "search", "query": "gamma"})),

@@ -23,7 +23,7 @@ pub fn http_policy(server: &CountingServer, max_response_bytes: Option<usize>) -
 }
 
 /// A (re)started host on `db`: never snapshots, so a rebuild replays every step.
-async fn host_on(db: &TestStore, policy: Policy) -> (Host, Arc<Tool>) {
+pub(crate) async fn host_on(db: &TestStore, policy: Policy) -> (Host, Arc<Tool>) {
     let config = HostConfig {
         engine: engine_config(),
         policy,

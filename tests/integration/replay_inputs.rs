@@ -9,11 +9,12 @@
 use std::path::Path;
 
 use serde_json::json;
-use toolhost::{Access, CallError, Host, HostConfig, Policy, Preopen, SnapshotPolicy, Tool};
+use toolhost::{Access, CallError, Policy, Preopen};
 
 use crate::backends::TestStore;
+use crate::http_journal::host_on;
 use crate::http_server::CountingServer;
-use crate::support::{engine_config, grants, guests, tight_limits};
+use crate::support::{grants, tight_limits};
 
 fn policy(server: &CountingServer, shared: &Path) -> Policy {
     let mut hostile = grants(&["scratch"], tight_limits());
@@ -22,25 +23,12 @@ fn policy(server: &CountingServer, shared: &Path) -> Policy {
     Policy::grant_requested().with_tool("hostile", hostile)
 }
 
-/// A (re)started host that never snapshots: a rebuild replays every step.
-async fn restarted(db: &TestStore, policy: Policy) -> (Host, std::sync::Arc<Tool>) {
-    let config = HostConfig {
-        engine: engine_config(),
-        policy,
-        snapshots: SnapshotPolicy { every: u32::MAX, keep: 1 },
-        ..HostConfig::default()
-    };
-    let host = Host::with_store(config, db.open().await).unwrap();
-    let hostile = host.load_tool(&guests().hostile).await.unwrap();
-    (host, hostile)
-}
-
 #[tokio::test]
 async fn journaled_inputs_replay_exactly_and_send_nothing() {
     let (db, server, dir) = (TestStore::sqlite(), CountingServer::start(), tempfile::tempdir().unwrap());
     let policy = || policy(&server, dir.path());
     let (id, entropy) = {
-        let (host, hostile) = restarted(&db, policy()).await;
+        let (host, hostile) = host_on(&db, policy()).await;
         let mut session = host.new_session().await.unwrap();
         // Random bytes and the wall clock, a state write and read, an HTTP exchange.
         let entropy = session.call(&hostile, &json!({"attack": "entropy", "bytes": 16})).await.unwrap();
@@ -51,7 +39,7 @@ async fn journaled_inputs_replay_exactly_and_send_nothing() {
         (session.id().to_owned(), entropy)
     };
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let (host, hostile) = restarted(&db, policy()).await;
+    let (host, hostile) = host_on(&db, policy()).await;
     let mut session = host.open_session(&id).await.unwrap();
     // Rebuilding replays all four steps: any input that differed would be ReplayDiverged.
     let echo = session.call(&hostile, &json!({"attack": "echo", "n": 1})).await.unwrap();
@@ -68,7 +56,7 @@ async fn host_preopen_reads_are_outside_the_transaction() {
     std::fs::write(dir.path().join("note.txt"), "first version").unwrap();
     let policy = || policy(&server, dir.path());
     let id = {
-        let (host, hostile) = restarted(&db, policy()).await;
+        let (host, hostile) = host_on(&db, policy()).await;
         let mut session = host.new_session().await.unwrap();
         let read = session.call(&hostile, &json!({"attack": "fs-read", "path": "/ro/note.txt"})).await.unwrap();
         assert_eq!(read["padding"], "first version");
@@ -77,7 +65,7 @@ async fn host_preopen_reads_are_outside_the_transaction() {
 
     // The file is as it was: the replayed read returns what the original did.
     {
-        let (host, hostile) = restarted(&db, policy()).await;
+        let (host, hostile) = host_on(&db, policy()).await;
         let mut session = host.open_session(&id).await.unwrap();
         session.call(&hostile, &json!({"attack": "echo", "n": 1})).await.unwrap();
     }
@@ -85,7 +73,7 @@ async fn host_preopen_reads_are_outside_the_transaction() {
     // The host changed the file: the replayed read sees the new text (it is not journaled),
     // so the step's output no longer matches and the rebuild says so, naming the step.
     std::fs::write(dir.path().join("note.txt"), "second version").unwrap();
-    let (host, hostile) = restarted(&db, policy()).await;
+    let (host, hostile) = host_on(&db, policy()).await;
     let mut session = host.open_session(&id).await.unwrap();
     match session.call(&hostile, &json!({"attack": "echo", "n": 1})).await {
         Err(CallError::ReplayDiverged { step, reason, .. }) => {

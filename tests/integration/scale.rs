@@ -88,17 +88,7 @@ fn twenty_thousand_open_sessions_share_500_live_instances() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         return runtime.block_on(many_sessions());
     }
-    guests(); // build the tools here, not in the child's measured run
-    let exe = std::env::current_exe().unwrap();
-    let output = std::process::Command::new(exe)
-        .args(["scale::twenty_thousand_open_sessions_share_500_live_instances", "--exact"])
-        .args(["--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    println!("{text}");
-    assert!(output.status.success(), "the 20,000-session run failed:\n{text}");
+    let text = crate::support::run_in_child("scale::twenty_thousand_open_sessions_share_500_live_instances", CHILD);
     assert!(text.contains("sessions: 20000"), "the child ran nothing:\n{text}");
 }
 

@@ -220,3 +220,20 @@ pub fn python_engine_config() -> EngineConfig {
         ..EngineConfig::default()
     }
 }
+
+/// Runs the test `name` (its full path) alone in a child process of this test binary, with
+/// `env` set so it knows it is the child; returns what it printed. For tests that measure the
+/// whole process (RSS, open descriptors).
+pub fn run_in_child(name: &str, env: &str) -> String {
+    guests(); // build the tools here, not in the child's measured run
+    let exe = std::env::current_exe().unwrap();
+    let output = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(env, "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    println!("{text}");
+    assert!(output.status.success(), "{name} failed in its child process:\n{text}");
+    text
+}
