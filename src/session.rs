@@ -500,8 +500,15 @@ impl Rebuilder<'_> {
             }
         }
         let replay_started = std::time::Instant::now();
-        let steps = store.steps(id, Some(name), replay_after.saturating_sub(1)).await.map_err(store_error)?;
-        let mut steps = steps.into_iter().filter(|s| s.seq <= self.record.last_step).peekable();
+        // With a workspace, the tool's whole history is already read: the steps to replay are
+        // its tail (from the snapshot's step on, which carries the random position).
+        let expected_files = files.as_deref().map(|history| workspace_at(history, self.record.last_step));
+        let steps = match files {
+            Some(history) => history,
+            None => store.steps(id, Some(name), replay_after.saturating_sub(1)).await.map_err(store_error)?,
+        };
+        let mut steps =
+            steps.into_iter().filter(|s| s.seq >= replay_after && s.seq <= self.record.last_step).peekable();
         if replay_after > 0 {
             let snapshot_step = steps.next().filter(|s| s.seq == replay_after).ok_or_else(|| {
                 store_error(StoreError::Corrupt(format!(
@@ -526,8 +533,7 @@ impl Rebuilder<'_> {
             replayed += 1;
         }
         instance.steps_since_snapshot = replayed;
-        if let (Some(workspace), Some(history)) = (instance.workspace(), &files) {
-            let expected = workspace_at(history, self.record.last_step);
+        if let (Some(workspace), Some(expected)) = (instance.workspace(), expected_files) {
             workspace.verify(expected).map_err(|reason| CallError::ReplayDiverged {
                 tool: name.to_owned(),
                 session: id.clone(),
