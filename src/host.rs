@@ -14,7 +14,7 @@ use crate::model::ModelProvider;
 use crate::policy::{OnUngranted, Policy, ToolGrants};
 use crate::session::{Session, SnapshotPolicy};
 use crate::store::{
-    MemoryStore, SessionRecord, SessionSummary, SnapshotInfo, StepRecord, StorageStats, Store, StoreError,
+    AuditScope, MemoryStore, SessionRecord, SessionSummary, SnapshotInfo, StepRecord, StorageStats, Store, StoreError,
 };
 use crate::tool::{self, Blueprint, Loaded, Tool, ToolKind};
 
@@ -47,6 +47,20 @@ impl std::fmt::Debug for HostConfig {
             .field("instances", &self.instances)
             .finish()
     }
+}
+
+/// Sessions [`Host::prune_sessions`] lists and deletes per round.
+const PRUNE_BATCH: usize = 500;
+
+/// What [`Host::prune_sessions`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Sessions deleted with their state, steps, snapshots, workspace files and audit events.
+    pub sessions: Vec<String>,
+    /// Ended sessions a host took again before they could be deleted: kept.
+    pub kept_in_use: Vec<String>,
+    /// Audit events removed: the pruned sessions', and older ones of sessions deleted before.
+    pub audit_events: u64,
 }
 
 /// Loads tools and runs sessions. Cheap to clone; clones share the engine, compile cache,
@@ -451,10 +465,77 @@ impl Host {
         Ok(Session::new(record, self.clone()).with_lease(lease))
     }
 
-    /// Deletes session `id` and everything it stored; `false` if there was none. Refused with
-    /// [`SessionError::Leased`] while a host (this one included) has the session open.
+    /// Deletes session `id` and everything it stored, its audit events included; `false` if
+    /// there was none. Refused with [`SessionError::Leased`] while a host (this one included)
+    /// has the session open.
     pub async fn delete_session(&self, id: &str) -> Result<bool, SessionError> {
+        let deleted = self.delete_session_keeping_audit(id).await?;
+        self.inner.store.delete_audit(AuditScope::Session(id), i64::MAX).await?;
+        Ok(deleted)
+    }
+
+    /// [`Host::delete_session`], keeping the session's audit events (a later
+    /// [`Host::prune_sessions`] removes them once they are older than its cutoff).
+    pub async fn delete_session_keeping_audit(&self, id: &str) -> Result<bool, SessionError> {
         self.inner.store.delete_session(id, None).await.map_err(session_error)
+    }
+
+    /// Retention: deletes every session that has ended `older_than` ago (no host holds its
+    /// lease, nothing committed since), with its audit events, and the audit events older
+    /// than that of sessions deleted before. Chunks go with their last reference. A session
+    /// a host opens meanwhile is kept (the delete is fenced by its lease). With leases off,
+    /// a session this host has open but idle past the cutoff is deleted too.
+    pub async fn prune_sessions(&self, older_than: std::time::Duration) -> Result<PruneReport, SessionError> {
+        let older_than = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = crate::store::timestamp_ms().saturating_sub(older_than);
+        let mut report = PruneReport::default();
+        loop {
+            let ended = self.inner.store.ended_sessions(cutoff, PRUNE_BATCH).await?;
+            let deleted_before = report.sessions.len();
+            for id in &ended {
+                self.prune_one(id, &mut report).await?;
+            }
+            if ended.len() < PRUNE_BATCH || report.sessions.len() == deleted_before {
+                break;
+            }
+        }
+        report.audit_events += self.inner.store.delete_audit(AuditScope::DeletedSessions, cutoff).await?;
+        Ok(report)
+    }
+
+    /// Runs [`Host::prune_sessions`] every `every` in the background, logging what each round
+    /// removed (target `toolhost::retention`); a failed round is logged and retried next time.
+    /// Abort the handle to stop it.
+    pub fn spawn_pruning(
+        &self,
+        older_than: std::time::Duration,
+        every: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let host = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                match host.prune_sessions(older_than).await {
+                    Ok(r) => tracing::info!(target: "toolhost::retention", sessions = r.sessions.len(),
+                        audit_events = r.audit_events, kept_in_use = r.kept_in_use.len(), "pruned"),
+                    Err(e) => tracing::warn!(target: "toolhost::retention", error = %e, "pruning failed"),
+                }
+            }
+        })
+    }
+
+    async fn prune_one(&self, id: &str, report: &mut PruneReport) -> Result<(), SessionError> {
+        match self.inner.store.delete_session(id, None).await {
+            Ok(_) => {
+                report.audit_events += self.inner.store.delete_audit(AuditScope::Session(id), i64::MAX).await?;
+                report.sessions.push(id.to_owned());
+            }
+            Err(StoreError::LeaseHeld { .. } | StoreError::LeaseLost { .. }) => report.kept_in_use.push(id.to_owned()),
+            Err(e) => return Err(SessionError::Store(e)),
+        }
+        Ok(())
     }
 
     pub async fn list_sessions(&self) -> Result<Vec<SessionSummary>, SessionError> {

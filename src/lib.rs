@@ -37,7 +37,7 @@ pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentOutcome, Goal, 
 pub use budget::{InstanceBudget, InstanceStats};
 pub use engine::{CacheError, CacheStatus, EngineConfig, Limits};
 pub use error::{CallError, HostError, HostResource, LoadError, SessionError, ToolFailure, TrapKind};
-pub use host::{Host, HostConfig, ReplayLength, SessionDetails};
+pub use host::{Host, HostConfig, PruneReport, ReplayLength, SessionDetails};
 pub use journal::{JournalEntry, RandomState};
 pub use lease::LeaseConfig;
 pub use model::{LocalModel, ModelProvider, ModelRouter, ModelsConfig};
@@ -46,5 +46,5 @@ pub use policy::{
     StateQuota, ToolGrants, WorkspaceGrant,
 };
 pub use session::{Rebuild, Session, SnapshotPolicy};
-pub use store::{AuditEvent, MemoryStore, PostgresStore, SqliteStore, Store, StoreUrl};
+pub use store::{AuditEvent, AuditScope, MemoryStore, PostgresStore, SqliteStore, Store, StoreUrl};
 pub use tool::{Descriptor, Tool, ToolKind};

@@ -59,6 +59,10 @@ pub struct Args {
     /// [default: enough for every live session]
     #[arg(long, value_name = "N")]
     live_instances: Option<u32>,
+    /// Retention: every hour (or every DURATION/4, if sooner), delete the sessions that
+    /// ended DURATION ago, as `sessions prune --older-than` does (e.g. `30d`)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    prune_older_than: Option<std::time::Duration>,
 }
 
 /// The .wasm files named by `paths`: files as given, folders' `*.wasm` in name order.
@@ -111,6 +115,10 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
     }
     let names: Vec<&str> = tools.iter().map(|t| t.name()).collect();
     host.policy().check_loaded(&names)?;
+    if let Some(older_than) = args.prune_older_than {
+        let every = (older_than / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600));
+        host.spawn_pruning(older_than, every);
+    }
     let server = McpServer::new(host, tools, limits)?;
 
     match args.http {

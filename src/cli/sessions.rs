@@ -41,8 +41,19 @@ enum Command {
         #[arg(long)]
         grant_requested: bool,
     },
-    /// Delete a session and everything it stored
-    Delete { id: String },
+    /// Delete a session and everything it stored, its audit events included
+    Delete {
+        id: String,
+        /// Keep the session's audit events (`prune` removes them once past its cutoff)
+        #[arg(long)]
+        keep_audit: bool,
+    },
+    /// Delete every session that has ended DURATION ago (no host holds it, nothing committed
+    /// since; e.g. `30d`, `12h`), with its audit events and the chunks only it used
+    Prune {
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+    },
     /// Write a session's workspace files out, to DIR/TOOL/PATH; DIR must be empty
     ExportFiles {
         id: String,
@@ -190,11 +201,22 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
             let written = host.export_files(&id, &dir, overwrite).await?;
             println!("wrote {written} workspace paths of {id} to {}", dir.display());
         }
-        Command::Delete { id } => {
-            if !host.delete_session(&id).await? {
+        Command::Delete { id, keep_audit } => {
+            let deleted = match keep_audit {
+                true => host.delete_session_keeping_audit(&id).await?,
+                false => host.delete_session(&id).await?,
+            };
+            if !deleted {
                 anyhow::bail!("no session `{id}` in {}", config.db_label());
             }
             println!("deleted {id}");
+        }
+        Command::Prune { older_than } => {
+            let report = host.prune_sessions(older_than).await?;
+            for id in &report.kept_in_use {
+                println!("kept {id}: a host has it open");
+            }
+            println!("pruned {} sessions and {} audit events", report.sessions.len(), report.audit_events);
         }
     }
     Ok(ExitCode::SUCCESS)

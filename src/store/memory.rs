@@ -22,8 +22,8 @@ use async_trait::async_trait;
 
 use super::lease::LeaseRow;
 use super::{
-    AuditEvent, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage, StateWrite,
-    StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot, timestamp_ms,
+    AuditEvent, AuditScope, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage,
+    StateWrite, StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot, timestamp_ms,
 };
 
 type ChunkHash = [u8; 32];
@@ -518,6 +518,34 @@ impl Store for MemoryStore {
     async fn audit_events(&self, session: Option<&str>) -> Result<Vec<AuditEvent>, StoreError> {
         let inner = self.lock();
         Ok(inner.audit.iter().filter(|e| session.is_none_or(|s| e.session == s)).cloned().collect())
+    }
+
+    async fn ended_sessions(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let inner = self.lock();
+        let now = timestamp_ms();
+        let mut ended: Vec<(i64, &String)> = inner
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.lease_holder.is_none() || s.lease_expires_ms <= now)
+            .map(|(id, s)| (s.steps.last().map_or(s.record.created_at_ms, |st| st.record.committed_at_ms), id))
+            .filter(|(last, _)| *last < before_ms)
+            .collect();
+        ended.sort();
+        Ok(ended.into_iter().take(limit).map(|(_, id)| id.clone()).collect())
+    }
+
+    async fn delete_audit(&self, scope: AuditScope<'_>, before_ms: i64) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let Inner { sessions, audit, .. } = &mut *inner;
+        let before = audit.len();
+        audit.retain(|e| {
+            let in_scope = match scope {
+                AuditScope::Session(id) => e.session == id,
+                AuditScope::DeletedSessions => !sessions.contains_key(&e.session),
+            };
+            !(in_scope && e.at_ms < before_ms)
+        });
+        Ok((before - audit.len()) as u64)
     }
 }
 

@@ -288,8 +288,25 @@ pub trait Store: Send + Sync + 'static {
     async fn lease(&self, session: &str) -> Result<Option<Lease>, StoreError>;
 
     /// Appends to the audit trail. Events outlive the session they name: deleting a session
-    /// keeps its audit trail.
+    /// keeps its audit trail (see [`Store::delete_audit`]).
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// Audit events in the order recorded, of one session or of all.
     async fn audit_events(&self, session: Option<&str>) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Up to `limit` sessions that have ended by `before_ms`: no unexpired lease holds them
+    /// and their last commit (their creation, without one) is older than `before_ms`. Oldest
+    /// first. Retention deletes them with [`Store::delete_session`], which stays fenced, so a
+    /// session a host takes meanwhile is refused, not deleted.
+    async fn ended_sessions(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// Deletes the audit events recorded before `before_ms`, of `scope`; returns how many.
+    async fn delete_audit(&self, scope: AuditScope<'_>, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// Whose audit events [`Store::delete_audit`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditScope<'a> {
+    /// One session's, whether or not it still exists.
+    Session(&'a str),
+    /// Those of sessions the store no longer holds (left by deletes that kept them).
+    DeletedSessions,
 }

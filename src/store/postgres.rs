@@ -25,8 +25,8 @@ use tokio_postgres::types::ToSql;
 use super::lease::LeaseRow;
 use super::url::redact_password;
 use super::{
-    AuditEvent, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage, StateWrite,
-    StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
+    AuditEvent, AuditScope, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage,
+    StateWrite, StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
 use crate::capability::workspace::FileChange;
 
@@ -325,11 +325,13 @@ async fn adjust_chunks(
         let counts: Vec<i64> = present.iter().map(|(_, d)| *d).collect();
         tx.execute(&update, &[&hashes, &counts]).await?;
     }
-    let inserts: Vec<(&[u8], &[u8], i64)> = missing
-        .iter()
-        .filter(|(_, d)| *d > 0)
-        .filter_map(|(h, d)| new_data.get(*h).map(|data| (&h[..], *data, *d)))
-        .collect();
+    let mut inserts: Vec<(&[u8], &[u8], i64)> = Vec::new();
+    for (hash, delta) in missing.iter().filter(|(_, d)| *d > 0) {
+        let data = new_data.get(*hash).ok_or_else(|| {
+            StoreError::Corrupt(format!("a reference to chunk {} that the store does not hold", hex::encode(hash)))
+        })?;
+        inserts.push((&hash[..], *data, *delta));
+    }
     if !inserts.is_empty() {
         // Another transaction may insert the same chunk concurrently: then add to it. Rows
         // go in hash order (the order of `deltas`).
@@ -973,6 +975,44 @@ impl Store for PostgresStore {
                 reason: r.get(6),
             })
             .collect())
+    }
+
+    async fn ended_sessions(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT s.id FROM sessions s
+                     LEFT JOIN steps st ON st.session = s.id AND st.seq = s.last_step
+                     WHERE (s.lease_holder IS NULL OR s.lease_expires_ms <= {NOW_MS})
+                       AND COALESCE(st.committed_at_ms, s.created_at_ms) < $1
+                     ORDER BY COALESCE(st.committed_at_ms, s.created_at_ms), s.id LIMIT $2"
+                ),
+                &[&before_ms, &limit],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn delete_audit(&self, scope: AuditScope<'_>, before_ms: i64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let deleted = match scope {
+            AuditScope::Session(id) => {
+                client.execute("DELETE FROM audit WHERE session = $1 AND at_ms < $2", &[&id, &before_ms]).await
+            }
+            AuditScope::DeletedSessions => {
+                client
+                    .execute(
+                        "DELETE FROM audit WHERE at_ms < $1
+                         AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = audit.session)",
+                        &[&before_ms],
+                    )
+                    .await
+            }
+        };
+        deleted.map_err(pg_error)
     }
 }
 

@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 
 use super::lease::LeaseRow;
 use super::{
-    AuditEvent, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage, StepCommit,
-    StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
+    AuditEvent, AuditScope, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage,
+    StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
 use crate::capability::workspace::FileChange;
 
@@ -368,12 +368,21 @@ fn ttl_ms(ttl: std::time::Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
+/// Adds `delta` references to each chunk `hashes` names (32 bytes each), deleting those left
+/// with none. Only the named rows are touched: a commit costs its own chunks, not the store's.
 fn add_chunk_refs(conn: &Connection, hashes: &[u8], delta: i64) -> Result<(), StoreError> {
+    let mut update = conn.prepare_cached("UPDATE chunks SET refs = refs + ?2 WHERE hash = ?1").map_err(backend)?;
+    let mut sweep = conn.prepare_cached("DELETE FROM chunks WHERE hash = ?1 AND refs <= 0").map_err(backend)?;
     for hash in hashes.chunks(32) {
-        conn.execute("UPDATE chunks SET refs = refs + ?2 WHERE hash = ?1", params![hash, delta]).map_err(backend)?;
-    }
-    if delta < 0 {
-        conn.execute("DELETE FROM chunks WHERE refs <= 0", []).map_err(backend)?;
+        if update.execute(params![hash, delta]).map_err(backend)? == 0 && delta > 0 {
+            return Err(StoreError::Corrupt(format!(
+                "a reference to chunk {} that the store does not hold",
+                hex::encode(hash)
+            )));
+        }
+        if delta < 0 {
+            sweep.execute([hash]).map_err(backend)?;
+        }
     }
     Ok(())
 }
@@ -1066,6 +1075,42 @@ impl Store for SqliteStore {
                 })
                 .map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn ended_sessions(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT s.id FROM sessions s
+                     LEFT JOIN steps st ON st.session = s.id AND st.seq = s.last_step
+                     WHERE (s.lease_holder IS NULL OR s.lease_expires_ms <= ?2)
+                       AND COALESCE(st.committed_at_ms, s.created_at_ms) < ?1
+                     ORDER BY COALESCE(st.committed_at_ms, s.created_at_ms), s.id LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![before_ms, now_ms(), limit], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_audit(&self, scope: AuditScope<'_>, before_ms: i64) -> Result<u64, StoreError> {
+        let session = match scope {
+            AuditScope::Session(id) => Some(id.to_owned()),
+            AuditScope::DeletedSessions => None,
+        };
+        self.write_value(move |conn| {
+            let deleted = match &session {
+                Some(id) => conn.execute("DELETE FROM audit WHERE session = ?1 AND at_ms < ?2", params![id, before_ms]),
+                None => conn.execute(
+                    "DELETE FROM audit WHERE at_ms < ?1 AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = audit.session)",
+                    [before_ms],
+                ),
+            };
+            Ok(deleted.map_err(backend)? as u64)
         })
         .await
     }

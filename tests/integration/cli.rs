@@ -70,6 +70,16 @@ fn sessions_are_durable_across_cli_invocations() {
     assert!(String::from_utf8_lossy(&gone.stderr).contains("no session `s1`"));
     // Deleting the parent leaves the fork whole.
     assert_eq!(call(&fork, r#"{"op": "list"}"#)["matches"].as_array().unwrap().len(), 1);
+
+    // Retention: nothing has ended a day ago; everything has ended now.
+    let kept = ok(toolhost(&db, &cache, &["sessions", "prune", "--older-than", "1d"]));
+    assert!(kept.contains("pruned 0 sessions"), "{kept}");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let pruned = ok(toolhost(&db, &cache, &["sessions", "prune", "--older-than", "0s"]));
+    assert!(pruned.contains("pruned 1 sessions"), "{pruned}");
+    assert!(ok(toolhost(&db, &cache, &["sessions", "list"])).starts_with("no sessions"));
+    let bad = toolhost(&db, &cache, &["sessions", "prune", "--older-than", "soon"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("soon"));
 }
 
 #[test]

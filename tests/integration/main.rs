@@ -28,6 +28,7 @@ mod policy_fuzz;
 mod provider_fuzz;
 mod python;
 mod replay_inputs;
+mod retention;
 mod scale;
 mod snapshots;
 mod state;

@@ -11,7 +11,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::json;
 use toolhost::store::{
-    AuditEvent, PendingStep, SessionRecord, StateScope, StateWrite, StepCommit, StepOutcome, StepRecord, StoreError,
+    AuditEvent, AuditScope, PendingStep, SessionRecord, StateScope, StateWrite, StepCommit, StepOutcome, StepRecord,
+    StoreError,
 };
 use toolhost::{JournalEntry, MemoryStore, RandomState, SqliteStore, Store, ToolFailure};
 
@@ -70,6 +71,13 @@ enum Op {
         session: u8,
         allowed: bool,
     },
+    /// Deletes audit events before 4,000 (none) or 5,000 (all), of one session or of the
+    /// deleted ones.
+    DeleteAudit {
+        session: u8,
+        deleted_only: bool,
+        all: bool,
+    },
 }
 
 fn session_id(n: u8) -> String {
@@ -96,7 +104,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (session.clone(), 0u8..4, prop::bool::weighted(0.3))
             .prop_map(|(session, token, expired)| Op::Renew { session, token, expired }),
         1 => (session.clone(), 0u8..4).prop_map(|(session, token)| Op::Release { session, token }),
-        1 => (session, prop::bool::ANY).prop_map(|(session, allowed)| Op::Audit { session, allowed }),
+        1 => (session.clone(), prop::bool::ANY).prop_map(|(session, allowed)| Op::Audit { session, allowed }),
+        1 => (session, prop::bool::ANY, prop::bool::ANY)
+            .prop_map(|(session, deleted_only, all)| Op::DeleteAudit { session, deleted_only, all }),
     ]
 }
 
@@ -246,6 +256,11 @@ async fn apply(store: &dyn Store, op: &Op) -> String {
             };
             answer(store.record_audit(&event).await)
         }
+        Op::DeleteAudit { session, deleted_only, all } => {
+            let id = session_id(*session);
+            let scope = if *deleted_only { AuditScope::DeletedSessions } else { AuditScope::Session(&id) };
+            answer(store.delete_audit(scope, if *all { 5_000 } else { 4_000 }).await)
+        }
     }
 }
 
@@ -254,6 +269,9 @@ async fn observe(store: &dyn Store) -> String {
     let mut seen = Vec::new();
     seen.push(answer(store.list_sessions().await));
     seen.push(answer(store.audit_events(None).await));
+    for before in [1_002, 2_003, 3_001, i64::MAX] {
+        seen.push(answer(store.ended_sessions(before, 3).await));
+    }
     let ids = (0..SESSIONS).flat_map(|n| [session_id(n), format!("{}f", session_id(n))]);
     for id in ids {
         seen.push(format!("{id}: {}", answer(store.session(&id).await)));
