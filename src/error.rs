@@ -253,6 +253,138 @@ impl CallError {
             | Self::LeaseLost { tool, .. } => tool,
         }
     }
+
+    /// What kind of failure this is: one classification for every layer that acts on it
+    /// (the agent loop, the MCP server), so they agree.
+    pub fn kind(&self) -> CallErrorKind {
+        use CallErrorKind as K;
+        match self {
+            Self::InvalidInput { .. } => K::InvalidInput,
+            Self::Tool { failure: ToolFailure::InvalidInput(_), .. } => K::ToolInvalidInput,
+            Self::Tool { failure: ToolFailure::Denied(_), .. } => K::Denied,
+            Self::Tool { failure: ToolFailure::Failed(_), .. } => K::ToolFailed,
+            Self::Deadline { .. } => K::Deadline,
+            Self::WallDeadline { .. } => K::WallDeadline,
+            Self::HostLimit { .. } => K::HostLimit,
+            Self::FuelExhausted { .. } => K::FuelExhausted,
+            Self::MemoryLimit { .. } => K::MemoryLimit,
+            Self::Trap { .. } => K::Trap,
+            Self::OutputTooLarge { .. } => K::OutputTooLarge,
+            Self::InvalidOutput { .. } => K::InvalidOutput,
+            Self::Workspace { .. } => K::Workspace,
+            Self::Instantiate { .. } => K::Instantiate,
+            Self::Store { .. } => K::Store,
+            Self::ReplayDiverged { .. } => K::ReplayDiverged,
+            Self::ReplayTooLong { .. } => K::ReplayTooLong,
+            Self::Busy { .. } => K::Busy,
+            Self::Conflict { .. } => K::Conflict,
+            Self::LeaseLost { .. } => K::LeaseLost,
+        }
+    }
+}
+
+/// The kinds of [`CallError`], with a stable name each ([`CallErrorKind::code`]) and whose
+/// fault it is ([`CallErrorKind::fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallErrorKind {
+    InvalidInput,
+    ToolInvalidInput,
+    Denied,
+    ToolFailed,
+    Deadline,
+    WallDeadline,
+    HostLimit,
+    FuelExhausted,
+    MemoryLimit,
+    Trap,
+    OutputTooLarge,
+    InvalidOutput,
+    Workspace,
+    Instantiate,
+    Store,
+    ReplayDiverged,
+    ReplayTooLong,
+    Busy,
+    Conflict,
+    LeaseLost,
+}
+
+/// Whose fault a failed call is, which says what a caller should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// The input or the tool: it was refused, misbehaved or hit a limit on this input.
+    /// Nothing was committed but the session is intact; tell the model, which may try
+    /// otherwise.
+    Tool,
+    /// The host could not run the call (its store, an instance it could not start or
+    /// rebuild). Stop at the last committed step; the session resumes once that is fixed.
+    Host,
+    /// This session handle is stale: another host advanced the session or holds its lease.
+    /// Open the session again (here or on the host that has it).
+    StaleSession,
+    /// Every live instance was busy: retry later, or raise the budget.
+    Overloaded,
+}
+
+impl CallErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 20] = [
+        Self::InvalidInput,
+        Self::ToolInvalidInput,
+        Self::Denied,
+        Self::ToolFailed,
+        Self::Deadline,
+        Self::WallDeadline,
+        Self::HostLimit,
+        Self::FuelExhausted,
+        Self::MemoryLimit,
+        Self::Trap,
+        Self::OutputTooLarge,
+        Self::InvalidOutput,
+        Self::Workspace,
+        Self::Instantiate,
+        Self::Store,
+        Self::ReplayDiverged,
+        Self::ReplayTooLong,
+        Self::Busy,
+        Self::Conflict,
+        Self::LeaseLost,
+    ];
+
+    /// A stable kebab-case name, as the MCP server reports it (`dev.toolhost/error`).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::InvalidInput => "invalid-input",
+            Self::ToolInvalidInput => "tool-invalid-input",
+            Self::Denied => "denied",
+            Self::ToolFailed => "tool-failed",
+            Self::Deadline => "deadline",
+            Self::WallDeadline => "wall-deadline",
+            Self::HostLimit => "host-limit",
+            Self::FuelExhausted => "fuel-exhausted",
+            Self::MemoryLimit => "memory-limit",
+            Self::Trap => "trap",
+            Self::OutputTooLarge => "output-too-large",
+            Self::InvalidOutput => "invalid-output",
+            Self::Workspace => "workspace",
+            Self::Instantiate => "instantiate",
+            Self::Store => "store",
+            Self::ReplayDiverged => "replay-diverged",
+            Self::ReplayTooLong => "replay-too-long",
+            Self::Busy => "busy",
+            Self::Conflict => "conflict",
+            Self::LeaseLost => "lease-lost",
+        }
+    }
+
+    pub fn fault(self) -> Fault {
+        match self {
+            Self::Instantiate | Self::Store | Self::ReplayDiverged | Self::ReplayTooLong => Fault::Host,
+            Self::Conflict | Self::LeaseLost => Fault::StaleSession,
+            Self::Busy => Fault::Overloaded,
+            _ => Fault::Tool,
+        }
+    }
 }
 
 /// Why a session operation (open, fork, delete, inspect) failed.
@@ -276,4 +408,21 @@ pub enum HostError {
     Cache(#[from] crate::engine::CacheError),
     #[error("cannot open the store")]
     Store(#[from] crate::store::StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_call_error_kind_has_its_own_code_and_a_fault() {
+        let codes: std::collections::HashSet<&str> = CallErrorKind::ALL.iter().map(|k| k.code()).collect();
+        assert_eq!(codes.len(), CallErrorKind::ALL.len());
+        let lost = CallError::LeaseLost { tool: "t".into(), session: "s".into(), reason: "expired".into() };
+        assert_eq!((lost.kind(), lost.kind().fault()), (CallErrorKind::LeaseLost, Fault::StaleSession));
+        let denied = CallError::Tool { tool: "t".into(), failure: ToolFailure::Denied("no".into()) };
+        assert_eq!((denied.kind().code(), denied.kind().fault()), ("denied", Fault::Tool));
+        let busy = CallError::Busy { tool: "t".into(), limit: 1, waited: Duration::ZERO };
+        assert_eq!(busy.kind().fault(), Fault::Overloaded);
+    }
 }

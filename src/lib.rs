@@ -36,7 +36,9 @@ pub mod tool_build;
 pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentOutcome, Goal, Stop, Task, ToolCalling};
 pub use budget::{InstanceBudget, InstanceStats};
 pub use engine::{CacheError, CacheStatus, EngineConfig, Limits};
-pub use error::{CallError, HostError, HostResource, LoadError, SessionError, ToolFailure, TrapKind};
+pub use error::{
+    CallError, CallErrorKind, Fault, HostError, HostResource, LoadError, SessionError, ToolFailure, TrapKind,
+};
 pub use host::{Host, HostConfig, PruneReport, ReplayLength, SessionDetails};
 pub use journal::{JournalEntry, RandomState};
 pub use lease::LeaseConfig;

@@ -33,7 +33,7 @@ use serde_json::json;
 pub use action::FINAL_ANSWER;
 pub use config::{AgentConfig, Goal, Task, ToolCalling};
 
-use crate::error::CallError;
+use crate::error::{CallError, Fault};
 use crate::host::Host;
 use crate::journal::{JournalEntry, request_digest};
 use crate::model::{ChatResponse, ModelError, ModelProvider};
@@ -429,15 +429,10 @@ impl Agent {
                     self.report(events, turn, session.last_step(), call, started, &result);
                     return Ok(result);
                 }
-                // The host, not the tool, failed: stop at the last committed step.
-                Err(
-                    e @ (CallError::Store { .. }
-                    | CallError::Conflict { .. }
-                    | CallError::Instantiate { .. }
-                    | CallError::ReplayDiverged { .. }),
-                ) => return Err(e.into()),
                 // The tool misbehaved on this input: the model hears why and may try otherwise.
-                Err(e) => e.to_string(),
+                Err(e) if e.kind().fault() == Fault::Tool => e.to_string(),
+                // The host failed, or the session moved on: stop at the last committed step.
+                Err(e) => return Err(e.into()),
             },
         };
         let input = serde_json::to_value(ToolErrorInput {

@@ -173,31 +173,7 @@ pub(crate) fn success(entry: &Entry, handle: &str, step: u64, output: Value) -> 
 /// A call that did not produce output: the tool's own error, a denial, a trap, a limit.
 /// Reported to the client as a tool error (`isError`), which the model can read and act on.
 pub(crate) fn failure(handle: Option<&str>, error: &CallError) -> CallToolResult {
-    let kind = match error {
-        CallError::InvalidInput { .. } => "invalid-input",
-        CallError::Tool { failure, .. } => match failure {
-            crate::ToolFailure::InvalidInput(_) => "tool-invalid-input",
-            crate::ToolFailure::Denied(_) => "denied",
-            crate::ToolFailure::Failed(_) => "tool-failed",
-        },
-        CallError::Deadline { .. } => "deadline",
-        CallError::WallDeadline { .. } => "wall-deadline",
-        CallError::HostLimit { .. } => "host-limit",
-        CallError::FuelExhausted { .. } => "fuel-exhausted",
-        CallError::MemoryLimit { .. } => "memory-limit",
-        CallError::Trap { .. } => "trap",
-        CallError::OutputTooLarge { .. } => "output-too-large",
-        CallError::InvalidOutput { .. } => "invalid-output",
-        CallError::Workspace { .. } => "workspace",
-        CallError::Instantiate { .. } => "instantiate",
-        CallError::Store { .. } => "store",
-        CallError::ReplayDiverged { .. } => "replay-diverged",
-        CallError::ReplayTooLong { .. } => "replay-too-long",
-        CallError::Busy { .. } => "busy",
-        CallError::Conflict { .. } => "conflict",
-        CallError::LeaseLost { .. } => "lease-lost",
-    };
-    error_result(handle, kind, &error.to_string())
+    error_result(handle, error.kind().code(), &error.to_string())
 }
 
 /// A tool error the server raises itself (an unknown or malformed handle, a busy server).

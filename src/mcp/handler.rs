@@ -17,7 +17,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use super::catalog::{self, Catalog};
 use super::sessions::{HandleError, SessionPool, SharedSession};
 use super::{HANDLE_ARGUMENT, HANDLE_META_KEY};
-use crate::error::CallError;
+use crate::error::Fault;
 
 /// What every connection of one server shares.
 pub(crate) struct Shared {
@@ -121,7 +121,7 @@ impl Connection {
         Ok(match outcome {
             Ok(output) => catalog::success(entry, &handle, step, output),
             Err(error) => {
-                if matches!(error, CallError::Conflict { .. } | CallError::LeaseLost { .. }) {
+                if error.kind().fault() == Fault::StaleSession {
                     self.shared.pool.forget(&handle);
                 }
                 tracing::info!(session = %handle, tool = %request.name, %error, "call failed");
