@@ -24,6 +24,7 @@ pub mod host;
 mod instance;
 mod journal;
 pub mod lease;
+#[cfg(feature = "mcp")]
 pub mod mcp;
 pub mod model;
 pub mod policy;
@@ -42,11 +43,17 @@ pub use error::{
 pub use host::{Host, HostConfig, PruneReport, ReplayLength, SessionDetails};
 pub use journal::{JournalEntry, RandomState};
 pub use lease::LeaseConfig;
-pub use model::{LocalModel, ModelProvider, ModelRouter, ModelsConfig};
+pub use model::ModelProvider;
+#[cfg(feature = "models")]
+pub use model::{LocalModel, ModelRouter, ModelsConfig};
 pub use policy::{
     Access, EnvValue, HostPattern, ModelGrant, NetworkGrant, OnUngranted, Policy, PolicyError, Preopen, StateGrant,
     StateQuota, ToolGrants, WorkspaceGrant,
 };
 pub use session::{Rebuild, Session, SnapshotPolicy};
-pub use store::{AuditEvent, AuditScope, MemoryStore, PostgresStore, SqliteStore, Store, StoreUrl};
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
+pub use store::{AuditEvent, AuditScope, MemoryStore, Store, StoreUrl};
 pub use tool::{Descriptor, Tool, ToolKind};

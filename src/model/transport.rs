@@ -181,7 +181,7 @@ impl Transport {
                 return Err(error);
             }
             let delay = policy.delay(retry, retry_after);
-            let reason = describe(&error);
+            let reason = super::describe_error(&error);
             tracing::info!(provider = %self.name, call_id, retry = retry + 1, ?delay, reason = %reason, "retrying model call");
             progress.emit(ProgressKind::Retrying { attempt: retry + 2, delay, reason: &reason });
             tokio::time::sleep(delay).await;
@@ -338,19 +338,6 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}...", &text[..end])
-}
-
-/// A model error in one line, for logs, progress and the audit trail.
-pub fn describe(error: &ModelError) -> String {
-    match error {
-        ModelError::Denied(m) => format!("denied: {m}"),
-        ModelError::BudgetExceeded(m) => format!("budget exceeded: {m}"),
-        ModelError::RateLimited(m) => format!("rate limited: {m}"),
-        ModelError::Timeout(m) => format!("timeout: {m}"),
-        ModelError::ProviderError(ProviderFailure { status: Some(s), message }) => format!("HTTP {s}: {message}"),
-        ModelError::ProviderError(ProviderFailure { status: None, message }) => message.clone(),
-        ModelError::InvalidRequest(m) => format!("invalid request: {m}"),
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@
 mod chunks;
 mod lease;
 mod memory;
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 mod url;
 
@@ -22,10 +24,16 @@ use serde::{Deserialize, Serialize};
 pub use chunks::{Chunk, chunk_snapshot};
 pub use lease::Lease;
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
-pub(crate) use sqlite::timestamp_ms;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
 pub use url::{StoreUrl, open};
+
+/// Milliseconds since the Unix epoch by this host's clock, for records.
+pub(crate) fn timestamp_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
 
 use crate::capability::workspace::{FileChange, valid_path};
 use crate::error::ToolFailure;

@@ -143,7 +143,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    super::timestamp_ms()
 }
 
 impl SqliteStore {
@@ -1116,7 +1116,3 @@ impl Store for SqliteStore {
     }
 }
 
-/// Milliseconds since the Unix epoch, for records.
-pub(crate) fn timestamp_ms() -> i64 {
-    now_ms()
-}

@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Durability, MemoryStore, PostgresStore, SqliteStore, Store, StoreError};
+#[cfg(feature = "postgres")]
+use super::PostgresStore;
+#[cfg(feature = "sqlite")]
+use super::{Durability, SqliteStore};
+use super::{MemoryStore, Store, StoreError};
 
 /// Where sessions live, as written in a host's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,13 +71,27 @@ pub(crate) fn redact_password(url: &str) -> String {
 }
 
 impl StoreUrl {
-    /// Opens (and migrates) the store. SQLite commits with `synchronous=FULL`.
+    /// Opens (and migrates) the store. SQLite commits with `synchronous=FULL`. A backend this
+    /// build left out (cargo features `sqlite`, `postgres`) is an [`StoreError::InvalidUrl`].
     pub async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(path) => Arc::new(SqliteStore::open(path, Durability::Full)?),
+            #[cfg(feature = "postgres")]
             Self::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
             Self::Memory => Arc::new(MemoryStore::new()),
+            #[allow(unreachable_patterns)]
+            other => return Err(self.left_out(other)),
         })
+    }
+
+    #[cfg_attr(all(feature = "sqlite", feature = "postgres"), allow(dead_code))]
+    fn left_out(&self, url: &StoreUrl) -> StoreError {
+        let feature = if matches!(url, Self::Postgres(_)) { "postgres" } else { "sqlite" };
+        StoreError::InvalidUrl {
+            url: url.to_string(),
+            reason: format!("this toolhost was built without its `{feature}` feature"),
+        }
     }
 }
 
