@@ -16,6 +16,7 @@ mod bindings;
 pub mod budget;
 pub mod capability;
 mod charges;
+pub mod contract;
 pub mod engine;
 pub mod error;
 pub mod exchange;

@@ -15,6 +15,12 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
 };
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult};
 
+mod grant;
+
+pub(crate) use grant::{DENIED_AT_START, compare, configure, guest_path_problem, overlaps, validate};
+pub use grant::{NAME, Preopen};
+
+use super::CapabilityHost;
 use super::audit::Auditor;
 use super::workspace::{WriteCharged, charge_written};
 use crate::journal::SharedJournal;
@@ -332,9 +338,6 @@ impl HasData for HasAuditedFilesystem {
 
 /// Replaces wasmtime-wasi's `wasi:filesystem/types` in `linker` (added before, with the rest
 /// of WASI) by the audited one.
-pub(crate) fn shadow_in_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> AuditedFilesystem<'_>,
-) -> wasmtime::Result<()> {
-    super::shadow(linker, |linker| types::add_to_linker::<T, HasAuditedFilesystem>(linker, get))
+pub(crate) fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    super::shadow(linker, |linker| types::add_to_linker::<T, HasAuditedFilesystem>(linker, T::filesystem))
 }

@@ -1,17 +1,22 @@
 //! The `model` import. The grant is checked here, each response is journaled, and the
 //! journal of the step in flight is persisted as soon as a response arrives: if the host
 //! crashes before the step commits, re-running the step answers the call from the store
-//! instead of paying the provider again.
+//! instead of paying the provider again. The grant's type, checks and rows are in `grant`.
+
+mod grant;
+
+pub use grant::{ModelGrant, NAME};
+pub(crate) use grant::{compare, validate};
 
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
+use super::CapabilityHost;
 use super::in_flight::InFlight;
 use crate::bindings::model::{self as wit, ChatRequest, ChatResponse, ModelError, ProviderFailure};
 use crate::journal::{JournalEntry, SharedJournal, lock, request_digest};
 use crate::model::ModelProvider;
-use crate::policy::ModelGrant;
 use crate::store::{AuditEvent, Store};
 
 /// Per-instance model context.
@@ -226,9 +231,6 @@ impl HasData for HasModel {
     type Data<'a> = &'a mut ModelCtx;
 }
 
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> &mut ModelCtx,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, HasModel>(linker, get)
+pub(crate) fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasModel>(linker, T::model)
 }

@@ -1,15 +1,20 @@
 //! The `state` import: key-value state scoped to (session, tool, namespace), with a write
 //! buffer per step so a call's writes commit together or not at all.
 
+mod grant;
+
+pub use grant::{NAME, StateGrant, StateQuota};
+pub(crate) use grant::{compare, validate};
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
+use super::CapabilityHost;
 use crate::bindings::state::{self as wit, StateError};
 use crate::charges::within_limits;
 use crate::journal::{JournalEntry, SharedJournal, lock};
-use crate::policy::StateGrant;
 use crate::store::{StateScope, StateUsage, StateWrite, Store};
 
 /// Longest key, in bytes.
@@ -437,9 +442,6 @@ impl HasData for HasState {
     type Data<'a> = &'a mut StateCtx;
 }
 
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> &mut StateCtx,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, HasState>(linker, get)
+pub(crate) fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasState>(linker, T::state)
 }

@@ -19,6 +19,7 @@ mod export;
 mod grant;
 mod live;
 mod scan;
+mod setup;
 mod types;
 
 pub(crate) use charged::{WriteCharged, charge_written};
@@ -26,4 +27,6 @@ pub use export::{ExportError, export, workspaces};
 pub use grant::WorkspaceGrant;
 pub(crate) use live::LiveWorkspace;
 pub use scan::ScanError;
+pub use setup::NAME;
+pub(crate) use setup::{compare, configure, validate};
 pub use types::{FileChange, Manifest, WorkspaceEntry, manifest_at, valid_path};
