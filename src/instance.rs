@@ -155,27 +155,12 @@ impl Instance {
         let secure_rng = SessionRng::new(env.seed, tool_name, "secure");
         let insecure_rng = SessionRng::new(env.seed, tool_name, "insecure");
         let audit = Auditor::new(session.to_owned(), tool_name.to_owned(), env.store.clone(), journal.clone());
-        // No args, stdio, sockets or name lookups; env and preopens only as granted.
-        // Clocks and randomness are virtual, so a replayed step sees what the original saw.
         let max_random_draw = (grants.limits.memory_bytes / 4).max(4096);
-        let mut wasi = WasiCtxBuilder::new();
-        clocks::configure(&mut wasi, &journal);
-        random::configure(&mut wasi, &insecure_rng, tool_name, max_random_draw);
-        sockets::configure(&mut wasi, &audit);
-        filesystem::configure(&mut wasi, &grants.filesystem, tool_name)?;
-        let fs_dirty = Arc::new(AtomicBool::new(false));
-        let workspace = workspace::configure(&mut wasi, grants.workspace.as_ref(), &fs_dirty, tool_name)?;
-        capability::env::configure(&mut wasi, &grants.env, session, tool_name);
-        for row in env.ungranted {
-            if let Some(reason) = capability::denied_at_start(row.capability) {
-                audit.deny(row.capability, row.requested.as_deref().unwrap_or_default(), reason).await;
-            }
-        }
-        let wasi = wasi.build();
+        let wasi = wasi_ctx(grants, &env, tool_name, &journal, &audit, &insecure_rng, max_random_draw).await?;
         let mut table = ResourceTable::new();
         table.set_max_capacity(grants.limits.max_handles);
         let data = InstanceState {
-            wasi,
+            wasi: wasi.ctx,
             table,
             http: WasiHttpCtx::new(),
             http_gate: HttpGate::new(
@@ -204,7 +189,7 @@ impl Instance {
             seeded_secure: secure_rng.clone(),
             max_random_draw,
             cpu_ticks_left: engine.ticks_for(grants.limits.cpu_time),
-            fs_dirty,
+            fs_dirty: wasi.fs_dirty,
         };
         let mut wasm_store = Store::new(engine.wasmtime(), data);
         wasm_store.limiter(|s| &mut s.limiter);
@@ -242,7 +227,7 @@ impl Instance {
             journal,
             secure_rng,
             insecure_rng,
-            workspace,
+            workspace: wasi.workspace,
             digest: blueprint.digest.clone(),
             steps_since_snapshot: 0,
         })
@@ -380,6 +365,44 @@ impl Instance {
         self.arm(engine, &limits);
         stateful.call_restore(&mut self.store, bytes).await.map_err(|e| classify(e, tool.name(), &limits))
     }
+}
+
+/// An instance's WASI context and what the capabilities living in it hand back.
+struct WasiParts {
+    ctx: WasiCtx,
+    /// The session workspace, when the tool is granted one.
+    workspace: Option<LiveWorkspace>,
+    /// Set by the filesystem layer on every mutating call (see [`LiveWorkspace`]).
+    fs_dirty: Arc<AtomicBool>,
+}
+
+/// Builds the WASI context, each capability that lives in it configuring its part: no args,
+/// stdio, sockets or name lookups; env and preopens only as granted; clocks and randomness
+/// virtual, so a replayed step sees what the original saw. Requests WASI hands over as a
+/// whole (env, preopens) that are not granted are audited as denied here.
+async fn wasi_ctx(
+    grants: &ToolGrants,
+    env: &InstanceEnv<'_>,
+    tool: &str,
+    journal: &SharedJournal,
+    audit: &Auditor,
+    insecure: &SessionRng,
+    max_random_draw: u64,
+) -> Result<WasiParts, CallError> {
+    let mut wasi = WasiCtxBuilder::new();
+    clocks::configure(&mut wasi, journal);
+    random::configure(&mut wasi, insecure, tool, max_random_draw);
+    sockets::configure(&mut wasi, audit);
+    filesystem::configure(&mut wasi, &grants.filesystem, tool)?;
+    let fs_dirty = Arc::new(AtomicBool::new(false));
+    let workspace = workspace::configure(&mut wasi, grants.workspace.as_ref(), &fs_dirty, tool)?;
+    capability::env::configure(&mut wasi, &grants.env, env.session, tool);
+    for row in env.ungranted {
+        if let Some(reason) = capability::denied_at_start(row.capability) {
+            audit.deny(row.capability, row.requested.as_deref().unwrap_or_default(), reason).await;
+        }
+    }
+    Ok(WasiParts { ctx: wasi.build(), workspace, fs_dirty })
 }
 
 fn host_limit(tool: &str, resource: HostResource, limit: usize, used: usize) -> CallError {

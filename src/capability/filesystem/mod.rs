@@ -5,6 +5,8 @@
 //! in the audit trail, with the path the tool asked for; every call is otherwise passed
 //! through unchanged. It also marks the instance's filesystem dirty on every call that may
 //! change a file or directory, so a step that changed nothing skips the workspace scan.
+//! The grant ([`Preopen`], `[[tools.NAME.filesystem]]`), its checks, its rows and the
+//! preopens an instance gets are in `grant`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

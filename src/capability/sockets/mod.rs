@@ -1,7 +1,8 @@
 //! Raw sockets: never granted. `wasi:sockets` socket creation is shadowed in the linker, so
 //! a tool (granted network or not: HTTP goes through the host's client) gets `access-denied`
 //! and an audit event, and no OS socket is ever opened. WASI's own switches are off too
-//! (`allow_tcp(false)`, `allow_udp(false)`) in case a path around the shadow appears.
+//! (`allow_tcp(false)`, `allow_udp(false)`, no name lookups) in case a path around the shadow
+//! appears, and every address use is denied and audited by [`deny_sockets`].
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -11,6 +11,9 @@
 //! with the file changes: they commit in the same transaction as the step or not at all. A
 //! trapped or aborted step drops its instance, and with it the staging directory.
 //!
+//! The grant is [`WorkspaceGrant`]; its checks, its row and its mount in an instance are in
+//! `setup`.
+//!
 //! Host preopens (`[[tools.NAME.filesystem]]`) are different: they are the host's real
 //! directories, outside the session's transaction.
 
