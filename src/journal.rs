@@ -23,139 +23,16 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Serialize;
 
-use crate::bindings::model::{ChatResponse, ModelError};
-use crate::bindings::state::StateError;
 use crate::charges::StepCharges;
-use crate::exchange::{HttpFailure, HttpOutcome, HttpRequestPrint};
+use crate::contract::http::{HttpFailure, HttpOutcome};
+pub use crate::contract::{JournalEntry, RandomState};
 
-/// One recorded input.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum JournalEntry {
-    WallClock {
-        secs: u64,
-        nanos: u32,
-    },
-    MonotonicClock {
-        nanos: u64,
-    },
-    StateGet {
-        namespace: String,
-        key: String,
-        result: Result<Option<Vec<u8>>, StateError>,
-    },
-    StateSet {
-        namespace: String,
-        key: String,
-        result: Result<(), StateError>,
-    },
-    StateDelete {
-        namespace: String,
-        key: String,
-        result: Result<bool, StateError>,
-    },
-    StateListKeys {
-        namespace: String,
-        prefix: String,
-        result: Result<Vec<String>, StateError>,
-    },
-    /// `request` is the sha256 of the serialized request, to detect a replay that asks
-    /// something else.
-    Model {
-        model: String,
-        request: String,
-        result: Result<ChatResponse, ModelError>,
-    },
-    /// `count` wall-clock readings: `start_nanos` (since the epoch), then one nanosecond more
-    /// each. A clock read in a loop costs one entry per quantum of real time, not per read.
-    WallClockRun {
-        start_nanos: u64,
-        count: u32,
-    },
-    /// `count` monotonic readings from `start`, one nanosecond apart (see `WallClockRun`).
-    MonotonicClockRun {
-        start: u64,
-        count: u32,
-    },
-    /// `count` reads of a key answered from the step's own view: its write of the key, or
-    /// the value an earlier `StateGet` of this step recorded. No value is copied again.
-    StateGetRepeat {
-        namespace: String,
-        key: String,
-        count: u32,
-    },
-    /// Secure random bytes from the OS, as drawn by one or more consecutive requests.
-    SecureRandom {
-        bytes: Vec<u8>,
-    },
-    /// One outgoing HTTP request and what it came to.
-    Http {
-        request: HttpRequestPrint,
-        outcome: HttpOutcome,
-    },
-}
-
-impl JournalEntry {
-    fn kind(&self) -> &'static str {
-        match self {
-            Self::WallClock { .. } => "wall-clock",
-            Self::MonotonicClock { .. } => "monotonic-clock",
-            Self::StateGet { .. } => "state.get",
-            Self::StateSet { .. } => "state.set",
-            Self::StateDelete { .. } => "state.delete",
-            Self::StateListKeys { .. } => "state.list-keys",
-            Self::Model { .. } => "model.chat",
-            Self::WallClockRun { .. } => "wall-clock",
-            Self::MonotonicClockRun { .. } => "monotonic-clock",
-            Self::StateGetRepeat { .. } => "state.get",
-            Self::SecureRandom { .. } => "secure random bytes",
-            Self::Http { .. } => "http",
-        }
-    }
-
-    /// How many guest requests the entry answers.
-    fn run_len(&self) -> u32 {
-        match self {
-            Self::WallClockRun { count, .. }
-            | Self::MonotonicClockRun { count, .. }
-            | Self::StateGetRepeat { count, .. } => *count,
-            _ => 1,
-        }
-    }
-
-    /// Host memory the entry holds, near enough to charge it.
-    fn approx_bytes(&self) -> usize {
-        let heap = match self {
-            Self::WallClock { .. }
-            | Self::MonotonicClock { .. }
-            | Self::WallClockRun { .. }
-            | Self::MonotonicClockRun { .. } => 0,
-            Self::StateGet { namespace, key, result } => {
-                namespace.len() + key.len() + result.as_ref().map_or(64, |v| v.as_ref().map_or(0, Vec::len))
-            }
-            Self::StateSet { namespace, key, .. } | Self::StateDelete { namespace, key, .. } => {
-                namespace.len() + key.len() + 64
-            }
-            Self::StateListKeys { namespace, prefix, result } => {
-                namespace.len()
-                    + prefix.len()
-                    + result.as_ref().map_or(64, |keys| keys.iter().map(|k| k.len() + 24).sum())
-            }
-            Self::StateGetRepeat { namespace, key, .. } => namespace.len() + key.len(),
-            Self::SecureRandom { bytes } => bytes.len(),
-            Self::Model { .. } => postcard::to_stdvec(self).map_or(0, |b| b.len()),
-            Self::Http { request, outcome } => crate::exchange::approx_bytes(request, outcome),
-        };
-        std::mem::size_of::<Self>() + heap
-    }
-}
-
-/// Stable digest of a serializable request.
+/// Replay fingerprint of a request: sha256 of its canonical JSON form, which fields added
+/// later with default values leave unchanged (see [`crate::contract::ChatRequest::fingerprint`]).
 pub(crate) fn request_digest<T: Serialize>(request: &T) -> String {
-    let bytes = postcard::to_stdvec(request).expect("requests serialize");
-    hex::encode(Sha256::digest(bytes))
+    crate::contract::canonical_digest(request)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,16 +341,6 @@ impl Journal {
     }
 }
 
-/// Where a tool instance's random streams stand after a step: the session seed they are
-/// drawn from (a fork switches to a fresh one after its fork point) and their positions.
-/// `secure` moves only in steps committed before secure randomness was journaled entropy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RandomState {
-    pub seed: [u8; 32],
-    pub secure: u128,
-    pub insecure: u128,
-}
-
 #[cfg(test)]
 mod secure_random_tests {
     use super::*;
@@ -536,7 +403,7 @@ mod secure_random_tests {
 #[cfg(test)]
 mod http_slot_tests {
     use super::*;
-    use crate::exchange::HttpResponseRecord;
+    use crate::exchange::{HttpRequestPrint, HttpResponseRecord};
 
     fn print(url: &str) -> HttpRequestPrint {
         HttpRequestPrint { method: "GET".into(), url: url.into(), headers: "h".into(), body: None }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use crate::bindings::model::{
+pub use crate::contract::{
     ChatRequest, ChatResponse, FinishReason, Message, ModelError, ProviderFailure, Role, ToolCall, ToolChoice,
     ToolDefinition, Usage,
 };

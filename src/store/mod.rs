@@ -28,8 +28,7 @@ pub use sqlite::{Durability, SqliteStore};
 pub use url::{StoreUrl, open};
 
 use crate::capability::workspace::{FileChange, valid_path};
-use crate::error::ToolFailure;
-use crate::journal::{JournalEntry, RandomState};
+use crate::contract::{JournalEntry, RandomState, ToolFailure};
 
 /// Whose state an operation touches. The host fills it in: a tool never names it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
