@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use toolhost::contract::{ChatResponse, FinishReason, Usage, decode_journal, encode_journal};
 use toolhost::store::Durability;
-use toolhost::{EngineConfig, Host, HostConfig, JournalEntry, Policy, SqliteStore, Store};
+use toolhost::{EngineConfig, Host, HostConfig, JournalEntry, Policy, SnapshotPolicy, SqliteStore, Store};
 
 const STEPS: usize = 300;
 const WARMUP: usize = 30;
@@ -85,7 +85,9 @@ fn main() {
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(data.path().join("bench.db"), Durability::Full).unwrap());
         let engine = EngineConfig { cache_dir: Some(cache.path().into()), ..EngineConfig::default() };
-        let config = HostConfig { engine, policy: Policy::grant_requested(), ..HostConfig::default() };
+        // No snapshots: they would prune the journals of the steps they cover.
+        let snapshots = SnapshotPolicy { every: u32::MAX, keep: 1 };
+        let config = HostConfig { engine, policy: Policy::grant_requested(), snapshots, ..HostConfig::default() };
         let host = Host::with_store(config, store.clone()).unwrap();
         let (commit, id) = run_steps(&host, &paths).await;
         let journals: Vec<Vec<JournalEntry>> =
@@ -123,8 +125,8 @@ fn main() {
     let size = |blobs: &[Vec<u8>]| blobs.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
 
     println!("\njournal encodings: {n} step journals ({entries} entries) of calculator, notes and model steps\n");
-    println!("| {:<44} | {:>12} | {:>9} |", "measurement (per step journal)", "median", "x postcard");
-    println!("|{:-<46}|{:-<14}|{:-<11}|", "", "", "");
+    println!("| {:<44} | {:>12} | {:>10} |", "measurement (per step journal)", "median", "x postcard");
+    println!("|{:-<46}|{:-<14}|{:-<12}|", "", "", "");
     let ratio = |new: Duration, old: Duration| new.as_secs_f64() / old.as_secs_f64();
     println!("| {:<44} | {:>12.2?} | {:>9.2}x |", "decode, postcard (baseline)", decode_old, 1.0);
     println!("| {:<44} | {:>12.2?} | {:>9.2}x |", "decode, versioned JSON", decode_new, ratio(decode_new, decode_old));
