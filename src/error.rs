@@ -67,19 +67,7 @@ pub enum LoadError {
     Ungranted { path: PathBuf, tool: String, ungranted: Vec<String> },
 }
 
-/// How a tool reported its own failure (the WIT `tool-error`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
-// Externally tagged (`{"invalid-input": "..."}`): the store encodes steps with postcard, which
-// cannot read back internally or adjacently tagged enums.
-#[serde(rename_all = "kebab-case")]
-pub enum ToolFailure {
-    #[error("invalid input: {0}")]
-    InvalidInput(String),
-    #[error("denied: {0}")]
-    Denied(String),
-    #[error("failed: {0}")]
-    Failed(String),
-}
+pub use crate::contract::ToolFailure;
 
 /// What made a tool's instance stop abruptly. The instance is dropped; the session rebuilds
 /// it on the next call and nothing from the aborted call is committed.

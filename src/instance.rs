@@ -8,7 +8,7 @@ use std::time::Duration;
 use wasmtime::component::{Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::{self, stateful, tool as tool_export};
@@ -17,19 +17,19 @@ use crate::capability::filesystem::AuditedFilesystem;
 use crate::capability::in_flight::InFlight;
 use crate::capability::log::LogCtx;
 use crate::capability::model::ModelCtx;
-use crate::capability::network::{HttpGate, deny_sockets};
-use crate::capability::random::SecureRandom;
+use crate::capability::network::HttpGate;
+use crate::capability::random::{SecureRandom, SessionRng};
 use crate::capability::sockets::SocketGate;
 use crate::capability::state::StateCtx;
 use crate::capability::workspace::LiveWorkspace;
+use crate::capability::{self, CapabilityHost, clocks, filesystem, random, sockets, workspace};
 use crate::charges::{HostLimitExceeded, StepCharges};
+use crate::contract::CapabilityRow;
 use crate::engine::{Engine, GuestLimiter, Limits, MemoryLimitExceeded};
 use crate::error::{CallError, HostResource, ToolFailure, TrapKind};
-use crate::journal::{
-    Journal, JournaledMonotonicClock, JournaledWallClock, RandomState, SessionRng, SharedJournal, insecure_seed, lock,
-};
+use crate::journal::{Journal, RandomState, SharedJournal, lock};
 use crate::model::ModelProvider;
-use crate::policy::{Access, CapabilityRow, ToolGrants};
+use crate::policy::ToolGrants;
 use crate::store::{self, StateScope};
 use crate::tool::{Blueprint, Tool};
 
@@ -68,32 +68,42 @@ impl WasiHttpView for InstanceState {
     }
 }
 
-fn secure_random(s: &mut InstanceState) -> SecureRandom<'_> {
-    SecureRandom { journal: &s.journal, legacy: &mut s.seeded_secure, max_draw: s.max_random_draw }
-}
+impl CapabilityHost for InstanceState {
+    fn state(&mut self) -> &mut StateCtx {
+        &mut self.state
+    }
 
-fn audited_filesystem(s: &mut InstanceState) -> AuditedFilesystem<'_> {
-    AuditedFilesystem {
-        view: WasiFilesystemCtxView { ctx: s.wasi.filesystem(), table: &mut s.table },
-        audit: &s.audit,
-        dirty: &s.fs_dirty,
-        journal: &s.journal,
+    fn log(&mut self) -> &mut LogCtx {
+        &mut self.log
+    }
+
+    fn model(&mut self) -> &mut ModelCtx {
+        &mut self.model
+    }
+
+    fn filesystem(&mut self) -> AuditedFilesystem<'_> {
+        AuditedFilesystem {
+            view: WasiFilesystemCtxView { ctx: self.wasi.filesystem(), table: &mut self.table },
+            audit: &self.audit,
+            dirty: &self.fs_dirty,
+            journal: &self.journal,
+        }
+    }
+
+    fn sockets(&mut self) -> SocketGate<'_> {
+        SocketGate { audit: &self.audit }
+    }
+
+    fn secure_random(&mut self) -> SecureRandom<'_> {
+        SecureRandom { journal: &self.journal, legacy: &mut self.seeded_secure, max_draw: self.max_random_draw }
     }
 }
 
-/// The linker every tool is instantiated with: WASI (sandboxed by each instance's
-/// `WasiCtx`, its filesystem audited), outgoing HTTP (gated by the instance's network
-/// grant) and the toolhost capabilities.
+/// The linker every tool is instantiated with: WASI and every capability (see
+/// [`capability::add_to_linker`]).
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<InstanceState>> {
     let mut linker: Linker<InstanceState> = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    crate::capability::filesystem::shadow_in_linker(&mut linker, audited_filesystem)?;
-    crate::capability::sockets::shadow_in_linker(&mut linker, |s| SocketGate { audit: &s.audit })?;
-    crate::capability::random::shadow_in_linker(&mut linker, secure_random)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    crate::capability::state::add_to_linker(&mut linker, |s| &mut s.state)?;
-    crate::capability::log::add_to_linker(&mut linker, |s| &mut s.log)?;
-    crate::capability::model::add_to_linker(&mut linker, |s| &mut s.model)?;
+    capability::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
@@ -145,68 +155,12 @@ impl Instance {
         let secure_rng = SessionRng::new(env.seed, tool_name, "secure");
         let insecure_rng = SessionRng::new(env.seed, tool_name, "insecure");
         let audit = Auditor::new(session.to_owned(), tool_name.to_owned(), env.store.clone(), journal.clone());
-        // No args, stdio, sockets or name lookups; env and preopens only as granted.
-        // Clocks and randomness are virtual, so a replayed step sees what the original saw.
-        // Secure randomness (OS entropy, journaled) and socket creation (audited, no OS
-        // socket opened) are shadowed in the linker.
         let max_random_draw = (grants.limits.memory_bytes / 4).max(4096);
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.wall_clock(JournaledWallClock(journal.clone()))
-            .monotonic_clock(JournaledMonotonicClock(journal.clone()))
-            .insecure_random(insecure_rng.clone())
-            .insecure_random_seed(insecure_seed(tool_name))
-            .max_random_size(max_random_draw)
-            .allow_ip_name_lookup(false)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .socket_addr_check(deny_sockets(audit.clone()));
-        let fail_env = |reason: String| CallError::Instantiate { tool: tool_name.to_owned(), reason };
-        for preopen in &grants.filesystem {
-            let perms = match preopen.access {
-                Access::Read => FsPerms::ReadOnly,
-                Access::ReadWrite => FsPerms::ReadWrite,
-            };
-            wasi.preopened_dir(&preopen.host, &preopen.guest, perms).map_err(|e| {
-                fail_env(format!(
-                    "cannot open the granted directory {} for {}: {e:#}",
-                    preopen.host.display(),
-                    preopen.guest
-                ))
-            })?;
-        }
-        let fs_dirty = Arc::new(AtomicBool::new(false));
-        let workspace = match &grants.workspace {
-            Some(grant) => {
-                let live = LiveWorkspace::new(grant, fs_dirty.clone())
-                    .map_err(|e| fail_env(format!("cannot create the workspace's staging directory: {e}")))?;
-                wasi.preopened_dir(live.staging(), live.guest(), FsPerms::ReadWrite)
-                    .map_err(|e| fail_env(format!("cannot open the workspace's staging directory: {e:#}")))?;
-                Some(live)
-            }
-            None => None,
-        };
-        for (name, value) in &grants.env {
-            match value.resolve() {
-                Some(value) => {
-                    wasi.env(name, value);
-                }
-                None => tracing::warn!(session, tool = tool_name, variable = %name,
-                    "the policy passes through a host variable that is not set; the tool will not see it"),
-            }
-        }
-        for row in env.ungranted.iter().filter(|r| matches!(r.capability, "env" | "filesystem")) {
-            let requested = row.requested.as_deref().unwrap_or_default();
-            let reason = match row.capability {
-                "env" => "not granted: the tool's environment does not contain it",
-                _ => "not granted: nothing (or only read-only) is mounted there",
-            };
-            audit.deny(row.capability, requested, reason).await;
-        }
-        let wasi = wasi.build();
+        let wasi = wasi_ctx(grants, &env, tool_name, &journal, &audit, &insecure_rng, max_random_draw).await?;
         let mut table = ResourceTable::new();
         table.set_max_capacity(grants.limits.max_handles);
         let data = InstanceState {
-            wasi,
+            wasi: wasi.ctx,
             table,
             http: WasiHttpCtx::new(),
             http_gate: HttpGate::new(
@@ -235,7 +189,7 @@ impl Instance {
             seeded_secure: secure_rng.clone(),
             max_random_draw,
             cpu_ticks_left: engine.ticks_for(grants.limits.cpu_time),
-            fs_dirty,
+            fs_dirty: wasi.fs_dirty,
         };
         let mut wasm_store = Store::new(engine.wasmtime(), data);
         wasm_store.limiter(|s| &mut s.limiter);
@@ -273,7 +227,7 @@ impl Instance {
             journal,
             secure_rng,
             insecure_rng,
-            workspace,
+            workspace: wasi.workspace,
             digest: blueprint.digest.clone(),
             steps_since_snapshot: 0,
         })
@@ -411,6 +365,44 @@ impl Instance {
         self.arm(engine, &limits);
         stateful.call_restore(&mut self.store, bytes).await.map_err(|e| classify(e, tool.name(), &limits))
     }
+}
+
+/// An instance's WASI context and what the capabilities living in it hand back.
+struct WasiParts {
+    ctx: WasiCtx,
+    /// The session workspace, when the tool is granted one.
+    workspace: Option<LiveWorkspace>,
+    /// Set by the filesystem layer on every mutating call (see [`LiveWorkspace`]).
+    fs_dirty: Arc<AtomicBool>,
+}
+
+/// Builds the WASI context, each capability that lives in it configuring its part: no args,
+/// stdio, sockets or name lookups; env and preopens only as granted; clocks and randomness
+/// virtual, so a replayed step sees what the original saw. Requests WASI hands over as a
+/// whole (env, preopens) that are not granted are audited as denied here.
+async fn wasi_ctx(
+    grants: &ToolGrants,
+    env: &InstanceEnv<'_>,
+    tool: &str,
+    journal: &SharedJournal,
+    audit: &Auditor,
+    insecure: &SessionRng,
+    max_random_draw: u64,
+) -> Result<WasiParts, CallError> {
+    let mut wasi = WasiCtxBuilder::new();
+    clocks::configure(&mut wasi, journal);
+    random::configure(&mut wasi, insecure, tool, max_random_draw);
+    sockets::configure(&mut wasi, audit);
+    filesystem::configure(&mut wasi, &grants.filesystem, tool)?;
+    let fs_dirty = Arc::new(AtomicBool::new(false));
+    let workspace = workspace::configure(&mut wasi, grants.workspace.as_ref(), &fs_dirty, tool)?;
+    capability::env::configure(&mut wasi, &grants.env, env.session, tool);
+    for row in env.ungranted {
+        if let Some(reason) = capability::denied_at_start(row.capability) {
+            audit.deny(row.capability, row.requested.as_deref().unwrap_or_default(), reason).await;
+        }
+    }
+    Ok(WasiParts { ctx: wasi.build(), workspace, fs_dirty })
 }
 
 fn host_limit(tool: &str, resource: HostResource, limit: usize, used: usize) -> CallError {

@@ -11,158 +11,28 @@
 //! Secure randomness is OS entropy, journaled like any other input (consecutive draws share
 //! one entry). Insecure randomness is not journaled value by value: each (session, tool)
 //! draws from a ChaCha20 stream seeded from the session's seed, and a step records the
-//! stream's position, which is enough to reproduce every byte. (Steps committed before
-//! entropy was journaled drew secure bytes from a seeded stream too; their replay does again.)
+//! stream's position ([`RandomState`]), which is enough to reproduce every byte. (Steps
+//! committed before entropy was journaled drew secure bytes from a seeded stream too; their
+//! replay does again.)
+//!
+//! This module is the journal's mechanics (the entries, recording, replay in order,
+//! divergence); each capability decides what it records and how it reads its entries back
+//! (e.g. [`crate::capability::clocks`] for clock runs, [`crate::capability::random`] for
+//! entropy and the seeded streams).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Serialize;
 
-use crate::bindings::model::{ChatResponse, ModelError};
-use crate::bindings::state::StateError;
 use crate::charges::StepCharges;
-use crate::exchange::{HttpFailure, HttpOutcome, HttpRequestPrint};
+use crate::contract::http::{HttpFailure, HttpOutcome};
+pub use crate::contract::{JournalEntry, RandomState};
 
-/// One recorded input.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum JournalEntry {
-    WallClock {
-        secs: u64,
-        nanos: u32,
-    },
-    MonotonicClock {
-        nanos: u64,
-    },
-    StateGet {
-        namespace: String,
-        key: String,
-        result: Result<Option<Vec<u8>>, StateError>,
-    },
-    StateSet {
-        namespace: String,
-        key: String,
-        result: Result<(), StateError>,
-    },
-    StateDelete {
-        namespace: String,
-        key: String,
-        result: Result<bool, StateError>,
-    },
-    StateListKeys {
-        namespace: String,
-        prefix: String,
-        result: Result<Vec<String>, StateError>,
-    },
-    /// `request` is the sha256 of the serialized request, to detect a replay that asks
-    /// something else.
-    Model {
-        model: String,
-        request: String,
-        result: Result<ChatResponse, ModelError>,
-    },
-    /// `count` wall-clock readings: `start_nanos` (since the epoch), then one nanosecond more
-    /// each. A clock read in a loop costs one entry per quantum of real time, not per read.
-    WallClockRun {
-        start_nanos: u64,
-        count: u32,
-    },
-    /// `count` monotonic readings from `start`, one nanosecond apart (see `WallClockRun`).
-    MonotonicClockRun {
-        start: u64,
-        count: u32,
-    },
-    /// `count` reads of a key answered from the step's own view: its write of the key, or
-    /// the value an earlier `StateGet` of this step recorded. No value is copied again.
-    StateGetRepeat {
-        namespace: String,
-        key: String,
-        count: u32,
-    },
-    /// Secure random bytes from the OS, as drawn by one or more consecutive requests.
-    SecureRandom {
-        bytes: Vec<u8>,
-    },
-    /// One outgoing HTTP request and what it came to.
-    Http {
-        request: HttpRequestPrint,
-        outcome: HttpOutcome,
-    },
-}
-
-impl JournalEntry {
-    fn kind(&self) -> &'static str {
-        match self {
-            Self::WallClock { .. } => "wall-clock",
-            Self::MonotonicClock { .. } => "monotonic-clock",
-            Self::StateGet { .. } => "state.get",
-            Self::StateSet { .. } => "state.set",
-            Self::StateDelete { .. } => "state.delete",
-            Self::StateListKeys { .. } => "state.list-keys",
-            Self::Model { .. } => "model.chat",
-            Self::WallClockRun { .. } => "wall-clock",
-            Self::MonotonicClockRun { .. } => "monotonic-clock",
-            Self::StateGetRepeat { .. } => "state.get",
-            Self::SecureRandom { .. } => "secure random bytes",
-            Self::Http { .. } => "http",
-        }
-    }
-
-    /// How many guest requests the entry answers.
-    fn run_len(&self) -> u32 {
-        match self {
-            Self::WallClockRun { count, .. }
-            | Self::MonotonicClockRun { count, .. }
-            | Self::StateGetRepeat { count, .. } => *count,
-            _ => 1,
-        }
-    }
-
-    /// Host memory the entry holds, near enough to charge it.
-    fn approx_bytes(&self) -> usize {
-        let heap = match self {
-            Self::WallClock { .. }
-            | Self::MonotonicClock { .. }
-            | Self::WallClockRun { .. }
-            | Self::MonotonicClockRun { .. } => 0,
-            Self::StateGet { namespace, key, result } => {
-                namespace.len() + key.len() + result.as_ref().map_or(64, |v| v.as_ref().map_or(0, Vec::len))
-            }
-            Self::StateSet { namespace, key, .. } | Self::StateDelete { namespace, key, .. } => {
-                namespace.len() + key.len() + 64
-            }
-            Self::StateListKeys { namespace, prefix, result } => {
-                namespace.len()
-                    + prefix.len()
-                    + result.as_ref().map_or(64, |keys| keys.iter().map(|k| k.len() + 24).sum())
-            }
-            Self::StateGetRepeat { namespace, key, .. } => namespace.len() + key.len(),
-            Self::SecureRandom { bytes } => bytes.len(),
-            Self::Model { .. } => postcard::to_stdvec(self).map_or(0, |b| b.len()),
-            Self::Http { request, outcome } => crate::exchange::approx_bytes(request, outcome),
-        };
-        std::mem::size_of::<Self>() + heap
-    }
-}
-
-/// Granularity of live clock readings: readings within one quantum extend a run.
-const WALL_QUANTUM_NANOS: u64 = 1_000_000;
-const MONOTONIC_QUANTUM_NANOS: u64 = 100_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ClockKind {
-    Wall,
-    Monotonic,
-}
-
-/// Stable digest of a serializable request.
+/// Replay fingerprint of a request: sha256 of its canonical JSON form, which fields added
+/// later with default values leave unchanged (see [`crate::contract::ChatRequest::fingerprint`]).
 pub(crate) fn request_digest<T: Serialize>(request: &T) -> String {
-    let bytes = postcard::to_stdvec(request).expect("requests serialize");
-    hex::encode(Sha256::digest(bytes))
+    crate::contract::canonical_digest(request)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,215 +334,10 @@ impl Journal {
         self.recorded.len()
     }
 
-    /// A live clock reading, quantized: a reading within the quantum of the previous one
-    /// continues its run one nanosecond later (readings stay strictly increasing), so a
-    /// clock read in a loop extends one entry instead of adding one per read.
-    fn record_clock(&mut self, kind: ClockKind, real_nanos: u64) -> u64 {
-        let quantum = match kind {
-            ClockKind::Wall => WALL_QUANTUM_NANOS,
-            ClockKind::Monotonic => MONOTONIC_QUANTUM_NANOS,
-        };
-        let reading = real_nanos - real_nanos % quantum;
-        if matches!(self.mode, Mode::Off) {
-            return reading;
-        }
-        let run = match (kind, self.recorded.last_mut()) {
-            (ClockKind::Wall, Some(JournalEntry::WallClockRun { start_nanos, count })) => Some((*start_nanos, count)),
-            (ClockKind::Monotonic, Some(JournalEntry::MonotonicClockRun { start, count })) => Some((*start, count)),
-            _ => None,
-        };
-        if let Some((start, count)) = run {
-            let next = start.saturating_add(u64::from(*count));
-            if reading <= next && *count < u32::MAX {
-                *count += 1;
-                return next;
-            }
-        }
-        self.record(match kind {
-            ClockKind::Wall => JournalEntry::WallClockRun { start_nanos: reading, count: 1 },
-            ClockKind::Monotonic => JournalEntry::MonotonicClockRun { start: reading, count: 1 },
-        });
-        reading
-    }
-}
-
-/// Wall clock seen by a guest: real time, journaled.
-pub(crate) struct JournaledWallClock(pub SharedJournal);
-
-impl wasmtime_wasi::HostWallClock for JournaledWallClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_nanos(WALL_QUANTUM_NANOS)
-    }
-
-    fn now(&self) -> Duration {
-        let mut journal = lock(&self.0);
-        let replayed = journal.replayed_in_run("the wall clock", |e, i| match e {
-            JournalEntry::WallClock { secs, nanos } => Some(Duration::new(*secs, *nanos)),
-            JournalEntry::WallClockRun { start_nanos, .. } => {
-                Some(Duration::from_nanos(start_nanos.saturating_add(u64::from(i))))
-            }
-            _ => None,
-        });
-        replayed.unwrap_or_else(|| {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            let nanos = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-            Duration::from_nanos(journal.record_clock(ClockKind::Wall, nanos))
-        })
-    }
-}
-
-/// Monotonic clock seen by a guest, journaled. Its origin is the host's process start, so
-/// only differences are meaningful, as WASI specifies.
-pub(crate) struct JournaledMonotonicClock(pub SharedJournal);
-
-fn process_origin() -> std::time::Instant {
-    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    *ORIGIN.get_or_init(std::time::Instant::now)
-}
-
-impl wasmtime_wasi::HostMonotonicClock for JournaledMonotonicClock {
-    fn resolution(&self) -> u64 {
-        MONOTONIC_QUANTUM_NANOS
-    }
-
-    fn now(&self) -> u64 {
-        let mut journal = lock(&self.0);
-        let replayed = journal.replayed_in_run("the monotonic clock", |e, i| match e {
-            JournalEntry::MonotonicClock { nanos } => Some(*nanos),
-            JournalEntry::MonotonicClockRun { start, .. } => Some(start.saturating_add(u64::from(i))),
-            _ => None,
-        });
-        replayed.unwrap_or_else(|| {
-            let nanos = process_origin().elapsed().as_nanos() as u64;
-            journal.record_clock(ClockKind::Monotonic, nanos)
-        })
-    }
-}
-
-/// Where a tool instance's random streams stand after a step: the session seed they are
-/// drawn from (a fork switches to a fresh one after its fork point) and their positions.
-/// `secure` moves only in steps committed before secure randomness was journaled entropy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RandomState {
-    pub seed: [u8; 32],
-    pub secure: u128,
-    pub insecure: u128,
-}
-
-/// A deterministic random stream shared between the WASI context and the session.
-#[derive(Clone)]
-pub(crate) struct SessionRng {
-    rng: Arc<Mutex<(ChaCha20Rng, [u8; 32])>>,
-    tool: Arc<str>,
-    purpose: &'static str,
-}
-
-fn derive_stream(seed: &[u8; 32], tool: &str, purpose: &str) -> ChaCha20Rng {
-    let mut hasher = Sha256::new();
-    hasher.update(seed);
-    hasher.update(tool.as_bytes());
-    hasher.update([0]);
-    hasher.update(purpose.as_bytes());
-    ChaCha20Rng::from_seed(hasher.finalize().into())
-}
-
-impl SessionRng {
-    /// The stream `purpose` of `tool` drawn from `seed`.
-    pub fn new(seed: &[u8; 32], tool: &str, purpose: &'static str) -> Self {
-        Self { rng: Arc::new(Mutex::new((derive_stream(seed, tool, purpose), *seed))), tool: tool.into(), purpose }
-    }
-
-    fn rng(&self) -> std::sync::MutexGuard<'_, (ChaCha20Rng, [u8; 32])> {
-        self.rng.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn seed(&self) -> [u8; 32] {
-        self.rng().1
-    }
-
-    pub fn position(&self) -> u128 {
-        self.rng().0.get_word_pos()
-    }
-
-    /// Moves to `position` of the stream drawn from `seed`.
-    pub fn seek(&self, seed: &[u8; 32], position: u128) {
-        let mut guard = self.rng();
-        if &guard.1 != seed {
-            *guard = (derive_stream(seed, &self.tool, self.purpose), *seed);
-        }
-        guard.0.set_word_pos(position);
-    }
-}
-
-impl rand_core::TryRng for SessionRng {
-    type Error = std::convert::Infallible;
-
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        Ok(rand_core::Rng::next_u32(&mut self.rng().0))
-    }
-
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        Ok(rand_core::Rng::next_u64(&mut self.rng().0))
-    }
-
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        rand_core::Rng::fill_bytes(&mut self.rng().0, dst);
-        Ok(())
-    }
-}
-
-/// The insecure-seed WASI hands a guest (e.g. for hash map keys). WASI defines it as
-/// neither secret nor unique; it is fixed per tool so replays and forks see the same one.
-pub(crate) fn insecure_seed(tool: &str) -> u128 {
-    let mut hasher = Sha256::new();
-    hasher.update(tool.as_bytes());
-    hasher.update(b"\0insecure-seed");
-    u128::from_le_bytes(hasher.finalize()[..16].try_into().expect("16 bytes"))
-}
-
-#[cfg(test)]
-mod clock_run_tests {
-    use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
-
-    use super::*;
-
-    #[test]
-    fn a_clock_read_in_a_loop_is_one_entry_per_quantum_and_replays_exactly() {
-        let journal = Journal::new();
-        lock(&journal).begin_live();
-        let (wall, mono) = (JournaledWallClock(journal.clone()), JournaledMonotonicClock(journal.clone()));
-        let readings: Vec<(Duration, u64)> = (0..10_000).map(|_| (wall.now(), mono.now())).collect();
-        let single: Vec<u64> = (0..10_000).map(|_| mono.now()).collect();
-        let entries = lock(&journal).finish().unwrap();
-        // Alternating reads cannot share a run; a loop on one clock extends one.
-        assert!(single.windows(2).all(|w| w[0] < w[1]), "monotonic readings stay strictly increasing");
-        let runs = entries.iter().filter(|e| matches!(e, JournalEntry::MonotonicClockRun { .. })).count();
-        assert!(runs <= 20_000 + 1 + 10_000 / 100, "{runs} monotonic entries");
-        let last_runs =
-            entries.iter().rev().take_while(|e| matches!(e, JournalEntry::MonotonicClockRun { .. })).count();
-        assert!(last_runs < 100, "10,000 reads in a row took {last_runs} entries");
-
-        lock(&journal).begin_replay(entries, true);
-        let replayed: Vec<(Duration, u64)> = (0..10_000).map(|_| (wall.now(), mono.now())).collect();
-        let replayed_single: Vec<u64> = (0..10_000).map(|_| mono.now()).collect();
-        assert_eq!((replayed, replayed_single), (readings, single));
-        lock(&journal).finish().unwrap();
-    }
-
-    #[test]
-    fn a_replay_that_reads_the_clock_fewer_times_diverges() {
-        let journal = Journal::new();
-        lock(&journal).begin_live();
-        let mono = JournaledMonotonicClock(journal.clone());
-        for _ in 0..5 {
-            mono.now();
-        }
-        let entries = lock(&journal).finish().unwrap();
-        lock(&journal).begin_replay(entries, true);
-        for _ in 0..4 {
-            mono.now();
-        }
-        assert!(lock(&journal).finish().is_err());
+    /// The entry recorded last, for a capability that extends a run of readings (`None`
+    /// outside a step, where nothing is recorded).
+    pub fn last_recorded_mut(&mut self) -> Option<&mut JournalEntry> {
+        if matches!(self.mode, Mode::Off) { None } else { self.recorded.last_mut() }
     }
 }
 
@@ -738,7 +403,7 @@ mod secure_random_tests {
 #[cfg(test)]
 mod http_slot_tests {
     use super::*;
-    use crate::exchange::HttpResponseRecord;
+    use crate::exchange::{HttpRequestPrint, HttpResponseRecord};
 
     fn print(url: &str) -> HttpRequestPrint {
         HttpRequestPrint { method: "GET".into(), url: url.into(), headers: "h".into(), body: None }

@@ -16,9 +16,9 @@ mod bindings;
 pub mod budget;
 pub mod capability;
 mod charges;
+pub mod contract;
 pub mod engine;
 pub mod error;
-pub mod exchange;
 pub mod guest_build;
 pub mod host;
 mod instance;
@@ -36,12 +36,13 @@ pub mod tool_build;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentOutcome, Goal, Stop, Task, ToolCalling};
 pub use budget::{InstanceBudget, InstanceStats};
+pub use contract::http as exchange;
+pub use contract::{JournalEntry, RandomState};
 pub use engine::{CacheError, CacheStatus, EngineConfig, Limits};
 pub use error::{
     CallError, CallErrorKind, Fault, HostError, HostResource, LoadError, SessionError, ToolFailure, TrapKind,
 };
 pub use host::{Host, HostConfig, PruneReport, ReplayLength, SessionDetails};
-pub use journal::{JournalEntry, RandomState};
 pub use lease::LeaseConfig;
 pub use model::ModelProvider;
 #[cfg(feature = "models")]

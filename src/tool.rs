@@ -3,14 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use wasmtime::component::{Component, InstancePre, types::ComponentItem};
 
 use crate::bindings::{self, stateful, tool as tool_export, types as wit};
+use crate::contract::{Access, CapabilityRow};
+pub use crate::contract::{Capabilities, Descriptor, FilesystemRequest, StateRequest};
 use crate::engine::CacheStatus;
 use crate::error::LoadError;
 use crate::instance::InstanceState;
-use crate::policy::{Access, CapabilityRow, ToolGrants};
+use crate::policy::ToolGrants;
 
 /// The export every tool has.
 pub(crate) const TOOL_EXPORT: &str = "toolhost:tool/tool@0.1.0";
@@ -21,41 +23,6 @@ pub(crate) const STATELESS_EXPORT: &str = "toolhost:tool/stateless@0.1.0";
 
 /// Longest tool name.
 const MAX_NAME_CHARS: usize = 64;
-
-/// A state namespace a tool asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateRequest {
-    pub namespace: String,
-    pub access: Access,
-}
-
-/// A directory a tool asks to see.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FilesystemRequest {
-    pub guest_path: String,
-    pub access: Access,
-}
-
-/// Everything a tool asks to be granted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capabilities {
-    pub state: Vec<StateRequest>,
-    pub models: Vec<String>,
-    pub filesystem: Vec<FilesystemRequest>,
-    pub network: Vec<String>,
-    pub env: Vec<String>,
-}
-
-/// What a tool says about itself (its `describe` export), with the schemas parsed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Descriptor {
-    pub name: String,
-    pub description: String,
-    pub version: String,
-    pub input_schema: serde_json::Value,
-    pub output_schema: Option<serde_json::Value>,
-    pub capabilities: Capabilities,
-}
 
 /// How the host brings a tool's instance back after a restart or hibernation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

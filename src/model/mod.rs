@@ -25,7 +25,7 @@ mod transport;
 
 use async_trait::async_trait;
 
-pub use crate::bindings::model::{
+pub use crate::contract::{
     ChatRequest, ChatResponse, FinishReason, Message, ModelError, ProviderFailure, Role, ToolCall, ToolChoice,
     ToolDefinition, Usage,
 };

@@ -1,195 +1,36 @@
 //! Grants: what each tool may use. Everything not granted is denied.
 //!
 //! A [`Policy`] maps tool names to [`ToolGrants`]. It is written as TOML (see
-//! `examples/policy.toml` and [`Policy::load`]); the types here mirror that file one to one,
-//! so an embedder can build the same policy in code. Checks live beside the types:
-//! [`Policy::validate`] (shapes and names), [`Policy::check_loaded`] (a grant for a tool that
-//! is not loaded), [`ToolGrants::check_pin`] (sha256 pinning) and [`compare`] (requested
-//! against granted, for `toolhost inspect --policy` and the [`OnUngranted`] switch).
+//! `examples/policy.toml` and [`Policy::load`]); the types mirror that file one to one, so an
+//! embedder can build the same policy in code. Each capability's grant type lives in its own
+//! folder under [`crate::capability`] (re-exported here), with its checks and its rows; this
+//! module holds the file format, the top-level [`Policy`] and [`ToolGrants`], and the checks
+//! that dispatch to each capability: [`Policy::validate`] (shapes and names),
+//! [`Policy::check_loaded`] (a grant for a tool that is not loaded), [`ToolGrants::check_pin`]
+//! (sha256 pinning) and [`compare`] (requested against granted, for `toolhost inspect
+//! --policy` and the [`OnUngranted`] switch).
 
 mod compare;
 mod file;
-mod host_pattern;
 mod validate;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::capability::env::EnvValue;
+pub use crate::capability::filesystem::Preopen;
+pub use crate::capability::model::ModelGrant;
+pub use crate::capability::network::{DEFAULT_MAX_RESPONSE_BYTES, HostPattern, HostPatternError, NetworkGrant};
+pub use crate::capability::state::{StateGrant, StateQuota};
 pub use crate::capability::workspace::WorkspaceGrant;
+use crate::contract::Descriptor;
+pub use crate::contract::{Access, CapabilityRow, Coverage};
 use crate::engine::Limits;
-use crate::tool::Descriptor;
 
-pub use compare::{CapabilityRow, Coverage, compare};
+pub use compare::compare;
 pub use file::{PolicyError, PolicyIssue};
-pub use host_pattern::{HostPattern, HostPatternError};
-
-/// Access granted on a resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Access {
-    Read,
-    ReadWrite,
-}
-
-impl Access {
-    pub fn allows_write(self) -> bool {
-        self == Access::ReadWrite
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Access::Read => "read",
-            Access::ReadWrite => "read-write",
-        }
-    }
-}
-
-/// Quotas on a tool's state in one session (over all its namespaces).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StateQuota {
-    pub max_keys: u64,
-    pub max_value_bytes: u64,
-    /// Keys plus values, in bytes.
-    pub max_total_bytes: u64,
-}
-
-impl Default for StateQuota {
-    fn default() -> Self {
-        Self { max_keys: 10_000, max_value_bytes: 1 << 20, max_total_bytes: 64 << 20 }
-    }
-}
-
-/// State namespaces a tool may use, and its quota.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StateGrant {
-    pub namespaces: BTreeMap<String, Access>,
-    pub quota: StateQuota,
-}
-
-/// Model aliases a tool may call, and the bounds on its use. The model capability enforces
-/// the bounds; `None` means unbounded.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelGrant {
-    pub aliases: BTreeSet<String>,
-    /// Caps a request's `max-tokens` (and sets it when the tool gives none).
-    pub max_tokens_per_call: Option<u32>,
-    /// Input plus output tokens, as providers report them, per session.
-    pub session_token_budget: Option<u64>,
-    pub calls_per_minute: Option<u32>,
-}
-
-impl ModelGrant {
-    /// Grants `aliases` without bounds.
-    pub fn aliases<I: IntoIterator<Item = S>, S: Into<String>>(aliases: I) -> Self {
-        Self { aliases: aliases.into_iter().map(Into::into).collect(), ..Self::default() }
-    }
-
-    pub fn allows(&self, alias: &str) -> bool {
-        self.aliases.contains(alias)
-    }
-}
-
-/// A host directory the tool sees at `guest` (a WASI preopen). Nothing else of the host's
-/// filesystem is visible to the tool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Preopen {
-    /// The host directory. In a policy file, a relative path is relative to the file.
-    pub host: PathBuf,
-    /// Absolute path inside the sandbox, e.g. `/data`.
-    pub guest: String,
-    pub access: Access,
-}
-
-/// Outgoing HTTP(S) a tool may make, by destination host. Raw sockets and DNS stay denied
-/// whatever this says: HTTP goes through the host's client, which checks every request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NetworkGrant {
-    /// `api.example.com`, `*.example.com` (any subdomain, not the apex), with an optional
-    /// `:port` (without one, any port).
-    pub allow: Vec<HostPattern>,
-    /// Let allowed names resolve to the host's own network (loopback, link-local incl.
-    /// 169.254.169.254, private, CGNAT, unique-local). Off: such a request is refused unless
-    /// the allowlist names that IP literal.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub allow_private: bool,
-    /// The most bytes one response body may have, and one request body: every exchange is
-    /// buffered whole and journaled, so replay answers it without the network. A larger
-    /// body is the guest's `http-response-body-size` (or `http-request-body-size`) error.
-    pub max_response_bytes: usize,
-}
-
-/// Default [`NetworkGrant::max_response_bytes`]: 8 MiB, half the default journal bound.
-pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 8 << 20;
-
-impl Default for NetworkGrant {
-    fn default() -> Self {
-        Self { allow: Vec::new(), allow_private: false, max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES }
-    }
-}
-
-impl NetworkGrant {
-    /// The pattern that lets a request to `host:port` through, if any.
-    pub fn allowing(&self, host: &str, port: u16) -> Option<&HostPattern> {
-        self.allow.iter().find(|p| p.matches(host, port))
-    }
-}
-
-/// Where the value of an environment variable handed to a tool comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum EnvValue {
-    /// This literal value (`NAME = "value"`).
-    Value(String),
-    /// The host's variable of this name, read when an instance starts
-    /// (`NAME = { from_host = "HOST_NAME" }`).
-    FromHost { from_host: String },
-}
-
-impl<'de> Deserialize<'de> for EnvValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = EnvValue;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string value or a table `{ from_host = \"NAME\" }`")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EnvValue, E> {
-                Ok(EnvValue::Value(v.to_owned()))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<EnvValue, A::Error> {
-                let mut from_host = None;
-                while let Some(key) = map.next_key::<String>()? {
-                    if key != "from_host" {
-                        return Err(serde::de::Error::unknown_field(&key, &["from_host"]));
-                    }
-                    from_host = Some(map.next_value::<String>()?);
-                }
-                from_host
-                    .map(|from_host| EnvValue::FromHost { from_host })
-                    .ok_or_else(|| serde::de::Error::missing_field("from_host"))
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
-impl EnvValue {
-    /// The value to hand over now; `None` if it comes from a host variable that is unset.
-    pub fn resolve(&self) -> Option<String> {
-        match self {
-            EnvValue::Value(v) => Some(v.clone()),
-            EnvValue::FromHost { from_host } => std::env::var(from_host).ok(),
-        }
-    }
-}
 
 /// Everything one tool is granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,10 +62,7 @@ impl ToolGrants {
     pub fn requested_by(descriptor: &Descriptor) -> Self {
         let caps = &descriptor.capabilities;
         Self {
-            state: StateGrant {
-                namespaces: caps.state.iter().map(|r| (r.namespace.clone(), r.access)).collect(),
-                quota: StateQuota::default(),
-            },
+            state: StateGrant::requested(&caps.state),
             models: ModelGrant::aliases(caps.models.iter().cloned()),
             ..Self::default()
         }
@@ -236,13 +74,13 @@ impl ToolGrants {
     pub fn identity_sensitive(&self) -> Vec<&'static str> {
         let mut found = Vec::new();
         if !self.filesystem.is_empty() {
-            found.push("filesystem");
+            found.push(crate::capability::filesystem::NAME);
         }
         if !self.network.allow.is_empty() {
-            found.push("network");
+            found.push(crate::capability::network::NAME);
         }
         if !self.env.is_empty() {
-            found.push("env");
+            found.push(crate::capability::env::NAME);
         }
         found
     }

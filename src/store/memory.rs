@@ -174,7 +174,11 @@ fn step_bytes(step: &StoredStep) -> u64 {
         postcard::to_stdvec(value).map_or(0, |bytes| bytes.len())
     }
     let r = &step.record;
-    let journal = if step.journal_pruned { 0 } else { encoded_len(&r.journal) };
+    let journal = if step.journal_pruned {
+        0
+    } else {
+        crate::contract::encode_journal(&r.journal).map_or(0, |bytes| bytes.len())
+    };
     let files = if r.files.is_empty() { 0 } else { encoded_len(&r.files) };
     (r.input.len() + encoded_len(&r.outcome) + journal + encoded_len(&r.writes) + encoded_len(&r.random) + files) as u64
 }

@@ -36,8 +36,7 @@ pub(crate) fn timestamp_ms() -> i64 {
 }
 
 use crate::capability::workspace::{FileChange, valid_path};
-use crate::error::ToolFailure;
-use crate::journal::{JournalEntry, RandomState};
+use crate::contract::{JournalEntry, RandomState, ToolFailure};
 
 /// Whose state an operation touches. The host fills it in: a tool never names it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

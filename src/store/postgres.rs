@@ -423,7 +423,7 @@ async fn commit_step(tx: &Transaction<'_>, commit: &StepCommit) -> Result<(), Fa
         &step.digest,
         &step.input,
         &encode(&step.outcome)?,
-        &encode(&step.journal)?,
+        &crate::contract::encode_journal(&step.journal).map_err(|e| StoreError::Corrupt(format!("{e:#}")))?,
         &encode(&step.writes)?,
         &encode(&step.random)?,
         &step.committed_at_ms,
@@ -1027,7 +1027,11 @@ fn step_from_row(r: &tokio_postgres::Row) -> Result<StepRecord, StoreError> {
         digest: r.get(2),
         input: r.get(3),
         outcome: decode(r.get(4), "step outcome")?,
-        journal: journal.map(|j| decode(j, "step journal")).transpose()?.unwrap_or_default(),
+        journal: journal
+            .map(crate::contract::decode_journal)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("step journal: {e}")))?
+            .unwrap_or_default(),
         writes: decode(r.get(6), "step writes")?,
         random: decode(r.get(7), "step random position")?,
         committed_at_ms: r.get(8),

@@ -463,7 +463,7 @@ fn commit_step(conn: &Connection, commit: StepCommit) -> Result<(), StoreError> 
             step.digest,
             step.input,
             encode(&step.outcome)?,
-            encode(&step.journal)?,
+            crate::contract::encode_journal(&step.journal).map_err(|e| StoreError::Corrupt(format!("{e:#}")))?,
             encode(&step.writes)?,
             encode(&step.random)?,
             step.committed_at_ms,
@@ -562,7 +562,8 @@ impl StepRow {
             input: self.input,
             outcome: decode(&self.outcome, "step outcome")?,
             journal: match self.journal {
-                Some(j) => decode(&j, "step journal")?,
+                Some(j) => crate::contract::decode_journal(&j)
+                    .map_err(|e| StoreError::Corrupt(format!("step journal: {e}")))?,
                 None => Vec::new(),
             },
             writes: decode(&self.writes, "step writes")?,

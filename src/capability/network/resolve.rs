@@ -14,7 +14,7 @@ use http::uri::Scheme;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
-use crate::policy::NetworkGrant;
+use super::NetworkGrant;
 
 /// The host's own network: what a tool reaches only through an IP literal the policy names,
 /// or with `allow_private = true`.

@@ -11,6 +11,9 @@
 //! with the file changes: they commit in the same transaction as the step or not at all. A
 //! trapped or aborted step drops its instance, and with it the staging directory.
 //!
+//! The grant is [`WorkspaceGrant`]; its checks, its row and its mount in an instance are in
+//! `setup`.
+//!
 //! Host preopens (`[[tools.NAME.filesystem]]`) are different: they are the host's real
 //! directories, outside the session's transaction.
 
@@ -19,6 +22,7 @@ mod export;
 mod grant;
 mod live;
 mod scan;
+mod setup;
 mod types;
 
 pub(crate) use charged::{WriteCharged, charge_written};
@@ -26,4 +30,6 @@ pub use export::{ExportError, export, workspaces};
 pub use grant::WorkspaceGrant;
 pub(crate) use live::LiveWorkspace;
 pub use scan::ScanError;
+pub use setup::NAME;
+pub(crate) use setup::{compare, configure, validate};
 pub use types::{FileChange, Manifest, WorkspaceEntry, manifest_at, valid_path};

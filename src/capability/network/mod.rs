@@ -1,8 +1,9 @@
-//! Network: outgoing HTTP(S) through `wasi:http`, checked against the tool's allowlist in
-//! the send hook (wasi-http's default client does not consult WASI's socket checks, so the
-//! hook is the only gate), and raw sockets, which stay denied whatever the grant says.
-//! Name lookups are disabled outright (`allow_ip_name_lookup(false)`). An allowed name is
-//! resolved by the host and connected to only at an address that passed [`resolve`]'s check.
+//! Network: outgoing HTTP(S) through `wasi:http`, granted by a [`NetworkGrant`] (`grant`:
+//! the policy section, its checks and rows; [`HostPattern`]: the allowlist's entries) and
+//! checked against the tool's allowlist in the send hook (wasi-http's default client does not
+//! consult WASI's socket checks, so the hook is the only gate). Raw sockets and name lookups
+//! stay denied whatever the grant says (see [`super::sockets`]). An allowed name is resolved
+//! by the host and connected to only at an address that passed [`resolve`]'s check.
 //!
 //! Every request is journaled like a model call ([`exchange`]): its place in the step's
 //! inputs is taken when the guest sends it, its whole response is recorded and persisted the
@@ -12,23 +13,27 @@
 //! server.
 
 mod exchange;
+mod grant;
+mod host_pattern;
 mod resolve;
 
+pub use grant::{DEFAULT_MAX_RESPONSE_BYTES, NAME, NetworkGrant};
+pub(crate) use grant::{compare, validate};
+pub use host_pattern::{HostPattern, HostPatternError};
+
 use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use self::exchange::{IDEMPOTENCY_KEY, ReadBody, deliver, full_body, head_print, idempotency_key, read_bounded};
+use super::CapabilityHost;
 use super::audit::Auditor;
 use super::in_flight::InFlight;
 use crate::exchange::{HttpFailure, HttpRequestPrint, HttpResponseRecord};
 use crate::journal::{HttpSlot, JournalEntry, lock};
-use crate::policy::NetworkGrant;
 
 /// The send hook of one instance: journals every request, lets through those to allowed
 /// hosts and denies the rest.
@@ -222,27 +227,7 @@ impl Sender {
     }
 }
 
-/// The socket check every instance gets: every connect, listen and datagram is denied (the
-/// tool sees `access-denied`) and recorded. The one thing let through is the implicit TCP
-/// bind to an ephemeral port that precedes a connect (`0.0.0.0:0`), so that the connect
-/// itself is checked and the trail names its destination; such a socket can do nothing
-/// without a connect or listen, and both are denied.
-pub(crate) fn deny_sockets(
-    audit: Auditor,
-) -> impl Fn(SocketAddr, SocketAddrUse) -> Pin<Box<dyn Future<Output = bool> + Send + Sync>> + Send + Sync + 'static {
-    move |addr, use_| {
-        if matches!(use_, SocketAddrUse::TcpBind) && addr.ip().is_unspecified() && addr.port() == 0 {
-            return Box::pin(std::future::ready(true));
-        }
-        let audit = audit.clone();
-        // The store's futures are not `Sync`; a spawned task's handle is.
-        let record = tokio::spawn(async move {
-            let request = format!("{use_:?} {addr}");
-            audit.deny("socket", &request, "raw sockets are never granted; use HTTP through a network grant").await;
-        });
-        Box::pin(async move {
-            let _ = record.await;
-            false
-        })
-    }
+/// Adds `wasi:http`, whose every outgoing request goes through the instance's [`HttpGate`].
+pub(crate) fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
 }

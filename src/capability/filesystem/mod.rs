@@ -5,6 +5,8 @@
 //! in the audit trail, with the path the tool asked for; every call is otherwise passed
 //! through unchanged. It also marks the instance's filesystem dirty on every call that may
 //! change a file or directory, so a step that changed nothing skips the workspace scan.
+//! The grant ([`Preopen`], `[[tools.NAME.filesystem]]`), its checks, its rows and the
+//! preopens an instance gets are in `grant`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,6 +17,12 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
 };
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult};
 
+mod grant;
+
+pub(crate) use grant::{DENIED_AT_START, compare, configure, guest_path_problem, overlaps, validate};
+pub use grant::{NAME, Preopen};
+
+use super::CapabilityHost;
 use super::audit::Auditor;
 use super::workspace::{WriteCharged, charge_written};
 use crate::journal::SharedJournal;
@@ -332,9 +340,6 @@ impl HasData for HasAuditedFilesystem {
 
 /// Replaces wasmtime-wasi's `wasi:filesystem/types` in `linker` (added before, with the rest
 /// of WASI) by the audited one.
-pub(crate) fn shadow_in_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> AuditedFilesystem<'_>,
-) -> wasmtime::Result<()> {
-    super::shadow(linker, |linker| types::add_to_linker::<T, HasAuditedFilesystem>(linker, get))
+pub(crate) fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    super::shadow(linker, |linker| types::add_to_linker::<T, HasAuditedFilesystem>(linker, T::filesystem))
 }

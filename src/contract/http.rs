@@ -45,6 +45,7 @@ pub struct HttpResponseRecord {
     pub status: u16,
     /// Names (lowercase) and raw values, in the order received.
     pub headers: Vec<(String, Vec<u8>)>,
+    #[serde(with = "super::bytes")]
     pub body: Vec<u8>,
 }
 

@@ -2,6 +2,7 @@
 
 use wasmtime::component::{HasData, Linker};
 
+use super::CapabilityHost;
 use crate::bindings::log::{self as wit, Level};
 use crate::charges::within_limits;
 use crate::journal::{SharedJournal, lock};
@@ -58,9 +59,6 @@ impl HasData for HasLog {
     type Data<'a> = &'a mut LogCtx;
 }
 
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> &mut LogCtx,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, HasLog>(linker, get)
+pub(crate) fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasLog>(linker, T::log)
 }

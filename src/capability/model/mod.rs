@@ -1,17 +1,24 @@
 //! The `model` import. The grant is checked here, each response is journaled, and the
 //! journal of the step in flight is persisted as soon as a response arrives: if the host
 //! crashes before the step commits, re-running the step answers the call from the store
-//! instead of paying the provider again.
+//! instead of paying the provider again. The grant's type, checks and rows are in `grant`.
+
+mod convert;
+mod grant;
+
+pub use grant::{ModelGrant, NAME};
+pub(crate) use grant::{compare, validate};
 
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
+use super::CapabilityHost;
 use super::in_flight::InFlight;
-use crate::bindings::model::{self as wit, ChatRequest, ChatResponse, ModelError, ProviderFailure};
-use crate::journal::{JournalEntry, SharedJournal, lock, request_digest};
+use crate::bindings::model as wit;
+use crate::contract::{ChatRequest, ChatResponse, ModelError, ProviderFailure};
+use crate::journal::{JournalEntry, SharedJournal, lock};
 use crate::model::ModelProvider;
-use crate::policy::ModelGrant;
 use crate::store::{AuditEvent, Store};
 
 /// Per-instance model context.
@@ -59,7 +66,7 @@ struct Ledger {
 
 const ANSWERED: &str = "answered: ";
 
-fn usage_reason(usage: &wit::Usage) -> String {
+fn usage_reason(usage: &crate::contract::Usage) -> String {
     format!("{ANSWERED}{} input + {} output tokens", usage.input_tokens, usage.output_tokens)
 }
 
@@ -154,11 +161,11 @@ impl wit::Host for ModelCtx {
     async fn chat(
         &mut self,
         model: String,
-        request: ChatRequest,
-    ) -> wasmtime::Result<Result<ChatResponse, ModelError>> {
+        request: wit::ChatRequest,
+    ) -> wasmtime::Result<Result<wit::ChatResponse, wit::ModelError>> {
         crate::charges::within_limits(&self.journal)?;
-        let result = self.chat_checked(model, request).await;
-        crate::charges::within_limits(&self.journal).map(|()| result)
+        let result = self.chat_checked(model, convert::request(request)).await;
+        crate::charges::within_limits(&self.journal).map(|()| result.map(convert::response).map_err(convert::error))
     }
 }
 
@@ -172,9 +179,14 @@ impl ModelCtx {
         }
         // Deterministic given the request: not journaled, answered the same on replay.
         crate::model::validate_request(&request)?;
-        let digest = request_digest(&(&model, &request));
+        let digest = request.fingerprint(&model);
+        // Journals written before the canonical fingerprint hold the legacy one.
         let replayed = lock(&self.journal).replayed("model.chat", |entry| match entry {
-            JournalEntry::Model { model: m, request: r, result } if *m == model && *r == digest => Some(result.clone()),
+            JournalEntry::Model { model: m, request: r, result }
+                if *m == model && (*r == digest || *r == request.legacy_fingerprint(&model)) =>
+            {
+                Some(result.clone())
+            }
             _ => None,
         });
         if let Some(result) = replayed {
@@ -226,9 +238,6 @@ impl HasData for HasModel {
     type Data<'a> = &'a mut ModelCtx;
 }
 
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> &mut ModelCtx,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, HasModel>(linker, get)
+pub(crate) fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasModel>(linker, T::model)
 }

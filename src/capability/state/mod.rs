@@ -1,15 +1,22 @@
 //! The `state` import: key-value state scoped to (session, tool, namespace), with a write
-//! buffer per step so a call's writes commit together or not at all.
+//! buffer per step so a call's writes commit together or not at all. The grant
+//! ([`StateGrant`], `[tools.NAME.state]`), its checks and its rows are in `grant`.
+
+mod grant;
+
+pub use grant::{NAME, StateGrant, StateQuota};
+pub(crate) use grant::{compare, validate};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
-use crate::bindings::state::{self as wit, StateError};
+use super::CapabilityHost;
+use crate::bindings::state as wit;
 use crate::charges::within_limits;
+use crate::contract::StateError;
 use crate::journal::{JournalEntry, SharedJournal, lock};
-use crate::policy::StateGrant;
 use crate::store::{StateScope, StateUsage, StateWrite, Store};
 
 /// Longest key, in bytes.
@@ -396,38 +403,42 @@ impl StateCtx {
     }
 }
 
+/// What the guest gets: the WIT's own error type.
+type WitResult<T> = wasmtime::Result<Result<T, wit::StateError>>;
+
 impl wit::Host for StateCtx {
-    async fn get(&mut self, namespace: String, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, StateError>> {
+    async fn get(&mut self, namespace: String, key: String) -> WitResult<Option<Vec<u8>>> {
         within_limits(&self.journal)?;
         let result = self.get_value(namespace, key).await;
-        within_limits(&self.journal).map(|()| result)
+        within_limits(&self.journal).map(|()| result.map_err(to_wit))
     }
 
-    async fn set(
-        &mut self,
-        namespace: String,
-        key: String,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), StateError>> {
+    async fn set(&mut self, namespace: String, key: String, value: Vec<u8>) -> WitResult<()> {
         within_limits(&self.journal)?;
         let result = self.set_value(namespace, key, value).await;
-        within_limits(&self.journal).map(|()| result)
+        within_limits(&self.journal).map(|()| result.map_err(to_wit))
     }
 
-    async fn delete(&mut self, namespace: String, key: String) -> wasmtime::Result<Result<bool, StateError>> {
+    async fn delete(&mut self, namespace: String, key: String) -> WitResult<bool> {
         within_limits(&self.journal)?;
         let result = self.delete_value(namespace, key).await;
-        within_limits(&self.journal).map(|()| result)
+        within_limits(&self.journal).map(|()| result.map_err(to_wit))
     }
 
-    async fn list_keys(
-        &mut self,
-        namespace: String,
-        prefix: String,
-    ) -> wasmtime::Result<Result<Vec<String>, StateError>> {
+    async fn list_keys(&mut self, namespace: String, prefix: String) -> WitResult<Vec<String>> {
         within_limits(&self.journal)?;
         let result = self.list(namespace, prefix).await;
-        within_limits(&self.journal).map(|()| result)
+        within_limits(&self.journal).map(|()| result.map_err(to_wit))
+    }
+}
+
+/// Our state error as the guest's.
+fn to_wit(error: StateError) -> wit::StateError {
+    match error {
+        StateError::Denied(m) => wit::StateError::Denied(m),
+        StateError::QuotaExceeded(m) => wit::StateError::QuotaExceeded(m),
+        StateError::InvalidKey(m) => wit::StateError::InvalidKey(m),
+        StateError::Unavailable(m) => wit::StateError::Unavailable(m),
     }
 }
 
@@ -437,9 +448,6 @@ impl HasData for HasState {
     type Data<'a> = &'a mut StateCtx;
 }
 
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> &mut StateCtx,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, HasState>(linker, get)
+pub(crate) fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasState>(linker, T::state)
 }

@@ -1,13 +1,21 @@
 //! Raw sockets: never granted. `wasi:sockets` socket creation is shadowed in the linker, so
 //! a tool (granted network or not: HTTP goes through the host's client) gets `access-denied`
 //! and an audit event, and no OS socket is ever opened. WASI's own switches are off too
-//! (`allow_tcp(false)`, `allow_udp(false)`) in case a path around the shadow appears.
+//! (`allow_tcp(false)`, `allow_udp(false)`, no name lookups) in case a path around the shadow
+//! appears, and every address use is denied and audited by [`deny_sockets`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 
 use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddressFamily};
 use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
 use wasmtime_wasi::p2::{SocketError, SocketResult, TcpSocket, UdpSocket};
+use wasmtime_wasi::sockets::SocketAddrUse;
 
+use super::CapabilityHost;
 use super::audit::Auditor;
 
 /// What socket creation sees of an instance: its audit trail.
@@ -71,12 +79,40 @@ impl HasData for HasSocketGate {
 }
 
 /// Replaces WASI's socket creation (added by `add_to_linker_async`) with the gate.
-pub(crate) fn shadow_in_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> SocketGate<'_>,
-) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     super::shadow(linker, |linker| {
-        tcp_create_socket::add_to_linker::<T, HasSocketGate>(linker, get)?;
-        udp_create_socket::add_to_linker::<T, HasSocketGate>(linker, get)
+        tcp_create_socket::add_to_linker::<T, HasSocketGate>(linker, T::sockets)?;
+        udp_create_socket::add_to_linker::<T, HasSocketGate>(linker, T::sockets)
     })
+}
+
+/// Switches off everything of `wasi:sockets` in the instance's WASI context: TCP, UDP and
+/// name lookups, with every address use denied and recorded by [`deny_sockets`].
+pub(crate) fn configure(wasi: &mut WasiCtxBuilder, audit: &Auditor) {
+    wasi.allow_ip_name_lookup(false).allow_tcp(false).allow_udp(false).socket_addr_check(deny_sockets(audit.clone()));
+}
+
+/// The socket check every instance gets: every connect, listen and datagram is denied (the
+/// tool sees `access-denied`) and recorded. The one thing let through is the implicit TCP
+/// bind to an ephemeral port that precedes a connect (`0.0.0.0:0`), so that the connect
+/// itself is checked and the trail names its destination; such a socket can do nothing
+/// without a connect or listen, and both are denied.
+pub(crate) fn deny_sockets(
+    audit: Auditor,
+) -> impl Fn(SocketAddr, SocketAddrUse) -> Pin<Box<dyn Future<Output = bool> + Send + Sync>> + Send + Sync + 'static {
+    move |addr, use_| {
+        if matches!(use_, SocketAddrUse::TcpBind) && addr.ip().is_unspecified() && addr.port() == 0 {
+            return Box::pin(std::future::ready(true));
+        }
+        let audit = audit.clone();
+        // The store's futures are not `Sync`; a spawned task's handle is.
+        let record = tokio::spawn(async move {
+            let request = format!("{use_:?} {addr}");
+            audit.deny("socket", &request, REASON).await;
+        });
+        Box::pin(async move {
+            let _ = record.await;
+            false
+        })
+    }
 }

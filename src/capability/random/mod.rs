@@ -8,11 +8,18 @@
 //! replay draws from it again (the journal says so by having moved the stream).
 //! `wasi:random/insecure` stays seeded and is not journaled (WASI makes no promise for it).
 
+mod stream;
+
+pub(crate) use stream::{SessionRng, insecure_seed};
+
 use rand_core::Rng;
 use wasmtime::component::{HasData, Linker};
 use wasmtime_wasi::p2::bindings::random::random;
 
-use crate::journal::{SessionRng, SharedJournal, lock};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use super::CapabilityHost;
+use crate::journal::{SharedJournal, lock};
 
 /// What `wasi:random/random` sees of an instance.
 pub(crate) struct SecureRandom<'a> {
@@ -74,9 +81,12 @@ impl HasData for HasSecureRandom {
 }
 
 /// Replaces WASI's `wasi:random/random` (added by `add_to_linker_async`) with the journaled one.
-pub(crate) fn shadow_in_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> SecureRandom<'_>,
-) -> wasmtime::Result<()> {
-    super::shadow(linker, |linker| random::add_to_linker::<T, HasSecureRandom>(linker, get))
+pub(crate) fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    super::shadow(linker, |linker| random::add_to_linker::<T, HasSecureRandom>(linker, T::secure_random))
+}
+
+/// Gives the instance's WASI context its seeded insecure stream, its fixed insecure seed and
+/// the bound on one draw.
+pub(crate) fn configure(wasi: &mut WasiCtxBuilder, insecure: &SessionRng, tool: &str, max_draw: u64) {
+    wasi.insecure_random(insecure.clone()).insecure_random_seed(insecure_seed(tool)).max_random_size(max_draw);
 }

@@ -1,0 +1,61 @@
+//! Byte strings in the stored encodings: base64 text in a human-readable format (the JSON
+//! journal), a plain sequence of bytes otherwise (postcard, as `Vec<u8>` always encoded), so
+//! one type definition reads both the current and the legacy journal.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Borrowed bytes, serialized as described above.
+struct Out<'a>(&'a [u8]);
+
+impl Serialize for Out<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() { s.serialize_str(&STANDARD.encode(self.0)) } else { self.0.serialize(s) }
+    }
+}
+
+/// Owned bytes, deserialized as described above.
+struct In(Vec<u8>);
+
+impl<'de> Deserialize<'de> for In {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            STANDARD.decode(text).map(In).map_err(D::Error::custom)
+        } else {
+            Vec::<u8>::deserialize(d).map(In)
+        }
+    }
+}
+
+pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    Out(bytes).serialize(s)
+}
+
+pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    In::deserialize(d).map(|b| b.0)
+}
+
+/// A state read's result, its value as bytes.
+pub(super) mod state_value {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{In, Out};
+    use crate::contract::StateError;
+
+    pub(in crate::contract) fn serialize<S: Serializer>(
+        value: &Result<Option<Vec<u8>>, StateError>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        value.as_ref().map(|v| v.as_deref().map(Out)).serialize(s)
+    }
+
+    pub(in crate::contract) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Result<Option<Vec<u8>>, StateError>, D::Error> {
+        let value: Result<Option<In>, StateError> = Deserialize::deserialize(d)?;
+        Ok(value.map(|v| v.map(|b| b.0)))
+    }
+}

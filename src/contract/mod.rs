@@ -1,0 +1,25 @@
+//! toolhost's own data contract: the types the public API exposes and the store persists,
+//! independent of wasmtime's generated bindings (converted from and to them at the
+//! capability boundary). This module depends on nothing else in the crate, so every other
+//! module can use it without an import cycle. Persisted encodings evolve additively: see
+//! [`journal`] for the versioned journal format.
+
+mod bytes;
+mod coverage;
+mod descriptor;
+mod failure;
+pub mod http;
+pub mod journal;
+mod model;
+mod state;
+
+pub use coverage::{CapabilityRow, Coverage};
+pub use descriptor::{Access, Capabilities, Descriptor, FilesystemRequest, StateRequest};
+pub use failure::ToolFailure;
+pub use journal::{JOURNAL_FORMAT, JournalEntry, JournalFormatError, RandomState, decode_journal, encode_journal};
+pub(crate) use model::canonical_digest;
+pub use model::{
+    ChatRequest, ChatResponse, FinishReason, Message, ModelError, ProviderFailure, Role, ToolCall, ToolChoice,
+    ToolDefinition, Usage,
+};
+pub use state::StateError;
