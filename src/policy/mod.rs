@@ -7,6 +7,7 @@
 //! is not loaded), [`ToolGrants::check_pin`] (sha256 pinning) and [`compare`] (requested
 //! against granted, for `toolhost inspect --policy` and the [`OnUngranted`] switch).
 
+mod approval;
 mod compare;
 mod file;
 mod host_pattern;
@@ -22,6 +23,7 @@ pub use crate::capability::workspace::WorkspaceGrant;
 use crate::engine::Limits;
 use crate::tool::Descriptor;
 
+pub use approval::{Approval, ApprovalMode, FieldValues};
 pub use compare::{CapabilityRow, Coverage, compare};
 pub use file::{PolicyError, PolicyIssue};
 pub use host_pattern::{HostPattern, HostPatternError};
@@ -211,6 +213,9 @@ pub struct ToolGrants {
     /// Variables the tool sees; it sees none of the host's environment besides these.
     pub env: BTreeMap<String, EnvValue>,
     pub limits: Limits,
+    /// Which calls an agent's run must have approved by a person before it makes them.
+    #[serde(skip_serializing_if = "Approval::is_never")]
+    pub approval: Approval,
 }
 
 impl ToolGrants {

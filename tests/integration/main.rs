@@ -28,6 +28,7 @@ mod policy_fuzz;
 mod provider_fuzz;
 mod python;
 mod replay_inputs;
+mod runs;
 mod scale;
 mod snapshots;
 mod state;
