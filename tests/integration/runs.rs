@@ -53,7 +53,7 @@ fn script(messages: &[Value]) -> Value {
             let timeout: f64 = words.next().unwrap_or("600").parse().unwrap();
             tool_call("wait_for_event", json!({"name": "go", "timeout_seconds": timeout}))
         }
-        ("steps", n) if n < 4 => tool_call("calculator", json!({"expression": format!("{n}+1")})),
+        ("steps" | "slow", n) if n < 4 => tool_call("calculator", json!({"expression": format!("{n}+1")})),
         ("retry", 0) => {
             let at: u64 = words.next().unwrap_or("0").parse().unwrap();
             tool_call("hostile", json!({"attack": "retry-until", "at_ms": at}))
@@ -69,6 +69,11 @@ async fn complete(State(log): State<Log>, headers: HeaderMap, Json(request): Jso
         let mut log = log.lock().unwrap();
         *log.executions.entry(key.clone()).or_default() += 1;
         log.requests.push((key, request.clone()));
+    }
+    let slow =
+        messages.iter().any(|m| m["role"] == "user" && m["content"].as_str().is_some_and(|c| c.contains("slow")));
+    if slow {
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let message = script(&messages);
     let finish = if message["tool_calls"].is_array() { "tool_calls" } else { "stop" };
@@ -266,7 +271,45 @@ async fn a_timer_fires_after_a_restart_within_tolerance(db: &TestStore) {
     assert_each_request_executed_once(&log);
 }
 
-on_both_backends!(an_approval_survives_a_restart_of_everything, a_timer_fires_after_a_restart_within_tolerance);
+/// SIGTERM drains a worker: it exits cleanly, the run it was driving stops before its next
+/// step and is handed back, and another worker finishes it with no model request repeated.
+async fn sigterm_drains_a_worker_and_hands_its_runs_back(db: &TestStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (url, log) = start_model();
+    let agent = agent_file(dir.path(), &url);
+    cli_ok(&db.url, &cache, &["runs", "start", agent.to_str().unwrap(), "--id", "slow", "--goal", "slow steps"]);
+    let mut worker = spawn_worker(&db.url, &cache, &agent);
+    let store = db.open().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.steps("slow", None, 0).await.unwrap().len() < 3 {
+        assert!(Instant::now() < deadline, "the run did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let term = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let status = tokio::task::spawn_blocking(move || worker.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "the drained worker exited with {status}");
+    let runs = Runs::new(store.clone());
+    let handed_back = runs.get("slow").await.unwrap();
+    assert_eq!(handed_back.status, RunStatus::Running, "{handed_back:?}");
+    assert!(handed_back.ready_at_ms.is_some());
+    let steps = store.steps("slow", None, 0).await.unwrap().len();
+    assert!(steps < 10, "the worker finished the run instead of draining ({steps} steps)");
+
+    let worker = spawn_worker(&db.url, &cache, &agent);
+    let run = wait_for(&runs, "slow", Duration::from_secs(60), ended).await;
+    kill(worker);
+    assert_eq!(run.status, RunStatus::Done);
+    assert_eq!(store.steps("slow", None, 0).await.unwrap().len(), 10);
+    assert_each_request_executed_once(&log);
+}
+
+on_both_backends!(
+    an_approval_survives_a_restart_of_everything,
+    a_timer_fires_after_a_restart_within_tolerance,
+    sigterm_drains_a_worker_and_hands_its_runs_back
+);
 
 /// An in-process worker over `store` with the `calc` agent, stopped by dropping the sender.
 struct InProcess {
@@ -482,4 +525,100 @@ async fn workers_killed_at_random_finish_every_run_once() {
     assert_eq!(log.executions.len(), (RUNS / 5) * 2 + (RUNS - RUNS / 5) * 5);
     let redelivered = log.executions.values().filter(|n| **n > 1).count();
     eprintln!("{kills} workers killed; {redelivered} model requests redelivered under their key");
+}
+
+fn record(id: &str, ready_at_ms: Option<i64>) -> toolhost::store::RunRecord {
+    toolhost::store::RunRecord {
+        id: id.into(),
+        agent: "calc".into(),
+        status: RunStatus::Running,
+        ready_at_ms,
+        version: 1,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        body: "{}".into(),
+    }
+}
+
+async fn session(store: &dyn Store, id: &str) {
+    let seed = [7; 32];
+    let s = toolhost::store::SessionRecord { id: id.into(), seed, forked_from: None, created_at_ms: 1, last_step: 0 };
+    store.create_session(&s).await.unwrap();
+}
+
+/// The store's side of runs: versions are compare-and-set, a worker's write is fenced by its
+/// lease, and concurrent claims never hand out one run twice.
+async fn the_store_keeps_the_runs_contract(store: Arc<dyn Store>) {
+    use toolhost::store::StoreError;
+    assert!(matches!(store.create_run(&record("ghost", None)).await, Err(StoreError::SessionNotFound(_))));
+    for i in 0..20 {
+        session(store.as_ref(), &format!("r{i}")).await;
+        store.create_run(&record(&format!("r{i}"), Some(0))).await.unwrap();
+    }
+    assert!(matches!(store.create_run(&record("r0", None)).await, Err(StoreError::RunExists(_))));
+    assert_eq!(store.list_runs(Some(RunStatus::Running)).await.unwrap().len(), 20);
+    assert!(store.list_runs(Some(RunStatus::Done)).await.unwrap().is_empty());
+
+    // Compare-and-set: version 2 replaces 1 once; a second writer of version 2 is refused.
+    let mut next = store.run("r0").await.unwrap().unwrap();
+    next.version = 2;
+    next.status = RunStatus::Waiting;
+    next.ready_at_ms = None;
+    store.update_run(&next, None).await.unwrap();
+    assert!(matches!(store.update_run(&next, None).await, Err(StoreError::RunConflict { found: 2, .. })));
+    assert_eq!(store.run("r0").await.unwrap().unwrap().status, RunStatus::Waiting);
+
+    // Claims: 19 ready runs over four concurrent claimers, each run to exactly one.
+    let claims = (0..4).map(|w| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let holder = format!("w{w}");
+            let mut got = Vec::new();
+            loop {
+                let leases = store.claim_runs(&["calc".into()], &holder, Duration::from_secs(30), 3).await.unwrap();
+                if leases.is_empty() {
+                    return got;
+                }
+                got.extend(leases);
+            }
+        })
+    });
+    let mut claimed: Vec<toolhost::store::Lease> = Vec::new();
+    for claim in claims {
+        claimed.extend(claim.await.unwrap());
+    }
+    let mut ids: Vec<&str> = claimed.iter().map(|l| l.session.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((ids.len(), claimed.len()), (19, 19), "a run was claimed twice or missed");
+    assert!(!ids.contains(&"r0"), "a run that is not ready was claimed");
+    let other = store.claim_runs(&["other".into()], "w9", Duration::from_secs(30), 10).await.unwrap();
+    assert!(other.is_empty(), "claimed a run of an agent it does not have");
+
+    // Fencing: a write under the claim's lease passes; once the lease is taken over, refused.
+    let lease = claimed.iter().find(|l| l.session == "r1").unwrap().clone();
+    let mut run = store.run("r1").await.unwrap().unwrap();
+    run.version += 1;
+    store.update_run(&run, Some(lease.token)).await.unwrap();
+    store.release_lease("r1", lease.token).await.unwrap();
+    store.acquire_lease("r1", "someone-else", Duration::from_secs(30)).await.unwrap();
+    run.version += 1;
+    assert!(matches!(store.update_run(&run, Some(lease.token)).await, Err(StoreError::LeaseLost { .. })));
+    assert_eq!(store.run("r1").await.unwrap().unwrap().version, run.version - 1, "the fenced write left no trace");
+    assert_eq!(store.next_ready_at(&["calc".into()]).await.unwrap(), Some(0));
+    // A deleted session takes its run with it.
+    store.release_lease("r2", claimed.iter().find(|l| l.session == "r2").unwrap().token).await.unwrap();
+    assert!(store.delete_session("r2", None).await.unwrap());
+    assert!(store.run("r2").await.unwrap().is_none());
+}
+
+async fn the_store_keeps_the_runs_contract_on(db: &TestStore) {
+    the_store_keeps_the_runs_contract(db.open().await).await;
+}
+
+on_both_backends!(the_store_keeps_the_runs_contract_on);
+
+#[tokio::test]
+async fn the_memory_store_keeps_the_runs_contract() {
+    the_store_keeps_the_runs_contract(Arc::new(toolhost::MemoryStore::new())).await;
 }
