@@ -393,4 +393,79 @@ mod tests {
         let free = Goal::new("Add up the prices.");
         assert!(matches!(judged("The total is 1.25.", &free), Action::Final(_)));
     }
+
+    fn step(seq: u64, tool: &str, input: serde_json::Value, output: &str) -> StepRecord {
+        StepRecord {
+            seq,
+            tool: tool.into(),
+            digest: String::new(),
+            input: input.to_string(),
+            outcome: StepOutcome::Output(output.into()),
+            journal: Vec::new(),
+            writes: Vec::new(),
+            random: crate::journal::RandomState { seed: [0; 32], secure: 0, insecure: 0 },
+            committed_at_ms: 0,
+            files: Vec::new(),
+        }
+    }
+
+    /// goal, then a native model turn asking for `calculator` with `6*7` as call `c0`.
+    fn asked() -> Vec<StepRecord> {
+        let response = ChatResponse {
+            text: String::new(),
+            tool_calls: vec![crate::model::ToolCall {
+                id: "c0".into(),
+                name: "calculator".into(),
+                arguments: r#"{"expression":"6*7"}"#.into(),
+            }],
+            finish_reason: FinishReason::ToolCalls,
+            usage: Usage { input_tokens: 1, output_tokens: 1 },
+            model: "m".into(),
+        };
+        vec![
+            step(1, GOAL, serde_json::json!({"text": "g"}), r#"{"model":"m","tool_calling":"native"}"#),
+            step(2, MODEL, serde_json::json!({}), &serde_json::to_string(&response).unwrap()),
+        ]
+    }
+
+    fn wait(seq: u64, call: &str) -> StepRecord {
+        let wait = Wait::Approval { tool: "calculator".into(), input: serde_json::json!({"expression": "6*7"}) };
+        step(seq, waits::WAIT, serde_json::to_value(WaitStep { call: call.into(), wait }).unwrap(), "{}")
+    }
+
+    fn approved(seq: u64, edit: serde_json::Value) -> StepRecord {
+        let decision = waits::Decision::Approve { edit: Some(edit), by: "a".into() };
+        let resolution = waits::Resolution::Decided { decision };
+        step(seq, waits::RESOLVED, serde_json::to_value(ResolvedStep { call: "c0".into(), resolution }).unwrap(), "{}")
+    }
+
+    fn read(steps: &[StepRecord]) -> Result<Transcript, String> {
+        Transcript::read("s", steps).map(|t| t.unwrap()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn waits_are_read_back_and_out_of_place_ones_are_corrupt() {
+        let mut steps = asked();
+        steps.push(wait(3, "c0"));
+        let waiting = read(&steps).unwrap();
+        assert!(matches!(waiting.turns[0].wait, Some((3, Wait::Approval { .. }))));
+        steps.push(approved(4, serde_json::json!({"expression": "6*8"})));
+        steps.push(step(5, "calculator", serde_json::json!({"expression": "6*8"}), r#"{"value":48.0}"#));
+        let done = read(&steps).unwrap();
+        assert_eq!(done.turns[0].results, [CallResult::Output(r#"{"value":48.0}"#.into())]);
+
+        // The model's input where the approved edit was due.
+        steps[4] = step(5, "calculator", serde_json::json!({"expression": "6*7"}), r#"{"value":42.0}"#);
+        assert!(read(&steps).unwrap_err().contains("expected call `c0`"));
+        // A call that ran while it waited; a wait for another call; an end of no wait.
+        let mut ran = asked();
+        ran.extend([wait(3, "c0"), step(4, "calculator", serde_json::json!({"expression": "6*7"}), "{}")]);
+        assert!(read(&ran).unwrap_err().contains("ran while it was waiting"));
+        let mut other = asked();
+        other.push(wait(3, "c9"));
+        assert!(read(&other).unwrap_err().contains("a wait for call `c9`"));
+        let mut unasked = asked();
+        unasked.push(approved(3, serde_json::json!({})));
+        assert!(read(&unasked).unwrap_err().contains("was not waiting"));
+    }
 }

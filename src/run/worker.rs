@@ -245,7 +245,7 @@ impl Worker {
             Err(error) => {
                 run.body.failed_attempts += 1;
                 run.body.last_error = Some(error.to_string());
-                if run.body.failed_attempts >= self.config.max_failed_attempts {
+                if is_permanent(error) || run.body.failed_attempts >= self.config.max_failed_attempts {
                     run.status = RunStatus::Failed;
                     run.ready_at_ms = None;
                     run.body.outcome =
@@ -300,6 +300,19 @@ impl Worker {
             status => Driven::Status(status),
         }
     }
+}
+
+/// An error no retry can get past: the run, its record or its agent is wrong.
+fn is_permanent(error: &AgentError) -> bool {
+    matches!(
+        error,
+        AgentError::InvalidConfig(_)
+            | AgentError::SessionNotEmpty { .. }
+            | AgentError::NotAnAgentSession { .. }
+            | AgentError::Record { .. }
+            | AgentError::Mismatch { .. }
+            | AgentError::NoModelProvider
+    )
 }
 
 fn count(stats: &mut WorkerStats, done: Result<Result<Driven, RunError>, tokio::task::JoinError>) {

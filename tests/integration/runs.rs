@@ -622,3 +622,21 @@ on_both_backends!(the_store_keeps_the_runs_contract_on);
 async fn the_memory_store_keeps_the_runs_contract() {
     the_store_keeps_the_runs_contract(Arc::new(toolhost::MemoryStore::new())).await;
 }
+
+/// A run its agent cannot start (its plan names a tool the agent lacks) fails at once, with
+/// the reason; the model is never asked.
+#[tokio::test]
+async fn a_run_its_agent_cannot_start_fails_at_once() {
+    let (url, log) = start_model();
+    let store: Arc<dyn Store> = Arc::new(toolhost::MemoryStore::new());
+    let worker = in_process(store.clone(), &url).await;
+    let goal = Goal::new("steps").with_task(toolhost::Task::using("Use it.", "nope"));
+    worker.runs.create(&worker.host, Some("bad".into()), "calc", goal).await.unwrap();
+    assert!(matches!(worker.runs.create(&worker.host, None, "", Goal::new("x")).await, Err(RunError::Invalid { .. })));
+    let run = wait_for(&worker.runs, "bad", Duration::from_secs(30), ended).await;
+    worker.stop().await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.body.failed_attempts, 1, "retried a run that cannot start");
+    assert!(run.body.outcome.unwrap().contains("names the tool `nope`"));
+    assert!(log.lock().unwrap().requests.is_empty());
+}
