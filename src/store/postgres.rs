@@ -133,8 +133,8 @@ pub struct PostgresStore {
     url: String,
     /// How to connect, for the connection that listens for run changes.
     config: tokio_postgres::Config,
-    /// That connection and what it wakes, once a worker first waits.
-    listener: tokio::sync::OnceCell<RunListener>,
+    /// That connection and what it wakes, once a worker first waits (again if it dropped).
+    listener: tokio::sync::Mutex<Option<std::sync::Arc<RunListener>>>,
 }
 
 /// A failure inside a transaction: retried when PostgreSQL says so.
@@ -224,7 +224,7 @@ impl PostgresStore {
             .wait_timeout(Some(Duration::from_secs(60)))
             .build()
             .map_err(|e| StoreError::Backend(format!("postgres pool for {shown}: {e}")))?;
-        let store = Self { pool, url: shown, config, listener: tokio::sync::OnceCell::new() };
+        let store = Self { pool, url: shown, config, listener: tokio::sync::Mutex::new(None) };
         store.migrate().await?;
         Ok(store)
     }
@@ -1050,11 +1050,10 @@ impl Store for PostgresStore {
     }
 
     async fn wait_for_runs(&self, timeout: Duration) {
-        match self.listener.get_or_try_init(|| RunListener::start(&self.config)).await {
-            Ok(listener) if listener.alive() => {
+        match self.run_listener().await {
+            Ok(listener) => {
                 let _ = tokio::time::timeout(timeout, listener.changed.notified()).await;
             }
-            Ok(_) => tokio::time::sleep(timeout).await,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for run changes; polling instead");
                 tokio::time::sleep(timeout).await;
@@ -1163,6 +1162,19 @@ async fn claim_runs(
             expires_at_ms: r.get(2),
         })
         .collect())
+}
+
+impl PostgresStore {
+    /// The live listening connection, (re)connected if there is none.
+    async fn run_listener(&self) -> Result<std::sync::Arc<RunListener>, StoreError> {
+        let mut slot = self.listener.lock().await;
+        if let Some(listener) = slot.as_ref().filter(|l| l.alive()) {
+            return Ok(listener.clone());
+        }
+        let listener = std::sync::Arc::new(RunListener::start(&self.config).await?);
+        *slot = Some(listener.clone());
+        Ok(listener)
+    }
 }
 
 /// A connection that `LISTEN`s on [`RUNS_CHANNEL`] and wakes waiting workers.

@@ -640,3 +640,34 @@ async fn a_run_its_agent_cannot_start_fails_at_once() {
     assert!(run.body.outcome.unwrap().contains("names the tool `nope`"));
     assert!(log.lock().unwrap().requests.is_empty());
 }
+
+/// On Postgres an idle worker is woken by the decision itself (`LISTEN/NOTIFY`), not by its
+/// poll: with a 60 s poll the approved run still finishes within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_wakes_an_idle_worker_on_postgres() {
+    let Some(db) = TestStore::postgres().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (url, log) = start_model();
+    let agent = agent_file(dir.path(), &url);
+    cli_ok(&db.url, &cache, &["runs", "start", agent.to_str().unwrap(), "--id", "woken", "--goal", "approve"]);
+    let mut worker = toolhost(&db.url, &cache)
+        .args(["worker", "--agent", agent.to_str().unwrap(), "--poll-ms", "60000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    capture_stderr(&mut worker);
+    let runs = Runs::new(db.open().await);
+    wait_for(&runs, "woken", Duration::from_secs(60), awaits("approval")).await;
+    // Let the worker go idle on its 60 s wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let approved = Instant::now();
+    cli_ok(&db.url, &cache, &["runs", "approve", "woken"]);
+    let run = wait_for(&runs, "woken", Duration::from_secs(20), ended).await;
+    let took = approved.elapsed();
+    kill(worker);
+    assert_eq!(run.status, RunStatus::Done);
+    assert!(took < Duration::from_secs(10), "the worker woke only after {took:?}");
+    assert_each_request_executed_once(&log);
+}
