@@ -486,23 +486,32 @@ async fn workers_killed_at_random_finish_every_run_once() {
     // Creating runs needs only a host on the store.
     let host =
         Host::with_store(HostConfig { engine: engine_config(), ..HostConfig::default() }, store.clone()).unwrap();
-    const RUNS: usize = 40;
+    const RUNS: usize = 60;
+    let goal_of = |i: usize| match i {
+        i if i % 5 == 0 => "sleep 1",
+        i if i % 7 == 3 => "approve",
+        _ => "steps",
+    };
     for i in 0..RUNS {
-        let goal = if i % 5 == 0 { "sleep 1" } else { "steps" };
-        runs.create(&host, Some(format!("fleet-{i}")), "calc", Goal::new(goal)).await.unwrap();
+        runs.create(&host, Some(format!("fleet-{i}")), "calc", Goal::new(goal_of(i))).await.unwrap();
     }
     let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&db.url, &cache, &agent)).collect();
     let mut random = 0x9e37_79b9_7f4a_7c15u64;
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut kills = 0;
     loop {
-        let left = runs.list(None).await.unwrap().iter().filter(|r| !r.status.is_final()).count();
+        let listed = runs.list(None).await.unwrap();
+        // A person approves what waits for approval, as workers die around them.
+        for run in listed.iter().filter(|r| awaits("approval")(r)) {
+            runs.approve(&run.id, None, "fleet-reviewer").await.unwrap();
+        }
+        let left = listed.iter().filter(|r| !r.status.is_final()).count();
         if left == 0 {
             break;
         }
         assert!(Instant::now() < deadline, "{left} runs still not ended");
         tokio::time::sleep(Duration::from_millis(300 + crate::crash::next_random(&mut random) % 1200)).await;
-        if kills < 6 {
+        if kills < 8 {
             let victim = (crate::crash::next_random(&mut random) % workers.len() as u64) as usize;
             kill(workers.remove(victim));
             kills += 1;
@@ -512,17 +521,29 @@ async fn workers_killed_at_random_finish_every_run_once() {
     for worker in workers {
         kill(worker);
     }
+    let mut expected_requests = 0;
     for run in runs.list(None).await.unwrap() {
         assert_eq!(run.status, RunStatus::Done, "{run:?}");
         let steps = actors(store.as_ref(), &run.id).await;
-        let expected = if run.body.goal.text == "steps" { 10 } else { 5 };
+        let (expected, requests) = match run.body.goal.text.as_str() {
+            "steps" => (10, 5),
+            "approve" => (6, 2),
+            _ => (5, 2),
+        };
+        expected_requests += requests;
         assert_eq!(steps.len(), expected, "{}: {steps:?}", run.id);
+        if run.body.goal.text == "approve" {
+            let decided = steps.iter().filter(|t| *t == "agent.resolved").count();
+            let audited = store.audit_events(Some(&run.id)).await.unwrap();
+            let audited = audited.iter().filter(|e| e.capability == "approval").count();
+            assert_eq!((decided, audited), (1, 1), "{}: the decision must appear once", run.id);
+        }
     }
     // One request per committed model turn: none was made again under a new step. A kill
     // between a response and its commit re-sends it under the same idempotency key, which a
     // provider answers from its cache (counted here as a redelivery, not an execution).
     let log = log.lock().unwrap();
-    assert_eq!(log.executions.len(), (RUNS / 5) * 2 + (RUNS - RUNS / 5) * 5);
+    assert_eq!(log.executions.len(), expected_requests);
     let redelivered = log.executions.values().filter(|n| **n > 1).count();
     eprintln!("{kills} workers killed; {redelivered} model requests redelivered under their key");
 }
