@@ -235,6 +235,11 @@ impl Host {
         self.inner.snapshots
     }
 
+    /// How this host leases sessions, if it does.
+    pub fn lease_config(&self) -> Option<&LeaseConfig> {
+        self.inner.leases.as_ref()
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.inner.policy
     }

@@ -29,6 +29,7 @@ pub mod mcp;
 pub mod model;
 pub mod policy;
 pub mod python_build;
+pub mod run;
 pub mod session;
 pub mod store;
 pub mod tool;

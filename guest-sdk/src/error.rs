@@ -26,6 +26,12 @@ impl ToolError {
     pub fn failed(message: impl Into<String>) -> Self {
         Self::Failed(message.into())
     }
+
+    /// Asks an agent run to make this call again in `seconds` (durably: the run waits as a
+    /// record, on no process). Outside an agent run it is an ordinary `failed` error.
+    pub fn retry_after(seconds: u64, why: impl fmt::Display) -> Self {
+        Self::Failed(format!("retry-after={seconds}; {why}"))
+    }
 }
 
 impl fmt::Display for ToolError {

@@ -81,6 +81,11 @@ pub struct AgentConfig {
     pub temperature: Option<f32>,
     /// Tool output longer than this is cut before it is shown to the model.
     pub max_result_chars: usize,
+    /// Offer the model the run's own wait actions (`sleep`, `wait_until`, `wait_for_event`):
+    /// the run suspends durably and continues when the time or the event comes.
+    pub waits: bool,
+    /// The longest a wait action may wait, in seconds.
+    pub max_wait_seconds: u64,
 }
 
 impl Default for AgentConfig {
@@ -94,6 +99,8 @@ impl Default for AgentConfig {
             max_tokens_per_turn: Some(512),
             temperature: Some(0.0),
             max_result_chars: 2000,
+            waits: false,
+            max_wait_seconds: 30 * 24 * 3600,
         }
     }
 }

@@ -24,6 +24,7 @@ mod config;
 mod prompt;
 mod record;
 mod signature;
+mod waits;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,10 @@ use serde_json::json;
 
 pub use action::FINAL_ANSWER;
 pub use config::{AgentConfig, Goal, Task, ToolCalling};
+pub use waits::{
+    Decision, Inbox, MAX_TOOL_RETRIES, RETRY_PREFIX, SLEEP, Signal, WAIT_ACTIONS, WAIT_FOR_EVENT, WAIT_UNTIL, Wait,
+    Waiting, show_time,
+};
 
 use crate::error::{CallError, Fault};
 use crate::host::Host;
@@ -42,6 +47,7 @@ use crate::store::StoreError;
 use crate::tool::Tool;
 use action::{Action, PlannedCall};
 use record::{CallResult, ModelStepInput, ToolErrorInput, ToolErrorOutput, Transcript, Turn};
+use waits::{Resolution, ResolvedStep, WaitStep};
 
 /// Why a run could not go on. A stop by the loop's own limits is not an error: see [`Stop`].
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +100,11 @@ pub enum Stop {
     TurnLimit { max_turns: u32 },
     /// The token budget is spent.
     Budget { budget: u64, used: u64 },
+    /// The run is suspended, durably: continue it with [`Agent::advance`] once the wait can
+    /// end (the time passed, or the decision or event is in the [`Inbox`]).
+    Waiting(Waiting),
+    /// The inbox said to stop.
+    Cancelled,
 }
 
 impl std::fmt::Display for Stop {
@@ -110,6 +121,10 @@ impl std::fmt::Display for Stop {
                 "stopped without a final answer: the token budget is spent ({used} of {budget} tokens used); \
                  resume with a higher `token_budget` to continue"
             ),
+            Self::Waiting(waiting) => {
+                write!(f, "waiting (step {}, call `{}`) for {}", waiting.step, waiting.call, waiting.wait)
+            }
+            Self::Cancelled => f.write_str("cancelled"),
         }
     }
 }
@@ -125,6 +140,8 @@ pub struct AgentOutcome {
     pub tokens: u64,
     /// The session's last committed step.
     pub last_step: u64,
+    /// Ids of the [`Signal`]s the run has consumed so far.
+    pub consumed_signals: Vec<u64>,
 }
 
 impl AgentOutcome {
@@ -152,6 +169,10 @@ pub enum AgentEvent {
         elapsed: Duration,
         result: Result<String, String>,
     },
+    /// A call began to wait (committed as `step`).
+    Wait { step: u64, call: String, wait: Wait },
+    /// A wait ended (committed as `step`): `how` it ended.
+    Resolved { step: u64, call: String, how: String },
 }
 
 fn short(text: &str, max: usize) -> String {
@@ -178,6 +199,10 @@ impl std::fmt::Display for AgentEvent {
                     Err(error) => format!("error: {}", short(error, 80)),
                 };
                 write!(f, "step {step:>3}  {tool:<13} {elapsed:>7.2?}  {} -> {shown}", short(arguments, 60))
+            }
+            Self::Wait { step, call, wait } => write!(f, "step {step:>3}  wait          call {call} waits for {wait}"),
+            Self::Resolved { step, call, how } => {
+                write!(f, "step {step:>3}  resolved      call {call}: {}", short(how, 80))
             }
         }
     }
@@ -222,8 +247,8 @@ impl Agent {
         }
         let mut names = std::collections::BTreeSet::new();
         for tool in &tools {
-            if tool.name() == FINAL_ANSWER {
-                return Err(AgentError::InvalidConfig(format!("the tool name `{FINAL_ANSWER}` is reserved")));
+            if tool.name() == FINAL_ANSWER || (config.waits && WAIT_ACTIONS.contains(&tool.name())) {
+                return Err(AgentError::InvalidConfig(format!("the tool name `{}` is reserved", tool.name())));
             }
             if !names.insert(tool.name()) {
                 return Err(AgentError::InvalidConfig(format!("two tools are named `{}`", tool.name())));
@@ -248,6 +273,32 @@ impl Agent {
         goal: Goal,
         events: &mut (dyn FnMut(AgentEvent) + Send),
     ) -> Result<AgentOutcome, AgentError> {
+        self.start_with(session, goal, &Inbox::default(), events).await
+    }
+
+    /// Starts the run in a new session, or continues it after its last committed step, with
+    /// what has arrived for it in `inbox`, until it stops or suspends ([`Stop::Waiting`]).
+    pub async fn advance(
+        &self,
+        session: &mut Session,
+        goal: Goal,
+        inbox: &Inbox,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<AgentOutcome, AgentError> {
+        if session.last_step() == 0 {
+            self.start_with(session, goal, inbox, events).await
+        } else {
+            self.resume_with(session, inbox, events).await
+        }
+    }
+
+    async fn start_with(
+        &self,
+        session: &mut Session,
+        goal: Goal,
+        inbox: &Inbox,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<AgentOutcome, AgentError> {
         if session.last_step() != 0 {
             return Err(AgentError::SessionNotEmpty { session: session.id().to_owned(), steps: session.last_step() });
         }
@@ -267,8 +318,13 @@ impl Agent {
         let input = serde_json::to_value(&goal).expect("a goal serializes");
         let output = json!({"model": self.config.model, "tool_calling": self.config.tool_calling});
         session.commit_host_step(record::GOAL, &input, &output, Vec::new()).await?;
-        let mut transcript = Transcript { goal, tool_calling: self.config.tool_calling, turns: Vec::new() };
-        self.drive(session, &mut transcript, events).await
+        let mut transcript = Transcript {
+            goal,
+            tool_calling: self.config.tool_calling,
+            turns: Vec::new(),
+            consumed_signals: Vec::new(),
+        };
+        self.drive(session, &mut transcript, inbox, events).await
     }
 
     /// Continues the run of `session` after its last committed step, until it stops. A run
@@ -276,6 +332,15 @@ impl Agent {
     pub async fn resume(
         &self,
         session: &mut Session,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<AgentOutcome, AgentError> {
+        self.resume_with(session, &Inbox::default(), events).await
+    }
+
+    async fn resume_with(
+        &self,
+        session: &mut Session,
+        inbox: &Inbox,
         events: &mut (dyn FnMut(AgentEvent) + Send),
     ) -> Result<AgentOutcome, AgentError> {
         let steps = session.steps(0).await?;
@@ -298,7 +363,7 @@ impl Agent {
             tokens: transcript.tokens_used(),
             last_step: session.last_step(),
         });
-        self.drive(session, &mut transcript, events).await
+        self.drive(session, &mut transcript, inbox, events).await
     }
 
     /// Starts the run in a new session, or resumes it if the session has steps.
@@ -319,17 +384,11 @@ impl Agent {
         &self,
         session: &mut Session,
         transcript: &mut Transcript,
+        inbox: &Inbox,
         events: &mut (dyn FnMut(AgentEvent) + Send),
     ) -> Result<AgentOutcome, AgentError> {
         loop {
-            // Finish the open turn: the calls its committed response asked for.
-            let turn_number = transcript.turns.len() as u32;
-            if let Some(turn) = transcript.turns.last() {
-                for call in turn.unanswered().to_vec() {
-                    let result = self.execute(session, turn_number, &call, events).await?;
-                    transcript.turns.last_mut().expect("a turn is open").results.push(result);
-                }
-            }
+            let progress = self.finish_turn(session, transcript, inbox, events).await?;
             let outcome = |stop| AgentOutcome {
                 session: session.id().to_owned(),
                 stop,
@@ -337,9 +396,16 @@ impl Agent {
                 tool_calls: transcript.tool_calls(),
                 tokens: transcript.tokens_used(),
                 last_step: session.last_step(),
+                consumed_signals: transcript.consumed_signals.clone(),
             };
+            if let Some(stop) = progress {
+                return Ok(outcome(stop));
+            }
             if let Some(answer) = transcript.final_answer() {
                 return Ok(outcome(Stop::Answer(answer.to_owned())));
+            }
+            if inbox.is_cancelled() {
+                return Ok(outcome(Stop::Cancelled));
             }
             if transcript.turns.len() as u32 >= self.config.max_turns {
                 return Ok(outcome(Stop::TurnLimit { max_turns: self.config.max_turns }));
@@ -355,6 +421,150 @@ impl Agent {
             }
             self.model_turn(session, transcript, max_tokens, events).await?;
         }
+    }
+
+    /// Works through the calls the open turn asked for, each to its result or its wait.
+    /// Returns the stop if the run cannot go on now.
+    async fn finish_turn(
+        &self,
+        session: &mut Session,
+        transcript: &mut Transcript,
+        inbox: &Inbox,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<Option<Stop>, AgentError> {
+        let turn_number = transcript.turns.len() as u32;
+        loop {
+            let Some(turn) = transcript.turns.last() else { return Ok(None) };
+            let Some(call) = turn.unanswered().first().cloned() else { return Ok(None) };
+            if inbox.is_cancelled() {
+                return Ok(Some(Stop::Cancelled));
+            }
+            let now = crate::store::timestamp_ms();
+            match turn.wait.clone() {
+                Some((_, waits::Wait::Retry { until_ms, .. })) if now >= until_ms => {
+                    self.make_call(session, transcript, turn_number, &call, events).await?;
+                }
+                Some((step, wait)) => match self.resolution(&wait, step, inbox, transcript, now) {
+                    Some(resolution) => self.resolve(session, transcript, &call, resolution, events).await?,
+                    None => return Ok(Some(Stop::Waiting(Waiting { step, call: call.id, wait }))),
+                },
+                None => match self.wait_needed(turn, &call, now) {
+                    Some(Ok(wait)) => self.begin_wait(session, transcript, &call, wait, events).await?,
+                    Some(Err(reason)) => {
+                        let result =
+                            self.tool_error(session, turn_number, &call, reason, Instant::now(), events).await?;
+                        transcript.turns.last_mut().expect("a turn is open").answer(result);
+                    }
+                    None => self.make_call(session, transcript, turn_number, &call, events).await?,
+                },
+            }
+        }
+    }
+
+    /// Whether `call` must wait before it is made: one of the run's own wait actions (or why
+    /// its arguments are unusable), or a call its tool's policy wants approved first.
+    fn wait_needed(&self, turn: &Turn, call: &PlannedCall, now: i64) -> Option<Result<Wait, String>> {
+        let input = call.input.as_ref();
+        if self.config.waits && WAIT_ACTIONS.contains(&call.tool.as_str()) {
+            let input = input.cloned().unwrap_or(serde_json::Value::Null);
+            return Some(waits::parse_action(&call.tool, &input, now, self.config.max_wait_seconds));
+        }
+        let tool = self.tools.iter().find(|t| t.name() == call.tool)?;
+        let input = input?;
+        (turn.approved.is_none() && tool.grants().approval.requires(input))
+            .then(|| Ok(Wait::Approval { tool: call.tool.clone(), input: input.clone() }))
+    }
+
+    /// What ends `wait` now, if anything does.
+    fn resolution(
+        &self,
+        wait: &Wait,
+        step: u64,
+        inbox: &Inbox,
+        transcript: &Transcript,
+        now: i64,
+    ) -> Option<Resolution> {
+        match wait {
+            Wait::Approval { .. } => {
+                inbox.decisions.get(&step).map(|decision| Resolution::Decided { decision: decision.clone() })
+            }
+            Wait::Timer { until_ms } => (now >= *until_ms).then_some(Resolution::TimerFired { at_ms: now }),
+            Wait::Event { name, deadline_ms } => {
+                let arrived = inbox
+                    .signals
+                    .iter()
+                    .find(|s| s.name == *name && !transcript.consumed_signals.contains(&s.id))
+                    .map(|signal| Resolution::Event { signal: signal.clone() });
+                arrived.or_else(|| {
+                    deadline_ms
+                        .filter(|at| now >= *at)
+                        .map(|_| Resolution::EventTimedOut { name: name.clone(), at_ms: now })
+                })
+            }
+            Wait::Retry { .. } => None,
+        }
+    }
+
+    async fn begin_wait(
+        &self,
+        session: &mut Session,
+        transcript: &mut Transcript,
+        call: &PlannedCall,
+        wait: Wait,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<(), AgentError> {
+        let input = serde_json::to_value(WaitStep { call: call.id.clone(), wait: wait.clone() }).expect("serializes");
+        let step = session.commit_host_step(waits::WAIT, &input, &json!({}), Vec::new()).await?;
+        events(AgentEvent::Wait { step, call: call.id.clone(), wait: wait.clone() });
+        transcript.turns.last_mut().expect("a turn is open").wait = Some((step, wait));
+        Ok(())
+    }
+
+    async fn resolve(
+        &self,
+        session: &mut Session,
+        transcript: &mut Transcript,
+        call: &PlannedCall,
+        resolution: Resolution,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<(), AgentError> {
+        let input = serde_json::to_value(ResolvedStep { call: call.id.clone(), resolution: resolution.clone() })
+            .expect("serializes");
+        let step = session.commit_host_step(waits::RESOLVED, &input, &json!({}), Vec::new()).await?;
+        if let Resolution::Event { signal } = &resolution {
+            transcript.consumed_signals.push(signal.id);
+        }
+        let how = serde_json::to_string(&resolution).expect("serializes");
+        events(AgentEvent::Resolved { step, call: call.id.clone(), how });
+        transcript.turns.last_mut().expect("a turn is open").resolve(call, resolution.outcome());
+        Ok(())
+    }
+
+    /// Makes the call (with its approved input, if it was approved) and records its result,
+    /// or the delayed retry its tool asked for.
+    async fn make_call(
+        &self,
+        session: &mut Session,
+        transcript: &mut Transcript,
+        turn_number: u32,
+        call: &PlannedCall,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<(), AgentError> {
+        let turn = transcript.turns.last_mut().expect("a turn is open");
+        let input = turn.input_of(call);
+        match self.execute(session, turn_number, call, input.as_ref(), events).await? {
+            Executed::Result(result) => turn.answer(result),
+            Executed::Failed(failure) => match turn.retry_wait(&call.tool, &failure, crate::store::timestamp_ms()) {
+                Some(wait) => {
+                    turn.retries += 1;
+                    let step = session.last_step();
+                    events(AgentEvent::Wait { step, call: call.id.clone(), wait: wait.clone() });
+                    turn.wait = Some((step, wait));
+                }
+                None => turn.answer(CallResult::Error(record::tool_failure_text(&failure))),
+            },
+        }
+        Ok(())
     }
 
     /// Asks the model for the next turn and commits its response before anything acts on it.
@@ -397,22 +607,24 @@ impl Agent {
             output_tokens: response.usage.output_tokens,
             decision: decision(&action),
         });
-        transcript.turns.push(Turn { response, action, results: Vec::new() });
+        transcript.turns.push(Turn::new(response, action));
         Ok(())
     }
 
-    /// Runs one call in the session. Every outcome the model should hear about is committed:
-    /// by the tool's own step, or by an `agent.tool-error` step when the call did not commit.
+    /// Runs one call in the session with `input`. Every outcome the model should hear about is
+    /// committed: by the tool's own step, or by an `agent.tool-error` step when the call did
+    /// not commit. A tool's own error comes back as is, since it may ask for a retry.
     async fn execute(
         &self,
         session: &mut Session,
         turn: u32,
         call: &PlannedCall,
+        input: Option<&serde_json::Value>,
         events: &mut (dyn FnMut(AgentEvent) + Send),
-    ) -> Result<CallResult, AgentError> {
+    ) -> Result<Executed, AgentError> {
         let started = Instant::now();
         let tool = self.tools.iter().find(|t| t.name() == call.tool);
-        let failure = match (tool, &call.input) {
+        let failure = match (tool, input) {
             (None, _) => {
                 let names: Vec<&str> = self.tools.iter().map(|t| t.name()).collect();
                 format!("there is no tool `{}`; the tools are: {}", call.tool.escape_debug(), names.join(", "))
@@ -422,12 +634,12 @@ impl Agent {
                 Ok(output) => {
                     let result = CallResult::Output(output.to_string());
                     self.report(events, turn, session.last_step(), call, started, &result);
-                    return Ok(result);
+                    return Ok(Executed::Result(result));
                 }
                 Err(CallError::Tool { failure, .. }) => {
-                    let result = CallResult::Error(record::tool_failure_text(&failure));
-                    self.report(events, turn, session.last_step(), call, started, &result);
-                    return Ok(result);
+                    let shown = CallResult::Error(record::tool_failure_text(&failure));
+                    self.report(events, turn, session.last_step(), call, started, &shown);
+                    return Ok(Executed::Failed(failure));
                 }
                 // The tool misbehaved on this input: the model hears why and may try otherwise.
                 Err(e) if e.kind().fault() == Fault::Tool => e.to_string(),
@@ -435,6 +647,19 @@ impl Agent {
                 Err(e) => return Err(e.into()),
             },
         };
+        self.tool_error(session, turn, call, failure, started, events).await.map(Executed::Result)
+    }
+
+    /// Commits why `call` could not run, as its result.
+    async fn tool_error(
+        &self,
+        session: &mut Session,
+        turn: u32,
+        call: &PlannedCall,
+        failure: String,
+        started: Instant,
+        events: &mut (dyn FnMut(AgentEvent) + Send),
+    ) -> Result<CallResult, AgentError> {
         let input = serde_json::to_value(ToolErrorInput {
             call: call.id.clone(),
             tool: call.tool.clone(),
@@ -469,6 +694,13 @@ impl Agent {
             },
         });
     }
+}
+
+/// What making a call came back with.
+enum Executed {
+    Result(CallResult),
+    /// The tool's own error, committed as its step.
+    Failed(crate::error::ToolFailure),
 }
 
 /// What a turn decided, for progress lines.

@@ -8,6 +8,7 @@ use super::action::{Action, FINAL_ANSWER};
 use super::config::{AgentConfig, ToolCalling};
 use super::record::{CallResult, Transcript};
 use super::signature;
+use super::waits;
 use crate::model::{ChatRequest, Message, Role, ToolCall, ToolChoice, ToolDefinition};
 use crate::tool::Tool;
 
@@ -143,7 +144,9 @@ fn native(config: &AgentConfig, tools: &[Arc<Tool>], transcript: &Transcript) ->
         messages.push(message(Role::User, instruction(transcript)));
     }
     let (definitions, tool_choice) = match choice(transcript) {
-        Choice::Any => (tools.iter().map(|t| definition(t)).collect(), ToolChoice::Auto),
+        Choice::Any => {
+            (tools.iter().map(|t| definition(t)).chain(wait_definitions(config)).collect(), ToolChoice::Auto)
+        }
         Choice::Tool(name) => {
             (tools.iter().filter(|t| t.name() == name).map(|t| definition(t)).collect(), ToolChoice::Named(name.into()))
         }
@@ -158,6 +161,21 @@ fn native(config: &AgentConfig, tools: &[Arc<Tool>], transcript: &Transcript) ->
         stop: Vec::new(),
         response_schema: None,
     }
+}
+
+/// The run's own wait actions, when the agent offers them.
+fn wait_definitions(config: &AgentConfig) -> Vec<ToolDefinition> {
+    if !config.waits {
+        return Vec::new();
+    }
+    waits::action_schemas(config.max_wait_seconds)
+        .into_iter()
+        .map(|(name, description, schema)| ToolDefinition {
+            name: name.into(),
+            description: description.into(),
+            parameters: schema.to_string(),
+        })
+        .collect()
 }
 
 fn definition(tool: &Tool) -> ToolDefinition {
@@ -207,6 +225,12 @@ fn constrained(
             system.push_str(&line);
         }
     }
+    let waits_now = config.waits && matches!(choice(transcript), Choice::Any);
+    if waits_now {
+        for (name, description, _) in waits::action_schemas(config.max_wait_seconds) {
+            system.push_str(&format!("\n- {name}: {description}"));
+        }
+    }
     system.push_str(&format!("\n- {FINAL_ANSWER}: ends the run with the answer to the goal."));
 
     let mut prompt = format!("Goal: {}", transcript.goal.text);
@@ -244,6 +268,11 @@ fn constrained(
             option(tool.name(), input)
         })
         .collect();
+    if waits_now {
+        options.extend(
+            waits::action_schemas(config.max_wait_seconds).into_iter().map(|(name, _, schema)| option(name, schema)),
+        );
+    }
     let answers_now = matches!(choice(transcript), Choice::Any | Choice::Answer);
     if answers_now {
         options.push(option(

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::AgentError;
 use super::action::{self, Action, PlannedCall};
 use super::config::{Goal, ToolCalling};
+use super::waits::{self, MAX_TOOL_RETRIES, Outcome, ResolvedStep, Wait, WaitStep};
 use crate::error::ToolFailure;
 use crate::model::ChatResponse;
 use crate::store::{StepOutcome, StepRecord};
@@ -75,9 +76,52 @@ pub(crate) struct Turn {
     pub response: ChatResponse,
     pub action: Action,
     pub results: Vec<CallResult>,
+    /// What holds up the first unanswered call: the step that began the wait, and the wait.
+    pub wait: Option<(u64, Wait)>,
+    /// The first unanswered call was approved: make it with this input.
+    pub approved: Option<serde_json::Value>,
+    /// Times the first unanswered call was retried at its tool's request.
+    pub retries: u32,
 }
 
 impl Turn {
+    pub fn new(response: ChatResponse, action: Action) -> Self {
+        Self { response, action, results: Vec::new(), wait: None, approved: None, retries: 0 }
+    }
+
+    /// Records the result of the first unanswered call; the next call starts afresh.
+    pub fn answer(&mut self, result: CallResult) {
+        self.results.push(result);
+        self.wait = None;
+        self.approved = None;
+        self.retries = 0;
+    }
+
+    /// Applies the end of the first unanswered call's wait.
+    pub fn resolve(&mut self, call: &PlannedCall, outcome: Outcome) {
+        self.wait = None;
+        match outcome {
+            Outcome::Result(Ok(text)) => self.answer(CallResult::Output(text)),
+            Outcome::Result(Err(text)) => self.answer(CallResult::Error(text)),
+            Outcome::Call(edit) => self.approved = edit.or_else(|| call.input.clone()),
+        }
+    }
+
+    /// The input the first unanswered call is made with.
+    pub fn input_of(&self, call: &PlannedCall) -> Option<serde_json::Value> {
+        self.approved.clone().or_else(|| call.input.clone())
+    }
+
+    /// A failed call whose tool asked to be called again later: the wait, if it may be.
+    pub fn retry_wait(&self, tool: &str, failure: &ToolFailure, failed_at_ms: i64) -> Option<Wait> {
+        let seconds = waits::retry_request(failure)?.ok()?;
+        (self.retries < MAX_TOOL_RETRIES).then(|| Wait::Retry {
+            tool: tool.to_owned(),
+            until_ms: failed_at_ms.saturating_add(seconds as i64 * 1000),
+            attempt: self.retries + 1,
+        })
+    }
+
     /// Calls of this turn that have no committed result yet.
     pub fn unanswered(&self) -> &[PlannedCall] {
         match &self.action {
@@ -150,6 +194,8 @@ pub(crate) struct Transcript {
     /// The mode the run was started with; its stored responses are read in that mode.
     pub tool_calling: ToolCalling,
     pub turns: Vec<Turn>,
+    /// Ids of the signals the run's event waits consumed.
+    pub consumed_signals: Vec<u64>,
 }
 
 impl Transcript {
@@ -189,6 +235,7 @@ impl Transcript {
             .and_then(|t| serde_json::from_str(t).ok())
             .ok_or_else(|| corrupt(first.seq, "the goal step has no settings".into()))?;
         let mut turns: Vec<Turn> = Vec::new();
+        let mut consumed_signals = Vec::new();
         for step in &steps[1..] {
             if step.tool == MODEL {
                 if let Some(open) = turns.last().filter(|t| !t.unanswered().is_empty()) {
@@ -202,7 +249,7 @@ impl Transcript {
                 let response: ChatResponse =
                     serde_json::from_str(text).map_err(|e| corrupt(step.seq, format!("the model response: {e}")))?;
                 let action = judge(settings.tool_calling, &response, &goal, &turns);
-                turns.push(Turn { response, action, results: Vec::new() });
+                turns.push(Turn::new(response, action));
                 continue;
             }
             let turn = turns.last_mut().ok_or_else(|| {
@@ -212,6 +259,10 @@ impl Transcript {
                 turn.unanswered().first().cloned().ok_or_else(|| {
                     corrupt(step.seq, format!("a call to `{}` that no model turn asked for", step.tool))
                 })?;
+            if step.tool == waits::WAIT || step.tool == waits::RESOLVED {
+                read_wait_step(step, turn, &call, &mut consumed_signals).map_err(|reason| corrupt(step.seq, reason))?;
+                continue;
+            }
             let result = if step.tool == TOOL_ERROR {
                 let input: ToolErrorInput =
                     serde_json::from_str(&step.input).map_err(|e| corrupt(step.seq, format!("a tool error: {e}")))?;
@@ -227,7 +278,10 @@ impl Transcript {
                 CallResult::Error(output.error)
             } else {
                 let input: Option<serde_json::Value> = serde_json::from_str(&step.input).ok();
-                if step.tool != call.tool || input.as_ref() != call.input.as_ref() {
+                if turn.wait.as_ref().is_some_and(|(_, w)| !matches!(w, Wait::Retry { .. })) {
+                    return Err(corrupt(step.seq, format!("call `{}` ran while it was waiting", call.id)));
+                }
+                if step.tool != call.tool || input != turn.input_of(&call) {
                     return Err(corrupt(
                         step.seq,
                         format!("expected call `{}` to `{}`, found a call to `{}`", call.id, call.tool, step.tool),
@@ -239,13 +293,46 @@ impl Transcript {
                         Ok(value) => CallResult::Output(value.to_string()),
                         Err(e) => return Err(corrupt(step.seq, format!("the output of `{}`: {e}", step.tool))),
                     },
-                    StepOutcome::Failed(failure) => CallResult::Error(tool_failure_text(failure)),
+                    StepOutcome::Failed(failure) => match turn.retry_wait(&step.tool, failure, step.committed_at_ms) {
+                        Some(wait) => {
+                            turn.retries += 1;
+                            turn.wait = Some((step.seq, wait));
+                            continue;
+                        }
+                        None => CallResult::Error(tool_failure_text(failure)),
+                    },
                 }
             };
-            turn.results.push(result);
+            turn.answer(result);
         }
-        Ok(Some(Self { goal, tool_calling: settings.tool_calling, turns }))
+        Ok(Some(Self { goal, tool_calling: settings.tool_calling, turns, consumed_signals }))
     }
+}
+
+/// Reads an `agent.wait` or `agent.resolved` step of `call` into its turn.
+fn read_wait_step(
+    step: &StepRecord,
+    turn: &mut Turn,
+    call: &PlannedCall,
+    consumed_signals: &mut Vec<u64>,
+) -> Result<(), String> {
+    if step.tool == waits::WAIT {
+        let input: WaitStep = serde_json::from_str(&step.input).map_err(|e| format!("a wait: {e}"))?;
+        if input.call != call.id || turn.wait.is_some() {
+            return Err(format!("a wait for call `{}` where call `{}` was due", input.call, call.id));
+        }
+        turn.wait = Some((step.seq, input.wait));
+        return Ok(());
+    }
+    let input: ResolvedStep = serde_json::from_str(&step.input).map_err(|e| format!("a resolution: {e}"))?;
+    if input.call != call.id || turn.wait.is_none() {
+        return Err(format!("the end of a wait of call `{}` that was not waiting", input.call));
+    }
+    if let waits::Resolution::Event { signal } = &input.resolution {
+        consumed_signals.push(signal.id);
+    }
+    turn.resolve(call, input.resolution.outcome());
+    Ok(())
 }
 
 fn output_text(step: &StepRecord) -> Option<&str> {
@@ -270,7 +357,7 @@ mod tests {
             model: "m".into(),
         };
         let action = action::parse(ToolCalling::Constrained, &response);
-        Turn { response, action, results }
+        Turn { results, ..Turn::new(response, action) }
     }
 
     #[test]
@@ -305,5 +392,80 @@ mod tests {
         // Without a plan the model is trusted, as in the native mode.
         let free = Goal::new("Add up the prices.");
         assert!(matches!(judged("The total is 1.25.", &free), Action::Final(_)));
+    }
+
+    fn step(seq: u64, tool: &str, input: serde_json::Value, output: &str) -> StepRecord {
+        StepRecord {
+            seq,
+            tool: tool.into(),
+            digest: String::new(),
+            input: input.to_string(),
+            outcome: StepOutcome::Output(output.into()),
+            journal: Vec::new(),
+            writes: Vec::new(),
+            random: crate::journal::RandomState { seed: [0; 32], secure: 0, insecure: 0 },
+            committed_at_ms: 0,
+            files: Vec::new(),
+        }
+    }
+
+    /// goal, then a native model turn asking for `calculator` with `6*7` as call `c0`.
+    fn asked() -> Vec<StepRecord> {
+        let response = ChatResponse {
+            text: String::new(),
+            tool_calls: vec![crate::model::ToolCall {
+                id: "c0".into(),
+                name: "calculator".into(),
+                arguments: r#"{"expression":"6*7"}"#.into(),
+            }],
+            finish_reason: FinishReason::ToolCalls,
+            usage: Usage { input_tokens: 1, output_tokens: 1 },
+            model: "m".into(),
+        };
+        vec![
+            step(1, GOAL, serde_json::json!({"text": "g"}), r#"{"model":"m","tool_calling":"native"}"#),
+            step(2, MODEL, serde_json::json!({}), &serde_json::to_string(&response).unwrap()),
+        ]
+    }
+
+    fn wait(seq: u64, call: &str) -> StepRecord {
+        let wait = Wait::Approval { tool: "calculator".into(), input: serde_json::json!({"expression": "6*7"}) };
+        step(seq, waits::WAIT, serde_json::to_value(WaitStep { call: call.into(), wait }).unwrap(), "{}")
+    }
+
+    fn approved(seq: u64, edit: serde_json::Value) -> StepRecord {
+        let decision = waits::Decision::Approve { edit: Some(edit), by: "a".into() };
+        let resolution = waits::Resolution::Decided { decision };
+        step(seq, waits::RESOLVED, serde_json::to_value(ResolvedStep { call: "c0".into(), resolution }).unwrap(), "{}")
+    }
+
+    fn read(steps: &[StepRecord]) -> Result<Transcript, String> {
+        Transcript::read("s", steps).map(|t| t.unwrap()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn waits_are_read_back_and_out_of_place_ones_are_corrupt() {
+        let mut steps = asked();
+        steps.push(wait(3, "c0"));
+        let waiting = read(&steps).unwrap();
+        assert!(matches!(waiting.turns[0].wait, Some((3, Wait::Approval { .. }))));
+        steps.push(approved(4, serde_json::json!({"expression": "6*8"})));
+        steps.push(step(5, "calculator", serde_json::json!({"expression": "6*8"}), r#"{"value":48.0}"#));
+        let done = read(&steps).unwrap();
+        assert_eq!(done.turns[0].results, [CallResult::Output(r#"{"value":48.0}"#.into())]);
+
+        // The model's input where the approved edit was due.
+        steps[4] = step(5, "calculator", serde_json::json!({"expression": "6*7"}), r#"{"value":42.0}"#);
+        assert!(read(&steps).unwrap_err().contains("expected call `c0`"));
+        // A call that ran while it waited; a wait for another call; an end of no wait.
+        let mut ran = asked();
+        ran.extend([wait(3, "c0"), step(4, "calculator", serde_json::json!({"expression": "6*7"}), "{}")]);
+        assert!(read(&ran).unwrap_err().contains("ran while it was waiting"));
+        let mut other = asked();
+        other.push(wait(3, "c9"));
+        assert!(read(&other).unwrap_err().contains("a wait for call `c9`"));
+        let mut unasked = asked();
+        unasked.push(approved(3, serde_json::json!({})));
+        assert!(read(&unasked).unwrap_err().contains("was not waiting"));
     }
 }

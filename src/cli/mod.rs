@@ -6,8 +6,10 @@ mod call;
 mod inspect;
 mod model;
 mod run;
+mod runs;
 mod serve;
 mod sessions;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -58,6 +60,10 @@ enum Command {
     Sessions(sessions::Args),
     /// Run an agent described by a TOML file (goal, model, tools, policy) as a stored session
     Run(run::Args),
+    /// Start, list, show, approve, deny, signal and cancel long-running agent runs
+    Runs(runs::Args),
+    /// Claim runs from the store and drive them (any number of workers, on any hosts)
+    Worker(worker::Args),
     /// Serve tools over MCP (stdio or streamable HTTP), each call a durable session step
     Serve(serve::Args),
     /// Serve the offline local model; chat with a configured model alias
@@ -75,9 +81,11 @@ pub fn main() -> ExitCode {
         let store = match (&cli.command, cli.store, cli.db) {
             (_, Some(url), _) => Some(url.parse::<StoreUrl>()?),
             (_, None, Some(path)) => Some(StoreUrl::Sqlite(path)),
-            (Command::Sessions(_) | Command::Serve(_) | Command::Run(_), None, None) => {
-                Some(StoreUrl::Sqlite(PathBuf::from(".toolhost/sessions.db")))
-            }
+            (
+                Command::Sessions(_) | Command::Serve(_) | Command::Run(_) | Command::Runs(_) | Command::Worker(_),
+                None,
+                None,
+            ) => Some(StoreUrl::Sqlite(PathBuf::from(".toolhost/sessions.db"))),
             (_, None, None) => None,
         };
         let config = cli_host_config(cli.cache_dir, cli.no_cache, store);
@@ -87,6 +95,8 @@ pub fn main() -> ExitCode {
             Command::Call(args) => call::run(&config, args).await,
             Command::Sessions(args) => sessions::run(&config, args).await,
             Command::Run(args) => run::run(&config, args).await,
+            Command::Runs(args) => runs::run(&config, args).await,
+            Command::Worker(args) => worker::run(&config, args).await,
             Command::Serve(args) => serve::run(&config, args).await,
             Command::Model(args) => model::run(args).await,
         }

@@ -10,6 +10,7 @@
 //! (sha256 pinning) and [`compare`] (requested against granted, for `toolhost inspect
 //! --policy` and the [`OnUngranted`] switch).
 
+mod approval;
 mod compare;
 mod file;
 mod validate;
@@ -29,6 +30,7 @@ use crate::contract::Descriptor;
 pub use crate::contract::{Access, CapabilityRow, Coverage};
 use crate::engine::Limits;
 
+pub use approval::{Approval, ApprovalMode, FieldValues};
 pub use compare::compare;
 pub use file::{PolicyError, PolicyIssue};
 
@@ -52,6 +54,9 @@ pub struct ToolGrants {
     /// Variables the tool sees; it sees none of the host's environment besides these.
     pub env: BTreeMap<String, EnvValue>,
     pub limits: Limits,
+    /// Which calls an agent's run must have approved by a person before it makes them.
+    #[serde(skip_serializing_if = "Approval::is_never")]
+    pub approval: Approval,
 }
 
 impl ToolGrants {

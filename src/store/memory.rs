@@ -25,6 +25,7 @@ use super::{
     AuditEvent, AuditScope, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage,
     StateWrite, StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot, timestamp_ms,
 };
+use super::{RunRecord, RunStatus, runs::check_version};
 
 type ChunkHash = [u8; 32];
 
@@ -32,6 +33,8 @@ type ChunkHash = [u8; 32];
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// Wakes workers waiting for runs.
+    runs_changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -51,6 +54,7 @@ struct Inner {
     /// counts; a chunk goes when its last snapshot does.
     chunks: HashMap<ChunkHash, StoredChunk>,
     audit: Vec<AuditEvent>,
+    runs: BTreeMap<String, RunRecord>,
 }
 
 struct StoredChunk {
@@ -233,6 +237,7 @@ impl Store for MemoryStore {
             None => return Ok(false),
         }
         let session = inner.sessions.remove(id).expect("found above");
+        inner.runs.remove(id);
         for snapshot in session.snapshots.values() {
             inner.drop_refs(&snapshot.chunks);
         }
@@ -550,6 +555,90 @@ impl Store for MemoryStore {
             !(in_scope && e.at_ms < before_ms)
         });
         Ok((before - audit.len()) as u64)
+    }
+
+    // ---- Agent runs ----
+
+    async fn create_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        {
+            let mut inner = self.lock();
+            inner.session(&run.id)?;
+            if inner.runs.contains_key(&run.id) {
+                return Err(StoreError::RunExists(run.id.clone()));
+            }
+            inner.runs.insert(run.id.clone(), RunRecord { version: 1, ..run.clone() });
+        }
+        self.runs_changed.notify_waiters();
+        self.runs_changed.notify_one();
+        Ok(())
+    }
+
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        Ok(self.lock().runs.get(id).cloned())
+    }
+
+    async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunRecord>, StoreError> {
+        let inner = self.lock();
+        let mut runs: Vec<RunRecord> =
+            inner.runs.values().filter(|r| status.is_none_or(|s| r.status == s)).cloned().collect();
+        runs.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(runs)
+    }
+
+    async fn update_run(&self, run: &RunRecord, lease: Option<u64>) -> Result<(), StoreError> {
+        {
+            let mut inner = self.lock();
+            check_version(run, inner.runs.get(&run.id).map(|r| r.version))?;
+            if lease.is_some() {
+                inner.session(&run.id)?.admits(lease)?;
+            }
+            inner.runs.insert(run.id.clone(), run.clone());
+        }
+        self.runs_changed.notify_waiters();
+        self.runs_changed.notify_one();
+        Ok(())
+    }
+
+    async fn claim_runs(
+        &self,
+        agents: &[String],
+        holder: &str,
+        ttl: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let mut inner = self.lock();
+        let now = timestamp_ms();
+        let mut ready: Vec<(i64, String)> = inner
+            .runs
+            .values()
+            .filter(|r| agents.contains(&r.agent))
+            .filter_map(|r| r.ready_at_ms.filter(|at| *at <= now).map(|at| (at, r.id.clone())))
+            .collect();
+        ready.sort();
+        let mut claimed = Vec::new();
+        for (_, id) in ready {
+            if claimed.len() >= limit {
+                break;
+            }
+            let Some(entry) = inner.sessions.get_mut(&id) else { continue };
+            if entry.lease_holder.is_some() && entry.lease_expires_ms > now {
+                continue;
+            }
+            entry.lease_holder = Some(holder.to_owned());
+            entry.lease_token += 1;
+            entry.lease_expires_ms = now.saturating_add(ttl_ms(ttl));
+            claimed.extend(entry.lease());
+        }
+        Ok(claimed)
+    }
+
+    async fn next_ready_at(&self, agents: &[String]) -> Result<Option<i64>, StoreError> {
+        let inner = self.lock();
+        Ok(inner.runs.values().filter(|r| agents.contains(&r.agent)).filter_map(|r| r.ready_at_ms).min())
+    }
+
+    async fn wait_for_runs(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.runs_changed.notified()).await;
     }
 }
 

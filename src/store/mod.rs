@@ -14,6 +14,7 @@ mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod runs;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod url;
@@ -26,6 +27,7 @@ pub use lease::Lease;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+pub use runs::{RunRecord, RunStatus};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
 pub use url::{StoreUrl, open};
@@ -89,6 +91,13 @@ pub enum StoreError {
     /// The store URL or its options are not usable.
     #[error("invalid store URL `{url}`: {reason}")]
     InvalidUrl { url: String, reason: String },
+    #[error("no run `{0}`")]
+    RunNotFound(String),
+    #[error("run `{0}` already exists")]
+    RunExists(String),
+    /// Someone else changed the run first (a worker, or a person deciding or cancelling).
+    #[error("run `{run}` is at version {found}, not {expected}: it was changed meanwhile")]
+    RunConflict { run: String, expected: u64, found: u64 },
 }
 
 /// A session as stored.
@@ -307,6 +316,37 @@ pub trait Store: Send + Sync + 'static {
     async fn ended_sessions(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StoreError>;
     /// Deletes the audit events recorded before `before_ms`, of `scope`; returns how many.
     async fn delete_audit(&self, scope: AuditScope<'_>, before_ms: i64) -> Result<u64, StoreError>;
+
+    // ---- Agent runs (see `runs.rs` and `crate::run`) ----
+
+    /// Stores a new run (version 1) for the existing session of the same id.
+    async fn create_run(&self, run: &RunRecord) -> Result<(), StoreError>;
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// Runs in the order created, optionally of one status.
+    async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunRecord>, StoreError>;
+    /// Replaces the run whose stored version is `run.version - 1`, else fails with
+    /// [`StoreError::RunConflict`]. With `lease`, fenced like [`StepCommit::lease`] (a
+    /// worker's write); without, not fenced (a decision or a cancel from outside).
+    async fn update_run(&self, run: &RunRecord, lease: Option<u64>) -> Result<(), StoreError>;
+    /// Takes, for `holder`, the session leases of up to `limit` runs of `agents` that are
+    /// ready (`ready_at_ms` passed on the store's clock) and not leased by anyone, earliest
+    /// first; each lease as [`Store::acquire_lease`] draws it. Concurrent claimers never
+    /// get the same run.
+    async fn claim_runs(
+        &self,
+        agents: &[String],
+        holder: &str,
+        ttl: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError>;
+    /// The earliest `ready_at_ms` among runs of `agents`, claimable or not yet: when a worker
+    /// with nothing to do has to look again at the latest.
+    async fn next_ready_at(&self, agents: &[String]) -> Result<Option<i64>, StoreError>;
+    /// Waits until a run may have become ready (created, decided, signalled, released) or
+    /// `timeout` passes. The default just sleeps; stores that can be told override it.
+    async fn wait_for_runs(&self, timeout: std::time::Duration) {
+        tokio::time::sleep(timeout).await;
+    }
 }
 
 /// Whose audit events [`Store::delete_audit`] removes.

@@ -28,6 +28,7 @@ use super::{
     AuditEvent, AuditScope, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage,
     StateWrite, StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
+use super::{RunRecord, RunStatus, runs::check_version};
 use crate::capability::workspace::FileChange;
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
@@ -102,6 +103,20 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE steps ADD COLUMN files BYTEA;
 "#,
+    // Agent runs (`runs.rs`), one per session that has one.
+    r#"
+    CREATE TABLE runs (
+        session TEXT PRIMARY KEY,
+        agent TEXT NOT NULL,
+        status TEXT NOT NULL,
+        ready_at_ms BIGINT,
+        version BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        updated_at_ms BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX runs_ready ON runs (ready_at_ms) WHERE ready_at_ms IS NOT NULL;
+"#,
 ];
 
 /// The server's clock in milliseconds since the Unix epoch (lease expiry).
@@ -116,6 +131,10 @@ const ATTEMPTS: usize = 8;
 pub struct PostgresStore {
     pool: Pool,
     url: String,
+    /// How to connect, for the connection that listens for run changes.
+    config: tokio_postgres::Config,
+    /// That connection and what it wakes, once a worker first waits (again if it dropped).
+    listener: tokio::sync::Mutex<Option<std::sync::Arc<RunListener>>>,
 }
 
 /// A failure inside a transaction: retried when PostgreSQL says so.
@@ -196,7 +215,8 @@ impl PostgresStore {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::InvalidUrl { url: shown.clone(), reason: e.to_string() })?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -204,7 +224,7 @@ impl PostgresStore {
             .wait_timeout(Some(Duration::from_secs(60)))
             .build()
             .map_err(|e| StoreError::Backend(format!("postgres pool for {shown}: {e}")))?;
-        let store = Self { pool, url: shown };
+        let store = Self { pool, url: shown, config, listener: tokio::sync::Mutex::new(None) };
         store.migrate().await?;
         Ok(store)
     }
@@ -500,7 +520,7 @@ async fn delete_session(tx: &Transaction<'_>, id: &str, lease: Option<u64>) -> R
     }
     count_file_refs(tx, &mut deltas, id, -1).await?;
     adjust_chunks(tx, &deltas, &BTreeMap::new()).await?;
-    for table in ["state", "steps", "pending"] {
+    for table in ["state", "steps", "pending", "runs"] {
         tx.execute(&format!("DELETE FROM {table} WHERE session = $1"), &[&id]).await?;
     }
     tx.execute("DELETE FROM sessions WHERE id = $1", &[&id]).await?;
@@ -1013,6 +1033,223 @@ impl Store for PostgresStore {
             }
         };
         deleted.map_err(pg_error)
+    }
+
+    // ---- Agent runs (implemented below) ----
+
+    async fn create_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        let run = RunRecord { version: 1, ..run.clone() };
+        transact!(self, |tx| create_run(tx, &run))
+    }
+
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE session = $1"), &[&id])
+            .await
+            .map_err(pg_error)?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunRecord>, StoreError> {
+        let client = self.client().await?;
+        let status = status.map(RunStatus::as_str);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE $1::text IS NULL OR status = $1 ORDER BY created_at_ms, session"
+                ),
+                &[&status],
+            )
+            .await
+            .map_err(pg_error)?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn update_run(&self, run: &RunRecord, lease: Option<u64>) -> Result<(), StoreError> {
+        transact!(self, |tx| update_run(tx, run, lease))
+    }
+
+    async fn claim_runs(
+        &self,
+        agents: &[String],
+        holder: &str,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        transact!(self, |tx| claim_runs(tx, agents, holder, ttl_ms(ttl), limit as i64))
+    }
+
+    async fn next_ready_at(&self, agents: &[String]) -> Result<Option<i64>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT MIN(ready_at_ms) FROM runs WHERE agent = ANY($1)", &[&agents])
+            .await
+            .map_err(pg_error)?;
+        Ok(row.get(0))
+    }
+
+    async fn wait_for_runs(&self, timeout: Duration) {
+        match self.run_listener().await {
+            Ok(listener) => {
+                let _ = tokio::time::timeout(timeout, listener.changed.notified()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for run changes; polling instead");
+                tokio::time::sleep(timeout).await;
+            }
+        }
+    }
+}
+
+// ---- Agent runs ----
+
+const RUN_COLUMNS: &str = "session, agent, status, ready_at_ms, version, created_at_ms, updated_at_ms, body";
+/// The channel run changes are announced on, so waiting workers wake without polling.
+const RUNS_CHANNEL: &str = "toolhost_runs";
+
+fn run_from_row(r: &tokio_postgres::Row) -> Result<RunRecord, StoreError> {
+    let id: String = r.get(0);
+    let status: String = r.get(2);
+    Ok(RunRecord {
+        status: status.parse().map_err(|e| StoreError::Corrupt(format!("run `{id}`: {e}")))?,
+        id,
+        agent: r.get(1),
+        ready_at_ms: r.get(3),
+        version: r.get::<_, i64>(4) as u64,
+        created_at_ms: r.get(5),
+        updated_at_ms: r.get(6),
+        body: r.get(7),
+    })
+}
+
+async fn write_run(tx: &Transaction<'_>, run: &RunRecord) -> Result<(), Failure> {
+    tx.execute(
+        &format!(
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (session) DO UPDATE SET agent = excluded.agent, status = excluded.status,
+                 ready_at_ms = excluded.ready_at_ms, version = excluded.version,
+                 updated_at_ms = excluded.updated_at_ms, body = excluded.body"
+        ),
+        &[
+            &run.id,
+            &run.agent,
+            &run.status.as_str(),
+            &run.ready_at_ms,
+            &(run.version as i64),
+            &run.created_at_ms,
+            &run.updated_at_ms,
+            &run.body,
+        ],
+    )
+    .await?;
+    // Delivered at commit, to every listening worker.
+    tx.execute("SELECT pg_notify($1, '')", &[&RUNS_CHANNEL]).await?;
+    Ok(())
+}
+
+async fn create_run(tx: &Transaction<'_>, run: &RunRecord) -> Result<(), Failure> {
+    tx.query_opt("SELECT 1 FROM sessions WHERE id = $1 FOR SHARE", &[&run.id])
+        .await?
+        .ok_or_else(|| StoreError::SessionNotFound(run.id.clone()))?;
+    if tx.query_opt("SELECT 1 FROM runs WHERE session = $1", &[&run.id]).await?.is_some() {
+        return Err(StoreError::RunExists(run.id.clone()).into());
+    }
+    write_run(tx, run).await
+}
+
+async fn update_run(tx: &Transaction<'_>, run: &RunRecord, lease: Option<u64>) -> Result<(), Failure> {
+    if lease.is_some() {
+        lock_session(tx, &run.id, lease).await?;
+    }
+    let found = tx.query_opt("SELECT version FROM runs WHERE session = $1 FOR UPDATE", &[&run.id]).await?;
+    check_version(run, found.map(|r| r.get::<_, i64>(0) as u64))?;
+    write_run(tx, run).await
+}
+
+/// Locks the ready, unleased sessions with `SKIP LOCKED` (rows another claimer is taking are
+/// passed over, not waited for) and leases them in the same statement.
+async fn claim_runs(
+    tx: &Transaction<'_>,
+    agents: &[String],
+    holder: &str,
+    ttl: i64,
+    limit: i64,
+) -> Result<Vec<Lease>, Failure> {
+    let rows = tx
+        .query(
+            &format!(
+                "WITH ready AS (
+                     SELECT s.id FROM runs r JOIN sessions s ON s.id = r.session
+                     WHERE r.ready_at_ms <= {NOW_MS} AND r.agent = ANY($1)
+                       AND (s.lease_holder IS NULL OR s.lease_expires_ms <= {NOW_MS})
+                     ORDER BY r.ready_at_ms LIMIT $2
+                     FOR UPDATE OF s SKIP LOCKED)
+                 UPDATE sessions SET lease_holder = $3, lease_token = lease_token + 1,
+                     lease_expires_ms = {NOW_MS} + $4
+                 FROM ready WHERE sessions.id = ready.id
+                 RETURNING sessions.id, lease_token, lease_expires_ms"
+            ),
+            &[&agents, &limit, &holder, &ttl],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Lease {
+            session: r.get(0),
+            holder: holder.to_owned(),
+            token: r.get::<_, i64>(1) as u64,
+            expires_at_ms: r.get(2),
+        })
+        .collect())
+}
+
+impl PostgresStore {
+    /// The live listening connection, (re)connected if there is none.
+    async fn run_listener(&self) -> Result<std::sync::Arc<RunListener>, StoreError> {
+        let mut slot = self.listener.lock().await;
+        if let Some(listener) = slot.as_ref().filter(|l| l.alive()) {
+            return Ok(listener.clone());
+        }
+        let listener = std::sync::Arc::new(RunListener::start(&self.config).await?);
+        *slot = Some(listener.clone());
+        Ok(listener)
+    }
+}
+
+/// A connection that `LISTEN`s on [`RUNS_CHANNEL`] and wakes waiting workers.
+struct RunListener {
+    changed: std::sync::Arc<tokio::sync::Notify>,
+    /// Kept so the connection stays open.
+    _client: tokio_postgres::Client,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RunListener {
+    async fn start(config: &tokio_postgres::Config) -> Result<Self, StoreError> {
+        use futures_util::StreamExt;
+        let (client, mut connection) = config.connect(NoTls).await.map_err(pg_error)?;
+        let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (wake, gone) = (changed.clone(), closed.clone());
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(_) = message {
+                    wake.notify_waiters();
+                    // A worker between two waits finds the permit on its next one.
+                    wake.notify_one();
+                }
+            }
+            gone.store(true, std::sync::atomic::Ordering::Relaxed);
+            wake.notify_waiters();
+        });
+        client.batch_execute(&format!("LISTEN {RUNS_CHANNEL}")).await.map_err(pg_error)?;
+        Ok(Self { changed, _client: client, closed })
+    }
+
+    fn alive(&self) -> bool {
+        !self.closed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -20,6 +20,7 @@ use super::{
     AuditEvent, AuditScope, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage,
     StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
+use super::{RunRecord, RunStatus, runs::check_version};
 use crate::capability::workspace::FileChange;
 
 /// How hard a commit tries to survive power loss.
@@ -106,6 +107,20 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE steps ADD COLUMN files BLOB;
 "#,
+    // Agent runs (`runs.rs`), one per session that has one.
+    r#"
+    CREATE TABLE runs (
+        session TEXT PRIMARY KEY,
+        agent TEXT NOT NULL,
+        status TEXT NOT NULL,
+        ready_at_ms INTEGER,
+        version INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        body TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX runs_ready ON runs (ready_at_ms) WHERE ready_at_ms IS NOT NULL;
+"#,
 ];
 
 /// Writes that arrive while a group is committing join the next group, up to this many.
@@ -126,6 +141,8 @@ pub struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<WriteRequest>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
+    /// Wakes this process's workers when a run changes (other processes poll).
+    runs_changed: tokio::sync::Notify,
     /// Keeps a temporary database's folder alive.
     _temp: Option<tempfile::TempDir>,
 }
@@ -182,6 +199,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(writer_thread)),
             readers: Mutex::new(Vec::new()),
+            runs_changed: tokio::sync::Notify::new(),
             _temp: temp,
         })
     }
@@ -653,7 +671,7 @@ impl Store for SqliteStore {
                 delete_snapshot(conn, &id, &tool, seq as u64)?;
             }
             adjust_file_refs(conn, &id, -1)?;
-            for table in ["state", "steps", "pending"] {
+            for table in ["state", "steps", "pending", "runs"] {
                 conn.execute(&format!("DELETE FROM {table} WHERE session = ?1"), [&id]).map_err(backend)?;
             }
             let deleted = conn.execute("DELETE FROM sessions WHERE id = ?1", [&id]).map_err(backend)?;
@@ -1114,6 +1132,205 @@ impl Store for SqliteStore {
             Ok(deleted.map_err(backend)? as u64)
         })
         .await
+    }
+    // ---- Agent runs (implemented below) ----
+
+    async fn create_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        self.sqlite_create_run(run).await
+    }
+
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.sqlite_run(id).await
+    }
+
+    async fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunRecord>, StoreError> {
+        self.sqlite_list_runs(status).await
+    }
+
+    async fn update_run(&self, run: &RunRecord, lease: Option<u64>) -> Result<(), StoreError> {
+        self.sqlite_update_run(run, lease).await
+    }
+
+    async fn claim_runs(
+        &self,
+        agents: &[String],
+        holder: &str,
+        ttl: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        self.sqlite_claim_runs(agents, holder, ttl, limit).await
+    }
+
+    async fn next_ready_at(&self, agents: &[String]) -> Result<Option<i64>, StoreError> {
+        self.sqlite_next_ready_at(agents).await
+    }
+
+    async fn wait_for_runs(&self, timeout: std::time::Duration) {
+        self.sqlite_wait_for_runs(timeout).await
+    }
+}
+
+// ---- Agent runs ----
+
+const RUN_COLUMNS: &str = "session, agent, status, ready_at_ms, version, created_at_ms, updated_at_ms, body";
+
+fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
+    let status: String = row.get(2)?;
+    let record = RunRecord {
+        id: row.get(0)?,
+        agent: row.get(1)?,
+        status: RunStatus::Running,
+        ready_at_ms: row.get(3)?,
+        version: row.get::<_, i64>(4)? as u64,
+        created_at_ms: row.get(5)?,
+        updated_at_ms: row.get(6)?,
+        body: row.get(7)?,
+    };
+    Ok((record, status))
+}
+
+fn decode_run((mut record, status): (RunRecord, String)) -> Result<RunRecord, StoreError> {
+    record.status = status.parse().map_err(|e| StoreError::Corrupt(format!("run `{}`: {e}", record.id)))?;
+    Ok(record)
+}
+
+fn run_version(conn: &Connection, id: &str) -> Result<Option<u64>, StoreError> {
+    conn.query_row("SELECT version FROM runs WHERE session = ?1", [id], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map(|v| v as u64))
+        .map_err(backend)
+}
+
+fn write_run(conn: &Connection, run: &RunRecord) -> Result<(), StoreError> {
+    conn.execute(
+        &format!("INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        params![
+            run.id,
+            run.agent,
+            run.status.as_str(),
+            run.ready_at_ms,
+            run.version as i64,
+            run.created_at_ms,
+            run.updated_at_ms,
+            run.body
+        ],
+    )
+    .map(drop)
+    .map_err(backend)
+}
+
+fn claim_runs(conn: &Connection, agents: &str, holder: &str, ttl: i64, limit: usize) -> Result<Vec<Lease>, StoreError> {
+    let now = now_ms();
+    let ready: Vec<String> = {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT r.session FROM runs r JOIN sessions s ON s.id = r.session
+                 WHERE r.ready_at_ms <= ?1 AND r.agent IN (SELECT value FROM json_each(?2))
+                   AND (s.lease_holder IS NULL OR s.lease_expires_ms <= ?1)
+                 ORDER BY r.ready_at_ms LIMIT ?3",
+            )
+            .map_err(backend)?;
+        let rows = stmt.query_map(params![now, agents, limit as i64], |r| r.get(0)).map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)?
+    };
+    let mut leases = Vec::with_capacity(ready.len());
+    for session in ready {
+        let (token, expires_at_ms): (i64, i64) = conn
+            .query_row(
+                "UPDATE sessions SET lease_holder = ?2, lease_token = lease_token + 1, lease_expires_ms = ?3
+                 WHERE id = ?1 RETURNING lease_token, lease_expires_ms",
+                params![session, holder, now.saturating_add(ttl)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(backend)?;
+        leases.push(Lease { session, holder: holder.to_owned(), token: token as u64, expires_at_ms });
+    }
+    Ok(leases)
+}
+
+impl SqliteStore {
+    pub(super) async fn sqlite_create_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        let run = RunRecord { version: 1, ..run.clone() };
+        self.write(move |conn| {
+            last_step(conn, &run.id)?.ok_or_else(|| StoreError::SessionNotFound(run.id.clone()))?;
+            if run_version(conn, &run.id)?.is_some() {
+                return Err(StoreError::RunExists(run.id.clone()));
+            }
+            write_run(conn, &run)
+        })
+        .await?;
+        self.runs_changed.notify_waiters();
+        self.runs_changed.notify_one();
+        Ok(())
+    }
+
+    pub(super) async fn sqlite_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE session = ?1"), [id], run_row)
+                .optional()
+                .map_err(backend)?
+                .map(decode_run)
+                .transpose()
+        })
+        .await
+    }
+
+    pub(super) async fn sqlite_list_runs(&self, status: Option<RunStatus>) -> Result<Vec<RunRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE ?1 IS NULL OR status = ?1 ORDER BY created_at_ms, session"
+                ))
+                .map_err(backend)?;
+            let rows = stmt.query_map([status.map(RunStatus::as_str)], run_row).map_err(backend)?;
+            rows.map(|r| r.map_err(backend).and_then(decode_run)).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn sqlite_update_run(&self, run: &RunRecord, lease: Option<u64>) -> Result<(), StoreError> {
+        let run = run.clone();
+        self.write(move |conn| {
+            check_version(&run, run_version(conn, &run.id)?)?;
+            if lease.is_some() {
+                check_lease(conn, &run.id, lease)?;
+            }
+            write_run(conn, &run)
+        })
+        .await?;
+        self.runs_changed.notify_waiters();
+        self.runs_changed.notify_one();
+        Ok(())
+    }
+
+    pub(super) async fn sqlite_claim_runs(
+        &self,
+        agents: &[String],
+        holder: &str,
+        ttl: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let agents = serde_json::to_string(agents).map_err(backend)?;
+        let holder = holder.to_owned();
+        self.write_value(move |conn| claim_runs(conn, &agents, &holder, ttl_ms(ttl), limit)).await
+    }
+
+    pub(super) async fn sqlite_next_ready_at(&self, agents: &[String]) -> Result<Option<i64>, StoreError> {
+        let agents = serde_json::to_string(agents).map_err(backend)?;
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT MIN(ready_at_ms) FROM runs WHERE agent IN (SELECT value FROM json_each(?1))",
+                [agents],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+
+    pub(super) async fn sqlite_wait_for_runs(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.runs_changed.notified()).await;
     }
 }
 

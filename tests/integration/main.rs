@@ -30,6 +30,7 @@ mod provider_fuzz;
 mod python;
 mod replay_inputs;
 mod retention;
+mod runs;
 mod scale;
 mod snapshots;
 mod state;
