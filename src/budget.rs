@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::instance::Instance;
@@ -201,7 +202,7 @@ impl LiveInstances {
     }
 
     /// Keeps `slot`'s snapshot taken at `seq`, replacing the previous one.
-    pub fn cache_snapshot(&self, slot: Slot, seq: u64, bytes: Arc<[u8]>) {
+    pub fn cache_snapshot(&self, slot: Slot, seq: u64, bytes: Bytes) {
         lock(&self.shared.snapshots).insert(slot, seq, bytes);
     }
 
@@ -211,7 +212,7 @@ impl LiveInstances {
     }
 
     /// `slot`'s latest snapshot, if cached.
-    pub fn cached_snapshot(&self, slot: Slot) -> Option<(u64, Arc<[u8]>)> {
+    pub fn cached_snapshot(&self, slot: Slot) -> Option<(u64, Bytes)> {
         let found = lock(&self.shared.snapshots).get(slot);
         if found.is_some() {
             self.shared.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -285,7 +286,7 @@ impl<T> Lru<T> {
 
 /// Recent snapshots by slot, bounded in bytes; the least recently stored go first.
 struct SnapshotCache {
-    entries: Lru<(u64, Arc<[u8]>)>,
+    entries: Lru<(u64, Bytes)>,
     bytes: usize,
     capacity: usize,
 }
@@ -301,7 +302,7 @@ impl SnapshotCache {
         self.capacity / 16
     }
 
-    fn insert(&mut self, slot: Slot, seq: u64, bytes: Arc<[u8]>) {
+    fn insert(&mut self, slot: Slot, seq: u64, bytes: Bytes) {
         if bytes.len() > self.max_entry() {
             self.remove(slot);
             return;
@@ -318,7 +319,7 @@ impl SnapshotCache {
         }
     }
 
-    fn get(&self, slot: Slot) -> Option<(u64, Arc<[u8]>)> {
+    fn get(&self, slot: Slot) -> Option<(u64, Bytes)> {
         self.entries.by_slot.get(&slot).map(|(_, (seq, bytes))| (*seq, bytes.clone()))
     }
 
@@ -348,13 +349,13 @@ mod tests {
     fn snapshot_cache_stays_within_its_bytes() {
         let mut cache = SnapshotCache::new(16 * 100);
         for slot in 0..40 {
-            cache.insert(slot, 1, Arc::from(vec![0u8; 100]));
+            cache.insert(slot, 1, Bytes::from(vec![0u8; 100]));
             assert!(cache.bytes <= cache.capacity);
         }
         assert_eq!(cache.bytes, 1600);
         assert!(cache.get(0).is_none(), "the oldest went first");
         assert!(cache.get(39).is_some());
-        cache.insert(39, 2, Arc::from(vec![0u8; 101]));
+        cache.insert(39, 2, Bytes::from(vec![0u8; 101]));
         assert!(cache.get(39).is_none(), "too large to cache replaces nothing stale");
         assert_eq!(cache.bytes, 1500);
     }

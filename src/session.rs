@@ -9,8 +9,8 @@
 //! restored, then the tool's later steps are replayed from their journals, checking that
 //! each produces the recorded output. A tool declared stateless is never replayed.
 
+use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use crate::budget::{Live, Slot};
 use crate::error::{CallError, ToolFailure};
@@ -224,15 +224,16 @@ impl Session {
         instance.steps_since_snapshot += 1;
         let snapshot = if instance.is_stateful() && instance.steps_since_snapshot >= policy.every {
             match instance.snapshot(engine, tool).await {
-                Ok(bytes) => bytes,
+                Ok(bytes) => bytes.map(Bytes::from),
                 Err(aborted) => return Err(self.abort(&name, instance, aborted).await),
             }
         } else {
             None
         };
         let budget = self.host.live_budget();
-        // Kept for a rebuild after hibernation, so it need not read the store.
-        let cached: Option<Arc<[u8]>> = snapshot.as_deref().filter(|bytes| budget.caches(bytes.len())).map(Arc::from);
+        // Kept for a rebuild after hibernation, so it need not read the store (the bytes are
+        // shared with the commit, not copied).
+        let cached = snapshot.clone().filter(|bytes| budget.caches(bytes.len()));
         let took_snapshot = snapshot.is_some();
         let commit = StepCommit {
             session: self.record.id.clone(),
@@ -421,7 +422,7 @@ struct Rebuilder<'a> {
     record: &'a SessionRecord,
     host: &'a Host,
     /// The session's latest snapshot of the tool, if the budget's cache holds it.
-    cached: Option<(u64, Arc<[u8]>)>,
+    cached: Option<(u64, Bytes)>,
 }
 
 impl Rebuilder<'_> {
@@ -569,12 +570,12 @@ impl Rebuilder<'_> {
 
     /// The newest snapshot of `tool` at or before the last committed step: from the budget's
     /// cache when it holds it, else from the store.
-    async fn latest_snapshot(&self, tool: &str) -> Result<Option<(u64, Arc<[u8]>)>, StoreError> {
+    async fn latest_snapshot(&self, tool: &str) -> Result<Option<(u64, Bytes)>, StoreError> {
         if let Some(cached) = &self.cached {
             return Ok(Some(cached.clone()));
         }
         let stored = self.host.store().latest_snapshot(&self.record.id, tool, self.record.last_step).await?;
-        Ok(stored.map(|(seq, bytes)| (seq, Arc::from(bytes))))
+        Ok(stored.map(|(seq, bytes)| (seq, Bytes::from(bytes))))
     }
 
     /// Re-runs a committed step against its journal and checks it ends the same way.

@@ -5,7 +5,8 @@ use sha2::{Digest, Sha256};
 
 const MIN_CHUNK: usize = 512;
 const AVG_CHUNK: usize = 2 * 1024;
-const MAX_CHUNK: usize = 16 * 1024;
+/// The largest chunk a snapshot is cut into.
+pub(crate) const MAX_CHUNK: usize = 16 * 1024;
 
 /// A chunk addressed by the sha256 of its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]

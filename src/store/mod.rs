@@ -167,8 +167,9 @@ impl StepRecord {
 pub struct StepCommit {
     pub session: String,
     pub step: StepRecord,
-    /// The tool's snapshot after the step, if taken.
-    pub snapshot: Option<Vec<u8>>,
+    /// The tool's snapshot after the step, if taken. Shared, not copied, with the host's
+    /// snapshot cache.
+    pub snapshot: Option<bytes::Bytes>,
     /// Chunks of the step's changed workspace files that the store may not hold yet (it
     /// keeps one copy of each, shared with snapshots and other sessions).
     pub file_chunks: Vec<Chunk>,

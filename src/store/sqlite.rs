@@ -851,7 +851,11 @@ impl Store for SqliteStore {
     async fn latest_snapshot(&self, session: &str, tool: &str, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let (session, tool) = (session.to_owned(), tool.to_owned());
         self.read(move |conn| {
-            let found: Option<(i64, i64, Vec<u8>)> = conn
+            // One read transaction for the row and its chunks: they are read as of one
+            // commit (a concurrent prune cannot take a chunk in between), and SQLite does
+            // not open and close a transaction per chunk.
+            let tx = conn.unchecked_transaction().map_err(backend)?;
+            let found: Option<(i64, i64, Vec<u8>)> = tx
                 .query_row(
                     "SELECT seq, bytes, chunks FROM snapshots WHERE session = ?1 AND tool = ?2 AND seq <= ?3
                      ORDER BY seq DESC LIMIT 1",
@@ -861,8 +865,10 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(backend)?;
             let Some((seq, size, hashes)) = found else { return Ok(None) };
-            let mut bytes = Vec::with_capacity(size as usize);
-            let mut stmt = conn.prepare_cached("SELECT data FROM chunks WHERE hash = ?1").map_err(backend)?;
+            // Bounded by what the chunks can hold, whatever a damaged row says.
+            let capacity = usize::try_from(size).unwrap_or(0).min(hashes.len() / 32 * super::chunks::MAX_CHUNK);
+            let mut bytes = Vec::with_capacity(capacity);
+            let mut stmt = tx.prepare_cached("SELECT data FROM chunks WHERE hash = ?1").map_err(backend)?;
             for hash in hashes.chunks(32) {
                 // Copied from SQLite's row straight into the snapshot: no buffer per chunk.
                 let found = stmt

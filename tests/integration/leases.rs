@@ -37,7 +37,7 @@ fn step(seq: u64, value: &str) -> StepCommit {
             committed_at_ms: 0,
             files: Vec::new(),
         },
-        snapshot: Some(vec![seq as u8; 4096]),
+        snapshot: Some(vec![seq as u8; 4096].into()),
         file_chunks: Vec::new(),
         keep_snapshots: 2,
         lease: None,

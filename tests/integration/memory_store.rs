@@ -197,7 +197,7 @@ async fn apply(store: &dyn Store, op: &Op) -> String {
             let commit = StepCommit {
                 session: id,
                 step,
-                snapshot: snapshot.map(|(family, poke)| snapshot_bytes(family, poke)),
+                snapshot: snapshot.map(|(family, poke)| snapshot_bytes(family, poke).into()),
                 file_chunks: Vec::new(),
                 keep_snapshots: *keep,
                 lease: token.map(u64::from),
