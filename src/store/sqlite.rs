@@ -369,8 +369,9 @@ fn ttl_ms(ttl: std::time::Duration) -> i64 {
 }
 
 fn add_chunk_refs(conn: &Connection, hashes: &[u8], delta: i64) -> Result<(), StoreError> {
+    let mut update = conn.prepare_cached("UPDATE chunks SET refs = refs + ?2 WHERE hash = ?1").map_err(backend)?;
     for hash in hashes.chunks(32) {
-        conn.execute("UPDATE chunks SET refs = refs + ?2 WHERE hash = ?1", params![hash, delta]).map_err(backend)?;
+        update.execute(params![hash, delta]).map_err(backend)?;
     }
     if delta < 0 {
         conn.execute("DELETE FROM chunks WHERE refs <= 0", []).map_err(backend)?;
@@ -380,12 +381,11 @@ fn add_chunk_refs(conn: &Connection, hashes: &[u8], delta: i64) -> Result<(), St
 
 /// Stores `chunks` (once each) and takes one reference per naming in `step`'s file changes.
 fn add_file_chunks(conn: &Connection, step: &StepRecord, chunks: &[super::Chunk]) -> Result<(), StoreError> {
-    for chunk in chunks {
-        conn.execute(
-            "INSERT INTO chunks (hash, data, refs) VALUES (?1, ?2, 0) ON CONFLICT (hash) DO NOTHING",
-            params![&chunk.hash[..], chunk.data],
-        )
+    let mut insert = conn
+        .prepare_cached("INSERT INTO chunks (hash, data, refs) VALUES (?1, ?2, 0) ON CONFLICT (hash) DO NOTHING")
         .map_err(backend)?;
+    for chunk in chunks {
+        insert.execute(params![&chunk.hash[..], chunk.data]).map_err(backend)?;
     }
     let hashes: Vec<u8> = step.file_chunk_refs().flatten().copied().collect();
     add_chunk_refs(conn, &hashes, 1)
