@@ -214,8 +214,12 @@ impl Session {
             }
         };
 
-        let files = match instance.workspace().map(|w| w.stage_for(&name)).transpose() {
-            Ok(files) => files.unwrap_or_default(),
+        let staged = match instance.workspace() {
+            Some(workspace) => workspace.stage_for(&name).await,
+            None => Ok(Default::default()),
+        };
+        let files = match staged {
+            Ok(files) => files,
             Err(over) => return Err(self.abort(&name, instance, over).await),
         };
         let writes = instance.state().take_writes();
@@ -535,7 +539,7 @@ impl Rebuilder<'_> {
         }
         instance.steps_since_snapshot = replayed;
         if let (Some(workspace), Some(expected)) = (instance.workspace(), expected_files) {
-            workspace.verify(expected).map_err(|reason| CallError::ReplayDiverged {
+            workspace.verify(expected).await.map_err(|reason| CallError::ReplayDiverged {
                 tool: name.to_owned(),
                 session: id.clone(),
                 step: self.record.last_step,

@@ -407,12 +407,11 @@ fn add_chunk_refs(conn: &Connection, hashes: &[u8], delta: i64) -> Result<(), St
 
 /// Stores `chunks` (once each) and takes one reference per naming in `step`'s file changes.
 fn add_file_chunks(conn: &Connection, step: &StepRecord, chunks: &[super::Chunk]) -> Result<(), StoreError> {
-    for chunk in chunks {
-        conn.execute(
-            "INSERT INTO chunks (hash, data, refs) VALUES (?1, ?2, 0) ON CONFLICT (hash) DO NOTHING",
-            params![&chunk.hash[..], chunk.data],
-        )
+    let mut insert = conn
+        .prepare_cached("INSERT INTO chunks (hash, data, refs) VALUES (?1, ?2, 0) ON CONFLICT (hash) DO NOTHING")
         .map_err(backend)?;
+    for chunk in chunks {
+        insert.execute(params![&chunk.hash[..], chunk.data]).map_err(backend)?;
     }
     let hashes: Vec<u8> = step.file_chunk_refs().flatten().copied().collect();
     add_chunk_refs(conn, &hashes, 1)

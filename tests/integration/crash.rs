@@ -1,14 +1,16 @@
-//! The crash harness: a child process runs a scripted multi-tool session with model calls and
-//! HTTP POSTs and is killed with SIGKILL at random points; a new child resumes each time. The
-//! finished session must equal an uninterrupted run: every step once, the same outputs and
-//! state, each model request seen exactly once by the (out-of-process) model server, and each
-//! POST executed exactly once by the counting HTTP server (which deduplicates by
-//! `Idempotency-Key`: at most one redelivery per kill).
+//! The crash harness: a child process runs a scripted multi-tool session with model calls,
+//! HTTP POSTs and session-workspace files and is killed with SIGKILL at random points; a new
+//! child resumes each time. The finished session must equal an uninterrupted run: every step
+//! once, the same outputs, state and workspace files (byte for byte, as exported), each model
+//! request seen exactly once by the (out-of-process) model server, and each POST executed
+//! exactly once by the counting HTTP server (which deduplicates by `Idempotency-Key`: at most
+//! one redelivery per kill). After every kill the committed workspace equals the uninterrupted
+//! run's after the same step: no step's file writes are half there.
 //!
 //! Effects with their own witness (a server that counts) are added by [`with_effects`]; a
 //! new kind of effect adds its steps there and its check to [`Effects::check`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,14 +19,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use toolhost::capability::workspace::{Manifest, export, workspaces};
 use toolhost::model::{ChatRequest, ChatResponse, FinishReason, ModelError, ProviderFailure, Usage};
-use toolhost::store::{Durability, StateScope, StepOutcome};
-use toolhost::{EngineConfig, Host, HostConfig, ModelProvider, SnapshotPolicy, SqliteStore, Store};
+use toolhost::store::{Durability, StateScope, StepOutcome, StepRecord};
+use toolhost::{
+    EngineConfig, Host, HostConfig, ModelProvider, SnapshotPolicy, SqliteStore, Store, ToolGrants, WorkspaceGrant,
+};
 
 use crate::backends::{TestStore, on_both_backends};
 use crate::durable::policy;
 use crate::http_server::CountingServer;
 use crate::support::guests;
+use crate::workspace::files_tool;
 
 const SEED: [u8; 32] = [7; 32];
 const MIN_KILLS: usize = 50;
@@ -52,7 +58,7 @@ impl Effects {
     /// redeliveries (requests re-sent under a key the server knew).
     fn check(&self, round: usize, kills: usize) -> usize {
         let http = self.http.log();
-        assert_eq!(http.executions.len(), 2 * BLOCKS, "round {round}: {:?}", http.executions);
+        assert_eq!(http.executions.len(), 3 * BLOCKS, "round {round}: {:?}", http.executions);
         for (request, count) in &http.executions {
             assert_eq!(*count, 1, "round {round}: the server executed `{request}` {count} times");
         }
@@ -74,26 +80,66 @@ impl Effects {
 /// Blocks of steps in [`script`].
 const BLOCKS: usize = 8;
 
-/// [`script`] with a step of outside effects after each block: two POSTs in one step, so
-/// request numbers within a step matter too.
+/// [`script`] with steps of outside effects in each block: two POSTs in one step, so request
+/// numbers within a step matter too, and two ledger steps of the `files` tool, each several
+/// workspace writes that depend on what earlier steps wrote (one of them after a POST whose
+/// answer it writes down).
 pub(crate) fn with_effects(effects: &Effects) -> Vec<(&'static str, Value)> {
     let base = script();
     let per_block = base.len() / BLOCKS;
     let mut steps = Vec::new();
     for (i, block) in base.chunks(per_block).enumerate() {
-        steps.extend(block.iter().cloned());
+        let (first, rest) = block.split_at(1);
+        steps.extend(first.iter().cloned());
+        let n = 2 * i;
+        steps.push(("files", json!({"op": "ledger", "n": n, "body": format!("local {n}")})));
+        steps.extend(rest.iter().cloned());
         let bodies = [format!("order {i}a"), format!("order {i}b")];
         steps.push(("hostile", json!({"attack": "http-post", "url": effects.http.url("/orders"), "bodies": bodies})));
+        let url = effects.http.url("/ledger");
+        steps.push(("files", json!({"op": "ledger", "n": n + 1, "url": url, "body": format!("entry {}", n + 1)})));
     }
     steps
 }
 
-/// The crash run's policy: the durable tests', and the hostile tool may reach the HTTP server.
+/// The crash run's policy: the durable tests'; the hostile tool may reach the HTTP server,
+/// and the files tool too, with a session workspace.
 fn crash_policy(effects: &Effects) -> toolhost::Policy {
     let mut policy = policy();
+    let server = format!("127.0.0.1:{}", effects.http.port);
     let hostile = policy.tools.get_mut("hostile").expect("the durable policy grants hostile");
-    hostile.network.allow = vec![format!("127.0.0.1:{}", effects.http.port).parse().unwrap()];
-    policy
+    hostile.network.allow = vec![server.parse().unwrap()];
+    let mut files = ToolGrants { workspace: Some(WorkspaceGrant::at("/workspace")), ..ToolGrants::default() };
+    files.network.allow = vec![server.parse().unwrap()];
+    policy.with_tool("files", files)
+}
+
+/// Each tool's workspace after each step of `steps`: entry `k` is the workspace after `k`
+/// steps.
+fn workspaces_by_step(steps: &[StepRecord]) -> Vec<BTreeMap<String, Manifest>> {
+    (0..=steps.len()).map(|k| workspaces(&steps[..k])).collect()
+}
+
+/// Every file of session `id`'s workspaces, as `export` writes them: path to bytes.
+async fn exported_files(store: &dyn Store, id: &str, dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let steps = store.steps(id, None, 0).await.unwrap();
+    let out = dir.join(id);
+    export(store, &workspaces(&steps), &out, false).await.unwrap();
+    let mut files = BTreeMap::new();
+    let mut pending = vec![out.clone()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            let relative = path.strip_prefix(&out).unwrap().to_owned();
+            if path.is_dir() {
+                files.insert(relative, Vec::new());
+                pending.push(path);
+            } else {
+                files.insert(relative, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
 }
 
 /// The model, as the child process reaches it: one TCP line per request.
@@ -294,7 +340,8 @@ pub(crate) async fn summarize(
 async fn sigkill_at_random_points_loses_and_repeats_nothing(db: &TestStore) {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let tools = vec![guests().notes.clone(), guests().calculator.clone(), guests().hostile.clone()];
+    let tools =
+        vec![guests().notes.clone(), guests().calculator.clone(), guests().hostile.clone(), files_tool().to_owned()];
     let joined_tools = tools.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().join(";");
 
     // The uninterrupted run (also fills the compile cache the children share).
@@ -307,6 +354,11 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing(db: &TestStore) {
     let steps = with_effects(&effects).len();
     assert_eq!(reference.0.len(), steps);
     effects.check(0, 0);
+    let reference_steps = reference_host.store().steps("reference", None, 0).await.unwrap();
+    let reference_workspaces = workspaces_by_step(&reference_steps);
+    let reference_files = exported_files(&*reference_host.store(), "reference", dir.path()).await;
+    assert!(reference_files.keys().any(|p| p.ends_with("entries")), "{:?}", reference_files.keys());
+    assert_eq!(reference_files[Path::new("files/latest.txt")], format!("{}", 2 * BLOCKS - 1).as_bytes());
 
     let (model_addr, server) = start_model_server();
     let exe = std::env::current_exe().unwrap();
@@ -323,6 +375,7 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing(db: &TestStore) {
         *server.lock().unwrap() = ServerLog::default();
         effects.reset();
         let kills_before = kills;
+        let store = db.open().await;
         loop {
             let mut child = Command::new(&exe)
                 .args(["--exact", "crash::crash_child", "--ignored", "--nocapture", "--test-threads=1"])
@@ -361,17 +414,30 @@ async fn sigkill_at_random_points_loses_and_repeats_nothing(db: &TestStore) {
                     child.kill().unwrap(); // SIGKILL
                     child.wait().unwrap();
                     kills += 1;
+                    let committed = store.steps(&session, None, 0).await.unwrap();
+                    assert_eq!(
+                        workspaces(&committed),
+                        reference_workspaces[committed.len()],
+                        "round {round}: after the kill at step {}, the workspace is not the uninterrupted run's",
+                        committed.len()
+                    );
                 }
             }
         }
 
-        let store = db.open().await;
         let crashed = summarize(&*store, &session).await;
         assert_eq!(crashed.0.len(), steps, "round {round}: every step exactly once");
         for (seq, (got, want)) in crashed.0.iter().zip(&reference.0).enumerate() {
             assert_eq!(got, want, "round {round}: step {} differs from the uninterrupted run", seq + 1);
         }
         assert_eq!(crashed.1, reference.1, "round {round}: final state differs from the uninterrupted run");
+        let files = exported_files(&*store, &session, dir.path()).await;
+        let differing: Vec<_> =
+            files.keys().chain(reference_files.keys()).filter(|p| files.get(*p) != reference_files.get(*p)).collect();
+        assert!(
+            differing.is_empty(),
+            "round {round}: exported files differ from the uninterrupted run's: {differing:?}"
+        );
         let log = server.lock().unwrap();
         assert_eq!(log.executions.len(), BLOCKS, "round {round}: {:?}", log.executions);
         for (prompt, count) in &log.executions {

@@ -1,7 +1,7 @@
 //! The session workspace: files a tool writes with `std::fs` under `/workspace` commit with
 //! its step: read back within the step and in later ones, gone with a trapped step, forked
 //! copy-on-write, rebuilt on another host (both backends), bounded by quotas, written out
-//! by `export_files`.
+//! by `export_files`, and read by a host after the host process that wrote them was SIGKILLed.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -18,6 +18,7 @@ use crate::support::engine_config;
 
 on_both_backends!(
     a_workspace_written_on_one_host_is_read_on_another,
+    a_workspace_written_by_a_killed_host_process_is_read_on_another,
     a_replay_that_recreates_other_files_than_stored_diverges,
     a_database_from_before_workspaces_opens_and_gains_them,
     a_forks_branches_write_the_same_path_and_each_sees_its_own,
@@ -106,6 +107,124 @@ async fn a_workspace_written_on_one_host_is_read_on_another(store: &TestStore) {
         assert_eq!(text(&read(&mut session, &tool, "d/e/f.txt").await.unwrap()), "on host A");
         let listed = call(&mut session, &tool, json!({"op": "list"})).await;
         assert_eq!(listed["entries"], json!(["big.bin 300000", "d/", "d/e/", "d/e/f.txt 9"]));
+    }
+}
+
+/// Host A's steps in [`workspace_host_child`]: several files, a ledger of two entries.
+fn host_a_steps() -> Vec<Value> {
+    vec![
+        json!({"op": "fill", "path": "big.bin", "bytes": 300_000, "seed": 9}),
+        json!({"op": "write", "path": "d/e/f.txt", "text": "on host A"}),
+        json!({"op": "ledger", "n": 0, "body": "first"}),
+        json!({"op": "poke", "path": "big.bin", "offset": 1234, "byte": 7}),
+        json!({"op": "ledger", "n": 1, "body": "second"}),
+        json!({"op": "read", "path": "big.bin"}),
+    ]
+}
+
+fn leased_host(store: Arc<dyn Store>, holder: &str, snapshots: SnapshotPolicy) -> Host {
+    let ttl = std::time::Duration::from_millis(1500);
+    let leases = toolhost::LeaseConfig { holder: holder.to_owned(), ttl, renew_every: ttl / 4 };
+    let config = HostConfig {
+        engine: engine_config(),
+        policy: policy(),
+        snapshots,
+        leases: Some(leases),
+        ..HostConfig::default()
+    };
+    Host::with_store(config, store).expect("host")
+}
+
+/// The snapshot policies the two-process test runs under: snapshots every step (host B
+/// restores the files as of the last one), and none (host B replays every step).
+fn two_host_snapshots(name: &str) -> SnapshotPolicy {
+    match name {
+        "every" => SnapshotPolicy::default(),
+        _ => SnapshotPolicy { every: 1000, keep: 1 },
+    }
+}
+
+#[test]
+#[ignore = "host A of workspace::a_workspace_written_by_a_killed_host_process_is_read_on_another"]
+fn workspace_host_child() {
+    let Ok(url) = std::env::var("TOOLHOST_WS_STORE") else { return };
+    let snapshots = two_host_snapshots(&std::env::var("TOOLHOST_WS_SNAPSHOTS").unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let host = leased_host(toolhost::store::open(&url).await.unwrap(), "host-a", snapshots);
+        let tool = host.load_tool(Path::new(&std::env::var("TOOLHOST_WS_TOOL").unwrap())).await.unwrap();
+        let mut session = host.new_session().await.unwrap();
+        let mut last = Value::Null;
+        for step in host_a_steps() {
+            last = call(&mut session, &tool, step).await;
+        }
+        eprintln!("WS ready {} {}", session.id(), last["checksum"]);
+        // Alive, holding its lease and its instance (and staging directory), until killed.
+        tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+        panic!("host A was not killed");
+    });
+}
+
+async fn a_workspace_written_by_a_killed_host_process_is_read_on_another(store: &TestStore) {
+    use std::io::BufRead;
+    for snapshots in ["every", "never"] {
+        // A killed host leaves its staging directory behind: in a directory this test removes.
+        let scratch = tempfile::tempdir().unwrap();
+        let mut a = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "workspace::workspace_host_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .env("TOOLHOST_WS_STORE", &store.url)
+            .env("TOOLHOST_WS_TOOL", files_tool())
+            .env("TOOLHOST_WS_SNAPSHOTS", snapshots)
+            .env("TMPDIR", scratch.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(a.stderr.take().unwrap());
+        let mut seen = String::new();
+        let ready = loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                let status = a.wait().unwrap();
+                panic!("host A ended ({status}) before its steps were done:\n{seen}");
+            }
+            if let Some(ready) = line.strip_prefix("WS ready ") {
+                break ready.trim().to_owned();
+            }
+            seen.push_str(&line);
+        };
+        a.kill().unwrap(); // SIGKILL
+        a.wait().unwrap();
+        let (id, checksum) = ready.split_once(' ').unwrap();
+        let checksum: Value = serde_json::from_str(checksum).unwrap();
+
+        let host = leased_host(store.open().await, "host-b", two_host_snapshots(snapshots));
+        let tool = host.load_tool(files_tool()).await.unwrap();
+        let mut session = host.open_session_waiting(id, std::time::Duration::from_secs(30)).await.unwrap();
+        assert_eq!(session.last_step(), host_a_steps().len() as u64);
+        assert_eq!(read(&mut session, &tool, "big.bin").await.unwrap()["checksum"], checksum, "{snapshots}");
+        assert_eq!(text(&read(&mut session, &tool, "d/e/f.txt").await.unwrap()), "on host A");
+        assert_eq!(text(&read(&mut session, &tool, "ledger.log").await.unwrap()), "0 first\n1 second\n");
+        // The ledger checks that entries 0 and 1 are whole before it adds entry 2.
+        let added = call(&mut session, &tool, json!({"op": "ledger", "n": 2, "body": "on host B"})).await;
+        assert_eq!(text(&added), "on host B");
+        let listed = call(&mut session, &tool, json!({"op": "list"})).await;
+        let entries = json!([
+            "big.bin 300000",
+            "d/",
+            "d/e/",
+            "d/e/f.txt 9",
+            "entries/",
+            "entries/1.txt 240",
+            "entries/2.txt 360",
+            "latest.txt 1",
+            "ledger.log 29"
+        ]);
+        assert_eq!(listed["entries"], entries, "{snapshots}");
+        // What host A wrote and host B added is what the store holds.
+        let files = host.session_details(id).await.unwrap().workspaces.remove("files").unwrap();
+        assert_eq!(files["ledger.log"].size(), 29);
+        assert!(!files.contains_key("entries/0.txt"));
     }
 }
 

@@ -7,19 +7,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::grant::WorkspaceGrant;
-use super::scan::{ScanError, materialize, scan};
+use super::scan::{ScanError, Scanned, materialize, scan};
 use super::types::{FileChange, Manifest, diff};
 use crate::error::CallError;
 use crate::store::{Chunk, Store, StoreError};
 
 /// A staging directory that only this instance sees (mode 0700, removed with the instance)
 /// and the manifest it was last committed (or materialized) at.
+///
+/// Scans and materializations read and write whole files (up to the quota), so they run
+/// on tokio's blocking pool, not on the thread that runs sessions.
 pub(crate) struct LiveWorkspace {
-    grant: WorkspaceGrant,
+    grant: Arc<WorkspaceGrant>,
     staging: tempfile::TempDir,
-    committed: Manifest,
+    committed: Arc<Manifest>,
     /// What the step in flight would commit, once scanned.
-    staged: Option<Manifest>,
+    staged: Option<Arc<Manifest>>,
     /// Set by the filesystem layer on every mutating call; a step that did none skips the scan.
     dirty: Arc<AtomicBool>,
 }
@@ -39,7 +42,8 @@ impl LiveWorkspace {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o700))?;
         }
-        Ok(Self { grant: grant.clone(), staging, committed: Manifest::new(), staged: None, dirty })
+        let grant = Arc::new(grant.clone());
+        Ok(Self { grant, staging, committed: Arc::default(), staged: None, dirty })
     }
 
     pub fn guest(&self) -> &str {
@@ -56,31 +60,42 @@ impl LiveWorkspace {
         let wanted: Vec<[u8; 32]> = wanted.into_iter().collect();
         let data = store.chunks(&wanted).await?;
         let chunks: HashMap<[u8; 32], Vec<u8>> = wanted.into_iter().zip(data).collect();
-        materialize(self.staging.path(), &manifest, &chunks)
-            .map_err(|e| StoreError::Corrupt(format!("materializing the workspace: {e}")))?;
+        let (root, manifest) = (self.staging.path().to_owned(), Arc::new(manifest));
+        let written = manifest.clone();
+        let materialized = tokio::task::spawn_blocking(move || materialize(&root, &written, &chunks)).await;
+        let corrupt = |e: String| StoreError::Corrupt(format!("materializing the workspace: {e}"));
+        materialized.map_err(|e| corrupt(e.to_string()))?.map_err(|e| corrupt(e.to_string()))?;
         self.committed = manifest;
         self.staged = None;
         self.dirty.store(false, Ordering::Relaxed);
         Ok(())
     }
 
+    /// Scans the staging directory against the committed manifest, off the async thread.
+    async fn scan(&self) -> Result<Scanned, ScanError> {
+        let (root, known, grant) = (self.staging.path().to_owned(), self.committed.clone(), self.grant.clone());
+        tokio::task::spawn_blocking(move || scan(&root, &known, &grant))
+            .await
+            .map_err(|e| ScanError::Io(std::io::Error::other(e)))?
+    }
+
     /// Scans the staging directory if the step changed anything: its changes against the
     /// committed manifest, held as staged until [`Self::committed`].
-    pub fn stage(&mut self) -> Result<StagedFiles, ScanError> {
+    pub async fn stage(&mut self) -> Result<StagedFiles, ScanError> {
         self.staged = None;
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(StagedFiles::default());
         }
-        let scanned = scan(self.staging.path(), &self.committed, &self.grant)?;
+        let scanned = self.scan().await?;
         let changes = diff(&self.committed, &scanned.manifest);
-        self.staged = Some(scanned.manifest);
+        self.staged = Some(Arc::new(scanned.manifest));
         Ok(StagedFiles { changes, chunks: scanned.new_chunks })
     }
 
     /// [`Self::stage`], with a scan's failure as the call's error: over a quota, a host
     /// limit; anything else, a workspace error.
-    pub fn stage_for(&mut self, tool: &str) -> Result<StagedFiles, CallError> {
-        self.stage().map_err(|e| match e {
+    pub async fn stage_for(&mut self, tool: &str) -> Result<StagedFiles, CallError> {
+        self.stage().await.map_err(|e| match e {
             ScanError::Quota { resource, limit, used } => {
                 CallError::HostLimit { tool: tool.to_owned(), resource, limit, used }
             }
@@ -102,8 +117,8 @@ impl LiveWorkspace {
 
     /// After replaying steps: the staging directory must hold exactly `expected`, the
     /// manifest the store holds for the last step; it becomes the committed one.
-    pub fn verify(&mut self, expected: Manifest) -> Result<(), String> {
-        let scanned = scan(self.staging.path(), &self.committed, &self.grant).map_err(|e| e.to_string())?;
+    pub async fn verify(&mut self, expected: Manifest) -> Result<(), String> {
+        let scanned = self.scan().await.map_err(|e| e.to_string())?;
         let differences = diff(&expected, &scanned.manifest);
         if let Some(first) = differences.first() {
             let what = if first.entry.is_some() { "holds" } else { "lacks" };
@@ -113,7 +128,7 @@ impl LiveWorkspace {
                 differences.len()
             ));
         }
-        self.committed = expected;
+        self.committed = Arc::new(expected);
         Ok(())
     }
 }
