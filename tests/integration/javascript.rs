@@ -286,3 +286,69 @@ async fn a_rust_and_a_typescript_tool_share_a_session() {
     assert!(out.to_string().contains("168"), "{out}");
     assert_eq!(session.last_step(), 2);
 }
+
+/// A TypeScript tool that does not type-check, or is no complete tool, fails the build with
+/// the compiler's or the SDK's message, before componentize-js runs.
+#[test]
+fn a_tool_with_a_type_error_or_a_bad_definition_fails_the_build() {
+    js_tools(); // the toolchain is installed
+    let toolchain = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".node-sdk");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("package.json"), r#"{"toolhost": {"main": "tool.ts"}}"#).unwrap();
+    let tool = |call: &str, name: &str| {
+        format!(
+            "import {{ defineTool, t }} from \"@toolhost/tool\";\nexport default defineTool({{ name: \"{name}\", \
+             description: \"d\", input: t.object({{ n: t.integer() }}), call: {call} }});\n"
+        )
+    };
+    let build =
+        || toolhost::js_build::build(dir.path(), &toolchain, &dir.path().join("out")).map_err(|e| e.to_string());
+    std::fs::write(dir.path().join("tool.ts"), tool("({ n }) => ({ twice: n.toUpperCase() })", "ok")).unwrap();
+    let err = build().unwrap_err();
+    assert!(err.contains("type errors") && err.contains("toUpperCase"), "{err}");
+    std::fs::write(dir.path().join("tool.ts"), tool("({ n }) => ({ twice: n * 2 })", "Not A Name")).unwrap();
+    let err = build().unwrap_err();
+    assert!(err.contains("name must be 1-64 chars"), "{err}");
+}
+
+/// `toolhost new` writes working templates: the TypeScript one's tests pass under
+/// `toolhost build --test`, which then builds it; the Python one's tests pass under plain
+/// Python. An existing directory or a malformed name is refused.
+#[test]
+fn toolhost_new_writes_templates_whose_tests_pass_and_that_build() {
+    use std::process::Command;
+    js_tools(); // the toolchain is installed
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let toolhost = env!("CARGO_BIN_EXE_toolhost");
+    let dir = tempfile::tempdir().unwrap();
+    let new = |name: &str, lang: &str| {
+        Command::new(toolhost).current_dir(dir.path()).args(["new", name, "--lang", lang]).output().unwrap()
+    };
+    assert!(new("word-count", "ts").status.success());
+    let refused = new("word-count", "ts");
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("already exists"));
+    assert!(!new("Word_Count", "ts").status.success());
+
+    let built = Command::new(toolhost)
+        .current_dir(dir.path())
+        .args(["build", "--test", "word-count", "--js-toolchain"])
+        .arg(workspace.join(".node-sdk"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&built.stdout), String::from_utf8_lossy(&built.stderr));
+    assert!(built.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("# pass 2") && stdout.contains("# fail 0"), "{stdout}");
+    let component = dir.path().join(stdout.lines().last().unwrap().trim());
+    assert!(component.extension().is_some_and(|e| e == "wasm") && component.is_file(), "{stdout}");
+
+    assert!(new("py-count", "python").status.success());
+    let tested = Command::new("python3")
+        .current_dir(dir.path().join("py-count"))
+        .args(["-m", "unittest"])
+        .env("PYTHONPATH", workspace.join("sdk/python"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert!(tested.status.success(), "{}", String::from_utf8_lossy(&tested.stderr));
+    assert!(String::from_utf8_lossy(&tested.stderr).contains("Ran 2 tests"));
+}

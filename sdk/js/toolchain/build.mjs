@@ -4,6 +4,7 @@
 //   node build.mjs --sdk DIR --wit DIR --main FILE --stage DIR --out FILE
 //   node build.mjs --sdk DIR --stage DIR --test FILE.test.ts...   (unit tests on the SDK's test host)
 //
+// 0. A TypeScript tool is type-checked (strict) against the SDK with the toolchain's `tsc`.
 // 1. esbuild bundles the tool with the SDK for Node, with the host's imports mapped to the SDK's
 //    test host, and loads it: a tool that is not a complete `defineTool` fails here, and its
 //    world (plain or stateful) is read off it.
@@ -16,8 +17,8 @@ import { componentize } from "@bytecodealliance/componentize-js";
 import * as esbuild from "esbuild";
 import { spawnSync } from "node:child_process";
 import { writeFile } from "node:fs/promises";
-import { basename, join, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
+import { basename, dirname, join, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 
 const { values: args, positionals } = parseArgs({
@@ -79,7 +80,34 @@ async function runTests(files) {
   process.exit(run.status ?? 1);
 }
 
+/** Type-checks a `.ts` main module and what it imports (strict; no Node types: it runs in the component). */
+async function typeCheck() {
+  if (!/\.[cm]?tsx?$/.test(args.main)) return;
+  const sdk = (file) => join(args.sdk, file);
+  const config = {
+    compilerOptions: {
+      target: "es2022",
+      module: "esnext",
+      moduleResolution: "bundler",
+      lib: ["es2022"],
+      types: [],
+      strict: true,
+      noEmit: true,
+      skipLibCheck: true,
+      isolatedModules: true,
+      paths: { "@toolhost/tool": [sdk("index.ts")], "@toolhost/tool/*": [sdk("*.ts")] },
+    },
+    files: [args.main, sdk("globals.d.ts"), sdk("wit.d.ts")],
+  };
+  const path = join(args.stage, "tsconfig.json");
+  await writeFile(path, JSON.stringify(config));
+  const tsc = join(dirname(fileURLToPath(import.meta.url)), "node_modules/typescript/bin/tsc");
+  const run = spawnSync(process.execPath, [tsc, "-p", path, "--pretty", "false"], { encoding: "utf8" });
+  if (run.status !== 0) throw new Error(`type errors in the tool:\n${(run.stdout + run.stderr).trim()}`);
+}
+
 async function buildComponent() {
+  await typeCheck();
   const main = JSON.stringify(args.main);
   const check = join(args.stage, "check.mjs");
   await bundle(
@@ -113,6 +141,7 @@ try {
   await (args.test ? runTests(positionals) : buildComponent());
 } catch (e) {
   const errors = e?.errors?.map((m) => `${m.location ? `${m.location.file}:${m.location.line}: ` : ""}${m.text}`);
-  console.error(errors?.length ? errors.join("\n") : (e?.stack ?? String(e)));
+  const message = e instanceof Error && e.message.startsWith("type errors") ? e.message : (e?.stack ?? String(e));
+  console.error(errors?.length ? errors.join("\n") : message);
   process.exit(1);
 }
