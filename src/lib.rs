@@ -23,6 +23,7 @@ pub mod guest_build;
 pub mod host;
 mod instance;
 mod journal;
+pub mod js_build;
 pub mod lease;
 #[cfg(feature = "mcp")]
 pub mod mcp;

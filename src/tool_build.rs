@@ -1,10 +1,12 @@
 //! `toolhost build PATH`: detects a tool project's language and builds its component, with
-//! the same code the tests and examples use (`guest_build` for Rust, `python_build` for Python).
+//! the same code the tests and examples use (`guest_build` for Rust, `python_build` for Python,
+//! `js_build` for TypeScript and JavaScript).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::guest_build::{self, GuestBuildError};
+use crate::js_build::{self, JsBuildError};
 use crate::python_build::{self, PythonBuildError};
 
 /// The languages `toolhost build` knows.
@@ -14,13 +16,15 @@ pub enum Language {
     Rust,
     /// A `pyproject.toml` with a `[tool.toolhost]` table.
     Python,
+    /// TypeScript or JavaScript: a `package.json` with a `toolhost` field.
+    JavaScript,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error(
-        "{0} is not a tool project: expected a Rust crate (Cargo.toml) or a Python tool \
-         (pyproject.toml with [tool.toolhost])"
+        "{0} is not a tool project: expected a Rust crate (Cargo.toml), a Python tool \
+         (pyproject.toml with [tool.toolhost]) or a TypeScript/JavaScript tool (package.json with \"toolhost\")"
     )]
     Unknown(PathBuf),
     #[error("{path}: {reason}")]
@@ -29,12 +33,17 @@ pub enum BuildError {
     Rust(#[from] GuestBuildError),
     #[error(transparent)]
     Python(#[from] PythonBuildError),
+    #[error(transparent)]
+    JavaScript(#[from] JsBuildError),
 }
 
 /// The language of the project in `dir`.
 pub fn detect(dir: &Path) -> Result<Language, BuildError> {
     if python_build::is_python_tool(dir) {
         return Ok(Language::Python);
+    }
+    if js_build::is_js_tool(dir) {
+        return Ok(Language::JavaScript);
     }
     if dir.join("Cargo.toml").is_file() {
         return Ok(Language::Rust);
@@ -43,13 +52,18 @@ pub fn detect(dir: &Path) -> Result<Language, BuildError> {
 }
 
 /// Builds the tool in `dir` and returns the component's path. A Python tool's toolchain goes
-/// into `venv` (default: `dir/.venv`), its builds into `dir/.toolhost-build`.
-pub fn build(dir: &Path, venv: Option<&Path>) -> Result<(Language, PathBuf), BuildError> {
+/// into `venv` (default: `dir/.venv`), a JS/TS tool's into `js_toolchain` (default:
+/// [`js_build::default_toolchain_dir`]); their builds go into `dir/.toolhost-build`.
+pub fn build(dir: &Path, venv: Option<&Path>, js_toolchain: Option<&Path>) -> Result<(Language, PathBuf), BuildError> {
     let language = detect(dir)?;
     let component = match language {
         Language::Python => {
             let venv = venv.map(Path::to_owned).unwrap_or_else(|| dir.join(".venv"));
             python_build::build(dir, &venv, &dir.join(".toolhost-build"))?
+        }
+        Language::JavaScript => {
+            let toolchain = js_toolchain.map(Path::to_owned).unwrap_or_else(|| js_build::default_toolchain_dir(dir));
+            js_build::build(dir, &toolchain, &dir.join(".toolhost-build"))?
         }
         Language::Rust => {
             let (workspace, package) = cargo_package(dir)?;

@@ -5,6 +5,7 @@ mod build;
 mod call;
 mod inspect;
 mod model;
+mod new;
 mod run;
 mod runs;
 mod serve;
@@ -50,8 +51,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build a tool project (Rust crate or Python tool) into a component; prints its path
+    /// Build a tool project (Rust, Python or TypeScript/JavaScript) into a component; prints its path
     Build(build::Args),
+    /// Write a new tool project (Rust, Python or TypeScript) with a test
+    New(new::Args),
     /// Show what a tool is and what it asks for
     Inspect(inspect::Args),
     /// Call a tool as one step of a session and print its JSON output
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
         let config = cli_host_config(cli.cache_dir, cli.no_cache, store);
         match cli.command {
             Command::Build(args) => build::run(args),
+            Command::New(args) => new::run(args),
             Command::Inspect(args) => inspect::run(&config, args).await,
             Command::Call(args) => call::run(&config, args).await,
             Command::Sessions(args) => sessions::run(&config, args).await,

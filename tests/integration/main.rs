@@ -14,6 +14,7 @@ mod hostile;
 mod http_journal;
 mod http_server;
 mod isolation;
+mod javascript;
 mod journal_format;
 mod leases;
 mod load_errors;

@@ -183,20 +183,20 @@ pub fn python_tools() -> &'static PythonTools {
         };
         let tools =
             PythonTools { table: build("examples/tools/table-py"), hostile: build("tests/fixtures/hostile-py") };
-        warm_compile_cache(&[&tools.table, &tools.hostile]);
+        warm_compile_cache(python_engine_config(), &[&tools.table, &tools.hostile]);
         tools
     })
 }
 
-/// Compiles `components` into the Python compile cache once, so tests running in parallel
-/// read it instead of each compiling the same 18 MB. On its own thread and runtime: callers
+/// Compiles `components` into `engine`'s compile cache once, so tests running in parallel
+/// read it instead of each compiling the same 12-18 MB. On its own thread and runtime: callers
 /// are inside a test's runtime.
-fn warm_compile_cache(components: &[&Path]) {
+fn warm_compile_cache(engine: EngineConfig, components: &[&Path]) {
     let components: Vec<PathBuf> = components.iter().map(|p| p.to_path_buf()).collect();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let host = Host::new(HostConfig {
-            engine: python_engine_config(),
+            engine,
             policy: Policy::deny_all().on_ungranted(toolhost::OnUngranted::DenyAtUse),
             ..HostConfig::default()
         })
@@ -206,19 +206,56 @@ fn warm_compile_cache(components: &[&Path]) {
         }
     })
     .join()
-    .expect("compiling the Python tools");
+    .expect("compiling the tools");
 }
 
 /// An engine whose compile cache outlives the test run, for the large Python components.
 pub fn python_engine_config() -> EngineConfig {
-    let dir = python_dir();
-    std::fs::create_dir_all(&dir).expect("python-tools dir");
+    cached_engine_config(python_dir())
+}
+
+fn cached_engine_config(dir: PathBuf) -> EngineConfig {
+    std::fs::create_dir_all(&dir).expect("tools dir");
     EngineConfig {
         cache_dir: Some(dir.join("compiled")),
         cache_key: Some(dir.join("compile-cache.key")),
         max_instances: 64,
         ..EngineConfig::default()
     }
+}
+
+pub struct JsTools {
+    pub calendar: PathBuf,
+    pub hostile: PathBuf,
+}
+
+/// Where TypeScript tools and their compiled artifacts are kept between test runs (~12 MB
+/// components: componentize-js takes ~20 s per tool and compiling one about as long).
+fn js_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+    target.join("js-tools")
+}
+
+/// The TypeScript example and fixture tools, built once per process (and only when they
+/// changed), with the toolchain installed into `.node-sdk` on first use (`scripts/setup`).
+pub fn js_tools() -> &'static JsTools {
+    static TOOLS: OnceLock<JsTools> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let toolchain = workspace().join(".node-sdk");
+        let build = |dir: &str| {
+            toolhost::js_build::build(&workspace().join(dir), &toolchain, &js_dir())
+                .unwrap_or_else(|e| panic!("building the TypeScript tool {dir}: {e}"))
+        };
+        let tools =
+            JsTools { calendar: build("examples/tools/calendar-ts"), hostile: build("tests/fixtures/hostile-js") };
+        warm_compile_cache(js_engine_config(), &[&tools.calendar, &tools.hostile]);
+        tools
+    })
+}
+
+/// An engine whose compile cache outlives the test run, for the TypeScript components.
+pub fn js_engine_config() -> EngineConfig {
+    cached_engine_config(js_dir())
 }
 
 /// Runs the test `name` (its full path) alone in a child process of this test binary, with
