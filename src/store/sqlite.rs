@@ -1338,4 +1338,3 @@ impl SqliteStore {
         let _ = tokio::time::timeout(timeout, self.runs_changed.notified()).await;
     }
 }
-
