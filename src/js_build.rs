@@ -14,6 +14,8 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use crate::build_inputs::{self, Sources};
+
 /// The toolchain's manifest and lockfile (`sdk/js/toolchain`), installed with `npm ci`.
 pub const TOOLCHAIN_PACKAGE: &str = include_str!("../sdk/js/toolchain/package.json");
 pub const TOOLCHAIN_LOCK: &str = include_str!("../sdk/js/toolchain/package-lock.json");
@@ -221,8 +223,7 @@ pub fn build(dir: &Path, toolchain: &Path, out_dir: &Path) -> Result<PathBuf, Js
 pub fn test(dir: &Path, toolchain: &Path) -> Result<(), JsBuildError> {
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     JsProject::open(dir)?;
-    let mut sources = Vec::new();
-    collect_sources(dir, dir, &mut sources)?;
+    let sources = build_inputs::files(dir, &SOURCES).map_err(|(path, source)| JsBuildError::Io { path, source })?;
     let tests: Vec<PathBuf> = sources
         .into_iter()
         .filter(|(relative, _)| {
@@ -265,44 +266,16 @@ fn write_sdk(stage: &Path) -> Result<(PathBuf, PathBuf), JsBuildError> {
 
 /// A hash of the toolchain pins, the build driver, the SDK, the WIT and the tool's own sources.
 fn inputs_hash(project: &JsProject) -> Result<String, JsBuildError> {
-    let mut hasher = Sha256::new();
     let main = project.main.to_string_lossy();
-    for part in [TOOLCHAIN_LOCK, BUILD_SCRIPT, WIT, &main] {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
-    }
-    for (name, text) in SDK_FILES {
-        hasher.update(name.as_bytes());
-        hasher.update(text.as_bytes());
-    }
-    let mut files = Vec::new();
-    collect_sources(&project.dir, &project.dir, &mut files)?;
-    files.sort();
-    for (relative, path) in files {
-        let bytes = fs::read(&path).map_err(io(&path))?;
-        hasher.update(relative.as_bytes());
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    build_inputs::hash(&[TOOLCHAIN_LOCK, BUILD_SCRIPT, WIT, &main], SDK_FILES, &project.dir, &SOURCES)
+        .map_err(|(path, source)| JsBuildError::Io { path, source })
 }
 
-/// The source files under `dir`, skipping hidden directories, dependencies and build output.
-fn collect_sources(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), JsBuildError> {
-    for entry in fs::read_dir(dir).map_err(io(dir))? {
-        let path = entry.map_err(io(dir))?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.starts_with('.') || name == "node_modules" || name == "target" || name == "dist" {
-            continue;
-        }
-        if path.is_dir() {
-            collect_sources(root, &path, out)?;
-        } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| SOURCE_EXTENSIONS.contains(&e)) {
-            let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
-            out.push((relative, path));
-        }
-    }
-    Ok(())
+/// A tool's sources: what the build reads, and where its tests are found.
+const SOURCES: Sources = Sources { skip_dirs: &["node_modules", "target", "dist"], is_source: is_source_file };
+
+fn is_source_file(name: &str) -> bool {
+    Path::new(name).extension().and_then(|e| e.to_str()).is_some_and(|e| SOURCE_EXTENSIONS.contains(&e))
 }
 
 #[cfg(test)]

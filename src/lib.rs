@@ -14,6 +14,7 @@
 pub mod agent;
 mod bindings;
 pub mod budget;
+mod build_inputs;
 pub mod capability;
 mod charges;
 pub mod contract;

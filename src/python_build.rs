@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use crate::build_inputs::{self, Sources};
+
 /// The pinned toolchain, installed with `pip --require-hashes`.
 pub const REQUIREMENTS: &str = include_str!("../scripts/requirements-sdk.txt");
 const WIT: &str = include_str!("../wit/tool.wit");
@@ -212,45 +214,14 @@ fn detect_world(project: &PythonProject, venv: &Path, stage: &Path) -> Result<St
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// A hash of the toolchain pin, the SDK, the WIT and the tool's own files.
+/// A hash of the toolchain pin, the SDK, the WIT and the tool's own `.py` and `.toml` files.
 fn inputs_hash(project: &PythonProject) -> Result<String, PythonBuildError> {
-    let mut hasher = Sha256::new();
-    for part in [REQUIREMENTS, WIT, &project.module] {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
-    }
-    for (name, text) in SDK_FILES {
-        hasher.update(name.as_bytes());
-        hasher.update(text.as_bytes());
-    }
-    let mut files = Vec::new();
-    collect_sources(&project.dir, &project.dir, &mut files)?;
-    files.sort();
-    for (relative, path) in files {
-        let bytes = fs::read(&path).map_err(io(&path))?;
-        hasher.update(relative.as_bytes());
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// The `.py` and `.toml` files under `dir`, skipping hidden directories (venvs) and caches.
-fn collect_sources(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), PythonBuildError> {
-    for entry in fs::read_dir(dir).map_err(io(dir))? {
-        let path = entry.map_err(io(dir))?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.starts_with('.') || name == "__pycache__" || name == "target" || name == "node_modules" {
-            continue;
-        }
-        if path.is_dir() {
-            collect_sources(root, &path, out)?;
-        } else if name.ends_with(".py") || name.ends_with(".toml") {
-            let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
-            out.push((relative, path));
-        }
-    }
-    Ok(())
+    let sources = Sources {
+        skip_dirs: &["__pycache__", "target", "node_modules"],
+        is_source: |name| name.ends_with(".py") || name.ends_with(".toml"),
+    };
+    build_inputs::hash(&[REQUIREMENTS, WIT, &project.module], SDK_FILES, &project.dir, &sources)
+        .map_err(|(path, source)| PythonBuildError::Io { path, source })
 }
 
 #[cfg(test)]
