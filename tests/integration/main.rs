@@ -10,6 +10,7 @@ mod cli;
 mod compat;
 mod crash;
 mod durable;
+mod guest_checks;
 mod hostile;
 mod http_journal;
 mod http_server;
