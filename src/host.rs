@@ -474,9 +474,15 @@ impl Host {
     /// there was none. Refused with [`SessionError::Leased`] while a host (this one included)
     /// has the session open.
     pub async fn delete_session(&self, id: &str) -> Result<bool, SessionError> {
-        let deleted = self.delete_session_keeping_audit(id).await?;
-        self.inner.store.delete_audit(AuditScope::Session(id), i64::MAX).await?;
-        Ok(deleted)
+        Ok(self.delete_with_audit(id).await.map_err(session_error)?.is_some())
+    }
+
+    /// Deletes session `id` and then its audit events: how many, or `None` if there was no
+    /// such session (its leftover audit events are removed all the same).
+    async fn delete_with_audit(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        let deleted = self.inner.store.delete_session(id, None).await?;
+        let events = self.inner.store.delete_audit(AuditScope::Session(id), i64::MAX).await?;
+        Ok(deleted.then_some(events))
     }
 
     /// [`Host::delete_session`], keeping the session's audit events (a later
@@ -532,11 +538,13 @@ impl Host {
     }
 
     async fn prune_one(&self, id: &str, report: &mut PruneReport) -> Result<(), SessionError> {
-        match self.inner.store.delete_session(id, None).await {
-            Ok(_) => {
-                report.audit_events += self.inner.store.delete_audit(AuditScope::Session(id), i64::MAX).await?;
+        match self.delete_with_audit(id).await {
+            Ok(Some(events)) => {
+                report.audit_events += events;
                 report.sessions.push(id.to_owned());
             }
+            // Deleted meanwhile by someone else: not this prune's.
+            Ok(None) => {}
             Err(StoreError::LeaseHeld { .. } | StoreError::LeaseLost { .. }) => report.kept_in_use.push(id.to_owned()),
             Err(e) => return Err(SessionError::Store(e)),
         }
