@@ -6,15 +6,6 @@
 
 use crate::engine::Limits;
 use crate::error::HostResource;
-use crate::journal::{SharedJournal, lock};
-
-/// Ends the call (as a trap) if its step is already past one of its host limits.
-pub(crate) fn within_limits(journal: &SharedJournal) -> wasmtime::Result<()> {
-    match lock(journal).charges.exceeded() {
-        Some(exceeded) => Err(exceeded.into()),
-        None => Ok(()),
-    }
-}
 
 /// A host-side bound a step passed. Also the trap error that ends the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

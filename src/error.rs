@@ -398,6 +398,15 @@ pub enum HostError {
     Store(#[from] crate::store::StoreError),
 }
 
+impl From<crate::engine::EngineError> for HostError {
+    fn from(error: crate::engine::EngineError) -> Self {
+        match error {
+            crate::engine::EngineError::Invalid(reason) => Self::Engine(reason),
+            crate::engine::EngineError::Cache(cache) => Self::Cache(cache),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

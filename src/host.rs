@@ -3,20 +3,19 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use wasmtime::component::Linker;
-
 use crate::budget::{InstanceBudget, InstanceStats, LiveInstances};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{HostError, LoadError, SessionError};
-use crate::instance::{Instance, InstanceEnv, InstanceState};
+use crate::instance::{Blueprint, Instance, InstanceEnv};
 use crate::lease::{LeaseConfig, LeaseKeeper};
 use crate::model::ModelProvider;
 use crate::policy::{OnUngranted, Policy, ToolGrants};
-use crate::session::{Session, SnapshotPolicy};
+use crate::runtime::{Runtime, SnapshotPolicy};
+use crate::session::Session;
 use crate::store::{
     AuditScope, MemoryStore, SessionRecord, SessionSummary, SnapshotInfo, StepRecord, StorageStats, Store, StoreError,
 };
-use crate::tool::{self, Blueprint, Loaded, Tool, ToolKind};
+use crate::tool::{self, Loaded, Tool, ToolKind};
 
 /// How a [`Host`] is built.
 #[derive(Clone, Default)]
@@ -80,18 +79,7 @@ pub struct PruneReport {
 /// ```
 #[derive(Clone)]
 pub struct Host {
-    inner: Arc<HostInner>,
-}
-
-struct HostInner {
-    engine: Engine,
-    linker: Linker<InstanceState>,
-    policy: Policy,
-    snapshots: SnapshotPolicy,
-    models: Option<Arc<dyn ModelProvider>>,
-    store: Arc<dyn Store>,
-    leases: Option<LeaseConfig>,
-    instances: LiveInstances,
+    inner: Arc<Runtime>,
 }
 
 /// What a session holds, for inspection.
@@ -197,7 +185,7 @@ impl Host {
         let engine = Engine::new(&config.engine)?;
         let linker = crate::instance::linker(engine.wasmtime()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         Ok(Self {
-            inner: Arc::new(HostInner {
+            inner: Arc::new(Runtime {
                 engine,
                 linker,
                 policy: config.policy,
@@ -208,14 +196,6 @@ impl Host {
                 instances,
             }),
         })
-    }
-
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.inner.engine
-    }
-
-    pub(crate) fn live_budget(&self) -> &LiveInstances {
-        &self.inner.instances
     }
 
     /// Live instances across this host's sessions, and how many were hibernated so far.
@@ -229,10 +209,6 @@ impl Host {
 
     pub(crate) fn model_provider(&self) -> Option<Arc<dyn ModelProvider>> {
         self.inner.models.clone()
-    }
-
-    pub(crate) fn snapshot_policy(&self) -> SnapshotPolicy {
-        self.inner.snapshots
     }
 
     /// How this host leases sessions, if it does.
@@ -385,7 +361,7 @@ impl Host {
             Ok(Err(e)) => {
                 Err(LoadError::Compile { path: origin.to_owned(), reason: format!("compiler task failed: {e}") })
             }
-            Ok(Ok(compiled)) => compiled,
+            Ok(Ok(compiled)) => compiled.map_err(|e| LoadError::Compile { path: e.path, reason: e.reason }),
         }
     }
 
@@ -416,7 +392,7 @@ impl Host {
         };
         self.inner.store.create_session(&record).await?;
         let lease = self.lease(&record.id).await?;
-        Ok(Session::new(record, self.clone()).with_lease(lease))
+        Ok(Session::new(record, self.inner.clone()).with_lease(lease))
     }
 
     /// Resumes session `id` at its last committed step. Instances are rebuilt on first use.
@@ -424,7 +400,7 @@ impl Host {
         let lease = self.lease(id).await?;
         // Read after taking the lease: no other host advances the session from here on.
         let record = self.inner.store.session(id).await?.ok_or_else(|| SessionError::NotFound(id.to_owned()))?;
-        Ok(Session::new(record, self.clone()).with_lease(lease))
+        Ok(Session::new(record, self.inner.clone()).with_lease(lease))
     }
 
     /// Like [`Host::open_session`], waiting up to `timeout` for another host's lease to be
@@ -467,7 +443,7 @@ impl Host {
             e => SessionError::Store(e),
         })?;
         let lease = self.lease(&record.id).await?;
-        Ok(Session::new(record, self.clone()).with_lease(lease))
+        Ok(Session::new(record, self.inner.clone()).with_lease(lease))
     }
 
     /// Deletes session `id` and everything it stored, its audit events included; `false` if

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use wasmtime::component::{Linker, ResourceTable, ResourceTableError};
+use wasmtime::component::{InstancePre, Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -31,7 +31,6 @@ use crate::journal::{Journal, RandomState, SharedJournal, lock};
 use crate::model::ModelProvider;
 use crate::policy::ToolGrants;
 use crate::store::{self, StateScope};
-use crate::tool::{Blueprint, Tool};
 
 /// Data of one instance's store.
 pub(crate) struct InstanceState {
@@ -105,6 +104,22 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Insta
     let mut linker: Linker<InstanceState> = Linker::new(engine);
     capability::add_to_linker(&mut linker)?;
     Ok(linker)
+}
+
+/// What it takes to instantiate a tool: the linked component and where its exports are.
+pub(crate) struct Blueprint {
+    pub pre: InstancePre<InstanceState>,
+    pub tool_indices: tool_export::GuestIndices,
+    pub stateful_indices: Option<stateful::GuestIndices>,
+    /// Lowercase hex sha256 of the component.
+    pub digest: String,
+}
+
+/// What bounds one guest call: the tool it runs (named in errors) and the tool's limits.
+#[derive(Clone, Copy)]
+pub(crate) struct CallBounds<'a> {
+    pub tool: &'a str,
+    pub limits: &'a Limits,
 }
 
 /// What a call that ran to completion returned.
@@ -199,7 +214,7 @@ impl Instance {
         // e.g. a clock read or an audited refusal, only marks it).
         wasm_store.epoch_deadline_callback(|mut ctx| {
             let data = ctx.data_mut();
-            crate::charges::within_limits(&data.journal)?;
+            crate::journal::within_limits(&data.journal)?;
             if data.cpu_ticks_left == 0 {
                 return Ok(UpdateDeadline::Interrupt);
             }
@@ -258,8 +273,13 @@ impl Instance {
     ///
     /// The call is bounded by `wall_time`, host calls included; a step past one of its host
     /// limits (see [`StepCharges`]) fails with [`CallError::HostLimit`] even if it returned.
-    pub async fn call(&mut self, engine: &Engine, tool: &Tool, input: &String) -> Result<CallOutcome, CallError> {
-        let limits = tool.grants.limits;
+    pub async fn call(
+        &mut self,
+        engine: &Engine,
+        bounds: CallBounds<'_>,
+        input: &String,
+    ) -> Result<CallOutcome, CallError> {
+        let limits = *bounds.limits;
         self.arm(engine, &limits);
         let call = self.tool.call_call(&mut self.store, input);
         let returned = if limits.wall_time == Duration::MAX {
@@ -268,13 +288,13 @@ impl Instance {
             match tokio::time::timeout(limits.wall_time, call).await {
                 Ok(returned) => returned,
                 Err(_) => {
-                    return Err(CallError::WallDeadline { tool: tool.name().to_owned(), limit: limits.wall_time });
+                    return Err(CallError::WallDeadline { tool: bounds.tool.to_owned(), limit: limits.wall_time });
                 }
             }
         };
         let failure = match returned {
             Ok(Ok(output)) => {
-                self.charged(tool)?;
+                self.charged(bounds)?;
                 return Ok(Ok(output));
             }
             Ok(Err(e)) => match e {
@@ -282,24 +302,24 @@ impl Instance {
                 bindings::types::ToolError::Denied(m) => ToolFailure::Denied(m),
                 bindings::types::ToolError::Failed(m) => ToolFailure::Failed(m),
             },
-            Err(trap) => return Err(classify(trap, tool.name(), &limits)),
+            Err(trap) => return Err(classify(trap, bounds.tool, &limits)),
         };
-        self.charged(tool)?;
+        self.charged(bounds)?;
         // The failure is committed as the step's outcome: bounded like output.
         let bytes = match &failure {
             ToolFailure::InvalidInput(m) | ToolFailure::Denied(m) | ToolFailure::Failed(m) => m.len(),
         };
         if bytes > limits.max_error_bytes {
-            return Err(host_limit(tool.name(), HostResource::ToolError, limits.max_error_bytes, bytes));
+            return Err(host_limit(bounds.tool, HostResource::ToolError, limits.max_error_bytes, bytes));
         }
         Ok(Err(failure))
     }
 
     /// Fails if the step passed a host limit that no trap reported.
-    fn charged(&self, tool: &Tool) -> Result<(), CallError> {
+    fn charged(&self, bounds: CallBounds<'_>) -> Result<(), CallError> {
         match lock(&self.journal).charges.exceeded() {
             Some(e) => Err(CallError::HostLimit {
-                tool: tool.name().to_owned(),
+                tool: bounds.tool.to_owned(),
                 resource: e.resource,
                 limit: e.limit,
                 used: e.used,
@@ -339,16 +359,16 @@ impl Instance {
     }
 
     /// The tool's snapshot, if it exports one. A trap here makes the instance unusable.
-    pub async fn snapshot(&mut self, engine: &Engine, tool: &Tool) -> Result<Option<Vec<u8>>, CallError> {
+    pub async fn snapshot(&mut self, engine: &Engine, bounds: CallBounds<'_>) -> Result<Option<Vec<u8>>, CallError> {
         let Some(stateful) = self.stateful.clone() else { return Ok(None) };
-        let limits = tool.grants.limits;
+        let limits = *bounds.limits;
         self.arm(engine, &limits);
         let snapshot = match tokio::time::timeout(limits.wall_time, stateful.call_snapshot(&mut self.store)).await {
-            Ok(snapshot) => snapshot.map_err(|e| classify(e, tool.name(), &limits))?,
-            Err(_) => return Err(CallError::WallDeadline { tool: tool.name().to_owned(), limit: limits.wall_time }),
+            Ok(snapshot) => snapshot.map_err(|e| classify(e, bounds.tool, &limits))?,
+            Err(_) => return Err(CallError::WallDeadline { tool: bounds.tool.to_owned(), limit: limits.wall_time }),
         };
         if snapshot.len() > limits.max_snapshot_bytes {
-            return Err(host_limit(tool.name(), HostResource::Snapshot, limits.max_snapshot_bytes, snapshot.len()));
+            return Err(host_limit(bounds.tool, HostResource::Snapshot, limits.max_snapshot_bytes, snapshot.len()));
         }
         Ok(Some(snapshot))
     }
@@ -357,13 +377,13 @@ impl Instance {
     pub async fn restore(
         &mut self,
         engine: &Engine,
-        tool: &Tool,
+        bounds: CallBounds<'_>,
         bytes: &[u8],
     ) -> Result<Result<(), String>, CallError> {
         let Some(stateful) = self.stateful.clone() else { return Ok(Err("the tool exports no restore".into())) };
-        let limits = tool.grants.limits;
+        let limits = *bounds.limits;
         self.arm(engine, &limits);
-        stateful.call_restore(&mut self.store, bytes).await.map_err(|e| classify(e, tool.name(), &limits))
+        stateful.call_restore(&mut self.store, bytes).await.map_err(|e| classify(e, bounds.tool, &limits))
     }
 }
 

@@ -92,6 +92,15 @@ pub(crate) fn lock(journal: &SharedJournal) -> std::sync::MutexGuard<'_, Journal
     journal.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Ends the call (as a trap) if its step is already past one of its host limits (see
+/// [`crate::charges`]).
+pub(crate) fn within_limits(journal: &SharedJournal) -> wasmtime::Result<()> {
+    match lock(journal).charges.exceeded() {
+        Some(exceeded) => Err(exceeded.into()),
+        None => Ok(()),
+    }
+}
+
 impl Journal {
     pub fn new() -> SharedJournal {
         Arc::new(Mutex::new(Self {

@@ -32,6 +32,7 @@ pub mod model;
 pub mod policy;
 pub mod python_build;
 pub mod run;
+mod runtime;
 pub mod session;
 pub mod store;
 pub mod tool;
@@ -41,7 +42,7 @@ pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentOutcome, Goal, 
 pub use budget::{InstanceBudget, InstanceStats};
 pub use contract::http as exchange;
 pub use contract::{JournalEntry, RandomState};
-pub use engine::{CacheError, CacheStatus, EngineConfig, Limits};
+pub use engine::{CacheError, CacheStatus, EngineConfig, EngineError, Limits};
 pub use error::{
     CallError, CallErrorKind, Fault, HostError, HostResource, LoadError, SessionError, ToolFailure, TrapKind,
 };

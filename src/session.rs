@@ -11,13 +11,15 @@
 
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::budget::{Live, Slot};
 use crate::error::{CallError, ToolFailure};
-use crate::host::Host;
 use crate::instance::{Instance, InstanceEnv};
 use crate::journal::{RandomState, StepInFlight, lock};
 use crate::lease::LeaseKeeper;
+use crate::runtime::Runtime;
+pub use crate::runtime::SnapshotPolicy;
 use crate::store::{SessionRecord, StepCommit, StepOutcome, StepRecord, StoreError};
 use crate::tool::{Tool, ToolKind};
 
@@ -25,7 +27,7 @@ use crate::tool::{Tool, ToolKind};
 /// runs one step at a time, while many sessions run concurrently.
 pub struct Session {
     record: SessionRecord,
-    host: Host,
+    runtime: Arc<Runtime>,
     /// This handle's place in the host's budget for each tool it has called. The instance
     /// itself is in the budget while idle, and in the running call's hands while busy.
     slots: HashMap<String, Slot>,
@@ -47,15 +49,6 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// Options that decide when snapshots are taken and how many are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SnapshotPolicy {
-    /// Snapshot a stateful tool after every `every` of its steps (1: after each).
-    pub every: u32,
-    /// Snapshots kept per (session, tool); older ones are pruned with the journals they cover.
-    pub keep: u32,
-}
-
 /// How a tool's instance was brought to the session's last committed step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rebuild {
@@ -73,20 +66,14 @@ pub struct Rebuild {
     pub replay: std::time::Duration,
 }
 
-impl Default for SnapshotPolicy {
-    fn default() -> Self {
-        Self { every: 1, keep: 3 }
-    }
-}
-
 impl Session {
-    pub(crate) fn new(record: SessionRecord, host: Host) -> Self {
-        Self { record, host, slots: HashMap::new(), lease: None, pending_possible: true }
+    pub(crate) fn new(record: SessionRecord, runtime: Arc<Runtime>) -> Self {
+        Self { record, runtime, slots: HashMap::new(), lease: None, pending_possible: true }
     }
 
     /// Drops every instance of this session (they ran ahead of, or lost, the store).
     fn drop_instances(&mut self) {
-        let budget = self.host.live_budget();
+        let budget = &self.runtime.instances;
         for slot in self.slots.values() {
             budget.forget(*slot);
         }
@@ -139,7 +126,7 @@ impl Session {
 
     /// Tools with a live instance in this session (not hibernated).
     pub fn live_instances(&self) -> impl Iterator<Item = &str> {
-        let budget = self.host.live_budget();
+        let budget = &self.runtime.instances;
         self.slots.iter().filter(|(_, slot)| budget.is_idle(**slot)).map(|(name, _)| name.as_str())
     }
 
@@ -161,7 +148,7 @@ impl Session {
         }
         let (mut instance, _) = self.check_out(tool).await?;
         let seq = self.record.last_step + 1;
-        let store = self.host.store();
+        let store = self.runtime.store();
         let store_error = |e: StoreError| CallError::Store { tool: name.clone(), reason: e.to_string() };
 
         // A step that crashed before commit left its journal: re-run it from there, so the
@@ -186,8 +173,8 @@ impl Session {
         if instance.random_state().seed != self.record.seed {
             instance.seek_random(&RandomState { seed: self.record.seed, secure: 0, insecure: 0 });
         }
-        let engine = self.host.engine();
-        let outcome = match instance.call(engine, tool, &input_text).await {
+        let engine = &self.runtime.engine;
+        let outcome = match instance.call(engine, tool.bounds(), &input_text).await {
             Ok(outcome) => outcome,
             Err(aborted) => return Err(self.abort(&name, instance, aborted).await),
         };
@@ -224,17 +211,17 @@ impl Session {
         };
         let writes = instance.state().take_writes();
         let random = instance.random_state();
-        let policy = self.host.snapshot_policy();
+        let policy = self.runtime.snapshots;
         instance.steps_since_snapshot += 1;
         let snapshot = if instance.is_stateful() && instance.steps_since_snapshot >= policy.every {
-            match instance.snapshot(engine, tool).await {
+            match instance.snapshot(engine, tool.bounds()).await {
                 Ok(bytes) => bytes.map(Bytes::from),
                 Err(aborted) => return Err(self.abort(&name, instance, aborted).await),
             }
         } else {
             None
         };
-        let budget = self.host.live_budget();
+        let budget = &self.runtime.instances;
         // Kept for a rebuild after hibernation, so it need not read the store (the bytes are
         // shared with the commit, not copied).
         let cached = snapshot.clone().filter(|bytes| budget.caches(bytes.len()));
@@ -318,10 +305,10 @@ impl Session {
             },
             snapshot: None,
             file_chunks: Vec::new(),
-            keep_snapshots: self.host.snapshot_policy().keep,
+            keep_snapshots: self.runtime.snapshots.keep,
             lease: self.lease.as_ref().map(LeaseKeeper::token),
         };
-        if let Err(e) = self.host.store().commit_step(commit).await {
+        if let Err(e) = self.runtime.store().commit_step(commit).await {
             return Err(match e {
                 StoreError::Conflict { .. } => {
                     self.drop_instances();
@@ -347,20 +334,15 @@ impl Session {
     /// The future holds no borrow of the session, so callers' futures (the agent loop's
     /// among them) stay `Send` whatever `Session` holds.
     pub fn steps(&self, after: u64) -> impl Future<Output = Result<Vec<StepRecord>, StoreError>> + Send + 'static {
-        let (store, id) = (self.host.store(), self.record.id.clone());
+        let (store, id) = (self.runtime.store(), self.record.id.clone());
         async move { store.steps(&id, None, after).await }
-    }
-
-    /// The host this session belongs to.
-    pub fn host(&self) -> &Host {
-        &self.host
     }
 
     /// Starts (or rebuilds) this session's instance of `tool` now rather than on the next
     /// call, and says how; `None` if the instance was already live.
     pub async fn prewarm(&mut self, tool: &Tool) -> Result<Option<Rebuild>, CallError> {
         let (live, rebuild) = self.check_out(tool).await?;
-        self.host.live_budget().check_in(self.slots[tool.name()], live);
+        self.runtime.instances.check_in(self.slots[tool.name()], live);
         Ok(rebuild)
     }
 
@@ -368,7 +350,7 @@ impl Session {
     /// the budget admits (which may hibernate another session's idle instance).
     async fn check_out(&mut self, tool: &Tool) -> Result<(Live, Option<Rebuild>), CallError> {
         let name = tool.name();
-        let budget = self.host.live_budget();
+        let budget = &self.runtime.instances;
         let slot = match self.slots.get(name) {
             Some(slot) => *slot,
             None => *self.slots.entry(name.to_owned()).or_insert_with(|| budget.new_slot()),
@@ -379,7 +361,7 @@ impl Session {
             Some(_) => budget.forget(slot),
             None => {}
         }
-        let engine = self.host.engine();
+        let engine = &self.runtime.engine;
         if !wasmtime::Engine::same(tool.blueprint.pre.component().engine(), engine.wasmtime()) {
             return Err(CallError::Instantiate {
                 tool: name.to_owned(),
@@ -392,7 +374,8 @@ impl Session {
             waited: busy.waited,
         })?;
         let cached = budget.cached_snapshot(slot).filter(|(seq, _)| *seq <= self.record.last_step);
-        let (instance, rebuild) = Rebuilder { record: &self.record, host: &self.host, cached }.rebuild(tool).await?;
+        let (instance, rebuild) =
+            Rebuilder { record: &self.record, runtime: &self.runtime, cached }.rebuild(tool).await?;
         Ok((Live::new(instance, place), Some(rebuild)))
     }
 
@@ -405,7 +388,7 @@ impl Session {
             return why;
         }
         // A later attempt of this step starts over rather than replaying the aborted one.
-        match self.host.store().clear_pending(&self.record.id, self.lease_token()).await {
+        match self.runtime.store().clear_pending(&self.record.id, self.lease_token()).await {
             Ok(()) => self.pending_possible = false,
             Err(StoreError::LeaseLost { reason, .. }) => {
                 if let Some(lease) = &self.lease {
@@ -424,7 +407,7 @@ impl Session {
 /// the session's live instances), so a session's futures stay `Send` for `tokio::spawn`.
 struct Rebuilder<'a> {
     record: &'a SessionRecord,
-    host: &'a Host,
+    runtime: &'a Runtime,
     /// The session's latest snapshot of the tool, if the budget's cache holds it.
     cached: Option<(u64, Bytes)>,
 }
@@ -434,15 +417,15 @@ impl Rebuilder<'_> {
         InstanceEnv {
             session: &self.record.id,
             seed: &self.record.seed,
-            store: self.host.store(),
-            models: self.host.model_provider(),
+            store: self.runtime.store(),
+            models: self.runtime.model_provider(),
             ungranted: &[],
         }
     }
 
     async fn instantiate(&self, tool: &Tool) -> Result<Instance, CallError> {
         let env = InstanceEnv { ungranted: &tool.ungranted, ..self.env() };
-        Instance::new(self.host.engine(), &tool.blueprint, tool.name(), env, &tool.grants).await
+        Instance::new(&self.runtime.engine, &tool.blueprint, tool.name(), env, &tool.grants).await
     }
 
     /// A fresh instance brought to the session's last committed step: restore the newest
@@ -450,7 +433,7 @@ impl Rebuilder<'_> {
     /// instantiated, its random streams put where its last step left them.
     async fn rebuild(&self, tool: &Tool) -> Result<(Instance, Rebuild), CallError> {
         let name = tool.name();
-        let store = self.host.store();
+        let store = self.runtime.store();
         let id = &self.record.id;
         let store_error = |e: StoreError| CallError::Store { tool: name.to_owned(), reason: e.to_string() };
         let started = std::time::Instant::now();
@@ -492,7 +475,7 @@ impl Rebuilder<'_> {
             snapshot_read = read_started.elapsed();
             self.materialize(&mut instance, name, files.as_deref(), seq).await?;
             let restore_started = std::time::Instant::now();
-            let restored = instance.restore(self.host.engine(), tool, &bytes).await?;
+            let restored = instance.restore(&self.runtime.engine, tool.bounds(), &bytes).await?;
             restore = restore_started.elapsed();
             match restored {
                 Ok(()) => replay_after = seq,
@@ -567,7 +550,7 @@ impl Rebuilder<'_> {
         at: u64,
     ) -> Result<(), CallError> {
         let (Some(workspace), Some(history)) = (instance.workspace(), history) else { return Ok(()) };
-        let store = self.host.store();
+        let store = self.runtime.store();
         let materialized = workspace.materialize(store.as_ref(), workspace_at(history, at)).await;
         materialized.map_err(|e| CallError::Store { tool: tool.to_owned(), reason: e.to_string() })
     }
@@ -578,7 +561,7 @@ impl Rebuilder<'_> {
         if let Some(cached) = &self.cached {
             return Ok(Some(cached.clone()));
         }
-        let stored = self.host.store().latest_snapshot(&self.record.id, tool, self.record.last_step).await?;
+        let stored = self.runtime.store().latest_snapshot(&self.record.id, tool, self.record.last_step).await?;
         Ok(stored.map(|(seq, bytes)| (seq, Bytes::from(bytes))))
     }
 
@@ -603,7 +586,7 @@ impl Rebuilder<'_> {
                 journal.replay_seeded_random();
             }
         }
-        let outcome = instance.call(self.host.engine(), tool, &step.input).await;
+        let outcome = instance.call(&self.runtime.engine, tool.bounds(), &step.input).await;
         let journal = lock(instance.journal()).finish();
         instance.state().take_writes();
         if let Some(workspace) = instance.workspace() {

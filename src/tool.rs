@@ -11,7 +11,7 @@ use crate::contract::{Access, CapabilityRow};
 pub use crate::contract::{Capabilities, Descriptor, FilesystemRequest, StateRequest};
 use crate::engine::CacheStatus;
 use crate::error::LoadError;
-use crate::instance::InstanceState;
+use crate::instance::{Blueprint, CallBounds, InstanceState};
 use crate::policy::ToolGrants;
 
 /// The export every tool has.
@@ -65,6 +65,11 @@ impl std::fmt::Debug for Tool {
 impl Tool {
     pub fn name(&self) -> &str {
         &self.descriptor.name
+    }
+
+    /// What bounds each of its guest calls.
+    pub(crate) fn bounds(&self) -> CallBounds<'_> {
+        CallBounds { tool: self.name(), limits: &self.grants.limits }
     }
 
     pub fn descriptor(&self) -> &Descriptor {
@@ -271,15 +276,6 @@ pub(crate) fn parse_descriptor(
         },
     };
     Ok((descriptor, input_validator, output_validator))
-}
-
-/// What it takes to instantiate a tool: the linked component and where its exports are.
-pub(crate) struct Blueprint {
-    pub pre: InstancePre<InstanceState>,
-    pub tool_indices: tool_export::GuestIndices,
-    pub stateful_indices: Option<stateful::GuestIndices>,
-    /// Lowercase hex sha256 of the component.
-    pub digest: String,
 }
 
 /// Everything about a tool except its grants, which the host adds from its policy.

@@ -32,7 +32,7 @@ pub trait Tool: Default + 'static {
 }
 
 /// A tool whose in-memory state is snapshotted by the host between steps, as the serde
-/// serialization of the tool value. On resume the host restores the latest snapshot into a
+/// serialization (CBOR) of the tool value. On resume the host restores the latest snapshot into a
 /// fresh instance and replays only the steps after it.
 ///
 /// Keep the serialized form backward compatible (`#[serde(default)]` on new fields): a
@@ -74,15 +74,26 @@ pub fn call<T: Tool>(slot: &mut Option<T>, input: &str) -> Result<String, WitToo
     serde_json::to_string(&output).map_err(|e| WitToolError::Failed(format!("output does not serialize to JSON: {e}")))
 }
 
-/// `snapshot` for `T`: the serde JSON of the tool value.
+/// Marks a snapshot encoded as CBOR; older snapshots are JSON, which never starts with NUL.
+const CBOR_SNAPSHOT: &[u8; 4] = b"\0thc";
+
+/// `snapshot` for `T`: the tool value as self-describing CBOR (RFC 8949) after a marker, so a
+/// field added later with `#[serde(default)]` still restores. CBOR, not JSON: a large string
+/// or byte state is copied, not scanned for escapes, which is most of a big restore's cost.
 pub fn snapshot<T: Stateful>(slot: &mut Option<T>) -> Vec<u8> {
     let tool = slot.get_or_insert_with(T::default);
-    serde_json::to_vec(tool).expect("tool state serializes to JSON")
+    let mut bytes = CBOR_SNAPSHOT.to_vec();
+    ciborium::into_writer(tool, &mut bytes).expect("tool state serializes to CBOR");
+    bytes
 }
 
-/// `restore` for `T`: replaces the tool value with the deserialized snapshot.
+/// `restore` for `T`: replaces the tool value with the decoded snapshot (CBOR, or the JSON
+/// that snapshots were before).
 pub fn restore<T: Stateful>(slot: &mut Option<T>, bytes: &[u8]) -> Result<(), String> {
-    let tool: T = serde_json::from_slice(bytes).map_err(|e| format!("snapshot does not decode: {e}"))?;
+    let tool: T = match bytes.strip_prefix(CBOR_SNAPSHOT) {
+        Some(cbor) => ciborium::from_reader(cbor).map_err(|e| format!("snapshot does not decode: {e}"))?,
+        None => serde_json::from_slice(bytes).map_err(|e| format!("snapshot does not decode: {e}"))?,
+    };
     *slot = Some(tool);
     Ok(())
 }
@@ -228,6 +239,60 @@ mod tests {
         let canonical = normalize(&wit[start..end]);
         let inline = normalize(include_str!("tool.rs"));
         assert!(inline.contains(&canonical), "the inlined `{name}` WIT drifted from wit/tool.wit:\n{canonical}");
+    }
+
+    #[derive(Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, PartialEq)]
+    struct V1 {
+        text: String,
+        count: u64,
+    }
+
+    #[derive(Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, PartialEq)]
+    struct V2 {
+        text: String,
+        count: u64,
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+
+    macro_rules! tool {
+        ($t:ty) => {
+            impl super::Tool for $t {
+                type Input = ();
+                type Output = ();
+                const NAME: &'static str = "t";
+                const DESCRIPTION: &'static str = "t";
+                fn call(&mut self, _: ()) -> Result<(), super::ToolError> {
+                    Ok(())
+                }
+            }
+        };
+    }
+    tool!(V1);
+    tool!(V2);
+
+    #[test]
+    fn a_snapshot_restores_into_a_version_with_an_added_defaulted_field() {
+        let mut old = Some(V1 { text: "x".repeat(10_000), count: 7 });
+        let bytes = super::snapshot(&mut old);
+        let mut new = None::<V2>;
+        super::restore(&mut new, &bytes).unwrap();
+        assert_eq!(new, Some(V2 { text: "x".repeat(10_000), count: 7, tags: vec![] }));
+    }
+
+    #[test]
+    fn a_json_snapshot_from_before_cbor_still_restores() {
+        let mut restored = None::<V1>;
+        super::restore(&mut restored, br#"{"text":"a\"b","count":3}"#).unwrap();
+        assert_eq!(restored, Some(V1 { text: "a\"b".into(), count: 3 }));
+    }
+
+    #[test]
+    fn a_corrupt_snapshot_is_refused_with_a_reason() {
+        let mut restored = None::<V1>;
+        let error = super::restore(&mut restored, b"\0thc\xff\xff").unwrap_err();
+        assert!(error.contains("does not decode"), "{error}");
+        assert_eq!(restored, None);
     }
 
     /// The worlds inlined in `export_stateful_tool!` and `export_stateless_tool!` must match wit/tool.wit.

@@ -46,7 +46,7 @@ impl Auditor {
 
     /// The trap that ends the call once its step is past a host limit.
     pub(crate) fn within_limits(&self) -> wasmtime::Result<()> {
-        crate::charges::within_limits(&self.inner.journal)
+        crate::journal::within_limits(&self.inner.journal)
     }
 
     /// Records a denial from a synchronous host function: charged now, written beside the
@@ -58,7 +58,7 @@ impl Auditor {
         reason: &'static str,
     ) -> wasmtime::Result<()> {
         let Some(replaying) = self.admit() else {
-            return crate::charges::within_limits(&self.inner.journal);
+            return crate::journal::within_limits(&self.inner.journal);
         };
         let (this, capability) = (self.clone(), capability.to_owned());
         tokio::spawn(async move { this.write(&capability, &request, false, reason, replaying).await });

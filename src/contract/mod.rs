@@ -12,6 +12,7 @@ pub mod http;
 pub mod journal;
 mod model;
 mod state;
+pub mod workspace;
 
 pub use coverage::{CapabilityRow, Coverage};
 pub use descriptor::{Access, Capabilities, Descriptor, FilesystemRequest, StateRequest};

@@ -18,8 +18,6 @@ pub use cache::{CacheError, CacheStatus};
 pub use limits::Limits;
 pub(crate) use limits::{GuestLimiter, MemoryLimitExceeded};
 
-use crate::error::HostError;
-
 /// How the host's engine is set up. The defaults suit a service running many short sessions.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -102,8 +100,25 @@ pub(crate) struct Engine {
     ticker_stop: Arc<AtomicBool>,
 }
 
+/// Why an engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid engine configuration: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// A component cranelift refused (the host reports it as `LoadError::Compile`).
+#[derive(Debug, thiserror::Error)]
+#[error("{} does not compile: {reason}", path.display())]
+pub struct CompileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
 impl Engine {
-    pub fn new(config: &EngineConfig) -> Result<Self, HostError> {
+    pub fn new(config: &EngineConfig) -> Result<Self, EngineError> {
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
@@ -126,11 +141,11 @@ impl Engine {
                 .max_memory_size(config.max_memory_bytes as usize);
             wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
-        let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| EngineError::Invalid(format!("{e:#}")))?;
         let cache = match &config.cache_dir {
             Some(dir) => {
                 let key = config.cache_key.clone().or_else(EngineConfig::default_cache_key).ok_or_else(|| {
-                    HostError::Engine("no per-user data folder for the compile cache key; set `cache_key`".into())
+                    EngineError::Invalid("no per-user data folder for the compile cache key; set `cache_key`".into())
                 })?;
                 Some(CompileCache::open(dir, &key, &wasmtime)?)
             }
@@ -172,7 +187,7 @@ impl Engine {
     }
 
     /// Compiles `bytes` (already checked to be a component), or reads it from the cache.
-    pub fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Compiled, crate::LoadError> {
+    pub fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Compiled, CompileError> {
         let digest = sha256_hex(bytes);
         if let Some(cache) = &self.cache
             && let Some(component) = cache.get(&self.wasmtime, &digest)
@@ -182,7 +197,7 @@ impl Engine {
         }
         let started = std::time::Instant::now();
         let component = Component::new(&self.wasmtime, bytes)
-            .map_err(|e| crate::LoadError::Compile { path: path.to_owned(), reason: format!("{e:#}") })?;
+            .map_err(|e| CompileError { path: path.to_owned(), reason: format!("{e:#}") })?;
         tracing::debug!(path = %path.display(), %digest, elapsed = ?started.elapsed(), "compiled component");
         let status = match &self.cache {
             Some(cache) => {

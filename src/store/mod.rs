@@ -37,7 +37,7 @@ pub(crate) fn timestamp_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-use crate::capability::workspace::{FileChange, valid_path};
+use crate::contract::workspace::{FileChange, valid_path};
 use crate::contract::{JournalEntry, RandomState, ToolFailure};
 
 /// Whose state an operation touches. The host fills it in: a tool never names it.

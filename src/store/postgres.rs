@@ -29,7 +29,7 @@ use super::{
     StateWrite, StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
 use super::{RunRecord, RunStatus, runs::check_version};
-use crate::capability::workspace::FileChange;
+use crate::contract::workspace::FileChange;
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[

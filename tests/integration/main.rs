@@ -25,6 +25,7 @@ mod mcp_starvation;
 mod memory_store;
 mod model_faults;
 mod model_local;
+mod module_graph;
 mod multihost;
 mod policy;
 mod policy_fuzz;

@@ -4,7 +4,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::CapabilityHost;
 use crate::bindings::log::{self as wit, Level};
-use crate::charges::within_limits;
+use crate::journal::within_limits;
 use crate::journal::{SharedJournal, lock};
 
 /// Longest message kept; longer ones are cut at a character boundary.

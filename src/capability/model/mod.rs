@@ -163,9 +163,9 @@ impl wit::Host for ModelCtx {
         model: String,
         request: wit::ChatRequest,
     ) -> wasmtime::Result<Result<wit::ChatResponse, wit::ModelError>> {
-        crate::charges::within_limits(&self.journal)?;
+        crate::journal::within_limits(&self.journal)?;
         let result = self.chat_checked(model, convert::request(request)).await;
-        crate::charges::within_limits(&self.journal).map(|()| result.map(convert::response).map_err(convert::error))
+        crate::journal::within_limits(&self.journal).map(|()| result.map(convert::response).map_err(convert::error))
     }
 }
 

@@ -14,8 +14,8 @@ use wasmtime::component::{HasData, Linker};
 
 use super::CapabilityHost;
 use crate::bindings::state as wit;
-use crate::charges::within_limits;
 use crate::contract::StateError;
+use crate::journal::within_limits;
 use crate::journal::{JournalEntry, SharedJournal, lock};
 use crate::store::{StateScope, StateUsage, StateWrite, Store};
 

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use super::scan::materialize;
-use super::types::{Manifest, apply, valid_path};
+use crate::contract::workspace::{Manifest, apply, valid_path};
 use crate::store::{StepRecord, Store, StoreError};
 
 /// Each tool's workspace after the last of `steps` (a session's steps, in order). Tools

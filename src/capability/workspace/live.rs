@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::grant::WorkspaceGrant;
 use super::scan::{ScanError, Scanned, materialize, scan};
-use super::types::{FileChange, Manifest, diff};
+use crate::contract::workspace::{FileChange, Manifest, diff};
 use crate::error::CallError;
 use crate::store::{Chunk, Store, StoreError};
 

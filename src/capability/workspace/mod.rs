@@ -23,8 +23,8 @@ mod grant;
 mod live;
 mod scan;
 mod setup;
-mod types;
 
+pub use crate::contract::workspace::{FileChange, Manifest, WorkspaceEntry, manifest_at, valid_path};
 pub(crate) use charged::{WriteCharged, charge_written};
 pub use export::{ExportError, export, workspaces};
 pub use grant::WorkspaceGrant;
@@ -32,4 +32,3 @@ pub(crate) use live::LiveWorkspace;
 pub use scan::ScanError;
 pub use setup::NAME;
 pub(crate) use setup::{compare, configure, validate};
-pub use types::{FileChange, Manifest, WorkspaceEntry, manifest_at, valid_path};

@@ -6,7 +6,7 @@ use std::io;
 use std::path::Path;
 
 use super::grant::WorkspaceGrant;
-use super::types::{Manifest, WorkspaceEntry, valid_path};
+use crate::contract::workspace::{Manifest, WorkspaceEntry, valid_path};
 use crate::error::HostResource;
 use crate::store::{Chunk, chunk_snapshot};
 
