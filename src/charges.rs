@@ -90,6 +90,11 @@ impl StepCharges {
         Self::charge(&mut self.written_bytes, self.max_written_bytes, bytes, resource, &mut self.exceeded)
     }
 
+    /// The bytes this step wrote through WASI so far.
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes
+    }
+
     pub fn audit_event(&mut self) -> bool {
         Self::charge(&mut self.audit_events, self.max_audit_events, 1, HostResource::Audit, &mut self.exceeded)
     }

@@ -17,7 +17,7 @@ use crate::capability::filesystem::AuditedFilesystem;
 use crate::capability::in_flight::InFlight;
 use crate::capability::log::LogCtx;
 use crate::capability::model::ModelCtx;
-use crate::capability::network::HttpGate;
+use crate::capability::network::{HttpGate, OutgoingHttp};
 use crate::capability::random::{SecureRandom, SessionRng};
 use crate::capability::sockets::SocketGate;
 use crate::capability::state::StateCtx;
@@ -95,6 +95,10 @@ impl CapabilityHost for InstanceState {
 
     fn secure_random(&mut self) -> SecureRandom<'_> {
         SecureRandom { journal: &self.journal, legacy: &mut self.seeded_secure, max_draw: self.max_random_draw }
+    }
+
+    fn outgoing_http(&mut self) -> OutgoingHttp<'_> {
+        OutgoingHttp { table: &mut self.table, gate: &mut self.http_gate }
     }
 }
 

@@ -201,8 +201,9 @@ impl Session {
             }
         };
 
+        let written = lock(instance.journal()).charges.written_bytes();
         let staged = match instance.workspace() {
-            Some(workspace) => workspace.stage_for(&name).await,
+            Some(workspace) => workspace.stage_for(&name, written).await,
             None => Ok(Default::default()),
         };
         let files = match staged {
@@ -453,17 +454,11 @@ impl Rebuilder<'_> {
         if self.record.last_step == 0 {
             return fresh(instance);
         }
-        // The tool's file history, when it has a workspace: files are restored as of the
-        // step the rebuild starts from, and replay re-creates the later ones.
-        let files = match instance.workspace() {
-            Some(_) => Some(store.steps(id, Some(name), 0).await.map_err(store_error)?),
-            None => None,
-        };
         if tool.kind() == ToolKind::Stateless {
             if let Some(last) = store.last_step_of(id, name, self.record.last_step).await.map_err(store_error)? {
                 instance.seek_random(&last.random);
             }
-            self.materialize(&mut instance, name, files.as_deref(), self.record.last_step).await?;
+            self.materialize(&mut instance, name, self.record.last_step).await?;
             return fresh(instance);
         }
 
@@ -473,7 +468,7 @@ impl Rebuilder<'_> {
             && let Some((seq, bytes)) = self.latest_snapshot(name).await.map_err(store_error)?
         {
             snapshot_read = read_started.elapsed();
-            self.materialize(&mut instance, name, files.as_deref(), seq).await?;
+            self.materialize(&mut instance, name, seq).await?;
             let restore_started = std::time::Instant::now();
             let restored = instance.restore(&self.runtime.engine, tool.bounds(), &bytes).await?;
             restore = restore_started.elapsed();
@@ -488,13 +483,14 @@ impl Rebuilder<'_> {
             }
         }
         let replay_started = std::time::Instant::now();
-        // With a workspace, the tool's whole history is already read: the steps to replay are
-        // its tail (from the snapshot's step on, which carries the random position).
-        let expected_files = files.as_deref().map(|history| workspace_at(history, self.record.last_step));
-        let steps = match files {
-            Some(history) => history,
-            None => store.steps(id, Some(name), replay_after.saturating_sub(1)).await.map_err(store_error)?,
+        // With a workspace, what the replayed steps must leave in it: the files as of the last
+        // step, read from the store's file changes alone.
+        let expected_files = match instance.workspace() {
+            Some(_) => Some(store.workspace_at(id, name, self.record.last_step).await.map_err(store_error)?),
+            None => None,
         };
+        // From the snapshot's step on, which carries the random position.
+        let steps = store.steps(id, Some(name), replay_after.saturating_sub(1)).await.map_err(store_error)?;
         let mut steps =
             steps.into_iter().filter(|s| s.seq >= replay_after && s.seq <= self.record.last_step).peekable();
         if replay_after > 0 {
@@ -541,18 +537,14 @@ impl Rebuilder<'_> {
         Ok((instance, rebuild))
     }
 
-    /// Fills a fresh instance's workspace with its files as of step `at`.
-    async fn materialize(
-        &self,
-        instance: &mut Instance,
-        tool: &str,
-        history: Option<&[StepRecord]>,
-        at: u64,
-    ) -> Result<(), CallError> {
-        let (Some(workspace), Some(history)) = (instance.workspace(), history) else { return Ok(()) };
+    /// Fills a fresh instance's workspace with its files as of step `at` (a fork's: its
+    /// parent's as of the fork step, then its own).
+    async fn materialize(&self, instance: &mut Instance, tool: &str, at: u64) -> Result<(), CallError> {
+        let Some(workspace) = instance.workspace() else { return Ok(()) };
         let store = self.runtime.store();
-        let materialized = workspace.materialize(store.as_ref(), workspace_at(history, at)).await;
-        materialized.map_err(|e| CallError::Store { tool: tool.to_owned(), reason: e.to_string() })
+        let store_error = |e: StoreError| CallError::Store { tool: tool.to_owned(), reason: e.to_string() };
+        let manifest = store.workspace_at(&self.record.id, tool, at).await.map_err(store_error)?;
+        workspace.materialize(store.as_ref(), manifest).await.map_err(store_error)
     }
 
     /// The newest snapshot of `tool` at or before the last committed step: from the budget's
@@ -611,11 +603,6 @@ impl Rebuilder<'_> {
         }
         Ok(())
     }
-}
-
-/// A tool's workspace as of step `at`, from its steps.
-fn workspace_at(history: &[StepRecord], at: u64) -> crate::capability::workspace::Manifest {
-    crate::capability::workspace::manifest_at(history.iter().map(|s| (s.seq, s.files.as_slice())), at)
 }
 
 fn describe(outcome: &Result<String, ToolFailure>) -> String {

@@ -74,6 +74,34 @@ impl From<ErrorCode> for HttpError {
     }
 }
 
+/// Sends `request` with `body`. A body the stream takes in one write goes before the request,
+/// so the host has the whole request at `handle` (a replaying host answers it from its journal
+/// at once); a larger one streams after, in chunks.
+fn send_with_body(
+    request: OutgoingRequest,
+    body: &[u8],
+) -> Result<outgoing_handler::FutureIncomingResponse, HttpError> {
+    let invalid = |m: &str| HttpError::InvalidRequest(m.to_owned());
+    let sending = |e: StreamError| HttpError::Failed(format!("sending the body: {e:?}"));
+    let outgoing = request.body().map_err(|()| invalid("body"))?;
+    let stream = outgoing.write().map_err(|()| invalid("body stream"))?;
+    if stream.check_write().is_ok_and(|room| room >= body.len() as u64) {
+        if !body.is_empty() {
+            stream.write(body).map_err(sending)?;
+        }
+        drop(stream);
+        OutgoingBody::finish(outgoing, None)?;
+        return Ok(outgoing_handler::handle(request, None)?);
+    }
+    let future = outgoing_handler::handle(request, None)?;
+    for chunk in body.chunks(4096) {
+        stream.blocking_write_and_flush(chunk).map_err(sending)?;
+    }
+    drop(stream);
+    OutgoingBody::finish(outgoing, None)?;
+    Ok(future)
+}
+
 /// GET `url`.
 pub fn get(url: &str) -> Result<Response, HttpError> {
     request("GET", url, &[], None)
@@ -112,18 +140,11 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&
     request.set_scheme(Some(&scheme)).map_err(|()| invalid("scheme"))?;
     request.set_authority(Some(authority)).map_err(|()| invalid("authority"))?;
     request.set_path_with_query(Some(&path)).map_err(|()| invalid("path"))?;
-    let outgoing = request.body().map_err(|()| invalid("body"))?;
-
-    let future = outgoing_handler::handle(request, None)?;
-    {
-        let stream = outgoing.write().map_err(|()| invalid("body stream"))?;
-        for chunk in body.unwrap_or_default().chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| HttpError::Failed(format!("sending the body: {e:?}")))?;
-        }
-    }
-    OutgoingBody::finish(outgoing, None)?;
+    let future = match body {
+        // No body resource at all: the host has the whole request at `handle`.
+        None => outgoing_handler::handle(request, None)?,
+        Some(body) => send_with_body(request, body)?,
+    };
 
     future.subscribe().block();
     let response = future

@@ -66,6 +66,7 @@ pub(crate) trait CapabilityHost: WasiView + WasiHttpView + Send + 'static {
     fn filesystem(&mut self) -> filesystem::AuditedFilesystem<'_>;
     fn sockets(&mut self) -> sockets::SocketGate<'_>;
     fn secure_random(&mut self) -> random::SecureRandom<'_>;
+    fn outgoing_http(&mut self) -> network::OutgoingHttp<'_>;
 }
 
 /// The linker every tool is instantiated with: WASI (sandboxed by each instance's

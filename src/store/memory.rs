@@ -26,6 +26,7 @@ use super::{
     StateWrite, StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot, timestamp_ms,
 };
 use super::{RunRecord, RunStatus, runs::check_version};
+use crate::capability::workspace::{Manifest, manifest_at};
 
 type ChunkHash = [u8; 32];
 
@@ -382,6 +383,14 @@ impl Store for MemoryStore {
         let Some(entry) = inner.sessions.get(session) else { return Ok(None) };
         let upto = entry.steps.partition_point(|s| s.record.seq <= at);
         Ok(entry.steps[..upto].iter().rev().find(|s| s.record.tool == tool).map(|s| s.record.clone()))
+    }
+
+    async fn workspace_at(&self, session: &str, tool: &str, at: u64) -> Result<Manifest, StoreError> {
+        let inner = self.lock();
+        let Some(entry) = inner.sessions.get(session) else { return Ok(Manifest::new()) };
+        let upto = entry.steps.partition_point(|s| s.record.seq <= at);
+        let changes = entry.steps[..upto].iter().filter(|s| s.record.tool == tool && !s.record.files.is_empty());
+        Ok(manifest_at(changes.map(|s| (s.record.seq, s.record.files.as_slice())), at))
     }
 
     async fn latest_snapshot(&self, session: &str, tool: &str, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

@@ -37,7 +37,7 @@ pub(crate) fn timestamp_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-use crate::contract::workspace::{FileChange, valid_path};
+use crate::contract::workspace::{FileChange, Manifest, manifest_at, valid_path};
 use crate::contract::{JournalEntry, RandomState, ToolFailure};
 
 /// Whose state an operation touches. The host fills it in: a tool never names it.
@@ -271,6 +271,14 @@ pub trait Store: Send + Sync + 'static {
     async fn last_step_of(&self, session: &str, tool: &str, at: u64) -> Result<Option<StepRecord>, StoreError> {
         let steps = self.steps(session, Some(tool), 0).await?;
         Ok(steps.into_iter().rev().find(|s| s.seq <= at))
+    }
+    /// The session workspace of `tool` as of step `at`: the tool's file changes up to `at`,
+    /// applied in order. A fork holds its parent's steps up to the fork step, so a fork's
+    /// workspace starts as the parent's was then. Stores override this with a read of the
+    /// file changes alone (no journals, inputs or state writes); the default reads every step.
+    async fn workspace_at(&self, session: &str, tool: &str, at: u64) -> Result<Manifest, StoreError> {
+        let steps = self.steps(session, Some(tool), 0).await?;
+        Ok(manifest_at(steps.iter().map(|s| (s.seq, s.files.as_slice())), at))
     }
     /// The newest snapshot of `tool` taken at or before step `at`, with its bytes.
     async fn latest_snapshot(&self, session: &str, tool: &str, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError>;

@@ -29,7 +29,7 @@ use super::{
     StateWrite, StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
 use super::{RunRecord, RunStatus, runs::check_version};
-use crate::contract::workspace::FileChange;
+use crate::contract::workspace::{FileChange, Manifest, manifest_at};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
@@ -795,6 +795,26 @@ impl Store for PostgresStore {
             .map_err(pg_error)?;
         let row = client.query_opt(&stmt, &[&session, &tool, &(at as i64)]).await.map_err(pg_error)?;
         row.as_ref().map(step_from_row).transpose()
+    }
+
+    async fn workspace_at(&self, session: &str, tool: &str, at: u64) -> Result<Manifest, StoreError> {
+        let client = self.client().await?;
+        // Only the file changes, of the steps that have any.
+        let stmt = client
+            .prepare_cached(
+                "SELECT seq, files FROM steps WHERE session = $1 AND tool = $2 AND seq <= $3
+                 AND files IS NOT NULL ORDER BY seq",
+            )
+            .await
+            .map_err(pg_error)?;
+        let rows = client.query(&stmt, &[&session, &tool, &(at as i64)]).await.map_err(pg_error)?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = row.try_get(0).map_err(pg_error)?;
+            let blob: Vec<u8> = row.try_get(1).map_err(pg_error)?;
+            changes.push((seq as u64, decode::<Vec<FileChange>>(&blob, "step files")?));
+        }
+        Ok(manifest_at(changes.iter().map(|(seq, files)| (*seq, files.as_slice())), at))
     }
 
     async fn latest_snapshot(&self, session: &str, tool: &str, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

@@ -21,7 +21,7 @@ use super::{
     StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
 use super::{RunRecord, RunStatus, runs::check_version};
-use crate::contract::workspace::FileChange;
+use crate::contract::workspace::{FileChange, Manifest, manifest_at};
 
 /// How hard a commit tries to survive power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -843,6 +843,31 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             let row = stmt.query_row(params![session, tool, at as i64], StepRow::read).optional().map_err(backend)?;
             row.map(StepRow::decode).transpose()
+        })
+        .await
+    }
+
+    async fn workspace_at(&self, session: &str, tool: &str, at: u64) -> Result<Manifest, StoreError> {
+        let (session, tool) = (session.to_owned(), tool.to_owned());
+        self.read(move |conn| {
+            // Only the file changes, of the steps that have any (`steps_by_tool`'s range).
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, files FROM steps WHERE session = ?1 AND tool = ?2 AND seq <= ?3
+                     AND files IS NOT NULL ORDER BY seq",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![session, tool, at as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(backend)?;
+            let mut changes = Vec::new();
+            for row in rows {
+                let (seq, blob) = row.map_err(backend)?;
+                changes.push((seq, decode::<Vec<FileChange>>(&blob, "step files")?));
+            }
+            Ok(manifest_at(changes.iter().map(|(seq, files)| (*seq, files.as_slice())), at))
         })
         .await
     }

@@ -22,6 +22,7 @@ on_both_backends!(
     a_replay_that_recreates_other_files_than_stored_diverges,
     a_database_from_before_workspaces_opens_and_gains_them,
     a_forks_branches_write_the_same_path_and_each_sees_its_own,
+    the_store_answers_the_files_as_of_a_step,
 );
 
 /// The `files` fixture, built once per test process.
@@ -278,6 +279,65 @@ async fn forks_on(store: Arc<dyn Store>) {
     assert!(host.delete_session(&parent_id).await.unwrap());
     let mut child = host.open_session(&child_id).await.unwrap();
     assert_eq!(text(&read(&mut child, &tool, "f.txt").await.unwrap()), "child");
+}
+
+#[tokio::test]
+async fn the_store_answers_the_files_as_of_a_step_in_memory() {
+    files_as_of_a_step_on(Arc::new(toolhost::MemoryStore::new())).await
+}
+
+async fn the_store_answers_the_files_as_of_a_step(store: &TestStore) {
+    files_as_of_a_step_on(store.open().await).await
+}
+
+/// `Store::workspace_at` (the file changes alone) against the manifest rebuilt from every
+/// step, at every step of a session and of a fork; a fork at an early step and a rebuild on
+/// a restarted host see exactly those files.
+async fn files_as_of_a_step_on(store: Arc<dyn Store>) {
+    let snapshots = SnapshotPolicy { every: 2, keep: u32::MAX };
+    let host = host_on(store.clone(), policy(), snapshots);
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut parent = host.new_session().await.unwrap();
+    for input in [
+        json!({"op": "write", "path": "a.txt", "text": "one"}),
+        json!({"op": "write", "path": "d/b.txt", "text": "two"}),
+        json!({"op": "read", "path": "a.txt"}),
+        json!({"op": "remove", "path": "a.txt"}),
+        json!({"op": "write", "path": "d/b.txt", "text": "changed"}),
+    ] {
+        call(&mut parent, &tool, input).await;
+    }
+    let every_step = |steps: &[toolhost::store::StepRecord], at: u64| {
+        toolhost::capability::workspace::manifest_at(steps.iter().map(|s| (s.seq, s.files.as_slice())), at)
+    };
+    let steps = store.steps(parent.id(), Some("files"), 0).await.unwrap();
+    for at in 0..=5 {
+        assert_eq!(store.workspace_at(parent.id(), "files", at).await.unwrap(), every_step(&steps, at), "step {at}");
+    }
+    let paths = |m: toolhost::capability::workspace::Manifest| m.into_keys().collect::<Vec<_>>();
+    assert_eq!(paths(store.workspace_at(parent.id(), "files", 1).await.unwrap()), ["a.txt"]);
+    assert_eq!(paths(store.workspace_at(parent.id(), "files", 4).await.unwrap()), ["d", "d/b.txt"]);
+    assert!(store.workspace_at(parent.id(), "other", 5).await.unwrap().is_empty());
+    assert!(store.workspace_at("no-such-session", "files", 5).await.unwrap().is_empty());
+
+    let mut early = host.fork_session(parent.id(), 2).await.unwrap();
+    let at_fork = store.workspace_at(parent.id(), "files", 2).await.unwrap();
+    assert_eq!(store.workspace_at(early.id(), "files", 2).await.unwrap(), at_fork);
+    assert_eq!(text(&read(&mut early, &tool, "a.txt").await.unwrap()), "one", "the fork sees the early files");
+    assert_eq!(text(&read(&mut early, &tool, "d/b.txt").await.unwrap()), "two");
+    let listed = call(&mut parent, &tool, json!({"op": "list"})).await;
+    let (parent_id, early_id) = (parent.id().to_owned(), early.id().to_owned());
+    parent.close().await.unwrap();
+    early.close().await.unwrap();
+
+    // A restarted host rebuilds both from the store: the same files as before.
+    let host = host_on(store.clone(), policy(), snapshots);
+    let tool = host.load_tool(files_tool()).await.unwrap();
+    let mut parent = host.open_session(&parent_id).await.unwrap();
+    assert_eq!(call(&mut parent, &tool, json!({"op": "list"})).await["entries"], listed["entries"]);
+    assert_eq!(text(&read(&mut parent, &tool, "d/b.txt").await.unwrap()), "changed");
+    let mut early = host.open_session(&early_id).await.unwrap();
+    assert_eq!(text(&read(&mut early, &tool, "a.txt").await.unwrap()), "one");
 }
 
 #[tokio::test]

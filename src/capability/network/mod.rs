@@ -15,11 +15,13 @@
 mod exchange;
 mod grant;
 mod host_pattern;
+mod outgoing;
 mod resolve;
 
 pub use grant::{DEFAULT_MAX_RESPONSE_BYTES, NAME, NetworkGrant};
 pub(crate) use grant::{compare, validate};
 pub use host_pattern::{HostPattern, HostPatternError};
+pub use outgoing::OutgoingHttp;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -227,7 +229,9 @@ impl Sender {
     }
 }
 
-/// Adds `wasi:http`, whose every outgoing request goes through the instance's [`HttpGate`].
+/// Adds `wasi:http`: wasi-http's types, and our outgoing handler, whose every request goes
+/// through the instance's [`HttpGate`].
 pub(crate) fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    super::shadow(linker, outgoing::shadow_handle)
 }

@@ -12,6 +12,16 @@ use crate::contract::workspace::{FileChange, Manifest, diff};
 use crate::error::CallError;
 use crate::store::{Chunk, Store, StoreError};
 
+/// Up to this many bytes and paths (committed, plus what the step wrote), a scan runs on the
+/// async thread: tens of microseconds of page-cache reads and hashing.
+const SMALL_BYTES: u64 = 256 << 10;
+const SMALL_PATHS: usize = 64;
+
+fn is_small(committed: &Manifest, written: u64) -> bool {
+    let committed_bytes: u64 = committed.values().map(|e| e.size()).sum();
+    committed.len() <= SMALL_PATHS && committed_bytes.saturating_add(written) <= SMALL_BYTES
+}
+
 /// A staging directory that only this instance sees (mode 0700, removed with the instance)
 /// and the manifest it was last committed (or materialized) at.
 ///
@@ -71,22 +81,28 @@ impl LiveWorkspace {
         Ok(())
     }
 
-    /// Scans the staging directory against the committed manifest, off the async thread.
-    async fn scan(&self) -> Result<Scanned, ScanError> {
+    /// Scans the staging directory against the committed manifest: on this thread when the
+    /// workspace is small (the hop to the blocking pool would cost more than the scan), off
+    /// the async thread otherwise.
+    async fn scan(&self, written: u64) -> Result<Scanned, ScanError> {
         let (root, known, grant) = (self.staging.path().to_owned(), self.committed.clone(), self.grant.clone());
+        if is_small(&known, written) {
+            return scan(&root, &known, &grant);
+        }
         tokio::task::spawn_blocking(move || scan(&root, &known, &grant))
             .await
             .map_err(|e| ScanError::Io(std::io::Error::other(e)))?
     }
 
-    /// Scans the staging directory if the step changed anything: its changes against the
-    /// committed manifest, held as staged until [`Self::committed`].
-    pub async fn stage(&mut self) -> Result<StagedFiles, ScanError> {
+    /// Scans the staging directory if the step changed anything (`written`: the bytes it
+    /// wrote through WASI): its changes against the committed manifest, held as staged until
+    /// [`Self::committed`].
+    pub async fn stage(&mut self, written: u64) -> Result<StagedFiles, ScanError> {
         self.staged = None;
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(StagedFiles::default());
         }
-        let scanned = self.scan().await?;
+        let scanned = self.scan(written).await?;
         let changes = diff(&self.committed, &scanned.manifest);
         self.staged = Some(Arc::new(scanned.manifest));
         Ok(StagedFiles { changes, chunks: scanned.new_chunks })
@@ -94,8 +110,8 @@ impl LiveWorkspace {
 
     /// [`Self::stage`], with a scan's failure as the call's error: over a quota, a host
     /// limit; anything else, a workspace error.
-    pub async fn stage_for(&mut self, tool: &str) -> Result<StagedFiles, CallError> {
-        self.stage().await.map_err(|e| match e {
+    pub async fn stage_for(&mut self, tool: &str, written: u64) -> Result<StagedFiles, CallError> {
+        self.stage(written).await.map_err(|e| match e {
             ScanError::Quota { resource, limit, used } => {
                 CallError::HostLimit { tool: tool.to_owned(), resource, limit, used }
             }
@@ -118,7 +134,7 @@ impl LiveWorkspace {
     /// After replaying steps: the staging directory must hold exactly `expected`, the
     /// manifest the store holds for the last step; it becomes the committed one.
     pub async fn verify(&mut self, expected: Manifest) -> Result<(), String> {
-        let scanned = self.scan().await.map_err(|e| e.to_string())?;
+        let scanned = self.scan(u64::MAX).await.map_err(|e| e.to_string())?;
         let differences = diff(&expected, &scanned.manifest);
         if let Some(first) = differences.first() {
             let what = if first.entry.is_some() { "holds" } else { "lacks" };
@@ -130,5 +146,24 @@ impl LiveWorkspace {
         }
         self.committed = Arc::new(expected);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::workspace::WorkspaceEntry;
+
+    #[test]
+    fn only_a_small_workspace_is_scanned_on_the_async_thread() {
+        let file = |size| WorkspaceEntry::File { size, chunks: Vec::new() };
+        let mut committed: Manifest = [("a".to_owned(), file(4096))].into();
+        assert!(is_small(&committed, 4096));
+        assert!(!is_small(&committed, SMALL_BYTES), "what the step wrote counts");
+        assert!(!is_small(&committed, u64::MAX), "a verify scan always leaves the async thread");
+        committed.insert("big".to_owned(), file(SMALL_BYTES));
+        assert!(!is_small(&committed, 0));
+        let many: Manifest = (0..=SMALL_PATHS).map(|i| (format!("f{i}"), file(1))).collect();
+        assert!(!is_small(&many, 0));
     }
 }

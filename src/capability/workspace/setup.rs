@@ -50,7 +50,12 @@ pub(crate) fn configure(
     let fail = |reason: String| CallError::Instantiate { tool: tool.to_owned(), reason };
     let live = LiveWorkspace::new(grant, dirty.clone())
         .map_err(|e| fail(format!("cannot create the workspace's staging directory: {e}")))?;
-    wasi.preopened_dir(live.staging(), live.guest(), FsPerms::ReadWrite)
-        .map_err(|e| fail(format!("cannot open the workspace's staging directory: {e:#}")))?;
+    // The staging directory is local and private to the instance, and a step's writes into
+    // it are bounded by the quota: its file calls run on the calling thread, not one hop to
+    // the blocking pool each. Host preopens (possibly slow mounts) keep the hop.
+    wasi.allow_blocking_current_thread(true);
+    let preopened = wasi.preopened_dir(live.staging(), live.guest(), FsPerms::ReadWrite).map(|_| ());
+    wasi.allow_blocking_current_thread(false);
+    preopened.map_err(|e| fail(format!("cannot open the workspace's staging directory: {e:#}")))?;
     Ok(Some(live))
 }
