@@ -214,7 +214,8 @@ async fn all_done(runs: &Runs, count: usize) {
         if ended.len() == count {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Seldom enough not to load the store the workers commit to.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -232,6 +233,9 @@ async fn throughput(setup: &Setup, db: &BenchDatabase, workers: usize) -> f64 {
 }
 
 struct Lateness {
+    /// From the first run's `agent.wait` step to the last one's: how long the first drives
+    /// (goal, model turn, wait) of all the runs took.
+    fell_asleep_over: Duration,
     /// From each timer's due time to its `agent.resolved` step's time.
     woke: Vec<Duration>,
     /// From each timer's due time to the commit of the run's final answer.
@@ -245,7 +249,7 @@ async fn lateness(setup: &Setup, db: &BenchDatabase) -> Lateness {
     let fleet = start_workers(setup, db, 3).await;
     all_done(&runs, SLEEPERS).await;
     stop_workers(fleet).await;
-    let (mut woke, mut done) = (Vec::new(), Vec::new());
+    let (mut woke, mut done, mut asleep) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..SLEEPERS {
         let steps = store.steps(&format!("run-{i}"), None, 0).await.unwrap();
         let field = |tool: &str, path: [&str; 2]| {
@@ -253,13 +257,15 @@ async fn lateness(setup: &Setup, db: &BenchDatabase) -> Lateness {
             serde_json::from_str::<Value>(&step.input).unwrap()[path[0]][path[1]].as_i64().unwrap()
         };
         let due = field("agent.wait", ["wait", "until_ms"]);
+        asleep.push(steps.iter().find(|s| s.tool == "agent.wait").unwrap().committed_at_ms);
         let fired = field("agent.resolved", ["resolution", "at_ms"]);
         let answered = steps.last().unwrap().committed_at_ms;
         let late = |at: i64| Duration::from_millis(at.saturating_sub(due).max(0) as u64);
         woke.push(late(fired));
         done.push(late(answered));
     }
-    Lateness { woke, done }
+    let spread = asleep.iter().max().unwrap() - asleep.iter().min().unwrap();
+    Lateness { fell_asleep_over: Duration::from_millis(spread.max(0) as u64), woke, done }
 }
 
 fn mean(samples: &[Duration]) -> Duration {
@@ -314,6 +320,11 @@ fn main() {
                     let s = support::stats(samples);
                     println!("| {what:<44} | {m:>9.2?} | {:>9.2?} | {:>9.2?} |", s.median, s.p99);
                 }
+                println!(
+                    "\nthe runs fell asleep over {:.2?} (their first drives); a timer due while runs that have \
+                     not started wait for a worker queues behind them (claims take the earliest ready first)",
+                    late.fell_asleep_over
+                );
             }
             Err(why) => println!("Postgres rows skipped: {why}"),
         }

@@ -6,7 +6,8 @@
 //! the run's row are fenced by that lease. A worker killed mid-run holds its runs until their
 //! leases expire; then any worker claims them and continues after their last committed step.
 //! An idle worker sleeps until a run changes (Postgres `LISTEN`; in-process for the others),
-//! the next timer is due, or `poll` passes (to see leases of dead workers run out).
+//! the next run becomes claimable (a timer is due, a dead worker's lease runs out), or `poll`
+//! passes; a full one until one of its runs ends.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
