@@ -28,10 +28,11 @@ use clap::Parser;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use toolhost::model::{ProviderConfig, ProviderKind};
+use toolhost::run::{RunError, Runs};
 use toolhost::store::{Durability, StepOutcome};
 use toolhost::{
-    Agent, AgentConfig, AgentError, CallError, EngineConfig, Goal, Host, HostConfig, ModelRouter, ModelsConfig, Policy,
-    SessionError, SqliteStore, Tool, ToolCalling,
+    Agent, AgentConfig, AgentError, AgentEvent, CallError, EngineConfig, Goal, Host, HostConfig, ModelRouter,
+    ModelsConfig, Policy, SessionError, SqliteStore, Tool, ToolCalling,
 };
 
 #[derive(Parser)]
@@ -96,6 +97,18 @@ impl From<CallError> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self(status, e.to_string())
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Agent(e) => e.into(),
+            RunError::Session(e) => e.into(),
+            RunError::NotFound(_) => Self(StatusCode::NOT_FOUND, e.to_string()),
+            RunError::WrongState { .. } | RunError::Invalid { .. } => Self(StatusCode::CONFLICT, e.to_string()),
+            e => Self(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
     }
 }
 
@@ -173,8 +186,13 @@ async fn run_agent(
     let _one_run_at_a_time = lock.lock().await;
     let mut session = service.host.open_session(&id).await?;
     let mut steps = Vec::new();
-    let outcome = agent.run(&mut session, Goal::new(request.goal), &mut |event| steps.push(event.to_string())).await?;
+    // A run record beside the session: `toolhost runs show ID --db ...` shows it.
+    let runs = Runs::new(service.host.store());
+    let mut progress = |event: AgentEvent| steps.push(event.to_string());
+    let (run, outcome) =
+        runs.drive("agent_service", agent, &mut session, Goal::new(request.goal), &mut progress).await?;
     Ok(Json(json!({
+        "status": run.status,
         "answer": outcome.answer(),
         "stop": outcome.stop.to_string(),
         "turns": outcome.turns,

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use toolhost::agent::AgentEvent;
 use toolhost::model::{LocalModelChoice, LocalModelOptions, ProviderConfig, ProviderKind};
+use toolhost::run::Runs;
 use toolhost::store::Durability;
 use toolhost::{
     Agent, AgentConfig, AgentOutcome, EngineConfig, Goal, Host, HostConfig, LocalModel, ModelRouter, ModelsConfig,
@@ -146,15 +147,12 @@ async fn drive(setup: &Setup, session: &mut Session, goal: Goal, resume: bool) -
     println!();
     let started = Instant::now();
     let mut print = |event: AgentEvent| println!("{event}");
-    let run = async {
-        if resume {
-            setup.agent.resume(session, &mut print).await
-        } else {
-            setup.agent.start(session, goal, &mut print).await
-        }
-    };
+    // The run is a record beside its session: `cargo run -- runs show ID --store sqlite://DB`.
+    let runs = Runs::new(setup.host.store());
+    let name = example_name();
+    let run = runs.drive(&name, &setup.agent, session, goal, &mut print);
     let outcome = tokio::select! {
-        outcome = run => outcome?,
+        driven = run => driven?.1,
         _ = tokio::signal::ctrl_c() => {
             println!("\ninterrupted: every step above is committed in {}", setup.db.display());
             println!("continue with: cargo run --example {} -- --resume {id}", example_name());

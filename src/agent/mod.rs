@@ -46,6 +46,7 @@ use crate::session::Session;
 use crate::store::StoreError;
 use crate::tool::Tool;
 use action::{Action, PlannedCall};
+pub(crate) use record::GOAL as GOAL_STEP;
 use record::{CallResult, ModelStepInput, ToolErrorInput, ToolErrorOutput, Transcript, Turn};
 use waits::{Resolution, ResolvedStep, WaitStep};
 
@@ -721,6 +722,12 @@ pub fn stored_response(step: &crate::store::StepRecord) -> Option<ChatResponse> 
         (crate::store::StepOutcome::Output(text), true) => serde_json::from_str(text).ok(),
         _ => None,
     }
+}
+
+/// The goal a run was started towards, from its session's first step (`None` if that step
+/// is not an agent run's goal).
+pub fn stored_goal(first: &crate::store::StepRecord) -> Option<Goal> {
+    (first.seq == 1 && first.tool == record::GOAL).then(|| serde_json::from_str(&first.input).ok()).flatten()
 }
 
 /// Services run agents on tokio's multi-threaded runtime (`tokio::spawn`, axum handlers):

@@ -1,16 +1,23 @@
 //! `toolhost run AGENT.toml`: the agent loop driven by a config file, so an agent needs no
-//! Rust code. The run is stored like any session: `toolhost sessions show ID` shows it.
+//! Rust code, in this process. The run is a record like a worker's (`toolhost runs show ID`,
+//! named after the file's stem) and its steps a session (`toolhost sessions show ID`). A run
+//! that sleeps is woken here; one that waits for a person or an event is left waiting, to be
+//! continued with `--resume` or by `toolhost worker`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Deserialize;
+use toolhost::agent::{Wait, Waiting};
 use toolhost::model::LocalModelOptions;
+use toolhost::run::{Run, Runs};
+use toolhost::store::RunStatus;
 use toolhost::{
-    Agent, AgentConfig, Goal, HostConfig, LocalModel, ModelRouter, ModelsConfig, Policy, SessionError, Task,
+    Agent, AgentConfig, AgentOutcome, Goal, Host, HostConfig, LocalModel, ModelRouter, ModelsConfig, Policy, Session,
+    SessionError, Stop, Task,
 };
 
 use super::CliHostConfig;
@@ -25,6 +32,9 @@ pub struct Args {
     /// Start the run as a session with this id (default: a random one)
     #[arg(long, value_name = "SESSION", conflicts_with = "resume")]
     session: Option<String>,
+    /// The goal, instead of the file's (its plan is dropped then)
+    #[arg(long, conflicts_with = "resume")]
+    goal: Option<String>,
     /// Tool instances kept alive at once; past it the least recently used idle one is
     /// hibernated and rebuilt on its next call [default: 16]
     #[arg(long, value_name = "N")]
@@ -121,25 +131,26 @@ async fn drive(
         tools.push(host.load_tool(path).await?);
     }
     let agent = Agent::new(&host, file.agent, tools)?;
-    let mut session = match (&args.resume, &args.session) {
-        (Some(id), _) => match host.open_session(id).await {
-            Ok(session) => session,
-            Err(SessionError::NotFound(_)) => anyhow::bail!("no session `{id}` in {}", config.db_label()),
-            Err(e) => return Err(e.into()),
-        },
-        (None, Some(id)) => host.create_session(id.clone()).await?,
-        (None, None) => host.new_session().await?,
-    };
+    let mut session = open_session(&host, args, &config).await?;
     let id = session.id().to_owned();
-    println!("session {id} in {}", config.db_label());
-    let mut print = |event: toolhost::AgentEvent| println!("{event}");
-    let outcome = if args.resume.is_some() {
-        agent.resume(&mut session, &mut print).await?
-    } else {
-        let goal = Goal { text: file.goal, tasks: file.tasks };
-        agent.start(&mut session, goal, &mut print).await?
+    println!("run {id} in {}", config.db_label());
+    let goal = match &args.goal {
+        Some(text) => Goal::new(text.clone()),
+        None => Goal { text: file.goal, tasks: file.tasks },
     };
+    let runs = Runs::new(host.store());
+    let name = super::worker::agent_name(&args.agent)?;
+    let (run, outcome) = drive_here(&runs, &name, &agent, &mut session, goal).await?;
+    session.close().await?;
     println!("\n{}", outcome.stop);
+    if run.status == RunStatus::Waiting {
+        println!(
+            "run {id} is waiting: `toolhost runs show {id}{flag}` says for what; once it has it, continue with \
+             `toolhost run {} --resume {id}{flag}` or a `toolhost worker`",
+            args.agent.display(),
+            flag = config.db_flag()
+        );
+    }
     println!(
         "{} model turns, {} tool calls, {} tokens; inspect with: toolhost sessions show {id}{}",
         outcome.turns,
@@ -147,6 +158,46 @@ async fn drive(
         outcome.tokens,
         config.db_flag()
     );
-    // A run stopped by its limits is not an answer: exit 3, so scripts can tell.
+    // A run stopped by its limits or waiting is not an answer: exit 3, so scripts can tell.
     Ok(if outcome.answer().is_some() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+/// The session `--resume` names, or a new one (`--session`'s id, or a random one).
+async fn open_session(host: &Host, args: &Args, config: &CliHostConfig) -> anyhow::Result<Session> {
+    Ok(match (&args.resume, &args.session) {
+        (Some(id), _) => match host.open_session(id).await {
+            Ok(session) => session,
+            Err(SessionError::NotFound(_)) => anyhow::bail!("no session `{id}` in {}", config.db_label()),
+            Err(e) => return Err(e.into()),
+        },
+        (None, Some(id)) => host.create_session(id.clone()).await?,
+        (None, None) => host.new_session().await?,
+    })
+}
+
+/// Drives the run in this process, printing each step, and sleeps through its timers.
+async fn drive_here(
+    runs: &Runs,
+    name: &str,
+    agent: &Agent,
+    session: &mut Session,
+    goal: Goal,
+) -> anyhow::Result<(Run, AgentOutcome)> {
+    let mut print = |event: toolhost::AgentEvent| println!("{event}");
+    loop {
+        let (run, outcome) = runs.drive(name, agent, session, goal.clone(), &mut print).await?;
+        let Some(at) = sleeps_until(&outcome.stop) else { return Ok((run, outcome)) };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let wait = Duration::from_millis((at.max(0) as u128).saturating_sub(now) as u64);
+        println!("sleeping until {} ({wait:.1?})", toolhost::agent::show_time(at));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// When a run that stopped on `stop` can go on by itself: a timer or a tool's retry.
+fn sleeps_until(stop: &Stop) -> Option<i64> {
+    match stop {
+        Stop::Waiting(Waiting { wait: wait @ (Wait::Timer { .. } | Wait::Retry { .. }), .. }) => wait.ready_at_ms(),
+        _ => None,
+    }
 }

@@ -16,6 +16,7 @@
 //! runs.approve(&run.id, None, "alice").await?;
 //! ```
 
+mod local;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -26,7 +27,7 @@ use serde_json::Value;
 
 pub use worker::{Worker, WorkerConfig, WorkerStats};
 
-use crate::agent::{Decision, Goal, Signal, Wait, Waiting};
+use crate::agent::{AgentError, Decision, Goal, Signal, Wait, Waiting};
 use crate::error::SessionError;
 use crate::host::Host;
 use crate::store::{AuditEvent, RunRecord, RunStatus, Store, StoreError};
@@ -55,6 +56,9 @@ pub enum RunError {
     Corrupt { run: String, reason: String },
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The drive of a run in this process failed (see [`Runs::drive`]); its row says so.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -158,21 +162,22 @@ impl Runs {
     /// Creates run `id` (a random id by default) of `agent` towards `goal`: its session, and
     /// its row, ready for a worker to claim now.
     pub async fn create(&self, host: &Host, id: Option<String>, agent: &str, goal: Goal) -> Result<Run, RunError> {
-        if agent.trim().is_empty() || goal.text.trim().is_empty() {
-            return Err(RunError::Invalid {
-                what: "run",
-                reason: "the agent name and the goal must not be empty".into(),
-            });
-        }
+        check_new(agent, &goal)?;
         let session = match id {
             Some(id) => host.create_session(id).await?,
             None => host.new_session().await?,
         };
         let id = session.id().to_owned();
         session.close().await?;
+        self.insert(&id, agent, goal).await
+    }
+
+    /// Stores the row of a new run of `agent` for the existing session `id`, ready now.
+    async fn insert(&self, id: &str, agent: &str, goal: Goal) -> Result<Run, RunError> {
+        check_new(agent, &goal)?;
         let now = crate::store::timestamp_ms();
         let run = Run {
-            id,
+            id: id.to_owned(),
             agent: agent.to_owned(),
             status: RunStatus::Running,
             ready_at_ms: Some(now),
@@ -348,6 +353,13 @@ impl Runs {
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
+}
+
+fn check_new(agent: &str, goal: &Goal) -> Result<(), RunError> {
+    if agent.trim().is_empty() || goal.text.trim().is_empty() {
+        return Err(RunError::Invalid { what: "run", reason: "the agent name and the goal must not be empty".into() });
+    }
+    Ok(())
 }
 
 fn wrong_state(run: &Run, action: &'static str, applies: &'static str) -> RunError {

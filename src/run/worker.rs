@@ -6,7 +6,8 @@
 //! the run's row are fenced by that lease. A worker killed mid-run holds its runs until their
 //! leases expire; then any worker claims them and continues after their last committed step.
 //! An idle worker sleeps until a run changes (Postgres `LISTEN`; in-process for the others),
-//! the next timer is due, or `poll` passes (to see leases of dead workers run out).
+//! the next run becomes claimable (a timer is due, a dead worker's lease runs out), or `poll`
+//! passes; a full one until one of its runs ends.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +56,7 @@ pub struct WorkerStats {
 }
 
 /// Where one drive left its run.
-enum Driven {
+pub(super) enum Driven {
     Status(RunStatus),
     Released,
 }
@@ -140,6 +141,14 @@ impl Worker {
             if got > 0 && got == free {
                 continue;
             }
+            if free == 0 {
+                // Full: only a run ending can let it take another.
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    Some(done) = tasks.join_next() => count(&mut stats, done),
+                }
+                continue;
+            }
             let wait = self.idle_wait(store.as_ref(), &names).await;
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -205,100 +214,100 @@ impl Worker {
         let result = agent.advance(&mut session, run.body.goal.clone(), &inbox, &mut log).await;
         watcher.abort();
         lock(&self.in_flight).retain(|s| !Arc::ptr_eq(s, &stop));
-        let recorded = self.record(&runs, id, result, session.lease_token()).await;
+        let recorded = record(&self.config, &runs, id, &result, session.lease_token()).await;
         session.close().await?;
         recorded
     }
+}
 
-    /// Writes where the drive left the run, fenced by the session's lease, unless it was
-    /// cancelled meanwhile (a cancel is never overwritten).
-    async fn record(
-        &self,
-        runs: &Runs,
-        id: &str,
-        result: Result<AgentOutcome, AgentError>,
-        lease: Option<u64>,
-    ) -> Result<Driven, RunError> {
-        if let Err(AgentError::Call(CallError::LeaseLost { .. } | CallError::Conflict { .. })) = &result {
-            return Ok(Driven::Released);
-        }
-        for _ in 0..CHANGE_ATTEMPTS {
-            let mut run = runs.get(id).await?;
-            if run.status == RunStatus::Cancelled {
-                return Ok(Driven::Status(RunStatus::Cancelled));
-            }
-            let driven = self.apply(&mut run, &result);
-            match runs.store().update_run(&run.next_record(), lease).await {
-                Ok(()) => return Ok(driven),
-                Err(StoreError::RunConflict { .. }) => continue,
-                Err(StoreError::LeaseLost { .. }) => return Ok(Driven::Released),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(RunError::Busy(id.to_owned()))
+/// Writes where a drive left run `id`, fenced by the session's lease, unless it was
+/// cancelled meanwhile (a cancel is never overwritten).
+pub(super) async fn record(
+    config: &WorkerConfig,
+    runs: &Runs,
+    id: &str,
+    result: &Result<AgentOutcome, AgentError>,
+    lease: Option<u64>,
+) -> Result<Driven, RunError> {
+    if let Err(AgentError::Call(CallError::LeaseLost { .. } | CallError::Conflict { .. })) = result {
+        return Ok(Driven::Released);
     }
-
-    fn apply(&self, run: &mut Run, result: &Result<AgentOutcome, AgentError>) -> Driven {
-        let now = timestamp_ms();
-        let outcome = match result {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                run.body.failed_attempts += 1;
-                run.body.last_error = Some(error.to_string());
-                if is_permanent(error) || run.body.failed_attempts >= self.config.max_failed_attempts {
-                    run.status = RunStatus::Failed;
-                    run.ready_at_ms = None;
-                    run.body.outcome =
-                        Some(format!("gave up after {} failed drives: {error}", run.body.failed_attempts));
-                    return Driven::Status(RunStatus::Failed);
-                }
-                let delay = self.config.retry_after.saturating_mul(1 << (run.body.failed_attempts - 1).min(16));
-                run.status = RunStatus::Running;
-                run.ready_at_ms = Some(now.saturating_add(delay.as_millis() as i64));
-                return Driven::Released;
-            }
-        };
-        run.body.failed_attempts = 0;
-        run.body.last_error = None;
-        run.body.steps = outcome.last_step;
-        run.body.signals.retain(|s| !outcome.consumed_signals.contains(&s.id));
-        run.body.waiting = None;
-        let (status, ready) = match &outcome.stop {
-            Stop::Answer(answer) => {
-                run.body.outcome = Some(answer.clone());
-                (RunStatus::Done, None)
-            }
-            stop @ (Stop::TurnLimit { .. } | Stop::Budget { .. }) => {
-                run.body.outcome = Some(stop.to_string());
-                (RunStatus::Failed, None)
-            }
-            // Asked to stop by the drain, not by a cancel (that one is never overwritten):
-            // hand it back for another worker.
-            Stop::Cancelled => {
-                run.status = RunStatus::Running;
-                run.ready_at_ms = Some(now);
-                return Driven::Released;
-            }
-            Stop::Waiting(waiting) => {
-                let arrived = match &waiting.wait {
-                    Wait::Approval { .. } => run.body.decisions.contains_key(&waiting.step),
-                    Wait::Event { name, .. } => run.body.signals.iter().any(|s| s.name == *name),
-                    Wait::Timer { .. } | Wait::Retry { .. } => false,
-                };
-                run.body.waiting = Some(waiting.clone());
-                match arrived {
-                    // What it waits for came while it was being driven.
-                    true => (RunStatus::Running, Some(now)),
-                    false => (RunStatus::Waiting, waiting.wait.ready_at_ms()),
-                }
-            }
-        };
-        run.status = status;
-        run.ready_at_ms = ready;
-        match status {
-            RunStatus::Running => Driven::Released,
-            status => Driven::Status(status),
+    for _ in 0..CHANGE_ATTEMPTS {
+        let mut run = runs.get(id).await?;
+        if run.status == RunStatus::Cancelled {
+            return Ok(Driven::Status(RunStatus::Cancelled));
         }
+        let driven = apply(config, &mut run, result);
+        match runs.store().update_run(&run.next_record(), lease).await {
+            Ok(()) => return Ok(driven),
+            Err(StoreError::RunConflict { .. }) => continue,
+            Err(StoreError::LeaseLost { .. }) => return Ok(Driven::Released),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(RunError::Busy(id.to_owned()))
+}
+
+/// Sets `run`'s status, wait and outcome from what its drive came back with.
+fn apply(config: &WorkerConfig, run: &mut Run, result: &Result<AgentOutcome, AgentError>) -> Driven {
+    let now = timestamp_ms();
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            run.body.failed_attempts += 1;
+            run.body.last_error = Some(error.to_string());
+            if is_permanent(error) || run.body.failed_attempts >= config.max_failed_attempts {
+                run.status = RunStatus::Failed;
+                run.ready_at_ms = None;
+                run.body.outcome = Some(format!("gave up after {} failed drives: {error}", run.body.failed_attempts));
+                return Driven::Status(RunStatus::Failed);
+            }
+            let delay = config.retry_after.saturating_mul(1 << (run.body.failed_attempts - 1).min(16));
+            run.status = RunStatus::Running;
+            run.ready_at_ms = Some(now.saturating_add(delay.as_millis() as i64));
+            return Driven::Released;
+        }
+    };
+    run.body.failed_attempts = 0;
+    run.body.last_error = None;
+    run.body.steps = outcome.last_step;
+    run.body.signals.retain(|s| !outcome.consumed_signals.contains(&s.id));
+    run.body.waiting = None;
+    let (status, ready) = match &outcome.stop {
+        Stop::Answer(answer) => {
+            run.body.outcome = Some(answer.clone());
+            (RunStatus::Done, None)
+        }
+        stop @ (Stop::TurnLimit { .. } | Stop::Budget { .. }) => {
+            run.body.outcome = Some(stop.to_string());
+            (RunStatus::Failed, None)
+        }
+        // Asked to stop by the drain, not by a cancel (that one is never overwritten):
+        // hand it back for another worker.
+        Stop::Cancelled => {
+            run.status = RunStatus::Running;
+            run.ready_at_ms = Some(now);
+            return Driven::Released;
+        }
+        Stop::Waiting(waiting) => {
+            let arrived = match &waiting.wait {
+                Wait::Approval { .. } => run.body.decisions.contains_key(&waiting.step),
+                Wait::Event { name, .. } => run.body.signals.iter().any(|s| s.name == *name),
+                Wait::Timer { .. } | Wait::Retry { .. } => false,
+            };
+            run.body.waiting = Some(waiting.clone());
+            match arrived {
+                // What it waits for came while it was being driven.
+                true => (RunStatus::Running, Some(now)),
+                false => (RunStatus::Waiting, waiting.wait.ready_at_ms()),
+            }
+        }
+    };
+    run.status = status;
+    run.ready_at_ms = ready;
+    match status {
+        RunStatus::Running => Driven::Released,
+        status => Driven::Status(status),
     }
 }
 
@@ -326,7 +335,7 @@ fn count(stats: &mut WorkerStats, done: Result<Result<Driven, RunError>, tokio::
 }
 
 /// Raises `stop` once run `id` is cancelled, looking every `every`.
-async fn watch_for_cancel(runs: Runs, id: String, stop: Arc<AtomicBool>, every: Duration) {
+pub(super) async fn watch_for_cancel(runs: Runs, id: String, stop: Arc<AtomicBool>, every: Duration) {
     let mut ticks = tokio::time::interval(every.max(Duration::from_millis(50)));
     loop {
         ticks.tick().await;

@@ -643,7 +643,12 @@ impl Store for MemoryStore {
 
     async fn next_ready_at(&self, agents: &[String]) -> Result<Option<i64>, StoreError> {
         let inner = self.lock();
-        Ok(inner.runs.values().filter(|r| agents.contains(&r.agent)).filter_map(|r| r.ready_at_ms).min())
+        let claimable_from = |run: &RunRecord| {
+            let ready = run.ready_at_ms?;
+            let leased = inner.sessions.get(&run.id).filter(|s| s.lease_holder.is_some()).map(|s| s.lease_expires_ms);
+            Some(leased.map_or(ready, |expires| ready.max(expires)))
+        };
+        Ok(inner.runs.values().filter(|r| agents.contains(&r.agent)).filter_map(claimable_from).min())
     }
 
     async fn wait_for_runs(&self, timeout: std::time::Duration) {

@@ -348,8 +348,9 @@ pub trait Store: Send + Sync + 'static {
         ttl: std::time::Duration,
         limit: usize,
     ) -> Result<Vec<Lease>, StoreError>;
-    /// The earliest `ready_at_ms` among runs of `agents`, claimable or not yet: when a worker
-    /// with nothing to do has to look again at the latest.
+    /// The earliest time a run of `agents` becomes claimable: its `ready_at_ms`, or the
+    /// expiry of its session's lease when one is held past that (a run being driven, or one
+    /// a killed worker left). When a worker with nothing to do has to look again at the latest.
     async fn next_ready_at(&self, agents: &[String]) -> Result<Option<i64>, StoreError>;
     /// Waits until a run may have become ready (created, decided, signalled, released) or
     /// `timeout` passes. The default just sleeps; stores that can be told override it.

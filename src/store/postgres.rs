@@ -1103,7 +1103,12 @@ impl Store for PostgresStore {
     async fn next_ready_at(&self, agents: &[String]) -> Result<Option<i64>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_one("SELECT MIN(ready_at_ms) FROM runs WHERE agent = ANY($1)", &[&agents])
+            .query_one(
+                "SELECT MIN(CASE WHEN s.lease_holder IS NOT NULL AND s.lease_expires_ms > r.ready_at_ms
+                                 THEN s.lease_expires_ms ELSE r.ready_at_ms END)
+                 FROM runs r JOIN sessions s ON s.id = r.session WHERE r.agent = ANY($1)",
+                &[&agents],
+            )
             .await
             .map_err(pg_error)?;
         Ok(row.get(0))

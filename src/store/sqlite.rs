@@ -1350,7 +1350,10 @@ impl SqliteStore {
         let agents = serde_json::to_string(agents).map_err(backend)?;
         self.read(move |conn| {
             conn.query_row(
-                "SELECT MIN(ready_at_ms) FROM runs WHERE agent IN (SELECT value FROM json_each(?1))",
+                "SELECT MIN(CASE WHEN s.lease_holder IS NOT NULL AND s.lease_expires_ms > r.ready_at_ms
+                                 THEN s.lease_expires_ms ELSE r.ready_at_ms END)
+                 FROM runs r JOIN sessions s ON s.id = r.session
+                 WHERE r.agent IN (SELECT value FROM json_each(?1))",
                 [agents],
                 |r| r.get(0),
             )

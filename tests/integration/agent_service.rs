@@ -143,6 +143,7 @@ async fn the_service_maps_errors_runs_agents_and_survives_a_restart() {
         post(&client, format!("{base}/sessions/{run}/agent"), json!({"goal": "What is 17 * 23?"})).await;
     assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!((&out["answer"], &out["tool_calls"], &out["turns"]), (&json!("391"), &json!(1), &json!(2)), "{out}");
+    assert_eq!(out["status"], "done", "the run has its record: {out}");
     assert_eq!(requests.load(Ordering::SeqCst), 2);
     // A finished run answers again from its steps, without asking the model.
     let (status, again) = post(&client, format!("{base}/sessions/{run}/agent"), json!({"goal": "ignored"})).await;

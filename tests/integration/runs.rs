@@ -305,8 +305,53 @@ async fn sigterm_drains_a_worker_and_hands_its_runs_back(db: &TestStore) {
     assert_each_request_executed_once(&log);
 }
 
+/// `toolhost run` keeps a run record like a worker's: `runs list|show` show it; a run that
+/// asks for approval is left waiting (exit 3), approved from the command line and finished
+/// by `run --resume`; a sleeping run is woken in the same process; a cancelled one is refused.
+async fn toolhost_run_keeps_a_run_record(db: &TestStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (url, log) = start_model();
+    let agent = agent_file(dir.path(), &url);
+    let agent_arg = agent.to_str().unwrap();
+    let done = cli_ok(&db.url, &cache, &["run", agent_arg, "--session", "plain"]);
+    assert!(done.contains("final answer: result: {\"value\":4.0}"), "{done}");
+    let listed: Value = serde_json::from_str(&cli_ok(&db.url, &cache, &["runs", "list", "--json"])).unwrap();
+    let plain = &listed.as_array().unwrap()[0];
+    assert_eq!((&plain["id"], &plain["agent"], &plain["status"]), (&json!("plain"), &json!("calc"), &json!("done")));
+    assert_eq!(plain["steps"], 10, "{plain}");
+    assert!(cli_ok(&db.url, &cache, &["runs", "show", "plain"]).contains("status   done"));
+
+    let asked = cli(&db.url, &cache, &["run", agent_arg, "--session", "ask", "--goal", "approve"]);
+    let stdout = String::from_utf8_lossy(&asked.stdout);
+    assert_eq!(asked.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("run ask is waiting"), "{stdout}");
+    assert!(cli_ok(&db.url, &cache, &["runs", "list", "--status", "waiting"]).contains("ask"));
+    cli_ok(&db.url, &cache, &["runs", "approve", "ask", "--by", "carol"]);
+    let resumed = cli_ok(&db.url, &cache, &["run", agent_arg, "--resume", "ask"]);
+    assert!(resumed.contains("final answer: result: {\"value\":42.0}"), "{resumed}");
+    let store = db.open().await;
+    let runs = Runs::new(store.clone());
+    assert_eq!(runs.get("ask").await.unwrap().status, RunStatus::Done);
+    assert_eq!(actors(store.as_ref(), "ask").await, fleet_script("approve").0);
+
+    let started = Instant::now();
+    let woke = cli_ok(&db.url, &cache, &["run", agent_arg, "--session", "nap", "--goal", "sleep 1"]);
+    assert!(started.elapsed() >= Duration::from_secs(1) && woke.contains("woke_at"), "{woke}");
+    assert_eq!(runs.get("nap").await.unwrap().status, RunStatus::Done);
+
+    let asked = cli(&db.url, &cache, &["run", agent_arg, "--session", "no", "--goal", "approve"]);
+    assert_eq!(asked.status.code(), Some(3));
+    cli_ok(&db.url, &cache, &["runs", "cancel", "no"]);
+    let refused = cli(&db.url, &cache, &["run", agent_arg, "--resume", "no"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("cancelled"));
+    assert_eq!(actors(store.as_ref(), "no").await.len(), 3, "a cancelled run took a step");
+    assert_each_request_executed_once(&log);
+}
+
 on_both_backends!(
     an_approval_survives_a_restart_of_everything,
+    toolhost_run_keeps_a_run_record,
     a_timer_fires_after_a_restart_within_tolerance,
     sigterm_drains_a_worker_and_hands_its_runs_back
 );
@@ -471,9 +516,35 @@ async fn a_tool_asks_for_a_delayed_retry() {
     assert_each_request_executed_once(&log);
 }
 
-/// Several worker processes on Postgres, SIGKILLed at random and restarted, while runs of
-/// five model turns (and some sleeping a second) go through them: every run ends done, each
-/// model request was executed once, every run has exactly its steps.
+/// What a fleet run's goal makes it do: its steps, in order, and its model requests.
+fn fleet_script(goal: &str) -> (&'static [&'static str], usize) {
+    const STEPS: &[&str] = &[
+        "agent.goal",
+        "agent.model",
+        "calculator",
+        "agent.model",
+        "calculator",
+        "agent.model",
+        "calculator",
+        "agent.model",
+        "calculator",
+        "agent.model",
+    ];
+    const APPROVE: &[&str] =
+        &["agent.goal", "agent.model", "agent.wait", "agent.resolved", "calculator", "agent.model"];
+    const SLEEP: &[&str] = &["agent.goal", "agent.model", "agent.wait", "agent.resolved", "agent.model"];
+    match goal.split_whitespace().next() {
+        Some("steps") => (STEPS, 5),
+        Some("approve") => (APPROVE, 2),
+        _ => (SLEEP, 2),
+    }
+}
+
+/// Issue #18's fleet: three worker processes on Postgres, 200 runs of five model turns, or
+/// an approval, or a 2-3 s timer, workers SIGKILLed at random and restarted: every run ends
+/// done with exactly its steps (none committed twice), each model request was executed once
+/// (a request sent again after a kill is the same request under the same key), every
+/// approval decision appears once in its run's steps, and no timer fired early.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_killed_at_random_finish_every_run_once() {
     let Some(db) = TestStore::postgres().await else { return };
@@ -486,66 +557,95 @@ async fn workers_killed_at_random_finish_every_run_once() {
     // Creating runs needs only a host on the store.
     let host =
         Host::with_store(HostConfig { engine: engine_config(), ..HostConfig::default() }, store.clone()).unwrap();
-    const RUNS: usize = 60;
+    const RUNS: usize = 200;
+    const KILLS: usize = 16;
     let goal_of = |i: usize| match i {
-        i if i % 5 == 0 => "sleep 1",
-        i if i % 7 == 3 => "approve",
-        _ => "steps",
+        i if i % 5 == 0 => format!("sleep {}", 2 + i % 2),
+        i if i % 7 == 3 => "approve".to_owned(),
+        _ => "steps".to_owned(),
     };
     for i in 0..RUNS {
         runs.create(&host, Some(format!("fleet-{i}")), "calc", Goal::new(goal_of(i))).await.unwrap();
     }
     let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&db.url, &cache, &agent)).collect();
     let mut random = 0x9e37_79b9_7f4a_7c15u64;
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(150);
     let mut kills = 0;
+    let mut approved = std::collections::BTreeSet::new();
     loop {
         let listed = runs.list(None).await.unwrap();
         // A person approves what waits for approval, as workers die around them.
         for run in listed.iter().filter(|r| awaits("approval")(r)) {
             runs.approve(&run.id, None, "fleet-reviewer").await.unwrap();
+            assert!(approved.insert(run.id.clone()), "{} asked for approval twice", run.id);
         }
         let left = listed.iter().filter(|r| !r.status.is_final()).count();
         if left == 0 {
             break;
         }
         assert!(Instant::now() < deadline, "{left} runs still not ended");
-        tokio::time::sleep(Duration::from_millis(300 + crate::crash::next_random(&mut random) % 1200)).await;
-        if kills < 8 {
+        tokio::time::sleep(Duration::from_millis(100 + crate::crash::next_random(&mut random) % 400)).await;
+        if kills < KILLS {
             let victim = (crate::crash::next_random(&mut random) % workers.len() as u64) as usize;
             kill(workers.remove(victim));
             kills += 1;
             workers.push(spawn_worker(&db.url, &cache, &agent));
         }
     }
+    let took = started.elapsed();
     for worker in workers {
         kill(worker);
     }
+    // The timers alone keep the fleet busy for 2-3 s: kills land while runs are in flight.
+    assert!(kills >= 5, "only {kills} workers were killed in {took:?}");
     let mut expected_requests = 0;
-    for run in runs.list(None).await.unwrap() {
+    let all = runs.list(None).await.unwrap();
+    assert_eq!(all.len(), RUNS);
+    for run in all {
         assert_eq!(run.status, RunStatus::Done, "{run:?}");
-        let steps = actors(store.as_ref(), &run.id).await;
-        let (expected, requests) = match run.body.goal.text.as_str() {
-            "steps" => (10, 5),
-            "approve" => (6, 2),
-            _ => (5, 2),
-        };
+        let steps = store.steps(&run.id, None, 0).await.unwrap();
+        let actors: Vec<&str> = steps.iter().map(|s| s.tool.as_str()).collect();
+        let (expected, requests) = fleet_script(&run.body.goal.text);
         expected_requests += requests;
-        assert_eq!(steps.len(), expected, "{}: {steps:?}", run.id);
-        if run.body.goal.text == "approve" {
-            let decided = steps.iter().filter(|t| *t == "agent.resolved").count();
-            let audited = store.audit_events(Some(&run.id)).await.unwrap();
-            let audited = audited.iter().filter(|e| e.capability == "approval").count();
-            assert_eq!((decided, audited), (1, 1), "{}: the decision must appear once", run.id);
+        assert_eq!(actors, expected, "{}: a step missing or committed twice", run.id);
+        assert!(steps.iter().enumerate().all(|(i, s)| s.seq == i as u64 + 1), "{}: steps out of order", run.id);
+        let resolved = steps.iter().find(|s| s.tool == "agent.resolved").map(|s| {
+            let input: Value = serde_json::from_str(&s.input).unwrap();
+            input["resolution"].clone()
+        });
+        match run.body.goal.text.split_whitespace().next() {
+            Some("approve") => {
+                let decision = &resolved.unwrap()["decision"];
+                assert_eq!((&decision["decision"], &decision["by"]), (&json!("approve"), &json!("fleet-reviewer")));
+                let audited = store.audit_events(Some(&run.id)).await.unwrap();
+                let audited = audited.iter().filter(|e| e.capability == "approval").count();
+                assert_eq!(audited, 1, "{}: the decision must be audited once", run.id);
+                assert!(approved.contains(&run.id));
+            }
+            Some("sleep") => {
+                let wait: Value = serde_json::from_str(&steps[2].input).unwrap();
+                let until = wait["wait"]["until_ms"].as_i64().unwrap();
+                let fired = resolved.unwrap()["at_ms"].as_i64().unwrap();
+                assert!(fired >= until, "{}: the timer fired {} ms early", run.id, until - fired);
+            }
+            _ => assert!(resolved.is_none()),
         }
     }
-    // One request per committed model turn: none was made again under a new step. A kill
-    // between a response and its commit re-sends it under the same idempotency key, which a
-    // provider answers from its cache (counted here as a redelivery, not an execution).
+    // One execution per committed model turn: no request was made again under a new step.
+    // A kill between a response and its commit re-sends it under the same idempotency key,
+    // which a provider answers from its cache; that it is the same request shows here.
     let log = log.lock().unwrap();
-    assert_eq!(log.executions.len(), expected_requests);
+    assert_eq!(log.executions.len(), expected_requests, "a model request was made for a step never committed");
+    let mut first: HashMap<&str, &Value> = HashMap::new();
+    for (key, request) in &log.requests {
+        let seen = first.entry(key).or_insert(request);
+        assert_eq!(seen["messages"], request["messages"], "key {key} was sent with a different request");
+    }
     let redelivered = log.executions.values().filter(|n| **n > 1).count();
-    eprintln!("{kills} workers killed; {redelivered} model requests redelivered under their key");
+    eprintln!(
+        "{RUNS} runs in {took:.1?}; {kills} workers killed; {redelivered} model requests redelivered under their key"
+    );
 }
 
 fn record(id: &str, ready_at_ms: Option<i64>) -> toolhost::store::RunRecord {
@@ -626,9 +726,15 @@ async fn the_store_keeps_the_runs_contract(store: Arc<dyn Store>) {
     run.version += 1;
     assert!(matches!(store.update_run(&run, Some(lease.token)).await, Err(StoreError::LeaseLost { .. })));
     assert_eq!(store.run("r1").await.unwrap().unwrap().version, run.version - 1, "the fenced write left no trace");
+    // Every ready run is leased: none is claimable before a lease expires, so an idle worker
+    // sleeps until then instead of polling.
+    let next = store.next_ready_at(&["calc".into()]).await.unwrap().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!(next > now + 20_000, "claimable at {next}, now is {now}");
+    // A released lease makes its run claimable from its ready time.
+    store.release_lease("r2", claimed.iter().find(|l| l.session == "r2").unwrap().token).await.unwrap();
     assert_eq!(store.next_ready_at(&["calc".into()]).await.unwrap(), Some(0));
     // A deleted session takes its run with it.
-    store.release_lease("r2", claimed.iter().find(|l| l.session == "r2").unwrap().token).await.unwrap();
     assert!(store.delete_session("r2", None).await.unwrap());
     assert!(store.run("r2").await.unwrap().is_none());
 }
