@@ -26,7 +26,7 @@ use super::{
     StateWrite, StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot, timestamp_ms,
 };
 use super::{RunRecord, RunStatus, runs::check_version};
-use crate::capability::workspace::{Manifest, manifest_at};
+use crate::contract::workspace::{Manifest, manifest_at};
 
 type ChunkHash = [u8; 32];
 
