@@ -1147,7 +1147,8 @@ impl Store for PostgresStore {
         // One statement: the version check and the write are atomic without a transaction.
         let updated = client
             .execute(
-                "UPDATE tasks SET version = $2, updated_at_ms = $3, body = $4 WHERE id = $1 AND version = $2 - 1",
+                "UPDATE tasks SET version = $2::bigint, updated_at_ms = $3, body = $4
+                 WHERE id = $1 AND version = $2::bigint - 1",
                 &[&task.id, &(task.version as i64), &task.updated_at_ms, &task.body],
             )
             .await

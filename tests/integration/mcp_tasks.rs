@@ -266,3 +266,23 @@ async fn an_approval_asked_over_mcp_lets_the_run_finish_and_a_denial_reaches_the
     drop(stop);
     worker.await.unwrap().unwrap();
 }
+
+/// The `tasks` table: created once, read back, changed only from the version it replaces.
+async fn task_rows_are_compare_and_set(db: &crate::backends::TestStore) {
+    use toolhost::store::{StoreError, TaskRecord};
+    let store = toolhost::store::open(&db.url).await.unwrap();
+    let task = TaskRecord { id: "t1".into(), version: 1, created_at_ms: 5, updated_at_ms: 5, body: "{}".into() };
+    store.create_task(&task).await.unwrap();
+    assert!(matches!(store.create_task(&task).await, Err(StoreError::TaskExists(_))));
+    assert_eq!(store.task("t1").await.unwrap().as_ref(), Some(&task));
+    assert_eq!(store.task("t2").await.unwrap(), None);
+    let next = TaskRecord { version: 2, updated_at_ms: 9, body: "{\"a\":1}".into(), ..task.clone() };
+    store.update_task(&next).await.unwrap();
+    // A writer that read version 1 too loses.
+    assert!(matches!(store.update_task(&next).await, Err(StoreError::TaskConflict { found: 2, .. })));
+    let missing = TaskRecord { id: "t2".into(), ..next.clone() };
+    assert!(matches!(store.update_task(&missing).await, Err(StoreError::TaskNotFound(_))));
+    assert_eq!(store.task("t1").await.unwrap(), Some(next));
+}
+
+crate::backends::on_both_backends!(task_rows_are_compare_and_set);
