@@ -1,18 +1,28 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use toolhost::Policy;
-use toolhost::mcp::{HttpOptions, McpLimits, McpServer};
+use toolhost::mcp::{HttpOptions, McpAgent, McpLimits, McpServer};
+use toolhost::run::{Worker, WorkerConfig};
 
 use super::CliHostConfig;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Tool components (.wasm) or folders of them; repeat or separate with commas
-    #[arg(long, required = true, value_delimiter = ',')]
+    #[arg(long, required_unless_present = "agents", value_delimiter = ',')]
     tools: Vec<PathBuf>,
+    /// Also serve this agent (an agent file, as `toolhost worker` takes) as a tool whose call
+    /// starts a durable run of it, driven by a worker in this process (and by any
+    /// `toolhost worker` on the same store); repeat for more
+    #[arg(long = "agent", value_name = "AGENT.toml")]
+    agents: Vec<PathBuf>,
+    /// Runs the in-process worker drives at once (with --agent)
+    #[arg(long, default_value_t = 8)]
+    max_runs: usize,
     /// The policy file (TOML, see examples/policy.toml) that grants the tools their
     /// capabilities; without it and without --grant-requested every tool is granted nothing
     #[arg(long, env = "TOOLHOST_POLICY", conflicts_with = "grant_requested")]
@@ -54,6 +64,14 @@ pub struct Args {
     /// another server on a shared store can serve their handles
     #[arg(long, default_value_t = 300)]
     idle_session_secs: u64,
+    /// A call from a client that takes tasks (MCP 2026-07-28 Tasks extension) still running
+    /// after this many milliseconds becomes a task the client polls (0: never)
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    task_after_ms: u64,
+    /// How long a task's server holds it without renewing; a task whose server died is
+    /// taken over by the first poll after this
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    task_lease_ms: u64,
     /// Tool instances kept alive across all sessions; past it the least recently used idle
     /// one is hibernated (its session stays open and rebuilds on its next call)
     /// [default: enough for every live session]
@@ -100,6 +118,8 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         max_message_bytes: args.max_message_bytes,
         idle_session_timeout: (args.idle_session_secs > 0)
             .then(|| std::time::Duration::from_secs(args.idle_session_secs)),
+        task_after: (args.task_after_ms > 0).then(|| std::time::Duration::from_millis(args.task_after_ms)),
+        task_lease: std::time::Duration::from_millis(args.task_lease_ms.max(300)),
     };
     let files = tool_files(&args.tools)?;
     // Each live session holds an instance per tool it used; leave room for them all.
@@ -119,7 +139,14 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         let every = (older_than / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600));
         host.spawn_pruning(older_than, every);
     }
-    let server = McpServer::new(host, tools, limits)?;
+    let (agents, worker) = agents(&config, &args.agents, &host, args.max_runs).await?;
+    let server = McpServer::new(host, tools, limits)?.with_agents(agents)?;
+    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = worker.map(|w| {
+        tokio::spawn(Arc::new(w).run_until(async move {
+            let _ = worker_stopped.await;
+        }))
+    });
 
     match args.http {
         None => {
@@ -150,7 +177,34 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
             http.wait().await?;
         }
     }
+    // Drains the worker: runs in flight stop before their next step and are handed back.
+    drop(stop_worker);
+    if let Some(worker) = worker {
+        worker.await.context("the worker failed")??;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The agents `paths` name, each as an MCP tool, and the worker that drives their runs.
+async fn agents(
+    config: &CliHostConfig,
+    paths: &[PathBuf],
+    host: &toolhost::Host,
+    max_runs: usize,
+) -> anyhow::Result<(Vec<McpAgent>, Option<Worker>)> {
+    if paths.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let leases = toolhost::LeaseConfig::default();
+    let mut worker = Worker::new(WorkerConfig { max_runs, ..WorkerConfig::default() });
+    let mut agents = Vec::new();
+    for path in paths {
+        let (name, agent_host, agent) = super::worker::load_agent(config, path, host.store(), &leases).await?;
+        let description = format!("The `{name}` agent ({}).", path.display());
+        agents.push(McpAgent { name: name.clone(), description, host: agent_host.clone() });
+        worker = worker.with_agent(name, agent_host, Arc::new(agent));
+    }
+    Ok((agents, Some(worker)))
 }
 
 async fn shutdown_signal() {

@@ -52,33 +52,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
     };
     let mut worker = Worker::new(worker_config);
     for path in &args.agents {
-        let name = agent_name(path)?;
-        let file = AgentFile::load(path)?;
-        if file.local_model {
-            anyhow::bail!(
-                "{}: a worker does not start the local model; serve it and name it in [models]",
-                path.display()
-            );
-        }
-        let policy = match &file.policy {
-            Some(p) => Policy::load(p).with_context(|| format!("loading the policy {}", p.display()))?,
-            None => Policy::deny_all(),
-        };
-        let router = ModelRouter::from_config(&file.models).context("the agent file's model configuration")?;
-        let mut host_config = HostConfig {
-            engine: config.engine.clone(),
-            policy,
-            models: Some(Arc::new(router)),
-            leases: Some(leases.clone()),
-            ..HostConfig::default()
-        };
-        host_config.instances.live = config.live_instances;
-        let host = Host::with_store(host_config, store.clone())?;
-        let mut tools = Vec::new();
-        for tool in &file.tools {
-            tools.push(host.load_tool(tool).await?);
-        }
-        let agent = Agent::new(&host, file.agent, tools)?;
+        let (name, host, agent) = load_agent(config, path, store.clone(), &leases).await?;
         worker = worker.with_agent(name, host, Arc::new(agent));
     }
     eprintln!("worker {} on {url}: {} runs at most", leases.holder, args.max_runs);
@@ -88,6 +62,41 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         stats.drives, stats.ended, stats.suspended, stats.released, stats.errors
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The agent in `path` (named after the file), on a host of its own over `store` that
+/// leases the sessions it runs with `leases`, as a worker needs.
+pub async fn load_agent(
+    config: &CliHostConfig,
+    path: &Path,
+    store: Arc<dyn toolhost::Store>,
+    leases: &LeaseConfig,
+) -> anyhow::Result<(String, Host, Agent)> {
+    let name = agent_name(path)?;
+    let file = AgentFile::load(path)?;
+    if file.local_model {
+        anyhow::bail!("{}: a worker does not start the local model; serve it and name it in [models]", path.display());
+    }
+    let policy = match &file.policy {
+        Some(p) => Policy::load(p).with_context(|| format!("loading the policy {}", p.display()))?,
+        None => Policy::deny_all(),
+    };
+    let router = ModelRouter::from_config(&file.models).context("the agent file's model configuration")?;
+    let mut host_config = HostConfig {
+        engine: config.engine.clone(),
+        policy,
+        models: Some(Arc::new(router)),
+        leases: Some(leases.clone()),
+        ..HostConfig::default()
+    };
+    host_config.instances.live = config.live_instances;
+    let host = Host::with_store(host_config, store)?;
+    let mut tools = Vec::new();
+    for tool in &file.tools {
+        tools.push(host.load_tool(tool).await?);
+    }
+    let agent = Agent::new(&host, file.agent, tools)?;
+    Ok((name, host, agent))
 }
 
 /// SIGTERM or Ctrl-C.

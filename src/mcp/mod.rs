@@ -17,16 +17,25 @@
 //!
 //! Failures of a call (schema violations, the tool's own errors, denials, traps, limits)
 //! are tool results with `isError`, never protocol errors or dropped connections.
+//!
+//! Tasks: a client that declares the `io.modelcontextprotocol/tasks` extension in a
+//! request's capabilities (2026-07-28) gets a task handle (`resultType: "task"`) for a call
+//! still running after [`McpLimits::task_after`], and polls it with `tasks/get`. Tasks are
+//! rows in the host's store, so a handle outlives the server: see `tasks.rs`. Other clients
+//! (all 2025-11-25 ones) get the result when the call ends, as before.
 
+mod agents;
 mod catalog;
 mod handler;
 mod http;
 mod sessions;
 mod stdio;
+mod tasks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use agents::McpAgent;
 pub use http::{HttpOptions, HttpServer};
 
 use crate::host::Host;
@@ -66,6 +75,14 @@ pub struct McpLimits {
     /// so that on a shared store another server can serve their handles); the next call on
     /// a handle reopens its session. `None`: only `max_live_sessions` closes sessions.
     pub idle_session_timeout: Option<std::time::Duration>,
+    /// A call from a client that declares the tasks extension (2026-07-28) still running
+    /// after this long becomes a task: the client gets a task handle and polls it. `None`:
+    /// calls never become tasks.
+    pub task_after: Option<std::time::Duration>,
+    /// How long a task's server holds its claim without renewing it (it renews every third
+    /// of this while the task runs). A task whose server died is taken over by the first
+    /// `tasks/get` after its claim runs out.
+    pub task_lease: std::time::Duration,
 }
 
 impl Default for McpLimits {
@@ -75,6 +92,8 @@ impl Default for McpLimits {
             max_live_sessions: 64,
             max_message_bytes: 4 << 20,
             idle_session_timeout: Some(std::time::Duration::from_secs(300)),
+            task_after: Some(std::time::Duration::from_secs(1)),
+            task_lease: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -93,13 +112,36 @@ impl McpServer {
         let share = handler::tool_share(limits.max_concurrent_calls);
         let tool_calls =
             tools.iter().map(|t| (t.name().to_owned(), Arc::new(tokio::sync::Semaphore::new(share)))).collect();
+        let tasks = tasks::TaskBoard::new(host.store(), limits.task_lease);
         let shared = handler::Shared {
             catalog: catalog::Catalog::new(tools)?,
+            tasks,
+            task_after: limits.task_after,
+            agents: std::collections::HashMap::new(),
             pool: Arc::new(sessions::SessionPool::new(host, limits.max_live_sessions, limits.idle_session_timeout)),
             calls: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls.max(1))),
             tool_calls,
         };
         Ok(Self { shared: Arc::new(shared), limits })
+    }
+
+    /// Also serves each of `agents` as a tool whose call starts a run of it (see
+    /// [`McpAgent`]); the runs are driven by [`crate::run::Worker`]s, in this process or not.
+    /// Before serving; every agent's host must share the server's store.
+    pub fn with_agents(mut self, agents: Vec<McpAgent>) -> Result<Self, McpError> {
+        let unsupported =
+            |name: &str, reason: &str| McpError::UnsupportedTool { name: name.into(), reason: reason.into() };
+        let shared = Arc::get_mut(&mut self.shared).ok_or_else(|| unsupported("*", "add agents before serving"))?;
+        for agent in agents {
+            if !Arc::ptr_eq(&agent.host.store(), &shared.pool.host().store()) {
+                return Err(unsupported(&agent.name, "the agent's host must share the server's store"));
+            }
+            if shared.catalog.get(&agent.name).is_some() || shared.agents.contains_key(&agent.name) {
+                return Err(unsupported(&agent.name, "another tool or agent has that name"));
+            }
+            shared.agents.insert(agent.name.clone(), agents::AgentEntry::new(agent));
+        }
+        Ok(self)
     }
 
     fn connection(&self) -> handler::Connection {

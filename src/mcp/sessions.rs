@@ -101,6 +101,10 @@ impl SessionPool {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
     /// Mints a new session and returns its handle.
     pub async fn create(&self) -> Result<(String, SharedSession), SessionError> {
         let session = self.host.new_session().await?;

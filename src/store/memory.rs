@@ -27,6 +27,7 @@ use super::{
 };
 use super::{RunRecord, RunStatus, runs::check_version};
 use crate::contract::workspace::{Manifest, manifest_at};
+use super::{TaskRecord, tasks::check_task_version};
 
 type ChunkHash = [u8; 32];
 
@@ -56,6 +57,7 @@ struct Inner {
     chunks: HashMap<ChunkHash, StoredChunk>,
     audit: Vec<AuditEvent>,
     runs: BTreeMap<String, RunRecord>,
+    tasks: BTreeMap<String, TaskRecord>,
 }
 
 struct StoredChunk {
@@ -653,6 +655,28 @@ impl Store for MemoryStore {
 
     async fn wait_for_runs(&self, timeout: std::time::Duration) {
         let _ = tokio::time::timeout(timeout, self.runs_changed.notified()).await;
+    }
+
+    // ---- Tasks ----
+
+    async fn create_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.tasks.contains_key(&task.id) {
+            return Err(StoreError::TaskExists(task.id.clone()));
+        }
+        inner.tasks.insert(task.id.clone(), TaskRecord { version: 1, ..task.clone() });
+        Ok(())
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self.lock().tasks.get(id).cloned())
+    }
+
+    async fn update_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        check_task_version(task, inner.tasks.get(&task.id).map(|t| t.version))?;
+        inner.tasks.insert(task.id.clone(), task.clone());
+        Ok(())
     }
 }
 

@@ -17,6 +17,7 @@ mod postgres;
 mod runs;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod tasks;
 mod url;
 
 use async_trait::async_trait;
@@ -30,6 +31,7 @@ pub use postgres::PostgresStore;
 pub use runs::{RunRecord, RunStatus};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
+pub use tasks::TaskRecord;
 pub use url::{StoreUrl, open};
 
 /// Milliseconds since the Unix epoch by this host's clock, for records.
@@ -98,6 +100,13 @@ pub enum StoreError {
     /// Someone else changed the run first (a worker, or a person deciding or cancelling).
     #[error("run `{run}` is at version {found}, not {expected}: it was changed meanwhile")]
     RunConflict { run: String, expected: u64, found: u64 },
+    #[error("no task `{0}`")]
+    TaskNotFound(String),
+    #[error("task `{0}` already exists")]
+    TaskExists(String),
+    /// Someone else changed the task first (another server taking it over, a cancel).
+    #[error("task `{task}` is at version {found}, not {expected}: it was changed meanwhile")]
+    TaskConflict { task: String, expected: u64, found: u64 },
 }
 
 /// A session as stored.
@@ -357,6 +366,15 @@ pub trait Store: Send + Sync + 'static {
     async fn wait_for_runs(&self, timeout: std::time::Duration) {
         tokio::time::sleep(timeout).await;
     }
+
+    // ---- Tasks (see `tasks.rs`) ----
+
+    /// Stores a new task (version 1); fails with [`StoreError::TaskExists`] if its id is taken.
+    async fn create_task(&self, task: &TaskRecord) -> Result<(), StoreError>;
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError>;
+    /// Replaces the task whose stored version is `task.version - 1`, else fails with
+    /// [`StoreError::TaskConflict`] (or [`StoreError::TaskNotFound`]).
+    async fn update_task(&self, task: &TaskRecord) -> Result<(), StoreError>;
 }
 
 /// Whose audit events [`Store::delete_audit`] removes.

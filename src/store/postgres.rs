@@ -30,6 +30,7 @@ use super::{
 };
 use super::{RunRecord, RunStatus, runs::check_version};
 use crate::contract::workspace::{FileChange, Manifest, manifest_at};
+use super::{TaskRecord, tasks::check_task_version};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
@@ -116,6 +117,16 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     CREATE INDEX runs_ready ON runs (ready_at_ms) WHERE ready_at_ms IS NOT NULL;
+"#,
+    // Tasks (`tasks.rs`): MCP task handles, independent of sessions.
+    r#"
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        version BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        updated_at_ms BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
 "#,
 ];
 
@@ -1124,6 +1135,60 @@ impl Store for PostgresStore {
                 tokio::time::sleep(timeout).await;
             }
         }
+    }
+
+    // ---- Tasks ----
+
+    async fn create_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO tasks (id, version, created_at_ms, updated_at_ms, body) VALUES ($1, 1, $2, $3, $4)
+                 ON CONFLICT (id) DO NOTHING",
+                &[&task.id, &task.created_at_ms, &task.updated_at_ms, &task.body],
+            )
+            .await
+            .map_err(pg_error)?;
+        if inserted == 0 { Err(StoreError::TaskExists(task.id.clone())) } else { Ok(()) }
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT id, version, created_at_ms, updated_at_ms, body FROM tasks WHERE id = $1", &[&id])
+            .await
+            .map_err(pg_error)?;
+        Ok(row.map(|r| TaskRecord {
+            id: r.get(0),
+            version: r.get::<_, i64>(1) as u64,
+            created_at_ms: r.get(2),
+            updated_at_ms: r.get(3),
+            body: r.get(4),
+        }))
+    }
+
+    async fn update_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        // One statement: the version check and the write are atomic without a transaction.
+        let updated = client
+            .execute(
+                "UPDATE tasks SET version = $2::bigint, updated_at_ms = $3, body = $4
+                 WHERE id = $1 AND version = $2::bigint - 1",
+                &[&task.id, &(task.version as i64), &task.updated_at_ms, &task.body],
+            )
+            .await
+            .map_err(pg_error)?;
+        if updated == 1 {
+            return Ok(());
+        }
+        let found = client
+            .query_opt("SELECT version FROM tasks WHERE id = $1", &[&task.id])
+            .await
+            .map_err(pg_error)?
+            .map(|r| r.get::<_, i64>(0) as u64);
+        check_task_version(task, found)?;
+        // Changed between the two statements: still a conflict.
+        Err(StoreError::TaskConflict { task: task.id.clone(), expected: task.version - 1, found: found.unwrap_or(0) })
     }
 }
 

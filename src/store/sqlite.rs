@@ -22,6 +22,7 @@ use super::{
 };
 use super::{RunRecord, RunStatus, runs::check_version};
 use crate::contract::workspace::{FileChange, Manifest, manifest_at};
+use super::{TaskRecord, tasks::check_task_version};
 
 /// How hard a commit tries to survive power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -120,6 +121,16 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX runs_ready ON runs (ready_at_ms) WHERE ready_at_ms IS NOT NULL;
+"#,
+    // Tasks (`tasks.rs`): MCP task handles, independent of sessions.
+    r#"
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        body TEXT NOT NULL
+    ) WITHOUT ROWID;
 "#,
 ];
 
@@ -1197,6 +1208,63 @@ impl Store for SqliteStore {
 
     async fn wait_for_runs(&self, timeout: std::time::Duration) {
         self.sqlite_wait_for_runs(timeout).await
+    }
+
+    // ---- Tasks ----
+
+    async fn create_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let task = task.clone();
+        self.write(move |conn| {
+            let inserted = conn
+                .execute(
+                    "INSERT OR IGNORE INTO tasks (id, version, created_at_ms, updated_at_ms, body)
+                     VALUES (?1, 1, ?2, ?3, ?4)",
+                    params![task.id, task.created_at_ms, task.updated_at_ms, task.body],
+                )
+                .map_err(backend)?;
+            if inserted == 0 { Err(StoreError::TaskExists(task.id)) } else { Ok(()) }
+        })
+        .await
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT id, version, created_at_ms, updated_at_ms, body FROM tasks WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(TaskRecord {
+                        id: r.get(0)?,
+                        version: r.get::<_, i64>(1)? as u64,
+                        created_at_ms: r.get(2)?,
+                        updated_at_ms: r.get(3)?,
+                        body: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn update_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let task = task.clone();
+        self.write(move |conn| {
+            let found: Option<i64> = conn
+                .query_row("SELECT version FROM tasks WHERE id = ?1", [&task.id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            check_task_version(&task, found.map(|v| v as u64))?;
+            conn.execute(
+                "UPDATE tasks SET version = ?2, updated_at_ms = ?3, body = ?4 WHERE id = ?1",
+                params![task.id, task.version as i64, task.updated_at_ms, task.body],
+            )
+            .map(drop)
+            .map_err(backend)
+        })
+        .await
     }
 }
 

@@ -22,6 +22,7 @@ mod load_errors;
 mod mcp;
 mod mcp_multihost;
 mod mcp_starvation;
+mod mcp_tasks;
 mod memory_store;
 mod model_faults;
 mod model_local;

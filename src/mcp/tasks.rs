@@ -1,0 +1,352 @@
+//! MCP Tasks (the `io.modelcontextprotocol/tasks` extension of 2026-07-28): task handles a
+//! client polls with `tasks/get`, answers with `tasks/update` and cancels with `tasks/cancel`.
+//!
+//! A task is a row in the host's store ([`TaskRecord`]), never only memory, so its handle
+//! outlives the server that minted it. Its body says what the work is ([`Work`]: a tool call
+//! in a session, or an agent run, whose own record then says where it is), how far it got
+//! ([`Progress`]), and which server instance runs it until when (`owner`, `claimed_until_ms`,
+//! renewed while it runs). A `tasks/get` of a working task whose claim ran out (its server
+//! died) takes it over: a tool call whose step committed is completed from the step's
+//! record, one that did not is run again; a run needs nothing (workers continue it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::{DetailedTask, JsonObject, Task, TaskPayload};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::store::{Store, StoreError, TaskRecord, timestamp_ms};
+
+/// How often clients are told to poll.
+pub(crate) const POLL_INTERVAL_MS: u64 = 500;
+/// How many times a change to a task is retried when someone else changed it first.
+const CHANGE_ATTEMPTS: usize = 16;
+
+/// What a task does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub(crate) enum Work {
+    /// A `tools/call` of `tool` in session `session`; `step` is the step it runs as, once it
+    /// has started (so a takeover can tell whether it committed).
+    ToolCall {
+        tool: String,
+        session: String,
+        input: JsonObject,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<u64>,
+    },
+    /// An agent run: its status is read from its record.
+    Run { run: String },
+}
+
+/// How far a task got. A run's task stays `Working` here until cancelled: its run says more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub(crate) enum Progress {
+    Working,
+    /// The `CallToolResult`, as JSON (also a tool error, `isError: true`).
+    Completed {
+        result: JsonObject,
+    },
+    /// The JSON-RPC error the call ended in.
+    Failed {
+        error: JsonObject,
+    },
+    Cancelled,
+}
+
+impl Progress {
+    fn is_terminal(&self) -> bool {
+        !matches!(self, Self::Working)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TaskBody {
+    pub work: Work,
+    pub progress: Progress,
+    /// The server instance running the work, and until when its claim holds.
+    pub owner: String,
+    pub claimed_until_ms: i64,
+    #[serde(default)]
+    pub takeovers: u32,
+}
+
+/// A task read from the store.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredTask {
+    pub id: String,
+    pub version: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub body: TaskBody,
+}
+
+impl StoredTask {
+    fn decode(record: TaskRecord) -> Result<Self, StoreError> {
+        let body = serde_json::from_str(&record.body)
+            .map_err(|e| StoreError::Corrupt(format!("task `{}`: {e}", record.id)))?;
+        Ok(Self {
+            id: record.id,
+            version: record.version,
+            created_at_ms: record.created_at_ms,
+            updated_at_ms: record.updated_at_ms,
+            body,
+        })
+    }
+
+    fn next_record(&self) -> TaskRecord {
+        TaskRecord {
+            id: self.id.clone(),
+            version: self.version + 1,
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: timestamp_ms(),
+            body: serde_json::to_string(&self.body).expect("a task body serializes"),
+        }
+    }
+
+    /// The task's base fields as MCP shows them.
+    pub fn view(&self, message: Option<String>) -> Task {
+        let mut task = Task::new(
+            self.id.clone(),
+            rmcp::model::TaskStatus::Working,
+            iso8601(self.created_at_ms),
+            iso8601(self.updated_at_ms),
+        )
+        .with_poll_interval_ms(POLL_INTERVAL_MS);
+        task.status_message = message;
+        task
+    }
+
+    /// The `tasks/get` view of a tool-call task (a run's comes from its run record).
+    pub fn detailed(&self) -> DetailedTask {
+        let payload = match &self.body.progress {
+            Progress::Working => TaskPayload::Working,
+            Progress::Completed { result } => TaskPayload::Completed { result: result.clone() },
+            Progress::Failed { error } => TaskPayload::Failed { error: error.clone() },
+            Progress::Cancelled => TaskPayload::Cancelled,
+        };
+        let message = match (&self.body.progress, &self.body.work) {
+            (Progress::Working, Work::ToolCall { tool, .. }) => Some(format!("calling {tool}")),
+            (Progress::Cancelled, _) => Some("cancelled by the client".into()),
+            _ => None,
+        };
+        DetailedTask::new(self.view(message), payload)
+    }
+}
+
+fn iso8601(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// A JSON-RPC error object, for a task that failed.
+pub(crate) fn rpc_error(code: i32, message: &str) -> JsonObject {
+    let Value::Object(error) = json!({"code": code, "message": message}) else { unreachable!() };
+    error
+}
+
+/// The tasks of one server: its store, its instance name, its claims' length.
+pub(crate) struct TaskBoard {
+    store: Arc<dyn Store>,
+    instance: String,
+    lease: Duration,
+}
+
+impl TaskBoard {
+    pub fn new(store: Arc<dyn Store>, lease: Duration) -> Self {
+        Self { store, instance: uuid::Uuid::new_v4().to_string(), lease: lease.max(Duration::from_millis(300)) }
+    }
+
+    /// How often a running task's claim is renewed.
+    pub fn renew_every(&self) -> Duration {
+        self.lease / 3
+    }
+
+    fn claim_until(&self) -> i64 {
+        timestamp_ms().saturating_add(self.lease.as_millis() as i64)
+    }
+
+    /// Stores a new working task, claimed by this server; returns once it is durable.
+    pub async fn create(&self, work: Work) -> Result<StoredTask, StoreError> {
+        let now = timestamp_ms();
+        let task = StoredTask {
+            id: uuid::Uuid::new_v4().to_string(),
+            version: 0,
+            created_at_ms: now,
+            updated_at_ms: now,
+            body: TaskBody {
+                work,
+                progress: Progress::Working,
+                owner: self.instance.clone(),
+                claimed_until_ms: self.claim_until(),
+                takeovers: 0,
+            },
+        };
+        self.store.create_task(&task.next_record()).await?;
+        Ok(StoredTask { version: 1, ..task })
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<StoredTask>, StoreError> {
+        self.store.task(id).await?.map(StoredTask::decode).transpose()
+    }
+
+    /// Reads task `id`, lets `change` edit it (it returns whether to write), and writes it
+    /// back unless someone changed it meanwhile (then again, from what they wrote). `None`:
+    /// no such task, or `change` declined.
+    async fn change(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut TaskBody) -> bool,
+    ) -> Result<Option<StoredTask>, StoreError> {
+        for _ in 0..CHANGE_ATTEMPTS {
+            let Some(mut task) = self.get(id).await? else { return Ok(None) };
+            if !change(&mut task.body) {
+                return Ok(None);
+            }
+            let record = task.next_record();
+            match self.store.update_task(&record).await {
+                Ok(()) => {
+                    return Ok(Some(StoredTask {
+                        version: record.version,
+                        updated_at_ms: record.updated_at_ms,
+                        ..task
+                    }));
+                }
+                Err(StoreError::TaskConflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Backend(format!("task `{id}` kept changing")))
+    }
+
+    fn is_mine(&self, body: &TaskBody) -> bool {
+        body.owner == self.instance && !body.progress.is_terminal()
+    }
+
+    /// Extends this server's claim on a task it runs; `false` once it is no longer ours to
+    /// finish (cancelled, or taken over after a claim ran out).
+    pub async fn renew(&self, id: &str) -> Result<bool, StoreError> {
+        let until = self.claim_until();
+        let changed = self
+            .change(id, |body| {
+                let mine = self.is_mine(body);
+                if mine {
+                    body.claimed_until_ms = until;
+                }
+                mine
+            })
+            .await?;
+        Ok(changed.is_some())
+    }
+
+    /// Records the step a tool call runs as.
+    pub async fn started(&self, id: &str, at: u64) -> Result<(), StoreError> {
+        self.change(id, |body| {
+            let mine = self.is_mine(body);
+            match &mut body.work {
+                Work::ToolCall { step, .. } if mine => {
+                    *step = Some(at);
+                    true
+                }
+                _ => false,
+            }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Ends a task this server runs; `false` if it was no longer ours (then nothing changed).
+    pub async fn finish(&self, id: &str, progress: Progress) -> Result<bool, StoreError> {
+        let changed = self
+            .change(id, |body| {
+                let mine = self.is_mine(body);
+                if mine {
+                    body.progress = progress.clone();
+                }
+                mine
+            })
+            .await?;
+        Ok(changed.is_some())
+    }
+
+    /// Cancels a task that has not ended; `None` if there is no such task.
+    pub async fn cancel(&self, id: &str) -> Result<Option<StoredTask>, StoreError> {
+        let changed = self
+            .change(id, |body| {
+                let open = !body.progress.is_terminal();
+                if open {
+                    body.progress = Progress::Cancelled;
+                }
+                open
+            })
+            .await?;
+        match changed {
+            Some(task) => Ok(Some(task)),
+            None => self.get(id).await,
+        }
+    }
+
+    /// Claims a working task whose claim ran out (its server is gone) for this server;
+    /// `Some` with the task if this server won it and must now run it.
+    pub async fn take_over(&self, task: &StoredTask) -> Result<Option<StoredTask>, StoreError> {
+        if task.body.progress.is_terminal() || task.body.claimed_until_ms > timestamp_ms() {
+            return Ok(None);
+        }
+        let until = self.claim_until();
+        self.change(&task.id, |body| {
+            let orphaned = !body.progress.is_terminal() && body.claimed_until_ms <= timestamp_ms();
+            if orphaned {
+                tracing::info!(task = %task.id, previous = %body.owner, "taking over an orphaned task");
+                body.owner = self.instance.clone();
+                body.claimed_until_ms = until;
+                body.takeovers += 1;
+            }
+            orphaned
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn call() -> Work {
+        Work::ToolCall { tool: "t".into(), session: "s".into(), input: JsonObject::new(), step: None }
+    }
+
+    #[tokio::test]
+    async fn a_task_is_finished_once_by_its_owner_and_an_orphan_is_taken_over_once() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let first = TaskBoard::new(store.clone(), Duration::from_millis(300));
+        let second = TaskBoard::new(store.clone(), Duration::from_millis(300));
+        let task = first.create(call()).await.unwrap();
+        assert!(second.take_over(&task).await.unwrap().is_none(), "a live claim is not taken over");
+        first.started(&task.id, 7).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let stale = second.get(&task.id).await.unwrap().unwrap();
+        let third = TaskBoard::new(store.clone(), Duration::from_millis(300));
+        let won = second.take_over(&stale).await.unwrap().expect("an orphan is taken over");
+        assert_eq!(won.body.takeovers, 1);
+        assert!(matches!(won.body.work, Work::ToolCall { step: Some(7), .. }));
+        assert!(third.take_over(&stale).await.unwrap().is_none(), "only one server wins an orphan");
+        // The first server's late result is not written over the new owner's.
+        assert!(!first.renew(&task.id).await.unwrap());
+        assert!(!first.finish(&task.id, Progress::Cancelled).await.unwrap());
+        let result = JsonObject::new();
+        assert!(second.finish(&task.id, Progress::Completed { result }).await.unwrap());
+        let done = second.get(&task.id).await.unwrap().unwrap();
+        assert!(matches!(done.body.progress, Progress::Completed { .. }));
+        // A finished task is not cancelled.
+        assert!(matches!(second.cancel(&task.id).await.unwrap().unwrap().body.progress, Progress::Completed { .. }));
+        assert!(second.cancel("no-such-task").await.unwrap().is_none());
+        let view = serde_json::to_value(done.detailed()).unwrap();
+        assert_eq!(view["status"], "completed");
+        assert_eq!(view["taskId"], json!(task.id));
+        assert!(view["createdAt"].as_str().unwrap().ends_with('Z'), "{view}");
+    }
+}

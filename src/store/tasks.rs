@@ -1,0 +1,32 @@
+//! Tasks as store records: work a client started and polls for by id (the MCP Tasks
+//! extension's task handles), kept so that a handle outlives the server that minted it.
+//!
+//! The store indexes nothing but the id; [`crate::mcp`] reads the opaque JSON body. Every
+//! change is a compare-and-set on [`TaskRecord::version`], so two servers that both try to
+//! take over an orphaned task, or a completion racing a cancel, never overwrite each other.
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRecord {
+    /// Server-minted and unguessable: it is the bearer token for the task.
+    pub id: String,
+    /// Grows by one with every write; a write names the version it replaces.
+    pub version: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// JSON, read by [`crate::mcp`].
+    pub body: String,
+}
+
+/// Fails unless `found` is the version a write of `task` replaces.
+pub(crate) fn check_task_version(task: &TaskRecord, found: Option<u64>) -> Result<(), super::StoreError> {
+    match found {
+        None => Err(super::StoreError::TaskNotFound(task.id.clone())),
+        Some(found) if found + 1 != task.version => Err(super::StoreError::TaskConflict {
+            task: task.id.clone(),
+            expected: task.version.saturating_sub(1),
+            found,
+        }),
+        Some(_) => Ok(()),
+    }
+}
