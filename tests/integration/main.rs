@@ -38,4 +38,5 @@ mod snapshots;
 mod state;
 mod support;
 mod tools;
+mod upgrade;
 mod workspace;
