@@ -223,12 +223,12 @@ pub enum CallError {
     /// component refused the old snapshot, or replaying the old steps under it diverged.
     /// Nothing was committed: the session goes on with the old component as before.
     #[error(
-        "session `{session}` ran tool `{tool}` as sha256 {from} and cannot switch to sha256 {to} \
+        "the session ran tool `{tool}` as sha256 {from} and cannot switch to sha256 {to} \
          (on_upgrade = \"{policy}\"): {reason}. Nothing was committed. Go on with the old component, \
          set `on_upgrade` for `{tool}` in the policy (\"snapshot\" or \"replay\") if the new one can take \
          the session over, fork the session from before its first step of `{tool}`, or end the session"
     )]
-    UpgradeRefused { tool: String, session: String, from: String, to: String, policy: OnUpgrade, reason: String },
+    UpgradeRefused { tool: String, from: String, to: String, policy: OnUpgrade, reason: String },
 }
 
 impl CallError {
@@ -435,7 +435,6 @@ mod tests {
         assert_eq!(busy.kind().fault(), Fault::Overloaded);
         let refused = CallError::UpgradeRefused {
             tool: "notes".into(),
-            session: "s".into(),
             from: "aa".into(),
             to: "bb".into(),
             policy: OnUpgrade::Snapshot,

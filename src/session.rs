@@ -362,7 +362,8 @@ impl Session {
     }
 
     /// Starts (or rebuilds) this session's instance of `tool` now rather than on the next
-    /// call, and says how; `None` if the instance was already live.
+    /// call, and says how; `None` if the instance was already live. Meeting a new component
+    /// of a tool the session has used, it commits the upgrade (or fails as a call would).
     pub async fn prewarm(&mut self, tool: &Tool) -> Result<Option<Rebuild>, CallError> {
         let (live, rebuild) = self.check_out(tool).await?;
         self.host.live_budget().check_in(self.slots[tool.name()], live);
@@ -400,9 +401,9 @@ impl Session {
         let rebuilt = Rebuilder { record: &self.record, host: &self.host, cached }.rebuild(tool).await;
         let (instance, rebuild, upgrade) = match rebuilt {
             Ok(rebuilt) => rebuilt,
-            Err(CallError::UpgradeRefused { tool, session, from, to, policy, reason }) => {
+            Err(CallError::UpgradeRefused { tool, from, to, policy, reason }) => {
                 self.audit_upgrade(name, (&from, &to), false, reason.clone()).await;
-                return Err(CallError::UpgradeRefused { tool, session, from, to, policy, reason });
+                return Err(CallError::UpgradeRefused { tool, from, to, policy, reason });
             }
             Err(e) => return Err(e),
         };
@@ -472,8 +473,14 @@ impl Session {
                 None => budget.forget_snapshot(slot),
             }
         }
-        tracing::info!(session = %self.record.id, tool = name, step = seq, "{summary}");
-        self.audit_upgrade(name, (&digests.0, &digests.1), true, format!("{summary}; committed as step {seq}")).await;
+        tracing::info!(session = %self.record.id, tool = name, step = seq, "upgraded {summary}");
+        self.audit_upgrade(
+            name,
+            (&digests.0, &digests.1),
+            true,
+            format!("upgraded {summary}; committed as step {seq}"),
+        )
+        .await;
         Ok(())
     }
 
@@ -565,7 +572,7 @@ impl Rebuilder<'_> {
             let (instance, rebuild, _) = self.restore_and_replay(tool, previous.as_ref(), None, started).await?;
             return Ok((instance, rebuild, None));
         };
-        let upgrading = Upgrading { tool, session: &self.record.id, from, policy: tool.grants.on_upgrade };
+        let upgrading = Upgrading { tool, from, policy: tool.grants.on_upgrade };
         if upgrading.policy == OnUpgrade::Refuse {
             return Err(upgrading.refused("its policy refuses a new component in a running session".into()));
         }
@@ -800,7 +807,6 @@ impl Rebuilder<'_> {
 /// A new component of a tool taking a session over, under the tool's `on_upgrade`.
 struct Upgrading<'a> {
     tool: &'a Tool,
-    session: &'a str,
     /// The digest of the component the tool's last step ran.
     from: &'a str,
     policy: OnUpgrade,
@@ -810,7 +816,6 @@ impl Upgrading<'_> {
     fn refused(&self, reason: String) -> CallError {
         CallError::UpgradeRefused {
             tool: self.tool.name().to_owned(),
-            session: self.session.to_owned(),
             from: self.from.to_owned(),
             to: self.tool.digest().to_owned(),
             policy: self.policy,
@@ -835,7 +840,7 @@ fn describe_recorded(outcome: &StepOutcome) -> String {
     match outcome {
         StepOutcome::Output(text) => format!("output {}", truncate(text)),
         StepOutcome::Failed(failure) => format!("error `{failure}`"),
-        StepOutcome::Upgraded(upgrade) => upgrade.to_string(),
+        StepOutcome::Upgraded(upgrade) => format!("an upgrade {upgrade}"),
     }
 }
 

@@ -83,7 +83,7 @@ pub struct Upgrade {
 
 impl std::fmt::Display for Upgrade {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "upgraded {} -> {} via {}", self.from, self.to, self.via.as_str())?;
+        write!(f, "{} -> {} via {}", self.from, self.to, self.via.as_str())?;
         if let Some(seq) = self.restored_from {
             write!(f, " of step {seq}")?;
         }

@@ -288,3 +288,51 @@ async fn stateless_and_plain_tools_upgrade_without_a_snapshot(db: &TestStore) {
     let vias: Vec<(u64, UpgradeVia, u32)> = upgraded.iter().map(|(seq, _, u)| (*seq, u.via, u.replayed)).collect();
     assert_eq!(vias, [(3, UpgradeVia::Stateless, 0), (5, UpgradeVia::ReplayWithoutSnapshot, 1)]);
 }
+
+/// The `toolhost` binary on `db`, with its own compile cache.
+fn toolhost(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_toolhost"))
+        .arg("--db")
+        .arg(dir.join("sessions.db"))
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running toolhost");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "toolhost {args:?} failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+#[test]
+fn the_command_line_shows_the_policy_and_marks_the_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = (guests().notes.to_str().unwrap(), versions().v2.to_str().unwrap());
+    let digest = |path: &str| -> String {
+        let report: Value = serde_json::from_str(&toolhost(dir.path(), &["inspect", "--json", path])).unwrap();
+        report["sha256"].as_str().unwrap().to_owned()
+    };
+    let (d1, d2) = (digest(v1), digest(v2));
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[tools.notes]\non_upgrade = \"replay\"\nstate = { namespaces = { notes = \"read-write\" } }\n",
+    )
+    .unwrap();
+    let inspected = toolhost(dir.path(), &["inspect", v2, "--policy", policy.to_str().unwrap()]);
+    assert!(inspected.contains("on_upgrade: replay"), "{inspected}");
+
+    let call =
+        |tool: &str, input: &str| toolhost(dir.path(), &["call", "--grant-requested", "--session", "s", tool, input]);
+    call(v1, r#"{"op": "add", "title": "alpha", "body": "first"}"#);
+    let stats: Value = serde_json::from_str(&call(v2, r#"{"op": "stats"}"#)).unwrap();
+    assert_eq!(stats["notes"], 1);
+
+    let shown = toolhost(dir.path(), &["sessions", "show", "s"]);
+    assert!(shown.contains(&format!("UPGRADED {d1} -> {d2} via snapshot of step 1")), "{shown}");
+    let shown: Value = serde_json::from_str(&toolhost(dir.path(), &["sessions", "show", "s", "--json"])).unwrap();
+    let step = &shown["steps"][1];
+    assert_eq!((step["upgraded"]["from"].as_str(), step["upgraded"]["to"].as_str()), (Some(&*d1), Some(&*d2)));
+    assert_eq!(step["digest"].as_str(), Some(&*d2));
+}
