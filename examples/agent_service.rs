@@ -161,6 +161,7 @@ async fn show_session(
                     json!({"output": serde_json::from_str::<Value>(text).unwrap_or(Value::Null)})
                 }
                 StepOutcome::Failed(failure) => json!({"error": failure.to_string()}),
+                StepOutcome::Upgraded(upgrade) => json!({"upgraded": upgrade}),
             };
             json!({"seq": s.seq, "tool": s.tool, "input": s.input, "outcome": outcome})
         })

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::contract::OnUpgrade;
+
 /// Why a tool could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -215,6 +217,18 @@ pub enum CallError {
     /// this session handle is stale. Open the session again to continue, here or elsewhere.
     #[error("lost the lease of session `{session}`; the step was not committed: {reason}")]
     LeaseLost { tool: String, session: String, reason: String },
+
+    /// The session used another component of the tool (sha256 `from`) and could not switch
+    /// to this one (`to`) under the tool's `on_upgrade` policy: the policy refuses, the new
+    /// component refused the old snapshot, or replaying the old steps under it diverged.
+    /// Nothing was committed: the session goes on with the old component as before.
+    #[error(
+        "the session ran tool `{tool}` as sha256 {from} and cannot switch to sha256 {to} \
+         (on_upgrade = \"{policy}\"): {reason}. Nothing was committed. Go on with the old component, \
+         set `on_upgrade` for `{tool}` in the policy (\"snapshot\" or \"replay\") if the new one can take \
+         the session over, fork the session from before its first step of `{tool}`, or end the session"
+    )]
+    UpgradeRefused { tool: String, from: String, to: String, policy: OnUpgrade, reason: String },
 }
 
 impl CallError {
@@ -238,7 +252,8 @@ impl CallError {
             | Self::ReplayTooLong { tool, .. }
             | Self::Busy { tool, .. }
             | Self::Conflict { tool, .. }
-            | Self::LeaseLost { tool, .. } => tool,
+            | Self::LeaseLost { tool, .. }
+            | Self::UpgradeRefused { tool, .. } => tool,
         }
     }
 
@@ -267,6 +282,7 @@ impl CallError {
             Self::Busy { .. } => K::Busy,
             Self::Conflict { .. } => K::Conflict,
             Self::LeaseLost { .. } => K::LeaseLost,
+            Self::UpgradeRefused { .. } => K::UpgradeRefused,
         }
     }
 }
@@ -295,6 +311,7 @@ pub enum CallErrorKind {
     Busy,
     Conflict,
     LeaseLost,
+    UpgradeRefused,
 }
 
 /// Whose fault a failed call is, which says what a caller should do next.
@@ -316,7 +333,7 @@ pub enum Fault {
 
 impl CallErrorKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::InvalidInput,
         Self::ToolInvalidInput,
         Self::Denied,
@@ -337,6 +354,7 @@ impl CallErrorKind {
         Self::Busy,
         Self::Conflict,
         Self::LeaseLost,
+        Self::UpgradeRefused,
     ];
 
     /// A stable kebab-case name, as the MCP server reports it (`dev.toolhost/error`).
@@ -362,12 +380,15 @@ impl CallErrorKind {
             Self::Busy => "busy",
             Self::Conflict => "conflict",
             Self::LeaseLost => "lease-lost",
+            Self::UpgradeRefused => "upgrade-refused",
         }
     }
 
     pub fn fault(self) -> Fault {
         match self {
-            Self::Instantiate | Self::Store | Self::ReplayDiverged | Self::ReplayTooLong => Fault::Host,
+            Self::Instantiate | Self::Store | Self::ReplayDiverged | Self::ReplayTooLong | Self::UpgradeRefused => {
+                Fault::Host
+            }
             Self::Conflict | Self::LeaseLost => Fault::StaleSession,
             Self::Busy => Fault::Overloaded,
             _ => Fault::Tool,
@@ -421,5 +442,16 @@ mod tests {
         assert_eq!((denied.kind().code(), denied.kind().fault()), ("denied", Fault::Tool));
         let busy = CallError::Busy { tool: "t".into(), limit: 1, waited: Duration::ZERO };
         assert_eq!(busy.kind().fault(), Fault::Overloaded);
+        let refused = CallError::UpgradeRefused {
+            tool: "notes".into(),
+            from: "aa".into(),
+            to: "bb".into(),
+            policy: OnUpgrade::Snapshot,
+            reason: "the new component refused the snapshot".into(),
+        };
+        assert_eq!((refused.kind().code(), refused.kind().fault()), ("upgrade-refused", Fault::Host));
+        let message = refused.to_string();
+        assert!(message.contains("`notes`") && message.contains("aa") && message.contains("bb"), "{message}");
+        assert!(message.contains("on_upgrade") && message.contains("fork"), "{message}");
     }
 }

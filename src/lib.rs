@@ -41,7 +41,7 @@ pub mod tool_build;
 pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, AgentOutcome, Goal, Stop, Task, ToolCalling};
 pub use budget::{InstanceBudget, InstanceStats};
 pub use contract::http as exchange;
-pub use contract::{JournalEntry, RandomState};
+pub use contract::{JournalEntry, OnUpgrade, RandomState, Upgrade, UpgradeVia};
 pub use engine::{CacheError, CacheStatus, EngineConfig, EngineError, Limits};
 pub use error::{
     CallError, CallErrorKind, Fault, HostError, HostResource, LoadError, SessionError, ToolFailure, TrapKind,

@@ -8,19 +8,24 @@
 //! after a restart, a trap, or in a fork) is rebuilt on the next call: the latest snapshot is
 //! restored, then the tool's later steps are replayed from their journals, checking that
 //! each produces the recorded output. A tool declared stateless is never replayed.
+//!
+//! A tool whose last step in the session ran another component (another sha256) is upgraded
+//! as its policy's `on_upgrade` says, and the switch is committed as an `upgraded` step (see
+//! [`crate::contract::OnUpgrade`]); a refusal commits nothing.
 
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::budget::{Live, Slot};
+use crate::contract::{OnUpgrade, Upgrade, UpgradeVia};
 use crate::error::{CallError, ToolFailure};
 use crate::instance::{Instance, InstanceEnv};
 use crate::journal::{RandomState, StepInFlight, lock};
 use crate::lease::LeaseKeeper;
 use crate::runtime::Runtime;
 pub use crate::runtime::SnapshotPolicy;
-use crate::store::{SessionRecord, StepCommit, StepOutcome, StepRecord, StoreError};
+use crate::store::{AuditEvent, SessionRecord, StepCommit, StepOutcome, StepRecord, StoreError};
 use crate::tool::{Tool, ToolKind};
 
 /// A sequence of steps with its own instances and state. Calls take `&mut self`: a session
@@ -340,7 +345,8 @@ impl Session {
     }
 
     /// Starts (or rebuilds) this session's instance of `tool` now rather than on the next
-    /// call, and says how; `None` if the instance was already live.
+    /// call, and says how; `None` if the instance was already live. Meeting a new component
+    /// of a tool the session has used, it commits the upgrade (or fails as a call would).
     pub async fn prewarm(&mut self, tool: &Tool) -> Result<Option<Rebuild>, CallError> {
         let (live, rebuild) = self.check_out(tool).await?;
         self.runtime.instances.check_in(self.slots[tool.name()], live);
@@ -358,7 +364,7 @@ impl Session {
         };
         match budget.check_out(slot) {
             Some(live) if live.digest == tool.digest() => return Ok((live, None)),
-            // A reloaded tool: its snapshots may not suit the new component's restore.
+            // Another component of the tool: rebuilt from the store, as an upgrade.
             Some(_) => budget.forget(slot),
             None => {}
         }
@@ -375,9 +381,107 @@ impl Session {
             waited: busy.waited,
         })?;
         let cached = budget.cached_snapshot(slot).filter(|(seq, _)| *seq <= self.record.last_step);
-        let (instance, rebuild) =
-            Rebuilder { record: &self.record, runtime: &self.runtime, cached }.rebuild(tool).await?;
-        Ok((Live::new(instance, place), Some(rebuild)))
+        let rebuilt = Rebuilder { record: &self.record, runtime: &self.runtime, cached }.rebuild(tool).await;
+        let (instance, rebuild, upgrade) = match rebuilt {
+            Ok(rebuilt) => rebuilt,
+            Err(CallError::UpgradeRefused { tool, from, to, policy, reason }) => {
+                self.audit_upgrade(name, (&from, &to), false, reason.clone()).await;
+                return Err(CallError::UpgradeRefused { tool, from, to, policy, reason });
+            }
+            Err(e) => return Err(e),
+        };
+        let mut live = Live::new(instance, place);
+        if let Some(upgrade) = upgrade {
+            self.commit_upgrade(tool, &mut live, upgrade).await?;
+        }
+        Ok((live, Some(rebuild)))
+    }
+
+    /// Commits the `upgraded` step of `tool`, whose new component `live` now runs at the
+    /// session's last step, with a snapshot of it (for a stateful tool), so later rebuilds
+    /// start from the new component's own state. Audited.
+    async fn commit_upgrade(&mut self, tool: &Tool, live: &mut Live, upgrade: Upgrade) -> Result<(), CallError> {
+        let name = tool.name();
+        let engine = &self.runtime.engine;
+        let snapshot = match live.is_stateful() {
+            true => live.snapshot(engine, tool.bounds()).await?.map(Bytes::from),
+            false => None,
+        };
+        let seq = self.record.last_step + 1;
+        let input = serde_json::json!({ "upgrade": { "from": upgrade.from, "to": upgrade.to } }).to_string();
+        let summary = upgrade.to_string();
+        let digests = (upgrade.from.clone(), upgrade.to.clone());
+        let took_snapshot = snapshot.is_some();
+        let budget = &self.runtime.instances;
+        let cached = snapshot.clone().filter(|bytes| budget.caches(bytes.len()));
+        let commit = StepCommit {
+            session: self.record.id.clone(),
+            step: StepRecord {
+                seq,
+                tool: name.to_owned(),
+                digest: tool.digest().to_owned(),
+                input,
+                outcome: StepOutcome::Upgraded(upgrade),
+                journal: Vec::new(),
+                writes: Vec::new(),
+                random: live.random_state(),
+                committed_at_ms: crate::store::timestamp_ms(),
+                files: Vec::new(),
+            },
+            snapshot,
+            file_chunks: Vec::new(),
+            keep_snapshots: self.runtime.snapshots.keep,
+            lease: self.lease_token(),
+        };
+        if let Err(e) = self.runtime.store().commit_step(commit).await {
+            self.drop_instances();
+            return Err(match e {
+                StoreError::Conflict { .. } => CallError::Conflict {
+                    tool: name.to_owned(),
+                    session: self.record.id.clone(),
+                    reason: e.to_string(),
+                },
+                e @ StoreError::LeaseLost { .. } => self.lease_lost(name, e),
+                e => CallError::Store { tool: name.to_owned(), reason: e.to_string() },
+            });
+        }
+        // The commit deleted any pending journal with it.
+        self.pending_possible = false;
+        self.record.last_step = seq;
+        if took_snapshot {
+            live.steps_since_snapshot = 0;
+            let slot = self.slots[name];
+            match cached {
+                Some(bytes) => budget.cache_snapshot(slot, seq, bytes),
+                None => budget.forget_snapshot(slot),
+            }
+        }
+        tracing::info!(session = %self.record.id, tool = name, step = seq, "upgraded {summary}");
+        self.audit_upgrade(
+            name,
+            (&digests.0, &digests.1),
+            true,
+            format!("upgraded {summary}; committed as step {seq}"),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Records an upgrade of `tool` from one digest to another, or its refusal, in the audit trail.
+    async fn audit_upgrade(&self, tool: &str, (from, to): (&str, &str), allowed: bool, reason: String) {
+        let request = format!("{from} -> {to}");
+        let event = AuditEvent {
+            at_ms: crate::store::timestamp_ms(),
+            session: self.record.id.clone(),
+            tool: tool.to_owned(),
+            capability: "upgrade".into(),
+            request,
+            allowed,
+            reason,
+        };
+        if let Err(e) = self.runtime.store().record_audit(&event).await {
+            tracing::warn!(session = %self.record.id, tool, error = %e, "could not audit a tool upgrade");
+        }
     }
 
     /// Drops the instance of `tool` with everything its aborted call did.
@@ -431,16 +535,72 @@ impl Rebuilder<'_> {
 
     /// A fresh instance brought to the session's last committed step: restore the newest
     /// snapshot, then replay the tool's later steps. A tool declared stateless is only
-    /// instantiated, its random streams put where its last step left them.
-    async fn rebuild(&self, tool: &Tool) -> Result<(Instance, Rebuild), CallError> {
+    /// instantiated, its random streams put where its last step left them. When the tool's
+    /// last step ran another component, this is an upgrade, done as the tool's `on_upgrade`
+    /// says; it fails with [`CallError::UpgradeRefused`] if that cannot be done, and returns
+    /// the [`Upgrade`] to commit if it can.
+    async fn rebuild(&self, tool: &Tool) -> Result<(Instance, Rebuild, Option<Upgrade>), CallError> {
+        let name = tool.name();
+        let started = std::time::Instant::now();
+        let previous = match self.record.last_step {
+            0 => None,
+            at => self
+                .runtime
+                .store()
+                .last_step_of(&self.record.id, name, at)
+                .await
+                .map_err(|e| CallError::Store { tool: name.to_owned(), reason: e.to_string() })?,
+        };
+        let Some(from) = previous.as_ref().map(|s| s.digest.as_str()).filter(|d| *d != tool.digest()) else {
+            let (instance, rebuild, _) = self.restore_and_replay(tool, previous.as_ref(), None, started).await?;
+            return Ok((instance, rebuild, None));
+        };
+        let upgrading = Upgrading { tool, from, policy: tool.grants.on_upgrade };
+        if upgrading.policy == OnUpgrade::Refuse {
+            return Err(upgrading.refused("its policy refuses a new component in a running session".into()));
+        }
+        match self.restore_and_replay(tool, previous.as_ref(), Some(&upgrading), started).await {
+            Ok((instance, rebuild, via)) => {
+                let upgrade = Upgrade {
+                    from: from.to_owned(),
+                    to: tool.digest().to_owned(),
+                    via,
+                    restored_from: rebuild.restored_from,
+                    replayed: rebuild.replayed,
+                };
+                Ok((instance, rebuild, Some(upgrade)))
+            }
+            // The host's own failures are not the new component's: they stay what they are.
+            Err(
+                e @ (CallError::Store { .. }
+                | CallError::Busy { .. }
+                | CallError::Conflict { .. }
+                | CallError::LeaseLost { .. }
+                | CallError::Instantiate { .. }
+                | CallError::UpgradeRefused { .. }),
+            ) => Err(e),
+            Err(e) => {
+                Err(upgrading.refused(format!("bringing the new component to the session's last step failed: {e}")))
+            }
+        }
+    }
+
+    /// The work of [`Self::rebuild`]: `previous` is the tool's last committed step, and
+    /// `upgrading` says whether (and how) a new component takes the session over.
+    async fn restore_and_replay(
+        &self,
+        tool: &Tool,
+        previous: Option<&StepRecord>,
+        upgrading: Option<&Upgrading<'_>>,
+        started: std::time::Instant,
+    ) -> Result<(Instance, Rebuild, UpgradeVia), CallError> {
         let name = tool.name();
         let store = self.runtime.store();
         let id = &self.record.id;
         let store_error = |e: StoreError| CallError::Store { tool: name.to_owned(), reason: e.to_string() };
-        let started = std::time::Instant::now();
         let mut instance = self.instantiate(tool).await?;
         let zero = std::time::Duration::ZERO;
-        let fresh = |instance| {
+        let fresh = |instance, via| {
             let rebuild = Rebuild {
                 restored_from: None,
                 replayed: 0,
@@ -449,32 +609,39 @@ impl Rebuilder<'_> {
                 restore: zero,
                 replay: zero,
             };
-            Ok((instance, rebuild))
+            Ok((instance, rebuild, via))
         };
         if self.record.last_step == 0 {
-            return fresh(instance);
+            return fresh(instance, UpgradeVia::Stateless);
         }
         if tool.kind() == ToolKind::Stateless {
-            if let Some(last) = store.last_step_of(id, name, self.record.last_step).await.map_err(store_error)? {
+            if let Some(last) = previous {
                 instance.seek_random(&last.random);
             }
-            self.materialize(&mut instance, name, self.record.last_step).await?;
-            return fresh(instance);
+            self.materialize(&mut instance, name, files.as_deref(), self.record.last_step).await?;
+            return fresh(instance, UpgradeVia::Stateless);
         }
 
         let (mut replay_after, mut snapshot_read, mut restore) = (0, zero, zero);
         let read_started = std::time::Instant::now();
-        if instance.is_stateful()
-            && let Some((seq, bytes)) = self.latest_snapshot(name).await.map_err(store_error)?
+        let from_snapshot = upgrading.is_none_or(|u| u.policy == OnUpgrade::Snapshot);
+        if from_snapshot
+            && instance.is_stateful()
+            && let Some((seq, bytes)) = self.latest_snapshot(name, upgrading.is_some()).await.map_err(store_error)?
         {
             snapshot_read = read_started.elapsed();
             self.materialize(&mut instance, name, seq).await?;
             let restore_started = std::time::Instant::now();
             let restored = instance.restore(&self.runtime.engine, tool.bounds(), &bytes).await?;
             restore = restore_started.elapsed();
-            match restored {
-                Ok(()) => replay_after = seq,
-                Err(reason) => {
+            match (restored, upgrading) {
+                (Ok(()), _) => replay_after = seq,
+                (Err(reason), Some(upgrading)) => {
+                    return Err(
+                        upgrading.refused(format!("the new component refused the snapshot of step {seq}: {reason}"))
+                    );
+                }
+                (Err(reason), None) => {
                     tracing::warn!(session = %id, tool = name, step = seq, %reason,
                         "the tool refused its snapshot; rebuilding by full replay");
                     drop(instance);
@@ -501,7 +668,8 @@ impl Rebuilder<'_> {
             })?;
             instance.seek_random(&snapshot_step.random);
         }
-        let steps: Vec<StepRecord> = steps.collect();
+        // An `upgraded` step is no call: there is nothing to replay.
+        let steps: Vec<StepRecord> = steps.filter(|s| !matches!(s.outcome, StepOutcome::Upgraded(_))).collect();
         let limit = tool.grants.limits.max_replay_steps;
         if steps.len() as u64 > u64::from(limit) {
             return Err(CallError::ReplayTooLong {
@@ -534,7 +702,12 @@ impl Rebuilder<'_> {
             replay: replay_started.elapsed(),
         };
         tracing::debug!(session = %id, tool = name, ?rebuild, "rebuilt instance");
-        Ok((instance, rebuild))
+        let via = match upgrading.map(|u| u.policy) {
+            Some(OnUpgrade::Replay) => UpgradeVia::Replay,
+            _ if replay_after > 0 => UpgradeVia::Snapshot,
+            _ => UpgradeVia::ReplayWithoutSnapshot,
+        };
+        Ok((instance, rebuild, via))
     }
 
     /// Fills a fresh instance's workspace with its files as of step `at` (a fork's: its
@@ -548,9 +721,9 @@ impl Rebuilder<'_> {
     }
 
     /// The newest snapshot of `tool` at or before the last committed step: from the budget's
-    /// cache when it holds it, else from the store.
-    async fn latest_snapshot(&self, tool: &str) -> Result<Option<(u64, Bytes)>, StoreError> {
-        if let Some(cached) = &self.cached {
+    /// cache when it holds it (and it is the same component's), else from the store.
+    async fn latest_snapshot(&self, tool: &str, upgrading: bool) -> Result<Option<(u64, Bytes)>, StoreError> {
+        if let Some(cached) = self.cached.as_ref().filter(|_| !upgrading) {
             return Ok(Some(cached.clone()));
         }
         let stored = self.runtime.store().latest_snapshot(&self.record.id, tool, self.record.last_step).await?;
@@ -605,6 +778,31 @@ impl Rebuilder<'_> {
     }
 }
 
+/// A new component of a tool taking a session over, under the tool's `on_upgrade`.
+struct Upgrading<'a> {
+    tool: &'a Tool,
+    /// The digest of the component the tool's last step ran.
+    from: &'a str,
+    policy: OnUpgrade,
+}
+
+impl Upgrading<'_> {
+    fn refused(&self, reason: String) -> CallError {
+        CallError::UpgradeRefused {
+            tool: self.tool.name().to_owned(),
+            from: self.from.to_owned(),
+            to: self.tool.digest().to_owned(),
+            policy: self.policy,
+            reason,
+        }
+    }
+}
+
+/// A tool's workspace as of step `at`, from its steps.
+fn workspace_at(history: &[StepRecord], at: u64) -> crate::capability::workspace::Manifest {
+    crate::capability::workspace::manifest_at(history.iter().map(|s| (s.seq, s.files.as_slice())), at)
+}
+
 fn describe(outcome: &Result<String, ToolFailure>) -> String {
     match outcome {
         Ok(text) => format!("output {}", truncate(text)),
@@ -616,6 +814,7 @@ fn describe_recorded(outcome: &StepOutcome) -> String {
     match outcome {
         StepOutcome::Output(text) => format!("output {}", truncate(text)),
         StepOutcome::Failed(failure) => format!("error `{failure}`"),
+        StepOutcome::Upgraded(upgrade) => format!("an upgrade {upgrade}"),
     }
 }
 

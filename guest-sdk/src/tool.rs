@@ -36,7 +36,8 @@ pub trait Tool: Default + 'static {
 /// fresh instance and replays only the steps after it.
 ///
 /// Keep the serialized form backward compatible (`#[serde(default)]` on new fields): a
-/// snapshot that fails to deserialize makes the host fall back to a full replay.
+/// session that ran an older version restores its snapshot into this one (the host's
+/// `on_upgrade = "snapshot"`), and one that fails to deserialize refuses the upgrade.
 pub trait Stateful: Tool + Serialize + DeserializeOwned {}
 
 impl<T: Tool + Serialize + DeserializeOwned> Stateful for T {}

@@ -237,6 +237,10 @@ impl Transcript {
         let mut turns: Vec<Turn> = Vec::new();
         let mut consumed_signals = Vec::new();
         for step in &steps[1..] {
+            // The host switched a tool's component here: no turn of the agent's.
+            if matches!(step.outcome, StepOutcome::Upgraded(_)) {
+                continue;
+            }
             if step.tool == MODEL {
                 if let Some(open) = turns.last().filter(|t| !t.unanswered().is_empty()) {
                     let missing = &open.unanswered()[0];
@@ -301,6 +305,7 @@ impl Transcript {
                         }
                         None => CallResult::Error(tool_failure_text(failure)),
                     },
+                    StepOutcome::Upgraded(_) => continue,
                 }
             };
             turn.answer(result);
@@ -338,7 +343,7 @@ fn read_wait_step(
 fn output_text(step: &StepRecord) -> Option<&str> {
     match &step.outcome {
         StepOutcome::Output(text) => Some(text),
-        StepOutcome::Failed(_) => None,
+        StepOutcome::Failed(_) | StepOutcome::Upgraded(_) => None,
     }
 }
 

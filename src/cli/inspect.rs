@@ -33,6 +33,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
             report["capabilities"] = serde_json::to_value(rows)?;
             report["limits"] = serde_json::to_value(tool.grants().limits)?;
             report["pinned"] = tool.grants().sha256.is_some().into();
+            report["on_upgrade"] = tool.grants().on_upgrade.as_str().into();
             report["outside_transaction"] = serde_json::to_value(outside_transaction(tool.grants()))?;
             report["unpinned_sensitive_grants"] = serde_json::to_value(match tool.grants().sha256 {
                 Some(_) => Vec::new(),
@@ -96,6 +97,16 @@ fn render_table(rows: &[CapabilityRow], tool: &Tool) -> String {
         limits.max_output_bytes
     );
     out.push_str(&render_durability(tool.grants()));
+    let upgrade = match tool.grants().on_upgrade {
+        toolhost::OnUpgrade::Snapshot => "restore the last snapshot into the new component (replay if none)",
+        toolhost::OnUpgrade::Replay => "replay the tool's steps under the new component",
+        toolhost::OnUpgrade::Refuse => "refuse the new component",
+    };
+    let _ = writeln!(
+        out,
+        "on_upgrade: {} (a session that ran another component of this tool: {upgrade})",
+        tool.grants().on_upgrade
+    );
     let sensitive = tool.grants().identity_sensitive();
     let pin = match &tool.grants().sha256 {
         Some(_) => "pinned (matches)".to_owned(),

@@ -89,7 +89,13 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
                 let steps: Vec<_> = d
                     .steps
                     .iter()
-                    .map(|s| serde_json::json!({"seq": s.seq, "tool": s.tool, "input": s.input, "outcome": s.outcome, "journal_entries": s.journal.len()}))
+                    .map(|s| {
+                        let mut step = serde_json::json!({"seq": s.seq, "tool": s.tool, "digest": s.digest, "input": s.input, "outcome": s.outcome, "journal_entries": s.journal.len()});
+                        if let toolhost::store::StepOutcome::Upgraded(upgrade) = &s.outcome {
+                            step["upgraded"] = serde_json::json!(upgrade);
+                        }
+                        step
+                    })
                     .collect();
                 let snapshots: Vec<_> = d
                     .snapshots
@@ -139,6 +145,10 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
                     let outcome = match &s.outcome {
                         toolhost::store::StepOutcome::Output(text) => text.chars().take(80).collect::<String>(),
                         toolhost::store::StepOutcome::Failed(f) => format!("error: {f}"),
+                        toolhost::store::StepOutcome::Upgraded(upgrade) => {
+                            println!("  {:>4}  {:<12} UPGRADED {upgrade}", s.seq, s.tool);
+                            continue;
+                        }
                     };
                     println!(
                         "  {:>4}  {:<12} {} -> {outcome}",

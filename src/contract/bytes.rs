@@ -59,3 +59,18 @@ pub(super) mod state_value {
         Ok(value.map(|v| v.map(|b| b.0)))
     }
 }
+
+/// An optional byte string (a state write's value; `None` deletes).
+pub(crate) mod optional {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{In, Out};
+
+    pub(crate) fn serialize<S: Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        value.as_deref().map(Out).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<In>::deserialize(d)?.map(|b| b.0))
+    }
+}

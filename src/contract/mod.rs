@@ -2,16 +2,18 @@
 //! independent of wasmtime's generated bindings (converted from and to them at the
 //! capability boundary). This module depends on nothing else in the crate, so every other
 //! module can use it without an import cycle. Persisted encodings evolve additively: see
-//! [`journal`] for the versioned journal format.
+//! [`journal`] for the versioned journal format and [`record`] for the other step columns.
 
-mod bytes;
+pub(crate) mod bytes;
 mod coverage;
 mod descriptor;
 mod failure;
 pub mod http;
 pub mod journal;
 mod model;
+pub mod record;
 mod state;
+mod upgrade;
 pub mod workspace;
 
 pub use coverage::{CapabilityRow, Coverage};
@@ -23,4 +25,6 @@ pub use model::{
     ChatRequest, ChatResponse, FinishReason, Message, ModelError, ProviderFailure, Role, ToolCall, ToolChoice,
     ToolDefinition, Usage,
 };
+pub use record::{RECORD_FORMAT, RecordFormatError, decode_random, decode_record, encode_record};
 pub use state::StateError;
+pub use upgrade::{OnUpgrade, Upgrade, UpgradeVia};

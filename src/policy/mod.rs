@@ -27,7 +27,7 @@ pub use crate::capability::network::{DEFAULT_MAX_RESPONSE_BYTES, HostPattern, Ho
 pub use crate::capability::state::{StateGrant, StateQuota};
 pub use crate::capability::workspace::WorkspaceGrant;
 use crate::contract::Descriptor;
-pub use crate::contract::{Access, CapabilityRow, Coverage};
+pub use crate::contract::{Access, CapabilityRow, Coverage, OnUpgrade};
 use crate::engine::Limits;
 
 pub use approval::{Approval, ApprovalMode, FieldValues};
@@ -57,6 +57,9 @@ pub struct ToolGrants {
     /// Which calls an agent's run must have approved by a person before it makes them.
     #[serde(skip_serializing_if = "Approval::is_never")]
     pub approval: Approval,
+    /// What a session that used another component of this tool does when it meets this one.
+    #[serde(skip_serializing_if = "OnUpgrade::is_default")]
+    pub on_upgrade: OnUpgrade,
 }
 
 impl ToolGrants {

@@ -178,7 +178,7 @@ impl Inner {
 /// `storage_stats` compares across backends.
 fn step_bytes(step: &StoredStep) -> u64 {
     fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
-        postcard::to_stdvec(value).map_or(0, |bytes| bytes.len())
+        crate::contract::encode_record(value).map_or(0, |bytes| bytes.len())
     }
     let r = &step.record;
     let journal = if step.journal_pruned {

@@ -40,7 +40,40 @@ pub(crate) fn timestamp_ms() -> i64 {
 }
 
 use crate::contract::workspace::{FileChange, Manifest, manifest_at, valid_path};
-use crate::contract::{JournalEntry, RandomState, ToolFailure};
+
+/// A format error as a [`StoreError::Corrupt`], its cause kept in the text.
+fn corrupt(what: &str, e: &dyn std::error::Error) -> StoreError {
+    match e.source() {
+        Some(cause) => StoreError::Corrupt(format!("{what}: {e}: {cause}")),
+        None => StoreError::Corrupt(format!("{what}: {e}")),
+    }
+}
+
+/// A step column or pending record in the current format (see [`crate::contract::record`]).
+pub(crate) fn encode_record<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreError> {
+    crate::contract::encode_record(value).map_err(|e| corrupt("encoding", &e))
+}
+
+/// A stored step column or pending record, in any format this toolhost reads.
+pub(crate) fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    crate::contract::decode_record(bytes).map_err(|e| corrupt(what, &e))
+}
+
+/// A stored step's random position, in any format this toolhost reads.
+pub(crate) fn decode_random(bytes: &[u8]) -> Result<RandomState, StoreError> {
+    crate::contract::decode_random(bytes).map_err(|e| corrupt("step random position", &e))
+}
+
+/// A step's journal in the current format (see [`crate::contract::journal`]).
+pub(crate) fn encode_journal(journal: &[JournalEntry]) -> Result<Vec<u8>, StoreError> {
+    crate::contract::encode_journal(journal).map_err(|e| corrupt("encoding", &e))
+}
+
+/// A stored step journal, in any format this toolhost reads.
+pub(crate) fn decode_journal(bytes: &[u8]) -> Result<Vec<JournalEntry>, StoreError> {
+    crate::contract::decode_journal(bytes).map_err(|e| corrupt("step journal", &e))
+}
+use crate::contract::{JournalEntry, RandomState, ToolFailure, Upgrade};
 
 /// Whose state an operation touches. The host fills it in: a tool never names it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -54,6 +87,7 @@ pub struct StateScope {
 pub struct StateWrite {
     pub namespace: String,
     pub key: String,
+    #[serde(with = "crate::contract::bytes::optional")]
     pub value: Option<Vec<u8>>,
 }
 
@@ -129,6 +163,9 @@ pub enum StepOutcome {
     Output(String),
     /// The tool's own error.
     Failed(ToolFailure),
+    /// Not a call: the session switched the tool to another component here (the step's
+    /// `digest` is the new one). Replay skips it.
+    Upgraded(Upgrade),
 }
 
 /// A committed step: one tool call in a session.

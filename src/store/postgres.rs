@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -201,13 +199,7 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(format!("encoding: {e}")))
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
-}
+use super::{decode_journal, decode_random, decode_record as decode, encode_journal, encode_record as encode};
 
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
@@ -454,7 +446,7 @@ async fn commit_step(tx: &Transaction<'_>, commit: &StepCommit) -> Result<(), Fa
         &step.digest,
         &step.input,
         &encode(&step.outcome)?,
-        &crate::contract::encode_journal(&step.journal).map_err(|e| StoreError::Corrupt(format!("{e:#}")))?,
+        &encode_journal(&step.journal)?,
         &encode(&step.writes)?,
         &encode(&step.random)?,
         &step.committed_at_ms,
@@ -1354,13 +1346,9 @@ fn step_from_row(r: &tokio_postgres::Row) -> Result<StepRecord, StoreError> {
         digest: r.get(2),
         input: r.get(3),
         outcome: decode(r.get(4), "step outcome")?,
-        journal: journal
-            .map(crate::contract::decode_journal)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("step journal: {e}")))?
-            .unwrap_or_default(),
+        journal: journal.map(decode_journal).transpose()?.unwrap_or_default(),
         writes: decode(r.get(6), "step writes")?,
-        random: decode(r.get(7), "step random position")?,
+        random: decode_random(r.get(7))?,
         committed_at_ms: r.get(8),
         files: files.map(|f| decode(f, "step files")).transpose()?.unwrap_or_default(),
     })

@@ -12,8 +12,6 @@ use std::sync::mpsc;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::lease::LeaseRow;
 use super::{
@@ -162,13 +160,7 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(format!("encoding: {e}")))
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
-}
+use super::{decode_journal, decode_random, decode_record as decode, encode_journal, encode_record as encode};
 
 fn now_ms() -> i64 {
     super::timestamp_ms()
@@ -491,7 +483,7 @@ fn commit_step(conn: &Connection, commit: StepCommit) -> Result<(), StoreError> 
             step.digest,
             step.input,
             encode(&step.outcome)?,
-            crate::contract::encode_journal(&step.journal).map_err(|e| StoreError::Corrupt(format!("{e:#}")))?,
+            encode_journal(&step.journal)?,
             encode(&step.writes)?,
             encode(&step.random)?,
             step.committed_at_ms,
@@ -590,12 +582,11 @@ impl StepRow {
             input: self.input,
             outcome: decode(&self.outcome, "step outcome")?,
             journal: match self.journal {
-                Some(j) => crate::contract::decode_journal(&j)
-                    .map_err(|e| StoreError::Corrupt(format!("step journal: {e}")))?,
+                Some(j) => decode_journal(&j)?,
                 None => Vec::new(),
             },
             writes: decode(&self.writes, "step writes")?,
-            random: decode(&self.random, "step random position")?,
+            random: decode_random(&self.random)?,
             committed_at_ms: self.committed_at_ms,
             files: match self.files {
                 Some(f) => decode(&f, "step files")?,

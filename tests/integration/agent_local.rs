@@ -84,6 +84,7 @@ async fn main_job_on_its_model_files_the_note_and_answers_the_right_total() {
         match &step.outcome {
             StepOutcome::Output(text) => serde_json::from_str(text).unwrap(),
             StepOutcome::Failed(failure) => panic!("{tool} failed: {failure}\n{transcript}"),
+            StepOutcome::Upgraded(upgrade) => panic!("{tool}: an unexpected {upgrade}\n{transcript}"),
         }
     };
     assert!(output("reader").to_string().contains("cheese 7.10"), "{transcript}");

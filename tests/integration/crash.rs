@@ -323,6 +323,7 @@ pub(crate) async fn summarize(
                     value.to_string()
                 }
                 StepOutcome::Failed(failure) => format!("failed: {failure}"),
+                StepOutcome::Upgraded(upgrade) => upgrade.to_string(),
             };
             (s.tool, s.input, outcome)
         })

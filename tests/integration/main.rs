@@ -40,4 +40,5 @@ mod snapshots;
 mod state;
 mod support;
 mod tools;
+mod upgrade;
 mod workspace;
