@@ -74,7 +74,7 @@ pub async fn an_ungranted_namespace_is_a_typed_denial_with_an_audit_event(host: 
 /// A host on `db` whose `tool` may reach `server` (and nothing else), and never snapshots: a
 /// rebuild replays every step, HTTP exchanges included.
 fn http_host(engine: EngineConfig, db: &Path, tool: &str, server: &CountingServer, limits: &Limits) -> Host {
-    let mut granted = grants(&["scratch"], limits.clone());
+    let mut granted = grants(&["scratch"], *limits);
     granted.network.allow = vec![format!("127.0.0.1:{}", server.port).parse().unwrap()];
     let store = Arc::new(SqliteStore::open(db, Durability::Full).unwrap());
     let snapshots = SnapshotPolicy { every: u32::MAX, keep: 1 };
