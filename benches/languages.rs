@@ -211,6 +211,16 @@ fn print(rows: &[(&str, Row)]) {
     for (name, r) in rows {
         println!("  {name}: {:.2?} / {:.2?} / {:.2?}", r.instance.p99, r.warm_call.p99, r.restore.p99);
     }
+    if let Some((_, python)) = rows.iter().find(|(name, _)| *name == "Python") {
+        let verdict = |d: Duration, target: Duration| if d <= target { "met" } else { "missed" };
+        println!(
+            "\ntargets: Python fresh instance {:.2?} (<= 2 ms: {}), Python warm call {:.2?} (<= 50 us: {})",
+            python.instance.median,
+            verdict(python.instance.median, Duration::from_millis(2)),
+            python.warm_call.median,
+            verdict(python.warm_call.median, Duration::from_micros(50)),
+        );
+    }
 }
 
 fn main() {

@@ -1,5 +1,5 @@
-//! The content hash of a tool project's build inputs, shared by the Python and JS builders:
-//! a build is reused only while this hash is unchanged.
+//! What the Python and JS builders share: the WIT their SDKs build against, and the content
+//! hash of a tool project's build inputs (a build is reused only while it is unchanged).
 
 use std::fs;
 use std::io;
@@ -10,6 +10,31 @@ use sha2::{Digest, Sha256};
 /// Directories below a project's root followed at most this deep, so a symlink that points
 /// back up (`ln -s . loop`) ends the walk with an error instead of the process's stack.
 const MAX_DEPTH: usize = 32;
+
+/// The WIT the Python and TypeScript SDKs build against, as (path under the staged `wit`
+/// directory, text): the SDK's worlds (`sdk/wit/sdk.wit`, the tool worlds plus
+/// `wasi:http/outgoing-handler`), the tool contract and the WASI packages they use.
+pub(crate) const SDK_WIT: &[(&str, &str)] = &[
+    ("sdk.wit", include_str!("../sdk/wit/sdk.wit")),
+    ("deps/tool.wit", include_str!("../wit/tool.wit")),
+    ("deps/cli.wit", include_str!("../sdk/wit/deps/cli.wit")),
+    ("deps/clocks.wit", include_str!("../sdk/wit/deps/clocks.wit")),
+    ("deps/filesystem.wit", include_str!("../sdk/wit/deps/filesystem.wit")),
+    ("deps/http.wit", include_str!("../sdk/wit/deps/http.wit")),
+    ("deps/io.wit", include_str!("../sdk/wit/deps/io.wit")),
+    ("deps/random.wit", include_str!("../sdk/wit/deps/random.wit")),
+    ("deps/sockets.wit", include_str!("../sdk/wit/deps/sockets.wit")),
+];
+
+/// Writes [`SDK_WIT`] under `dir`; fails with the path that could not be written.
+pub(crate) fn write_sdk_wit(dir: &Path) -> Result<(), (PathBuf, io::Error)> {
+    fs::create_dir_all(dir.join("deps")).map_err(|e| (dir.join("deps"), e))?;
+    for (name, text) in SDK_WIT {
+        let path = dir.join(name);
+        fs::write(&path, text).map_err(|e| (path.clone(), e))?;
+    }
+    Ok(())
+}
 
 /// Which files of a project are its sources.
 pub(crate) struct Sources<'a> {
@@ -85,6 +110,19 @@ mod tests {
     use super::*;
 
     const PY: Sources = Sources { skip_dirs: &["__pycache__"], is_source: |n| n.ends_with(".py") };
+
+    #[test]
+    fn embedded_sdk_wit_lists_every_wasi_package() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/wit/deps");
+        let mut on_disk: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| Some(format!("deps/{}", e.ok()?.file_name().into_string().ok()?)))
+            .collect();
+        on_disk.sort();
+        let embedded: Vec<&str> =
+            SDK_WIT.iter().map(|(name, _)| *name).filter(|n| n.starts_with("deps/") && *n != "deps/tool.wit").collect();
+        assert_eq!(embedded, on_disk, "update SDK_WIT in src/build_inputs.rs");
+    }
 
     #[test]
     fn sources_change_the_hash_and_other_files_do_not() {

@@ -21,12 +21,12 @@ pub const TOOLCHAIN_PACKAGE: &str = include_str!("../sdk/js/toolchain/package.js
 pub const TOOLCHAIN_LOCK: &str = include_str!("../sdk/js/toolchain/package-lock.json");
 /// The build driver, run by Node from the installed toolchain.
 const BUILD_SCRIPT: &str = include_str!("../sdk/js/toolchain/build.mjs");
-const WIT: &str = include_str!("../wit/tool.wit");
 /// The SDK, file by file (a test checks the list against `sdk/js/src`).
 pub const SDK_FILES: &[(&str, &str)] = &[
     ("errors.ts", include_str!("../sdk/js/src/errors.ts")),
     ("export.ts", include_str!("../sdk/js/src/export.ts")),
     ("globals.d.ts", include_str!("../sdk/js/src/globals.d.ts")),
+    ("http.ts", include_str!("../sdk/js/src/http.ts")),
     ("index.ts", include_str!("../sdk/js/src/index.ts")),
     ("log.ts", include_str!("../sdk/js/src/log.ts")),
     ("model.ts", include_str!("../sdk/js/src/model.ts")),
@@ -260,14 +260,15 @@ fn write_sdk(stage: &Path) -> Result<(PathBuf, PathBuf), JsBuildError> {
     for (name, text) in SDK_FILES {
         fs::write(sdk.join(name), text).map_err(io(&sdk.join(name)))?;
     }
-    fs::write(wit.join("tool.wit"), WIT).map_err(io(&wit))?;
+    build_inputs::write_sdk_wit(&wit).map_err(|(path, source)| JsBuildError::Io { path, source })?;
     Ok((sdk, wit))
 }
 
 /// A hash of the toolchain pins, the build driver, the SDK, the WIT and the tool's own sources.
 fn inputs_hash(project: &JsProject) -> Result<String, JsBuildError> {
     let main = project.main.to_string_lossy();
-    build_inputs::hash(&[TOOLCHAIN_LOCK, BUILD_SCRIPT, WIT, &main], SDK_FILES, &project.dir, &SOURCES)
+    let sdk = [SDK_FILES, build_inputs::SDK_WIT].concat();
+    build_inputs::hash(&[TOOLCHAIN_LOCK, BUILD_SCRIPT, &main], &sdk, &project.dir, &SOURCES)
         .map_err(|(path, source)| JsBuildError::Io { path, source })
 }
 

@@ -17,13 +17,13 @@ use crate::build_inputs::{self, Sources};
 
 /// The pinned toolchain, installed with `pip --require-hashes`.
 pub const REQUIREMENTS: &str = include_str!("../scripts/requirements-sdk.txt");
-const WIT: &str = include_str!("../wit/tool.wit");
 /// The SDK package, file by file (a test checks the list against `sdk/python/toolhost_tool`).
 pub const SDK_FILES: &[(&str, &str)] = &[
     ("__init__.py", include_str!("../sdk/python/toolhost_tool/__init__.py")),
     ("_export.py", include_str!("../sdk/python/toolhost_tool/_export.py")),
     ("capabilities.py", include_str!("../sdk/python/toolhost_tool/capabilities.py")),
     ("errors.py", include_str!("../sdk/python/toolhost_tool/errors.py")),
+    ("http.py", include_str!("../sdk/python/toolhost_tool/http.py")),
     ("log.py", include_str!("../sdk/python/toolhost_tool/log.py")),
     ("model.py", include_str!("../sdk/python/toolhost_tool/model.py")),
     ("schema.py", include_str!("../sdk/python/toolhost_tool/schema.py")),
@@ -187,13 +187,11 @@ pub fn build(dir: &Path, venv: &Path, out_dir: &Path) -> Result<PathBuf, PythonB
 
 fn write_sdk(stage: &Path) -> Result<(), PythonBuildError> {
     let package = stage.join("toolhost_tool");
-    let wit = stage.join("wit");
     fs::create_dir_all(&package).map_err(io(&package))?;
-    fs::create_dir_all(&wit).map_err(io(&wit))?;
     for (name, text) in SDK_FILES {
         fs::write(package.join(name), text).map_err(io(&package.join(name)))?;
     }
-    fs::write(wit.join("tool.wit"), WIT).map_err(io(&wit))
+    build_inputs::write_sdk_wit(&stage.join("wit")).map_err(|(path, source)| PythonBuildError::Io { path, source })
 }
 
 /// `stateful-tool` if the tool declares `state`, else `plain-tool`: asks the SDK, run by the
@@ -220,7 +218,8 @@ fn inputs_hash(project: &PythonProject) -> Result<String, PythonBuildError> {
         skip_dirs: &["__pycache__", "target", "node_modules"],
         is_source: |name| name.ends_with(".py") || name.ends_with(".toml"),
     };
-    build_inputs::hash(&[REQUIREMENTS, WIT, &project.module], SDK_FILES, &project.dir, &sources)
+    let sdk = [SDK_FILES, build_inputs::SDK_WIT].concat();
+    build_inputs::hash(&[REQUIREMENTS, &project.module], &sdk, &project.dir, &sources)
         .map_err(|(path, source)| PythonBuildError::Io { path, source })
 }
 

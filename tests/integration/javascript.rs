@@ -1,8 +1,8 @@
 //! TypeScript tools (the `@toolhost/tool` SDK, bundled by esbuild and built with
 //! componentize-js) get the same guarantees as Rust and Python ones: typed schema errors,
 //! isolation, CPU and memory limits, rollback on a trap, snapshot resume (also after SIGKILL),
-//! typed and audited denials. The components are built and compiled once and cached across
-//! runs (see `support::js_tools`).
+//! typed and audited denials, HTTP through the SDK journaled and replayed like a Rust tool's.
+//! The components are built and compiled once and cached across runs (see `support::js_tools`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,6 +137,12 @@ async fn an_ungranted_namespace_is_a_typed_denial_with_an_audit_event() {
     let host = host();
     let hostile = host.load_tool(&js_tools().hostile).await.unwrap();
     guest_checks::an_ungranted_namespace_is_a_typed_denial_with_an_audit_event(&host, &hostile).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_through_the_sdk_is_granted_denied_audited_and_replayed() {
+    let hostile = &js_tools().hostile;
+    guest_checks::http_is_granted_denied_and_replayed(js_engine_config, hostile, "hostile-js", &limits()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

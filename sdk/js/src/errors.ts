@@ -50,3 +50,13 @@ export class ModelError extends Failed {
 export class ModelDenied extends Denied {
   override name = "ModelDenied";
 }
+
+/** The host's policy does not allow this HTTP destination. */
+export class HttpDenied extends Denied {
+  override name = "HttpDenied";
+}
+
+/** An allowed HTTP request failed (connection, TLS, timeout, protocol, bad URL). */
+export class HttpError extends Failed {
+  override name = "HttpError";
+}

@@ -7,3 +7,10 @@ declare class TextDecoder {
   decode(input?: Uint8Array): string;
 }
 declare const console: { log(...data: unknown[]): void; error(...data: unknown[]): void };
+declare class URL {
+  constructor(url: string);
+  readonly protocol: string;
+  readonly host: string;
+  readonly pathname: string;
+  readonly search: string;
+}

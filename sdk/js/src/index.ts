@@ -11,11 +11,14 @@
  *     });
  */
 
+export * as http from "./http.js";
 export * as log from "./log.js";
 export * as model from "./model.js";
 export {
   Denied,
   Failed,
+  HttpDenied,
+  HttpError,
   InvalidInput,
   ModelDenied,
   ModelError,

@@ -22,6 +22,24 @@ export interface TestHostOptions {
   readOnly?: string[];
   /** Answers model calls; without one every model call is `denied`. */
   chat?: (alias: string, request: unknown) => unknown;
+  /** Answers HTTP requests (or returns a `wasi:http` error-code tag such as `connection-refused`);
+   * without one every request is denied (`HTTP-request-denied`). */
+  http?: (request: TestRequest) => TestResponse | string;
+}
+
+/** A request the tool sent, as `TestHostOptions.http` sees it. */
+export interface TestRequest {
+  method: string;
+  url: string;
+  headers: [string, string][];
+  body: Uint8Array;
+}
+
+/** What `TestHostOptions.http` answers. */
+export interface TestResponse {
+  status: number;
+  headers?: [string, string][];
+  body?: Uint8Array | string;
 }
 
 class HostError extends Error {
@@ -40,6 +58,7 @@ class TestHost {
   reset(options: TestHostOptions = {}): void {
     this.state.clear();
     this.logs.length = 0;
+    this.requests.length = 0;
     this.instances.clear();
     this.options = options;
   }
@@ -52,6 +71,19 @@ class TestHost {
     let table = this.state.get(name);
     if (table === undefined) this.state.set(name, (table = new Map()));
     return table;
+  }
+
+  /** The requests the tool sent, in order (since the last `reset`). */
+  readonly requests: TestRequest[] = [];
+
+  send(request: TestRequest): { tag: "ok"; val: IncomingResponse } | { tag: "err"; val: { tag: string } } {
+    this.requests.push(request);
+    const answer = this.options.http?.(request) ?? "HTTP-request-denied";
+    if (typeof answer === "string") return { tag: "err", val: { tag: answer } };
+    const encoder = new TextEncoder();
+    const body = typeof answer.body === "string" ? encoder.encode(answer.body) : (answer.body ?? new Uint8Array());
+    const headers = (answer.headers ?? []).map(([n, v]): [string, Uint8Array] => [n.toLowerCase(), encoder.encode(v)]);
+    return { tag: "ok", val: new IncomingResponse(answer.status, headers, body) };
   }
 
   chat(alias: string, request: unknown): unknown {
@@ -113,4 +145,143 @@ export function log(level: Level, message: string): void {
   testing.logs.push({ level, message });
   const env = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env;
   if (env?.TOOLHOST_TEST_LOG) console.error(`${level}: ${message}`);
+}
+
+// wasi:http, as the SDK's `http` module uses it: requests go to `TestHostOptions.http`.
+const DISPOSE: symbol = (Symbol as { dispose?: symbol }).dispose ?? Symbol.for("dispose");
+
+class Resource {
+  [DISPOSE](): void {}
+}
+
+export class Fields extends Resource {
+  constructor(readonly list: [string, Uint8Array][]) {
+    super();
+  }
+  static fromList(entries: [string, Uint8Array][]): Fields {
+    return new Fields(entries.map(([n, v]) => [n.toLowerCase(), Uint8Array.from(v)]));
+  }
+  entries(): [string, Uint8Array][] {
+    return this.list;
+  }
+}
+
+type Tagged = { tag: string; val?: string };
+
+export class OutgoingRequest extends Resource {
+  method: Tagged = { tag: "get" };
+  url = { scheme: "http", authority: "", path: "/" };
+  readonly chunks: Uint8Array[] = [];
+  constructor(readonly headers: Fields) {
+    super();
+  }
+  body(): OutgoingBody {
+    return new OutgoingBody(this);
+  }
+  setMethod(method: Tagged): void {
+    this.method = method;
+  }
+  setScheme(scheme: Tagged): void {
+    this.url.scheme = (scheme.val ?? scheme.tag).toLowerCase();
+  }
+  setAuthority(authority: string): void {
+    this.url.authority = authority;
+  }
+  setPathWithQuery(path: string): void {
+    this.url.path = path;
+  }
+  toTest(): TestRequest {
+    const decoder = new TextDecoder();
+    const body = new Uint8Array(this.chunks.reduce((n, c) => n + c.length, 0));
+    this.chunks.reduce((at, c) => (body.set(c, at), at + c.length), 0);
+    return {
+      method: (this.method.val ?? this.method.tag).toUpperCase(),
+      url: `${this.url.scheme}://${this.url.authority}${this.url.path}`,
+      headers: this.headers.list.map(([n, v]) => [n, decoder.decode(v)]),
+      body,
+    };
+  }
+}
+
+export class OutgoingBody extends Resource {
+  constructor(readonly request: OutgoingRequest) {
+    super();
+  }
+  write(): OutputStream {
+    return new OutputStream(this.request);
+  }
+  static finish(): void {}
+}
+
+export class OutputStream extends Resource {
+  constructor(readonly request: OutgoingRequest) {
+    super();
+  }
+  blockingWriteAndFlush(contents: Uint8Array): void {
+    this.request.chunks.push(Uint8Array.from(contents));
+  }
+}
+
+class Pollable extends Resource {
+  block(): void {}
+}
+
+export class IncomingResponse extends Resource {
+  constructor(
+    readonly code: number,
+    readonly list: [string, Uint8Array][],
+    readonly bytes: Uint8Array,
+  ) {
+    super();
+  }
+  status(): number {
+    return this.code;
+  }
+  headers(): Fields {
+    return new Fields(this.list);
+  }
+  consume(): IncomingBody {
+    return new IncomingBody(this.bytes);
+  }
+}
+
+class IncomingBody extends Resource {
+  constructor(readonly bytes: Uint8Array) {
+    super();
+  }
+  stream(): InputStream {
+    return new InputStream(this.bytes);
+  }
+}
+
+class InputStream extends Resource {
+  private done = false;
+  constructor(readonly bytes: Uint8Array) {
+    super();
+  }
+  blockingRead(): Uint8Array {
+    if (this.done) throw new HostError({ tag: "closed", val: undefined });
+    this.done = true;
+    return this.bytes;
+  }
+}
+
+class FutureIncomingResponse extends Resource {
+  constructor(readonly request: OutgoingRequest) {
+    super();
+  }
+  subscribe(): Pollable {
+    return new Pollable();
+  }
+  get() {
+    return { tag: "ok" as const, val: testing.send(this.request.toTest()) };
+  }
+}
+
+export function handle(request: OutgoingRequest): FutureIncomingResponse {
+  return new FutureIncomingResponse(request);
+}
+
+export function httpErrorCode(): undefined {
+  return undefined;
 }

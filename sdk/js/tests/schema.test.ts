@@ -68,3 +68,12 @@ test("a default is copied for each decode, so a tool may mutate it", () => {
   first.items.push("x");
   assert.deepEqual(List.decode({}).items, []);
 });
+
+test("string lengths count code points, as JSON Schema does", () => {
+  const Short = t.string({ minLength: 2, maxLength: 3 });
+  assert.equal(Short.decode("😀😀"), "😀😀"); // 2 code points, 4 UTF-16 units
+  rejects(() => Short.decode("😀"), /shorter than 2 characters/);
+  rejects(() => Short.decode("abcd"), /longer than 3 characters/);
+  const big = "x".repeat(100 << 10);
+  assert.equal(t.string().decode(big), big);
+});

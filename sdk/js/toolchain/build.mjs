@@ -30,7 +30,7 @@ const { values: args, positionals } = parseArgs({
 });
 for (const name of ["sdk", "wit", "main", "stage", "out"]) if (args[name]) args[name] = resolve(args[name]);
 
-const HOST_IMPORT = /^toolhost:tool\//;
+const HOST_IMPORT = /^(toolhost:tool|wasi:http)\//;
 const SDK_MODULES = {
   "@toolhost/tool": "index.ts",
   "@toolhost/tool/testing": "testing.ts",
@@ -130,8 +130,9 @@ async function buildComponent() {
     sourcePath: source,
     witPath: args.wit,
     worldName: info.world,
-    // The tool worlds have no wasi:http; stdio, clocks and random are virtualized by the host.
-    disableFeatures: ["http", "fetch-event"],
+    // The SDK's worlds import wasi:http (for its `http` module, and so `fetch` too); a tool
+    // exports no incoming handler. Stdio, clocks and random are virtualized by the host.
+    disableFeatures: ["fetch-event"],
   });
   await writeFile(args.out, component);
   console.log(JSON.stringify(info));

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Annotated, Dict, List, Literal, Optional, TypedDict, Union
 
-from toolhost_tool import InvalidInput, Tool, decode, encode, schema_for, tool
+from toolhost_tool import HttpDenied, HttpError, InvalidInput, Tool, ToolError, decode, encode, schema_for, tool
 from toolhost_tool import _export, tooldef
 
 
@@ -149,3 +149,31 @@ class ToolTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class HttpTest(unittest.TestCase):
+    """The parts of `http` that need no host; requests are tested against the host in
+    tests/integration (python::http_through_the_sdk_is_granted_denied_audited_and_replayed)."""
+
+    def test_a_response_reads_as_text_json_and_headers(self):
+        from toolhost_tool.http import Response
+
+        r = Response(200, [("content-type", b"application/json")], b'{"a": [1]}')
+        self.assertTrue(r.ok)
+        self.assertEqual(r.header("Content-Type"), "application/json")
+        self.assertIsNone(r.header("etag"))
+        self.assertEqual(r.json(), {"a": [1]})
+        self.assertEqual(Response(404, [], b"\xffx").text(), "\ufffdx")
+        with self.assertRaises(HttpError) as caught:
+            Response(200, [], b"<html>").json()
+        self.assertIn("not JSON", caught.exception.message)
+
+    def test_outside_a_component_a_request_is_a_failed_http_error(self):
+        from toolhost_tool import http
+
+        with self.assertRaises(HttpError) as caught:
+            http.get("https://api.example.com/")
+        self.assertEqual(caught.exception.kind, "failed")
+        with self.assertRaises(HttpError):
+            http.post("https://api.example.com/", body="x", json={"x": 1})
+        self.assertTrue(issubclass(HttpDenied, ToolError) and HttpDenied.kind == "denied")

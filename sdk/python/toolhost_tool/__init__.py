@@ -15,7 +15,7 @@
             return {"text": input.text.upper()}
 """
 
-from . import log, model
+from . import http, log, model
 from .capabilities import Access, Capabilities
 from .errors import (
     Denied, Failed, HttpDenied, HttpError, InvalidInput, ModelDenied, ModelError, StateDenied, StateError, ToolError,
@@ -25,7 +25,7 @@ from .state import Namespace
 from .tooldef import Tool, tool
 
 __all__ = [
-    "Access", "Capabilities", "Denied", "Failed", "HttpDenied", "HttpError", "InvalidInput", "ModelDenied",
+    "Access", "Capabilities", "Denied", "Failed", "HttpDenied", "HttpError", "InvalidInput", "http", "ModelDenied",
     "ModelError", "Namespace", "StateDenied", "StateError", "Tool", "ToolError", "decode", "encode", "log",
     "model", "schema_for", "tool",
 ]

@@ -10,7 +10,7 @@ from typing import Any, Optional, Tuple
 
 from . import tooldef as tool_mod
 from .errors import InvalidInput, ToolError
-from .schema import decode, encode, schema_for
+from .schema import decoder, encode, schema_for
 
 PLAIN, STATEFUL = "plain-tool", "stateful-tool"
 
@@ -49,7 +49,7 @@ class _Session:
 
 
 def describe(cls: type):
-    from wit_world.imports import types
+    from wit_world.imports import toolhost_tool_types as types
 
     caps = cls.capabilities
     access = {"read": types.Access.READ, "read-write": types.Access.READ_WRITE}
@@ -70,38 +70,43 @@ def describe(cls: type):
     )
 
 
-def call(cls: type, input_json: str) -> str:
-    from componentize_py_types import Err
-    from wit_world.imports import types
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
-    try:
+
+class _Calls:
+    """What every call needs, looked up once (at build time: `exports` runs then)."""
+
+    def __init__(self, cls: type):
+        from componentize_py_types import Err
+        from wit_world.imports import toolhost_tool_types as types
+
+        self.err = Err
+        self.cases = {"invalid-input": types.ToolError_InvalidInput, "denied": types.ToolError_Denied}
+        self.failed = types.ToolError_Failed
+        self.decode_input = decoder(tool_mod.input_type_of(cls))
+        state_type = tool_mod.state_type_of(cls)
+        self.decode_state = decoder(state_type) if state_type is not None else None
+
+    def call(self, input_json: str) -> str:
         try:
-            raw = json.loads(input_json)
-        except ValueError as e:
-            raise InvalidInput(f"input is not JSON: {e}") from None
-        parsed = decode(tool_mod.input_type_of(cls), raw)
-        output = _Session.get().call(parsed)
-        return json.dumps(encode(output), separators=(",", ":"))
-    except ToolError as e:
-        case = {
-            "invalid-input": types.ToolError_InvalidInput,
-            "denied": types.ToolError_Denied,
-        }.get(e.kind, types.ToolError_Failed)
-        raise Err(case(e.message)) from None
+            try:
+                raw = json.loads(input_json)
+            except ValueError as e:
+                raise InvalidInput(f"input is not JSON: {e}") from None
+            output = _Session.get().call(self.decode_input(raw, ""))
+            return _COMPACT.encode(encode(output))
+        except ToolError as e:
+            raise self.err(self.cases.get(e.kind, self.failed)(e.message)) from None
 
+    def snapshot(self) -> bytes:
+        return _COMPACT.encode(encode(_Session.get().state)).encode()
 
-def snapshot(cls: type) -> bytes:
-    return json.dumps(encode(_Session.get().state), separators=(",", ":")).encode()
-
-
-def restore(cls: type, data: bytes) -> None:
-    from componentize_py_types import Err
-
-    try:
-        state = decode(tool_mod.state_type_of(cls), json.loads(data))
-    except Exception as e:
-        raise Err(f"snapshot does not decode: {e}") from None
-    _Session.get().state = state
+    def restore(self, data: bytes) -> None:
+        try:
+            state = self.decode_state(json.loads(data), "")
+        except Exception as e:
+            raise self.err(f"snapshot does not decode: {e}") from None
+        _Session.get().state = state
 
 
 def exports(module: ModuleType, world: str) -> Tuple[type, Optional[type]]:
@@ -111,26 +116,29 @@ def exports(module: ModuleType, world: str) -> Tuple[type, Optional[type]]:
     if world_of(cls) != world:
         raise TypeError(f"{cls.__name__} fits the `{world_of(cls)}` world, but is built for `{world}`")
     _Session.cls = cls
-    # Build the schemas now (at build time) so a type without a schema fails the build.
+    # Build the schemas and decoders now (at build time) so a type without a schema fails the
+    # build, and calls find them ready.
     schema_for(tool_mod.input_type_of(cls))
     if tool_mod.output_type_of(cls) is not None:
         schema_for(tool_mod.output_type_of(cls))
+
+    calls = _Calls(cls)
 
     class ToolExport:
         def describe(self):
             return describe(cls)
 
         def call(self, input: str) -> str:
-            return call(cls, input)
+            return calls.call(input)
 
     if world == PLAIN:
         return ToolExport, None
 
     class StatefulExport:
         def snapshot(self) -> bytes:
-            return snapshot(cls)
+            return calls.snapshot()
 
         def restore(self, snapshot_bytes: bytes) -> None:
-            restore(cls, snapshot_bytes)
+            calls.restore(snapshot_bytes)
 
     return ToolExport, StatefulExport
