@@ -271,7 +271,15 @@ async fn an_approval_asked_over_mcp_lets_the_run_finish_and_a_denial_reaches_the
 async fn task_rows_are_compare_and_set(db: &crate::backends::TestStore) {
     use toolhost::store::{StoreError, TaskRecord};
     let store = toolhost::store::open(&db.url).await.unwrap();
-    let task = TaskRecord { id: "t1".into(), version: 1, created_at_ms: 5, updated_at_ms: 5, body: "{}".into() };
+    let task = TaskRecord {
+        id: "t1".into(),
+        version: 1,
+        created_at_ms: 5,
+        updated_at_ms: 5,
+        session: Some("s1".into()),
+        expires_at_ms: 100,
+        body: "{}".into(),
+    };
     store.create_task(&task).await.unwrap();
     assert!(matches!(store.create_task(&task).await, Err(StoreError::TaskExists(_))));
     assert_eq!(store.task("t1").await.unwrap().as_ref(), Some(&task));
@@ -285,4 +293,42 @@ async fn task_rows_are_compare_and_set(db: &crate::backends::TestStore) {
     assert_eq!(store.task("t1").await.unwrap(), Some(next));
 }
 
-crate::backends::on_both_backends!(task_rows_are_compare_and_set);
+/// Task retention: deleting a session removes its tasks; a prune removes the tasks whose TTL
+/// ran out (a run's, which has no session, too) and keeps the others.
+async fn tasks_go_with_their_session_and_when_their_ttl_runs_out(db: &crate::backends::TestStore) {
+    use toolhost::store::TaskRecord;
+    let host = Host::with_store(
+        HostConfig { engine: crate::support::engine_config(), ..HostConfig::default() },
+        db.open().await,
+    )
+    .unwrap();
+    let store = host.store();
+    let session = host.new_session().await.unwrap();
+    let id = session.id().to_owned();
+    session.close().await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let task = |name: &str, session: Option<&str>, expires_at_ms: i64| TaskRecord {
+        id: name.into(),
+        version: 1,
+        created_at_ms: now,
+        updated_at_ms: now,
+        session: session.map(Into::into),
+        expires_at_ms,
+        body: "{}".into(),
+    };
+    let later = now + 3_600_000;
+    for t in [task("of-session", Some(&id), later), task("expired-run", None, now - 1), task("live-run", None, later)] {
+        store.create_task(&t).await.unwrap();
+    }
+    assert!(host.delete_session(&id).await.unwrap());
+    assert_eq!(store.task("of-session").await.unwrap(), None, "the deleted session's task stayed");
+    let report = host.prune_sessions(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(report.tasks, 1, "{report:?}");
+    assert_eq!(store.task("expired-run").await.unwrap(), None);
+    assert!(store.task("live-run").await.unwrap().is_some(), "a task within its TTL was removed");
+}
+
+crate::backends::on_both_backends!(
+    task_rows_are_compare_and_set,
+    tasks_go_with_their_session_and_when_their_ttl_runs_out
+);
