@@ -47,10 +47,16 @@ struct Server {
 
 impl Server {
     fn start(db: &Path, addr: &str) -> Self {
+        let tools = ["--tools", &guests().hostile.display().to_string(), "--grant-requested"].map(String::from);
+        Self::serving(db, addr, &tools)
+    }
+
+    /// `toolhost serve --http ADDR` serving what `what` names (tools, agents).
+    fn serving(db: &Path, addr: &str, what: &[String]) -> Self {
         let cache = crate::support::engine_config().cache_dir.expect("a cache dir");
         let mut child = Command::new(TOOLHOST)
             .args(["--cache-dir", &cache.display().to_string(), "--db", &db.display().to_string(), "serve"])
-            .args(["--tools", &guests().hostile.display().to_string(), "--grant-requested"])
+            .args(what)
             .args(["--http", addr, "--task-after-ms", "300", "--task-lease-ms", "1500"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -265,6 +271,43 @@ async fn an_approval_asked_over_mcp_lets_the_run_finish_and_a_denial_reaches_the
     http.shutdown().await.unwrap();
     drop(stop);
     worker.await.unwrap().unwrap();
+}
+
+/// `toolhost serve --agent calc.toml`, end to end: the real binary serves the agent (its
+/// scripted model asks for a calculator call that needs approval), a client that takes tasks
+/// calls it, accepts the approval in the task, and the run completes.
+#[test]
+fn serve_with_an_agent_file_runs_the_agent_as_a_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = start_model();
+    std::fs::write(dir.path().join("policy.toml"), "[tools.calculator]\napproval = \"always\"\n").unwrap();
+    let agent = format!(
+        "goal = \"arithmetic\"\ntools = [{:?}]\npolicy = \"policy.toml\"\n\n[agent]\nmodel = \"fake\"\nwaits = true\n\
+         max_turns = 8\n\n[models.providers.fake]\nkind = \"openai\"\nbase_url = \"{model}\"\n\n\
+         [models.aliases.fake]\nprovider = \"fake\"\nmodel = \"scripted\"\n",
+        guests().calculator.display().to_string()
+    );
+    let agent_path = dir.path().join("calc.toml");
+    std::fs::write(&agent_path, agent).unwrap();
+    let db = dir.path().join("sessions.db");
+    let server = Server::serving(&db, "127.0.0.1:0", &["--agent".into(), agent_path.display().to_string()]);
+
+    let args = ["approve", "--url", &server.url, "--tool", "calc", "--goal", "what is 6*7", "--decision", "accept"];
+    let report = report(client(&args).output().unwrap());
+    assert_eq!(report["result"]["is_error"], false, "{report}");
+    assert!(report["result"]["text"].as_str().unwrap().contains("42"), "the approved call ran: {report}");
+    let statuses = report["statuses"].as_array().unwrap();
+    assert!(statuses.contains(&json!("input_required")), "{report}");
+    assert_eq!(statuses.last().unwrap(), "completed", "{report}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let store: Arc<dyn Store> = toolhost::store::StoreUrl::Sqlite(db.clone()).open().await.unwrap();
+        let runs = toolhost::run::Runs::new(store).list(None).await.unwrap();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0].status, toolhost::store::RunStatus::Done, "{runs:?}");
+    });
+    drop(server);
 }
 
 /// The `tasks` table: created once, read back, changed only from the version it replaces.
