@@ -14,6 +14,7 @@ use crate::runtime::{Runtime, SnapshotPolicy};
 use crate::session::Session;
 use crate::store::{
     AuditScope, MemoryStore, SessionRecord, SessionSummary, SnapshotInfo, StepRecord, StorageStats, Store, StoreError,
+    TaskScope,
 };
 use crate::tool::{self, Loaded, Tool, ToolKind};
 
@@ -60,6 +61,8 @@ pub struct PruneReport {
     pub kept_in_use: Vec<String>,
     /// Audit events removed: the pruned sessions', and older ones of sessions deleted before.
     pub audit_events: u64,
+    /// MCP tasks removed: the pruned sessions', and those whose TTL ran out.
+    pub tasks: u64,
 }
 
 /// Loads tools and runs sessions. Cheap to clone; clones share the engine, compile cache,
@@ -453,18 +456,21 @@ impl Host {
         Ok(self.delete_with_audit(id).await.map_err(session_error)?.is_some())
     }
 
-    /// Deletes session `id` and then its audit events: how many, or `None` if there was no
-    /// such session (its leftover audit events are removed all the same).
-    async fn delete_with_audit(&self, id: &str) -> Result<Option<u64>, StoreError> {
+    /// Deletes session `id` and then its audit events and MCP tasks: how many of each, or
+    /// `None` if there was no such session (its leftovers are removed all the same).
+    async fn delete_with_audit(&self, id: &str) -> Result<Option<(u64, u64)>, StoreError> {
         let deleted = self.inner.store.delete_session(id, None).await?;
         let events = self.inner.store.delete_audit(AuditScope::Session(id), i64::MAX).await?;
-        Ok(deleted.then_some(events))
+        let tasks = self.inner.store.delete_tasks(TaskScope::Session(id)).await?;
+        Ok(deleted.then_some((events, tasks)))
     }
 
     /// [`Host::delete_session`], keeping the session's audit events (a later
     /// [`Host::prune_sessions`] removes them once they are older than its cutoff).
     pub async fn delete_session_keeping_audit(&self, id: &str) -> Result<bool, SessionError> {
-        self.inner.store.delete_session(id, None).await.map_err(session_error)
+        let deleted = self.inner.store.delete_session(id, None).await.map_err(session_error)?;
+        self.inner.store.delete_tasks(TaskScope::Session(id)).await.map_err(session_error)?;
+        Ok(deleted)
     }
 
     /// Retention: deletes every session that has ended `older_than` ago (no host holds its
@@ -487,6 +493,7 @@ impl Host {
             }
         }
         report.audit_events += self.inner.store.delete_audit(AuditScope::DeletedSessions, cutoff).await?;
+        report.tasks += self.inner.store.delete_tasks(TaskScope::ExpiredBy(crate::store::timestamp_ms())).await?;
         Ok(report)
     }
 
@@ -515,8 +522,9 @@ impl Host {
 
     async fn prune_one(&self, id: &str, report: &mut PruneReport) -> Result<(), SessionError> {
         match self.delete_with_audit(id).await {
-            Ok(Some(events)) => {
+            Ok(Some((events, tasks))) => {
                 report.audit_events += events;
+                report.tasks += tasks;
                 report.sessions.push(id.to_owned());
             }
             // Deleted meanwhile by someone else: not this prune's.

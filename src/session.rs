@@ -618,7 +618,7 @@ impl Rebuilder<'_> {
             if let Some(last) = previous {
                 instance.seek_random(&last.random);
             }
-            self.materialize(&mut instance, name, files.as_deref(), self.record.last_step).await?;
+            self.materialize(&mut instance, name, self.record.last_step).await?;
             return fresh(instance, UpgradeVia::Stateless);
         }
 

@@ -72,6 +72,10 @@ pub struct Args {
     /// taken over by the first poll after this
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     task_lease_ms: u64,
+    /// How long a task is kept after it ended, for its client to read (its `ttlMs`);
+    /// `sessions prune` and --prune-older-than then remove it
+    #[arg(long, value_name = "SECS", default_value_t = 24 * 3600)]
+    task_ttl_secs: u64,
     /// Tool instances kept alive across all sessions; past it the least recently used idle
     /// one is hibernated (its session stays open and rebuilds on its next call)
     /// [default: enough for every live session]
@@ -120,6 +124,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
             .then(|| std::time::Duration::from_secs(args.idle_session_secs)),
         task_after: (args.task_after_ms > 0).then(|| std::time::Duration::from_millis(args.task_after_ms)),
         task_lease: std::time::Duration::from_millis(args.task_lease_ms.max(300)),
+        task_ttl: std::time::Duration::from_secs(args.task_ttl_secs),
     };
     let files = tool_files(&args.tools)?;
     // Each live session holds an instance per tool it used; leave room for them all.

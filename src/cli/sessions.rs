@@ -226,7 +226,12 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
             for id in &report.kept_in_use {
                 println!("kept {id}: a host has it open");
             }
-            println!("pruned {} sessions and {} audit events", report.sessions.len(), report.audit_events);
+            println!(
+                "pruned {} sessions, {} audit events and {} tasks",
+                report.sessions.len(),
+                report.audit_events,
+                report.tasks
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

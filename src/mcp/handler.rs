@@ -246,6 +246,8 @@ impl Call {
                 catalog::success(entry, &self.handle, at, output)
             }
             StepOutcome::Failed(failure) => catalog::error_result(Some(&self.handle), "tool", &failure.to_string()),
+            // An upgrade, not the task's call: that call did not commit.
+            StepOutcome::Upgraded(_) => return None,
         })
     }
 }

@@ -83,6 +83,10 @@ pub struct McpLimits {
     /// of this while the task runs). A task whose server died is taken over by the first
     /// `tasks/get` after its claim runs out.
     pub task_lease: std::time::Duration,
+    /// How long a task is kept after it ended (a working one: after its claim ran out);
+    /// retention ([`crate::Host::prune_sessions`]) then removes it, and deleting its session
+    /// removes it at once. Reported to clients as the task's `ttlMs`.
+    pub task_ttl: std::time::Duration,
 }
 
 impl Default for McpLimits {
@@ -94,6 +98,7 @@ impl Default for McpLimits {
             idle_session_timeout: Some(std::time::Duration::from_secs(300)),
             task_after: Some(std::time::Duration::from_secs(1)),
             task_lease: std::time::Duration::from_secs(10),
+            task_ttl: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -112,7 +117,7 @@ impl McpServer {
         let share = handler::tool_share(limits.max_concurrent_calls);
         let tool_calls =
             tools.iter().map(|t| (t.name().to_owned(), Arc::new(tokio::sync::Semaphore::new(share)))).collect();
-        let tasks = tasks::TaskBoard::new(host.store(), limits.task_lease);
+        let tasks = tasks::TaskBoard::new(host.store(), limits.task_lease, limits.task_ttl);
         let shared = handler::Shared {
             catalog: catalog::Catalog::new(tools)?,
             tasks,

@@ -80,6 +80,8 @@ pub(crate) struct StoredTask {
     pub version: u64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// When retention may remove it: `ttl` after it ended, or after its claim runs out.
+    pub expires_at_ms: i64,
     pub body: TaskBody,
 }
 
@@ -92,16 +94,27 @@ impl StoredTask {
             version: record.version,
             created_at_ms: record.created_at_ms,
             updated_at_ms: record.updated_at_ms,
+            expires_at_ms: record.expires_at_ms,
             body,
         })
     }
 
-    fn next_record(&self) -> TaskRecord {
+    /// The record that replaces this one; it is kept `ttl` past its end (a working task:
+    /// past its claim, so one whose server died and that nobody polls goes too).
+    fn next_record(&self, ttl: Duration) -> TaskRecord {
+        let now = timestamp_ms();
+        let from = if self.body.progress.is_terminal() { now } else { self.body.claimed_until_ms.max(now) };
+        let session = match &self.body.work {
+            Work::ToolCall { session, .. } => Some(session.clone()),
+            Work::Run { .. } => None,
+        };
         TaskRecord {
             id: self.id.clone(),
             version: self.version + 1,
             created_at_ms: self.created_at_ms,
-            updated_at_ms: timestamp_ms(),
+            updated_at_ms: now,
+            session,
+            expires_at_ms: from.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
             body: serde_json::to_string(&self.body).expect("a task body serializes"),
         }
     }
@@ -114,7 +127,8 @@ impl StoredTask {
             iso8601(self.created_at_ms),
             iso8601(self.updated_at_ms),
         )
-        .with_poll_interval_ms(POLL_INTERVAL_MS);
+        .with_poll_interval_ms(POLL_INTERVAL_MS)
+        .with_ttl_ms(self.expires_at_ms.saturating_sub(self.created_at_ms).max(0) as u64);
         task.status_message = message;
         task
     }
@@ -148,16 +162,19 @@ pub(crate) fn rpc_error(code: i32, message: &str) -> JsonObject {
     error
 }
 
-/// The tasks of one server: its store, its instance name, its claims' length.
+/// The tasks of one server: its store, its instance name, its claims' length, how long
+/// its tasks are kept.
 pub(crate) struct TaskBoard {
     store: Arc<dyn Store>,
     instance: String,
     lease: Duration,
+    ttl: Duration,
 }
 
 impl TaskBoard {
-    pub fn new(store: Arc<dyn Store>, lease: Duration) -> Self {
-        Self { store, instance: uuid::Uuid::new_v4().to_string(), lease: lease.max(Duration::from_millis(300)) }
+    pub fn new(store: Arc<dyn Store>, lease: Duration, ttl: Duration) -> Self {
+        let lease = lease.max(Duration::from_millis(300));
+        Self { store, instance: uuid::Uuid::new_v4().to_string(), lease, ttl }
     }
 
     /// How often a running task's claim is renewed.
@@ -177,6 +194,7 @@ impl TaskBoard {
             version: 0,
             created_at_ms: now,
             updated_at_ms: now,
+            expires_at_ms: now,
             body: TaskBody {
                 work,
                 progress: Progress::Working,
@@ -185,8 +203,9 @@ impl TaskBoard {
                 takeovers: 0,
             },
         };
-        self.store.create_task(&task.next_record()).await?;
-        Ok(StoredTask { version: 1, ..task })
+        let record = task.next_record(self.ttl);
+        self.store.create_task(&record).await?;
+        Ok(StoredTask { version: 1, expires_at_ms: record.expires_at_ms, ..task })
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<StoredTask>, StoreError> {
@@ -206,12 +225,13 @@ impl TaskBoard {
             if !change(&mut task.body) {
                 return Ok(None);
             }
-            let record = task.next_record();
+            let record = task.next_record(self.ttl);
             match self.store.update_task(&record).await {
                 Ok(()) => {
                     return Ok(Some(StoredTask {
                         version: record.version,
                         updated_at_ms: record.updated_at_ms,
+                        expires_at_ms: record.expires_at_ms,
                         ..task
                     }));
                 }
@@ -322,14 +342,14 @@ mod tests {
     #[tokio::test]
     async fn a_task_is_finished_once_by_its_owner_and_an_orphan_is_taken_over_once() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let first = TaskBoard::new(store.clone(), Duration::from_millis(300));
-        let second = TaskBoard::new(store.clone(), Duration::from_millis(300));
+        let first = TaskBoard::new(store.clone(), Duration::from_millis(300), Duration::from_secs(60));
+        let second = TaskBoard::new(store.clone(), Duration::from_millis(300), Duration::from_secs(60));
         let task = first.create(call()).await.unwrap();
         assert!(second.take_over(&task).await.unwrap().is_none(), "a live claim is not taken over");
         first.started(&task.id, 7).await.unwrap();
         tokio::time::sleep(Duration::from_millis(350)).await;
         let stale = second.get(&task.id).await.unwrap().unwrap();
-        let third = TaskBoard::new(store.clone(), Duration::from_millis(300));
+        let third = TaskBoard::new(store.clone(), Duration::from_millis(300), Duration::from_secs(60));
         let won = second.take_over(&stale).await.unwrap().expect("an orphan is taken over");
         assert_eq!(won.body.takeovers, 1);
         assert!(matches!(won.body.work, Work::ToolCall { step: Some(7), .. }));
@@ -348,5 +368,11 @@ mod tests {
         assert_eq!(view["status"], "completed");
         assert_eq!(view["taskId"], json!(task.id));
         assert!(view["createdAt"].as_str().unwrap().ends_with('Z'), "{view}");
+        // Kept a minute past its end, which `ttlMs` (from creation) reports.
+        let ttl = view["ttlMs"].as_u64().unwrap();
+        assert!((60_000..70_000).contains(&ttl), "{view}");
+        assert_eq!(store.delete_tasks(crate::store::TaskScope::ExpiredBy(done.expires_at_ms - 1)).await.unwrap(), 0);
+        assert_eq!(store.delete_tasks(crate::store::TaskScope::Session("s")).await.unwrap(), 1);
+        assert!(second.get(&task.id).await.unwrap().is_none());
     }
 }

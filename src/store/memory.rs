@@ -27,7 +27,7 @@ use super::{
 };
 use super::{RunRecord, RunStatus, runs::check_version};
 use crate::contract::workspace::{Manifest, manifest_at};
-use super::{TaskRecord, tasks::check_task_version};
+use super::{TaskRecord, TaskScope, tasks::check_task_version};
 
 type ChunkHash = [u8; 32];
 
@@ -677,6 +677,16 @@ impl Store for MemoryStore {
         check_task_version(task, inner.tasks.get(&task.id).map(|t| t.version))?;
         inner.tasks.insert(task.id.clone(), task.clone());
         Ok(())
+    }
+
+    async fn delete_tasks(&self, scope: TaskScope<'_>) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let before = inner.tasks.len();
+        inner.tasks.retain(|_, t| match scope {
+            TaskScope::ExpiredBy(now) => t.expires_at_ms > now,
+            TaskScope::Session(session) => t.session.as_deref() != Some(session),
+        });
+        Ok((before - inner.tasks.len()) as u64)
     }
 }
 

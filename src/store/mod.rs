@@ -31,7 +31,7 @@ pub use postgres::PostgresStore;
 pub use runs::{RunRecord, RunStatus};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
-pub use tasks::TaskRecord;
+pub use tasks::{TaskRecord, TaskScope};
 pub use url::{StoreUrl, open};
 
 /// Milliseconds since the Unix epoch by this host's clock, for records.
@@ -412,6 +412,8 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the task whose stored version is `task.version - 1`, else fails with
     /// [`StoreError::TaskConflict`] (or [`StoreError::TaskNotFound`]).
     async fn update_task(&self, task: &TaskRecord) -> Result<(), StoreError>;
+    /// Removes the tasks `scope` names; how many.
+    async fn delete_tasks(&self, scope: TaskScope<'_>) -> Result<u64, StoreError>;
 }
 
 /// Whose audit events [`Store::delete_audit`] removes.

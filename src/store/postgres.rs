@@ -28,7 +28,7 @@ use super::{
 };
 use super::{RunRecord, RunStatus, runs::check_version};
 use crate::contract::workspace::{FileChange, Manifest, manifest_at};
-use super::{TaskRecord, tasks::check_task_version};
+use super::{TaskRecord, TaskScope, tasks::check_task_version};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
@@ -123,8 +123,12 @@ const MIGRATIONS: &[&str] = &[
         version BIGINT NOT NULL,
         created_at_ms BIGINT NOT NULL,
         updated_at_ms BIGINT NOT NULL,
+        session TEXT,
+        expires_at_ms BIGINT NOT NULL,
         body TEXT NOT NULL
     );
+    CREATE INDEX tasks_session ON tasks (session) WHERE session IS NOT NULL;
+    CREATE INDEX tasks_expiry ON tasks (expires_at_ms);
 "#,
 ];
 
@@ -1135,9 +1139,9 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let inserted = client
             .execute(
-                "INSERT INTO tasks (id, version, created_at_ms, updated_at_ms, body) VALUES ($1, 1, $2, $3, $4)
-                 ON CONFLICT (id) DO NOTHING",
-                &[&task.id, &task.created_at_ms, &task.updated_at_ms, &task.body],
+                "INSERT INTO tasks (id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body)
+                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                &[&task.id, &task.created_at_ms, &task.updated_at_ms, &task.session, &task.expires_at_ms, &task.body],
             )
             .await
             .map_err(pg_error)?;
@@ -1147,7 +1151,9 @@ impl Store for PostgresStore {
     async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT id, version, created_at_ms, updated_at_ms, body FROM tasks WHERE id = $1", &[&id])
+            .query_opt("SELECT id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body FROM tasks WHERE id = $1",
+                &[&id],
+            )
             .await
             .map_err(pg_error)?;
         Ok(row.map(|r| TaskRecord {
@@ -1155,7 +1161,9 @@ impl Store for PostgresStore {
             version: r.get::<_, i64>(1) as u64,
             created_at_ms: r.get(2),
             updated_at_ms: r.get(3),
-            body: r.get(4),
+            session: r.get(4),
+            expires_at_ms: r.get(5),
+            body: r.get(6),
         }))
     }
 
@@ -1164,9 +1172,16 @@ impl Store for PostgresStore {
         // One statement: the version check and the write are atomic without a transaction.
         let updated = client
             .execute(
-                "UPDATE tasks SET version = $2::bigint, updated_at_ms = $3, body = $4
+                "UPDATE tasks SET version = $2::bigint, updated_at_ms = $3, session = $4, expires_at_ms = $5, body = $6
                  WHERE id = $1 AND version = $2::bigint - 1",
-                &[&task.id, &(task.version as i64), &task.updated_at_ms, &task.body],
+                &[
+                    &task.id,
+                    &(task.version as i64),
+                    &task.updated_at_ms,
+                    &task.session,
+                    &task.expires_at_ms,
+                    &task.body,
+                ],
             )
             .await
             .map_err(pg_error)?;
@@ -1181,6 +1196,15 @@ impl Store for PostgresStore {
         check_task_version(task, found)?;
         // Changed between the two statements: still a conflict.
         Err(StoreError::TaskConflict { task: task.id.clone(), expected: task.version - 1, found: found.unwrap_or(0) })
+    }
+
+    async fn delete_tasks(&self, scope: TaskScope<'_>) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        match scope {
+            TaskScope::ExpiredBy(now) => client.execute("DELETE FROM tasks WHERE expires_at_ms <= $1", &[&now]).await,
+            TaskScope::Session(s) => client.execute("DELETE FROM tasks WHERE session = $1", &[&s]).await,
+        }
+        .map_err(pg_error)
     }
 }
 

@@ -20,7 +20,7 @@ use super::{
 };
 use super::{RunRecord, RunStatus, runs::check_version};
 use crate::contract::workspace::{FileChange, Manifest, manifest_at};
-use super::{TaskRecord, tasks::check_task_version};
+use super::{TaskRecord, TaskScope, tasks::check_task_version};
 
 /// How hard a commit tries to survive power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -127,8 +127,12 @@ const MIGRATIONS: &[&str] = &[
         version INTEGER NOT NULL,
         created_at_ms INTEGER NOT NULL,
         updated_at_ms INTEGER NOT NULL,
+        session TEXT,
+        expires_at_ms INTEGER NOT NULL,
         body TEXT NOT NULL
     ) WITHOUT ROWID;
+    CREATE INDEX tasks_session ON tasks (session) WHERE session IS NOT NULL;
+    CREATE INDEX tasks_expiry ON tasks (expires_at_ms);
 "#,
 ];
 
@@ -1208,9 +1212,9 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let inserted = conn
                 .execute(
-                    "INSERT OR IGNORE INTO tasks (id, version, created_at_ms, updated_at_ms, body)
-                     VALUES (?1, 1, ?2, ?3, ?4)",
-                    params![task.id, task.created_at_ms, task.updated_at_ms, task.body],
+                    "INSERT OR IGNORE INTO tasks (id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body)
+                     VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6)",
+                    params![task.id, task.created_at_ms, task.updated_at_ms, task.session, task.expires_at_ms, task.body],
                 )
                 .map_err(backend)?;
             if inserted == 0 { Err(StoreError::TaskExists(task.id)) } else { Ok(()) }
@@ -1222,7 +1226,7 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.read(move |conn| {
             conn.query_row(
-                "SELECT id, version, created_at_ms, updated_at_ms, body FROM tasks WHERE id = ?1",
+                "SELECT id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body FROM tasks WHERE id = ?1",
                 [id],
                 |r| {
                     Ok(TaskRecord {
@@ -1230,7 +1234,9 @@ impl Store for SqliteStore {
                         version: r.get::<_, i64>(1)? as u64,
                         created_at_ms: r.get(2)?,
                         updated_at_ms: r.get(3)?,
-                        body: r.get(4)?,
+                        session: r.get(4)?,
+                        expires_at_ms: r.get(5)?,
+                        body: r.get(6)?,
                     })
                 },
             )
@@ -1249,13 +1255,26 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             check_task_version(&task, found.map(|v| v as u64))?;
             conn.execute(
-                "UPDATE tasks SET version = ?2, updated_at_ms = ?3, body = ?4 WHERE id = ?1",
-                params![task.id, task.version as i64, task.updated_at_ms, task.body],
+                "UPDATE tasks SET version = ?2, updated_at_ms = ?3, session = ?4, expires_at_ms = ?5, body = ?6
+                 WHERE id = ?1",
+                params![task.id, task.version as i64, task.updated_at_ms, task.session, task.expires_at_ms, task.body],
             )
             .map(drop)
             .map_err(backend)
         })
         .await
+    }
+
+    async fn delete_tasks(&self, scope: TaskScope<'_>) -> Result<u64, StoreError> {
+        let (sql, key) = match scope {
+            TaskScope::ExpiredBy(now) => {
+                ("DELETE FROM tasks WHERE expires_at_ms <= ?1", rusqlite::types::Value::Integer(now))
+            }
+            TaskScope::Session(s) => {
+                ("DELETE FROM tasks WHERE session = ?1", rusqlite::types::Value::Text(s.to_owned()))
+            }
+        };
+        self.write_value(move |conn| conn.execute(sql, [key]).map(|n| n as u64).map_err(backend)).await
     }
 }
 

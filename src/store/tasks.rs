@@ -14,8 +14,21 @@ pub struct TaskRecord {
     pub version: u64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The session the task's work runs in, if any: deleting the session removes the task.
+    pub session: Option<String>,
+    /// When retention may remove the task (its TTL, renewed with every write).
+    pub expires_at_ms: i64,
     /// JSON, read by [`crate::mcp`].
     pub body: String,
+}
+
+/// Which tasks [`super::Store::delete_tasks`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskScope<'a> {
+    /// Those whose TTL ran out by this time (ms since the epoch).
+    ExpiredBy(i64),
+    /// Those of a session.
+    Session(&'a str),
 }
 
 /// Fails unless `found` is the version a write of `task` replaces.

@@ -47,10 +47,16 @@ struct Server {
 
 impl Server {
     fn start(db: &Path, addr: &str) -> Self {
+        let tools = ["--tools", &guests().hostile.display().to_string(), "--grant-requested"].map(String::from);
+        Self::serving(db, addr, &tools)
+    }
+
+    /// `toolhost serve --http ADDR` serving what `what` names (tools, agents).
+    fn serving(db: &Path, addr: &str, what: &[String]) -> Self {
         let cache = crate::support::engine_config().cache_dir.expect("a cache dir");
         let mut child = Command::new(TOOLHOST)
             .args(["--cache-dir", &cache.display().to_string(), "--db", &db.display().to_string(), "serve"])
-            .args(["--tools", &guests().hostile.display().to_string(), "--grant-requested"])
+            .args(what)
             .args(["--http", addr, "--task-after-ms", "300", "--task-lease-ms", "1500"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -267,11 +273,56 @@ async fn an_approval_asked_over_mcp_lets_the_run_finish_and_a_denial_reaches_the
     worker.await.unwrap().unwrap();
 }
 
+/// `toolhost serve --agent calc.toml`, end to end: the real binary serves the agent (its
+/// scripted model asks for a calculator call that needs approval), a client that takes tasks
+/// calls it, accepts the approval in the task, and the run completes.
+#[test]
+fn serve_with_an_agent_file_runs_the_agent_as_a_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = start_model();
+    std::fs::write(dir.path().join("policy.toml"), "[tools.calculator]\napproval = \"always\"\n").unwrap();
+    let agent = format!(
+        "goal = \"arithmetic\"\ntools = [{:?}]\npolicy = \"policy.toml\"\n\n[agent]\nmodel = \"fake\"\nwaits = true\n\
+         max_turns = 8\n\n[models.providers.fake]\nkind = \"openai\"\nbase_url = \"{model}\"\n\n\
+         [models.aliases.fake]\nprovider = \"fake\"\nmodel = \"scripted\"\n",
+        guests().calculator.display().to_string()
+    );
+    let agent_path = dir.path().join("calc.toml");
+    std::fs::write(&agent_path, agent).unwrap();
+    let db = dir.path().join("sessions.db");
+    let server = Server::serving(&db, "127.0.0.1:0", &["--agent".into(), agent_path.display().to_string()]);
+
+    let args = ["approve", "--url", &server.url, "--tool", "calc", "--goal", "what is 6*7", "--decision", "accept"];
+    let report = report(client(&args).output().unwrap());
+    assert_eq!(report["result"]["is_error"], false, "{report}");
+    assert!(report["result"]["text"].as_str().unwrap().contains("42"), "the approved call ran: {report}");
+    let statuses = report["statuses"].as_array().unwrap();
+    assert!(statuses.contains(&json!("input_required")), "{report}");
+    assert_eq!(statuses.last().unwrap(), "completed", "{report}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let store: Arc<dyn Store> = toolhost::store::StoreUrl::Sqlite(db.clone()).open().await.unwrap();
+        let runs = toolhost::run::Runs::new(store).list(None).await.unwrap();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0].status, toolhost::store::RunStatus::Done, "{runs:?}");
+    });
+    drop(server);
+}
+
 /// The `tasks` table: created once, read back, changed only from the version it replaces.
 async fn task_rows_are_compare_and_set(db: &crate::backends::TestStore) {
     use toolhost::store::{StoreError, TaskRecord};
     let store = toolhost::store::open(&db.url).await.unwrap();
-    let task = TaskRecord { id: "t1".into(), version: 1, created_at_ms: 5, updated_at_ms: 5, body: "{}".into() };
+    let task = TaskRecord {
+        id: "t1".into(),
+        version: 1,
+        created_at_ms: 5,
+        updated_at_ms: 5,
+        session: Some("s1".into()),
+        expires_at_ms: 100,
+        body: "{}".into(),
+    };
     store.create_task(&task).await.unwrap();
     assert!(matches!(store.create_task(&task).await, Err(StoreError::TaskExists(_))));
     assert_eq!(store.task("t1").await.unwrap().as_ref(), Some(&task));
@@ -285,4 +336,42 @@ async fn task_rows_are_compare_and_set(db: &crate::backends::TestStore) {
     assert_eq!(store.task("t1").await.unwrap(), Some(next));
 }
 
-crate::backends::on_both_backends!(task_rows_are_compare_and_set);
+/// Task retention: deleting a session removes its tasks; a prune removes the tasks whose TTL
+/// ran out (a run's, which has no session, too) and keeps the others.
+async fn tasks_go_with_their_session_and_when_their_ttl_runs_out(db: &crate::backends::TestStore) {
+    use toolhost::store::TaskRecord;
+    let host = Host::with_store(
+        HostConfig { engine: crate::support::engine_config(), ..HostConfig::default() },
+        db.open().await,
+    )
+    .unwrap();
+    let store = host.store();
+    let session = host.new_session().await.unwrap();
+    let id = session.id().to_owned();
+    session.close().await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let task = |name: &str, session: Option<&str>, expires_at_ms: i64| TaskRecord {
+        id: name.into(),
+        version: 1,
+        created_at_ms: now,
+        updated_at_ms: now,
+        session: session.map(Into::into),
+        expires_at_ms,
+        body: "{}".into(),
+    };
+    let later = now + 3_600_000;
+    for t in [task("of-session", Some(&id), later), task("expired-run", None, now - 1), task("live-run", None, later)] {
+        store.create_task(&t).await.unwrap();
+    }
+    assert!(host.delete_session(&id).await.unwrap());
+    assert_eq!(store.task("of-session").await.unwrap(), None, "the deleted session's task stayed");
+    let report = host.prune_sessions(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(report.tasks, 1, "{report:?}");
+    assert_eq!(store.task("expired-run").await.unwrap(), None);
+    assert!(store.task("live-run").await.unwrap().is_some(), "a task within its TTL was removed");
+}
+
+crate::backends::on_both_backends!(
+    task_rows_are_compare_and_set,
+    tasks_go_with_their_session_and_when_their_ttl_runs_out
+);
