@@ -290,7 +290,8 @@ fn serve_with_an_agent_file_runs_the_agent_as_a_task() {
     let agent_path = dir.path().join("calc.toml");
     std::fs::write(&agent_path, agent).unwrap();
     let db = dir.path().join("sessions.db");
-    let server = Server::serving(&db, "127.0.0.1:0", &["--agent".into(), agent_path.display().to_string()]);
+    let agent_args = ["--agent".into(), agent_path.display().to_string(), "--task-ttl-secs".into(), "1".into()];
+    let server = Server::serving(&db, "127.0.0.1:0", &agent_args);
 
     let args = ["approve", "--url", &server.url, "--tool", "calc", "--goal", "what is 6*7", "--decision", "accept"];
     let report = report(client(&args).output().unwrap());
@@ -307,6 +308,28 @@ fn serve_with_an_agent_file_runs_the_agent_as_a_task() {
         assert_eq!(runs.len(), 1, "{runs:?}");
         assert_eq!(runs[0].status, toolhost::store::RunStatus::Done, "{runs:?}");
     });
+
+    // Its task is kept --task-ttl-secs (1) past its claim; once that ran out, `toolhost
+    // sessions prune` removes it and tasks/get answers the unknown-task error. (The SDK's
+    // DetailedTask model drops `ttlMs`; the unit test in src/mcp/tasks.rs checks it.)
+    let task = report["task"].as_str().unwrap();
+    let got = self::report(client(&["get", "--url", &server.url, "--task", task]).output().unwrap());
+    assert_eq!(got["status"], "completed", "{got}");
+    std::thread::sleep(Duration::from_millis(2600));
+    let cache = crate::support::engine_config().cache_dir.expect("a cache dir");
+    let prune = Command::new(TOOLHOST)
+        .args(["--cache-dir", &cache.display().to_string(), "--db", &db.display().to_string()])
+        .args(["sessions", "prune", "--older-than", "1h"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&prune.stdout);
+    assert!(
+        prune.status.success() && printed.contains("1 tasks"),
+        "{printed}{}",
+        String::from_utf8_lossy(&prune.stderr)
+    );
+    let gone = self::report(client(&["get", "--url", &server.url, "--task", task]).output().unwrap());
+    assert_eq!(gone["error"]["code"], -32602, "{gone}");
     drop(server);
 }
 

@@ -194,9 +194,21 @@ async def approve(args: argparse.Namespace) -> dict[str, Any]:
     return {**tasks.report, "asked": asked, "result": result_report(result)}
 
 
+async def get(args: argparse.Namespace) -> dict[str, Any]:
+    """One tasks/get of task --task: its status, or the JSON-RPC error it got."""
+    from mcp.shared.exceptions import MCPError
+
+    async with http_client(args.url, "2026-07-28", [Tasks()]) as client:
+        try:
+            task = await client.session.send_request(GetTask(params=TaskParams(task_id=args.task)), DetailedTask)
+        except MCPError as e:
+            return {"error": {"code": e.code, "message": e.message}}
+        return {"status": task.status}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["long-call", "plain", "approve"])
+    parser.add_argument("scenario", choices=["long-call", "plain", "approve", "get"])
     parser.add_argument("--url", required=True)
     parser.add_argument("--ms", type=int, default=3000)
     parser.add_argument("--mode", default="2026-07-28")
@@ -204,8 +216,9 @@ def main() -> None:
     parser.add_argument("--goal")
     parser.add_argument("--decision", choices=["accept", "decline"], default="accept")
     parser.add_argument("--reason", default="not today")
+    parser.add_argument("--task")
     args = parser.parse_args()
-    run = {"long-call": long_call, "plain": plain, "approve": approve}[args.scenario]
+    run = {"long-call": long_call, "plain": plain, "approve": approve, "get": get}[args.scenario]
     report = asyncio.run(run(args))
     print(json.dumps(report, default=str))
 
