@@ -26,8 +26,8 @@ use super::{
     StateWrite, StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot, timestamp_ms,
 };
 use super::{RunRecord, RunStatus, runs::check_version};
-use crate::contract::workspace::{Manifest, manifest_at};
 use super::{TaskRecord, TaskScope, tasks::check_task_version};
+use crate::contract::workspace::{Manifest, manifest_at};
 
 type ChunkHash = [u8; 32];
 

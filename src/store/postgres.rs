@@ -27,8 +27,8 @@ use super::{
     StateWrite, StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
 use super::{RunRecord, RunStatus, runs::check_version};
-use crate::contract::workspace::{FileChange, Manifest, manifest_at};
 use super::{TaskRecord, TaskScope, tasks::check_task_version};
+use crate::contract::workspace::{FileChange, Manifest, manifest_at};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[

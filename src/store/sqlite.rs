@@ -19,8 +19,8 @@ use super::{
     StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
 use super::{RunRecord, RunStatus, runs::check_version};
-use crate::contract::workspace::{FileChange, Manifest, manifest_at};
 use super::{TaskRecord, TaskScope, tasks::check_task_version};
+use crate::contract::workspace::{FileChange, Manifest, manifest_at};
 
 /// How hard a commit tries to survive power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
