@@ -798,11 +798,6 @@ impl Upgrading<'_> {
     }
 }
 
-/// A tool's workspace as of step `at`, from its steps.
-fn workspace_at(history: &[StepRecord], at: u64) -> crate::capability::workspace::Manifest {
-    crate::capability::workspace::manifest_at(history.iter().map(|s| (s.seq, s.files.as_slice())), at)
-}
-
 fn describe(outcome: &Result<String, ToolFailure>) -> String {
     match outcome {
         Ok(text) => format!("output {}", truncate(text)),
