@@ -32,12 +32,11 @@ pub trait Tool: Default + 'static {
 }
 
 /// A tool whose in-memory state is snapshotted by the host between steps, as the serde
-/// serialization (CBOR) of the tool value. On resume the host restores the latest snapshot into a
+/// serialization of the tool value. On resume the host restores the latest snapshot into a
 /// fresh instance and replays only the steps after it.
 ///
 /// Keep the serialized form backward compatible (`#[serde(default)]` on new fields): a
-/// session that ran an older version restores its snapshot into this one (the host's
-/// `on_upgrade = "snapshot"`), and one that fails to deserialize refuses the upgrade.
+/// snapshot that fails to deserialize makes the host fall back to a full replay.
 pub trait Stateful: Tool + Serialize + DeserializeOwned {}
 
 impl<T: Tool + Serialize + DeserializeOwned> Stateful for T {}
@@ -75,26 +74,15 @@ pub fn call<T: Tool>(slot: &mut Option<T>, input: &str) -> Result<String, WitToo
     serde_json::to_string(&output).map_err(|e| WitToolError::Failed(format!("output does not serialize to JSON: {e}")))
 }
 
-/// Marks a snapshot encoded as CBOR; older snapshots are JSON, which never starts with NUL.
-const CBOR_SNAPSHOT: &[u8; 4] = b"\0thc";
-
-/// `snapshot` for `T`: the tool value as self-describing CBOR (RFC 8949) after a marker, so a
-/// field added later with `#[serde(default)]` still restores. CBOR, not JSON: a large string
-/// or byte state is copied, not scanned for escapes, which is most of a big restore's cost.
+/// `snapshot` for `T`: the serde JSON of the tool value.
 pub fn snapshot<T: Stateful>(slot: &mut Option<T>) -> Vec<u8> {
     let tool = slot.get_or_insert_with(T::default);
-    let mut bytes = CBOR_SNAPSHOT.to_vec();
-    ciborium::into_writer(tool, &mut bytes).expect("tool state serializes to CBOR");
-    bytes
+    serde_json::to_vec(tool).expect("tool state serializes to JSON")
 }
 
-/// `restore` for `T`: replaces the tool value with the decoded snapshot (CBOR, or the JSON
-/// that snapshots were before).
+/// `restore` for `T`: replaces the tool value with the deserialized snapshot.
 pub fn restore<T: Stateful>(slot: &mut Option<T>, bytes: &[u8]) -> Result<(), String> {
-    let tool: T = match bytes.strip_prefix(CBOR_SNAPSHOT) {
-        Some(cbor) => ciborium::from_reader(cbor).map_err(|e| format!("snapshot does not decode: {e}"))?,
-        None => serde_json::from_slice(bytes).map_err(|e| format!("snapshot does not decode: {e}"))?,
-    };
+    let tool: T = serde_json::from_slice(bytes).map_err(|e| format!("snapshot does not decode: {e}"))?;
     *slot = Some(tool);
     Ok(())
 }
@@ -282,16 +270,9 @@ mod tests {
     }
 
     #[test]
-    fn a_json_snapshot_from_before_cbor_still_restores() {
-        let mut restored = None::<V1>;
-        super::restore(&mut restored, br#"{"text":"a\"b","count":3}"#).unwrap();
-        assert_eq!(restored, Some(V1 { text: "a\"b".into(), count: 3 }));
-    }
-
-    #[test]
     fn a_corrupt_snapshot_is_refused_with_a_reason() {
         let mut restored = None::<V1>;
-        let error = super::restore(&mut restored, b"\0thc\xff\xff").unwrap_err();
+        let error = super::restore(&mut restored, b"{\"text\": 3").unwrap_err();
         assert!(error.contains("does not decode"), "{error}");
         assert_eq!(restored, None);
     }
