@@ -129,7 +129,7 @@ impl Drop for HttpServer {
 }
 
 /// Waits for the line announcing the URL, then keeps draining stderr (to the test's output).
-fn read_url(stderr: ChildStderr) -> (String, std::thread::JoinHandle<()>) {
+pub(crate) fn read_url(stderr: ChildStderr) -> (String, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let drain = std::thread::spawn(move || {
         let mut tx = Some(tx);

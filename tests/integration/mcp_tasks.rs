@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use toolhost::mcp::{HttpOptions, McpAgent, McpLimits, McpServer};
 use toolhost::run::{Worker, WorkerConfig};
 use toolhost::{Agent, AgentConfig, Host, HostConfig, LeaseConfig, ModelRouter, ModelsConfig, Policy, Store};
 
+use crate::mcp::read_url;
 use crate::support::guests;
 
 const TOOLHOST: &str = env!("CARGO_BIN_EXE_toolhost");
@@ -83,23 +84,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn read_url(stderr: ChildStderr) -> (String, std::thread::JoinHandle<()>) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let drain = std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[server] {line}");
-            if let Some(rest) = line.strip_prefix("toolhost: serving MCP at ")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(120)).expect("the server did not announce its URL");
-    (url, drain)
 }
 
 #[test]
