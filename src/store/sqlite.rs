@@ -134,6 +134,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_session ON tasks (session) WHERE session IS NOT NULL;
     CREATE INDEX tasks_expiry ON tasks (expires_at_ms);
 "#,
+    // Chunks move to a rowid table. SQLite keeps a WITHOUT ROWID row in its key's b-tree,
+    // whose pages hold little payload, so each ~2 KiB chunk spilled into overflow pages:
+    // reading a 1 MiB snapshot's 500 chunks took ~5x longer than from a rowid table.
+    r#"
+    CREATE TABLE chunks_by_rowid (
+        hash BLOB PRIMARY KEY,
+        data BLOB NOT NULL,
+        refs INTEGER NOT NULL
+    );
+    INSERT INTO chunks_by_rowid (hash, data, refs) SELECT hash, data, refs FROM chunks;
+    DROP TABLE chunks;
+    ALTER TABLE chunks_by_rowid RENAME TO chunks;
+"#,
 ];
 
 /// Writes that arrive while a group is committing join the next group, up to this many.

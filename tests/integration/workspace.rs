@@ -578,12 +578,14 @@ async fn a_database_from_before_workspaces_opens_and_gains_them(store: &TestStor
         session.id().to_owned()
     };
     // Back to the schema before the workspace migration: it and the runs and tasks tables',
-    // which came after it, undone.
+    // which came after it, undone; on SQLite also the move of `chunks` to a rowid table,
+    // which works on either kind of table when it runs again.
     store.execute("DROP TABLE tasks", &[]).await;
     store.execute("DROP TABLE runs", &[]).await;
     store.execute("ALTER TABLE steps DROP COLUMN files", &[]).await;
     let version = "(SELECT MAX(version) FROM schema_version)";
-    for _ in 0..3 {
+    let later_migrations = if store.url.starts_with("sqlite:") { 4 } else { 3 };
+    for _ in 0..later_migrations {
         store.execute(&format!("DELETE FROM schema_version WHERE version = {version}"), &[]).await;
     }
     let host = host_on(store.open().await, policy(), SnapshotPolicy::default());
