@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::{HANDLE_ARGUMENT, HANDLE_META_KEY, McpError};
 use crate::error::CallError;
+use crate::source::chain;
 use crate::tool::Tool;
 
 /// One served tool: the host's tool and its MCP definition.
@@ -173,7 +174,7 @@ pub(crate) fn success(entry: &Entry, handle: &str, step: u64, output: Value) -> 
 /// A call that did not produce output: the tool's own error, a denial, a trap, a limit.
 /// Reported to the client as a tool error (`isError`), which the model can read and act on.
 pub(crate) fn failure(handle: Option<&str>, error: &CallError) -> CallToolResult {
-    error_result(handle, error.kind().code(), &error.to_string())
+    error_result(handle, error.kind().code(), &chain(error).to_string())
 }
 
 /// A tool error the server raises itself (an unknown or malformed handle, a busy server).
