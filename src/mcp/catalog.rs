@@ -196,6 +196,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failed_call_tells_the_client_its_whole_chain() {
+        let io = std::io::Error::other("the disk is full");
+        let store = crate::store::StoreError::backend("sqlite", io);
+        let error = CallError::Store { tool: "notes".into(), source: store };
+        let result = serde_json::to_value(failure(Some("h1"), &error)).unwrap();
+        assert_eq!(result["isError"], true, "{result}");
+        assert_eq!(result["_meta"]["dev.toolhost/error"], "store", "{result}");
+        let text = result["content"][0]["text"].as_str().unwrap();
+        assert_eq!(text, "the store failed during a call to `notes`: store backend: sqlite: the disk is full");
+    }
+
+    #[test]
     fn handle_goes_into_closed_alternatives_and_the_root() {
         let mut schema = json!({
             "type": "object",
