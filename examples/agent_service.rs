@@ -27,6 +27,7 @@ use axum::{Json, Router};
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+use toolhost::error::chain;
 use toolhost::model::{ProviderConfig, ProviderKind};
 use toolhost::run::{RunError, Runs};
 use toolhost::store::{Durability, StepOutcome};
@@ -78,8 +79,8 @@ impl IntoResponse for ApiError {
 impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
         match e {
-            SessionError::NotFound(_) => Self(StatusCode::NOT_FOUND, e.to_string()),
-            e => Self(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            SessionError::NotFound(_) => Self(StatusCode::NOT_FOUND, chain(&e).to_string()),
+            e => Self(StatusCode::INTERNAL_SERVER_ERROR, chain(&e).to_string()),
         }
     }
 }
@@ -96,7 +97,7 @@ impl From<CallError> for ApiError {
             | CallError::InvalidOutput { .. } => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self(status, e.to_string())
+        Self(status, chain(&e).to_string())
     }
 }
 
@@ -105,9 +106,9 @@ impl From<RunError> for ApiError {
         match e {
             RunError::Agent(e) => e.into(),
             RunError::Session(e) => e.into(),
-            RunError::NotFound(_) => Self(StatusCode::NOT_FOUND, e.to_string()),
-            RunError::WrongState { .. } | RunError::Invalid { .. } => Self(StatusCode::CONFLICT, e.to_string()),
-            e => Self(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            RunError::NotFound(_) => Self(StatusCode::NOT_FOUND, chain(&e).to_string()),
+            RunError::WrongState { .. } | RunError::Invalid { .. } => Self(StatusCode::CONFLICT, chain(&e).to_string()),
+            e => Self(StatusCode::INTERNAL_SERVER_ERROR, chain(&e).to_string()),
         }
     }
 }
@@ -116,11 +117,11 @@ impl From<AgentError> for ApiError {
     fn from(e: AgentError) -> Self {
         match e {
             AgentError::Call(e) => e.into(),
-            AgentError::Model { .. } => Self(StatusCode::BAD_GATEWAY, e.to_string()),
+            AgentError::Model { .. } => Self(StatusCode::BAD_GATEWAY, chain(&e).to_string()),
             AgentError::SessionNotEmpty { .. } | AgentError::NotAnAgentSession { .. } | AgentError::Mismatch { .. } => {
-                Self(StatusCode::CONFLICT, e.to_string())
+                Self(StatusCode::CONFLICT, chain(&e).to_string())
             }
-            e => Self(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            e => Self(StatusCode::INTERNAL_SERVER_ERROR, chain(&e).to_string()),
         }
     }
 }

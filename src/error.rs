@@ -1,8 +1,14 @@
 //! The library's typed errors. Every failure a caller can act on has its own variant; the
 //! messages name the file, tool or limit involved.
+//!
+//! An error that another error caused keeps it as its [`std::error::Error::source`] and does
+//! not repeat its text (ripgrep's and wasmtime's convention): the edges that show errors to
+//! people or models print the whole chain with [`chain`].
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use crate::source::{Chain, Source, chain};
 
 use crate::contract::OnUpgrade;
 
@@ -21,8 +27,9 @@ pub enum LoadError {
     )]
     CoreModule { path: PathBuf },
 
-    #[error("{path} does not compile: {reason}")]
-    Compile { path: PathBuf, reason: String },
+    /// cranelift refused the component (`source`: wasmtime's error), or the compiler task died.
+    #[error("{path} does not compile")]
+    Compile { path: PathBuf, source: Source },
 
     /// Larger than the engine's `max_component_bytes`; refused before it is read whole.
     #[error("{path} is {size} bytes, over the {limit}-byte limit for a component (`max_component_bytes`)")]
@@ -38,18 +45,23 @@ pub enum LoadError {
     )]
     WrongWorld { path: PathBuf, expected: &'static str, found: String },
 
-    #[error("{path} needs imports the host does not provide: {reason}")]
-    UnsatisfiedImports { path: PathBuf, reason: String },
+    /// The component imports something the host's linker does not define (`source`: wasmtime's
+    /// error, naming the import).
+    #[error("{path} needs imports the host does not provide")]
+    UnsatisfiedImports { path: PathBuf, source: Source },
 
     /// `describe` ran past the load deadline (it ran the tool's code with nothing granted).
     #[error("{path}: `describe` did not return within {limit:?}")]
     DescribeDeadline { path: PathBuf, limit: Duration },
 
-    #[error("{path}: calling `describe` failed: {reason}")]
-    Describe { path: PathBuf, reason: String },
+    /// Instantiating the tool, or running its `describe`, failed (`source`: why).
+    #[error("{path}: calling `describe` failed")]
+    Describe { path: PathBuf, source: Source },
 
+    /// The descriptor breaks a rule (`reason`), or one of its schemas does not parse
+    /// (`source`: the JSON or JSON Schema error).
     #[error("{path}: the tool's descriptor is invalid: {reason}")]
-    InvalidDescriptor { path: PathBuf, reason: String },
+    InvalidDescriptor { path: PathBuf, reason: String, source: Option<Source> },
 
     /// The policy pins the tool to another component.
     #[error(
@@ -180,19 +192,22 @@ pub enum CallError {
 
     /// The step left its session workspace in a state it cannot keep (a symlink, a special
     /// file, a name that is not UTF-8) or the host could not read it. Nothing is committed.
-    #[error("tool `{tool}`: the session workspace cannot be committed: {reason}")]
-    Workspace { tool: String, reason: String },
+    /// `source`: the scan's refusal, or the store's error.
+    #[error("tool `{tool}`: the session workspace cannot be committed")]
+    Workspace { tool: String, source: Source },
 
+    /// `reason` says what could not be set up; `source`, if any, why.
     #[error("cannot start an instance of `{tool}`: {reason}")]
-    Instantiate { tool: String, reason: String },
+    Instantiate { tool: String, reason: String, source: Option<Source> },
 
-    #[error("the store failed during a call to `{tool}`: {reason}")]
-    Store { tool: String, reason: String },
+    #[error("the store failed during a call to `{tool}`")]
+    Store { tool: String, source: crate::store::StoreError },
 
     /// Rebuilding the tool's instance by replay produced something other than what was
     /// recorded: the tool is not deterministic given its journal, or its code changed.
+    /// `reason` says how; `source`, if any, is the replayed call's error.
     #[error("replaying step {step} of session `{session}` on `{tool}` diverged: {reason}")]
-    ReplayDiverged { tool: String, session: String, step: u64, reason: String },
+    ReplayDiverged { tool: String, session: String, step: u64, reason: String, source: Option<Source> },
 
     /// Rebuilding the tool's instance would replay more steps than its `max_replay_steps`
     /// allows: resume cost would grow with the session's history.
@@ -209,14 +224,16 @@ pub enum CallError {
     Busy { tool: String, limit: usize, waited: Duration },
 
     /// Another host committed a step of this session first; this session handle is stale.
-    #[error("session `{session}` was advanced elsewhere: {reason}")]
-    Conflict { tool: String, session: String, reason: String },
+    /// `source`: the store's [`StoreError::Conflict`](crate::store::StoreError::Conflict).
+    #[error("session `{session}` was advanced elsewhere")]
+    Conflict { tool: String, session: String, source: crate::store::StoreError },
 
     /// This host no longer holds the session's lease (it expired while the host was paused
     /// or cut off, or another host took the session over): the step was not committed and
     /// this session handle is stale. Open the session again to continue, here or elsewhere.
-    #[error("lost the lease of session `{session}`; the step was not committed: {reason}")]
-    LeaseLost { tool: String, session: String, reason: String },
+    /// `source`: the store's [`StoreError::LeaseLost`](crate::store::StoreError::LeaseLost).
+    #[error("lost the lease of session `{session}`; the step was not committed")]
+    LeaseLost { tool: String, session: String, source: crate::store::StoreError },
 
     /// The session used another component of the tool (sha256 `from`) and could not switch
     /// to this one (`to`) under the tool's `on_upgrade` policy: the policy refuses, the new
@@ -411,8 +428,9 @@ pub enum SessionError {
 /// Why a host could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("invalid engine configuration: {0}")]
-    Engine(String),
+    /// `reason` says what is wrong; `source`, if any, is wasmtime's refusal.
+    #[error("invalid engine configuration: {reason}")]
+    Engine { reason: String, source: Option<Source> },
     #[error(transparent)]
     Cache(#[from] crate::engine::CacheError),
     #[error("cannot open the store")]
@@ -422,7 +440,7 @@ pub enum HostError {
 impl From<crate::engine::EngineError> for HostError {
     fn from(error: crate::engine::EngineError) -> Self {
         match error {
-            crate::engine::EngineError::Invalid(reason) => Self::Engine(reason),
+            crate::engine::EngineError::Invalid { reason, source } => Self::Engine { reason, source },
             crate::engine::EngineError::Cache(cache) => Self::Cache(cache),
         }
     }
@@ -436,7 +454,11 @@ mod tests {
     fn each_call_error_kind_has_its_own_code_and_a_fault() {
         let codes: std::collections::HashSet<&str> = CallErrorKind::ALL.iter().map(|k| k.code()).collect();
         assert_eq!(codes.len(), CallErrorKind::ALL.len());
-        let lost = CallError::LeaseLost { tool: "t".into(), session: "s".into(), reason: "expired".into() };
+        let lost = CallError::LeaseLost {
+            tool: "t".into(),
+            session: "s".into(),
+            source: crate::store::StoreError::LeaseLost { session: "s".into(), token: 3, reason: "expired".into() },
+        };
         assert_eq!((lost.kind(), lost.kind().fault()), (CallErrorKind::LeaseLost, Fault::StaleSession));
         let denied = CallError::Tool { tool: "t".into(), failure: ToolFailure::Denied("no".into()) };
         assert_eq!((denied.kind().code(), denied.kind().fault()), ("denied", Fault::Tool));
@@ -453,5 +475,27 @@ mod tests {
         let message = refused.to_string();
         assert!(message.contains("`notes`") && message.contains("aa") && message.contains("bb"), "{message}");
         assert!(message.contains("on_upgrade") && message.contains("fork"), "{message}");
+    }
+
+    #[test]
+    fn chain_shows_each_source_once() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no entry");
+        let store = crate::store::StoreError::backend("opening /db", io);
+        let call = CallError::Store { tool: "notes".into(), source: store };
+        assert_eq!(call.to_string(), "the store failed during a call to `notes`");
+        assert_eq!(
+            chain(&call).to_string(),
+            "the store failed during a call to `notes`: store backend: opening /db: no entry"
+        );
+        let io = call.source().and_then(|s| s.source()).and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(io.map(std::io::Error::kind), Some(std::io::ErrorKind::PermissionDenied));
+
+        // A cause whose text its error already printed (tokio-postgres does) is not repeated.
+        #[derive(Debug, thiserror::Error)]
+        #[error("db error: {0}")]
+        struct Echoes(#[source] std::io::Error);
+        let echoed = Echoes(std::io::Error::other("ERROR: refused"));
+        assert_eq!(chain(&echoed).to_string(), "db error: ERROR: refused");
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::budget::{InstanceBudget, InstanceStats, LiveInstances};
 use crate::engine::{Engine, EngineConfig};
-use crate::error::{HostError, LoadError, SessionError};
+use crate::error::{HostError, LoadError, SessionError, Source};
 use crate::instance::{Blueprint, Instance, InstanceEnv};
 use crate::lease::{LeaseConfig, LeaseKeeper};
 use crate::model::ModelProvider;
@@ -180,13 +180,19 @@ impl Host {
         let max = config.engine.max_instances;
         let live = config.instances.live.unwrap_or(max);
         if live == 0 || (config.engine.pooling && live > max) {
-            return Err(HostError::Engine(format!(
-                "the live-instance budget ({live}) must be between 1 and the engine's `max_instances` ({max})"
-            )));
+            return Err(HostError::Engine {
+                reason: format!(
+                    "the live-instance budget ({live}) must be between 1 and the engine's `max_instances` ({max})"
+                ),
+                source: None,
+            });
         }
         let instances = LiveInstances::new(live as usize, &config.instances);
         let engine = Engine::new(&config.engine)?;
-        let linker = crate::instance::linker(engine.wasmtime()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let linker = crate::instance::linker(engine.wasmtime()).map_err(|e| HostError::Engine {
+            reason: "cannot define the host's imports".into(),
+            source: Some(Source::new(e)),
+        })?;
         Ok(Self {
             inner: Arc::new(Runtime {
                 engine,
@@ -245,7 +251,7 @@ impl Host {
             .inner
             .linker
             .instantiate_pre(&compiled.component)
-            .map_err(|e| LoadError::UnsatisfiedImports { path: origin.to_owned(), reason: format!("{e:#}") })?;
+            .map_err(|e| LoadError::UnsatisfiedImports { path: origin.to_owned(), source: Source::new(e) })?;
         let (tool_indices, stateful_indices) = tool::locate_exports(origin, self.inner.engine.wasmtime(), &pre)?;
         let kind = match (&stateful_indices, tool::declares_stateless(self.inner.engine.wasmtime(), &pre)) {
             (Some(_), _) => ToolKind::Stateful,
@@ -256,17 +262,17 @@ impl Host {
 
         // `describe` runs in a throwaway instance that is granted nothing.
         let describe_grants = ToolGrants::default();
-        let describe_error = |reason: String| LoadError::Describe { path: origin.to_owned(), reason };
+        let describe_error = |source: Source| LoadError::Describe { path: origin.to_owned(), source };
         let env =
             InstanceEnv { session: "(describe)", seed: &[0; 32], store: self.store(), models: None, ungranted: &[] };
         let mut instance = Instance::new(&self.inner.engine, &blueprint, "(loading)", env, &describe_grants)
             .await
-            .map_err(|e| describe_error(e.to_string()))?;
+            .map_err(|e| describe_error(Source::new(e)))?;
         let describe = instance.describe(&self.inner.engine, &describe_grants.limits);
         let raw = tokio::time::timeout(DESCRIBE_WALL_TIME, describe)
             .await
             .map_err(|_| LoadError::DescribeDeadline { path: origin.to_owned(), limit: DESCRIBE_WALL_TIME })?
-            .map_err(|e| describe_error(format!("{e:#}")))?;
+            .map_err(|e| describe_error(Source::new(e)))?;
         drop(instance);
         let (descriptor, input_validator, output_validator) = tool::parse_descriptor(origin, raw)?;
 
@@ -361,10 +367,9 @@ impl Host {
                 tracing::warn!(path = %origin.display(), ?limit, "component compile exceeded its time limit");
                 Err(LoadError::CompileTimeout { path: origin.to_owned(), limit })
             }
-            Ok(Err(e)) => {
-                Err(LoadError::Compile { path: origin.to_owned(), reason: format!("compiler task failed: {e}") })
-            }
-            Ok(Ok(compiled)) => compiled.map_err(|e| LoadError::Compile { path: e.path, reason: e.reason }),
+            // The compiler task panicked or was cancelled.
+            Ok(Err(e)) => Err(LoadError::Compile { path: origin.to_owned(), source: Source::new(e) }),
+            Ok(Ok(compiled)) => compiled.map_err(|e| LoadError::Compile { path: e.path, source: e.source }),
         }
     }
 
@@ -514,7 +519,9 @@ impl Host {
                 match host.prune_sessions(older_than).await {
                     Ok(r) => tracing::info!(target: "toolhost::retention", sessions = r.sessions.len(),
                         audit_events = r.audit_events, kept_in_use = r.kept_in_use.len(), "pruned"),
-                    Err(e) => tracing::warn!(target: "toolhost::retention", error = %e, "pruning failed"),
+                    Err(e) => {
+                        tracing::warn!(target: "toolhost::retention", error = %crate::source::chain(&e), "pruning failed")
+                    }
                 }
             }
         })

@@ -26,7 +26,7 @@ use crate::capability::{self, CapabilityHost, clocks, filesystem, random, socket
 use crate::charges::{HostLimitExceeded, StepCharges};
 use crate::contract::CapabilityRow;
 use crate::engine::{Engine, GuestLimiter, Limits, MemoryLimitExceeded};
-use crate::error::{CallError, HostResource, ToolFailure, TrapKind};
+use crate::error::{CallError, HostResource, Source, ToolFailure, TrapKind};
 use crate::journal::{Journal, RandomState, SharedJournal, lock};
 use crate::model::ModelProvider;
 use crate::policy::ToolGrants;
@@ -230,7 +230,11 @@ impl Instance {
             // Instantiation runs guest code too; each call re-arms the budget.
             let _ = wasm_store.set_fuel(grants.limits.fuel.unwrap_or(u64::MAX));
         }
-        let fail = |e: wasmtime::Error| CallError::Instantiate { tool: tool_name.to_owned(), reason: format!("{e:#}") };
+        let fail = |e: wasmtime::Error| CallError::Instantiate {
+            tool: tool_name.to_owned(),
+            reason: "instantiating the component failed".into(),
+            source: Some(Source::new(e)),
+        };
         let instance = blueprint.pre.instantiate_async(&mut wasm_store).await.map_err(fail)?;
         let tool = blueprint.tool_indices.load(&mut wasm_store, &instance).map_err(fail)?;
         let stateful = blueprint

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::build_inputs::{self, Sources};
+use crate::source::Source;
 
 /// The toolchain's manifest and lockfile (`sdk/js/toolchain`), installed with `npm ci`.
 pub const TOOLCHAIN_PACKAGE: &str = include_str!("../sdk/js/toolchain/package.json");
@@ -42,8 +43,10 @@ const SOURCE_EXTENSIONS: &[&str] = &["ts", "mts", "cts", "tsx", "js", "mjs", "cj
 
 #[derive(Debug, thiserror::Error)]
 pub enum JsBuildError {
+    /// `reason` says what is wrong with the project file; `source`, if any, why (the read's
+    /// or the JSON parser's error).
     #[error("{path}: {reason}")]
-    Project { path: PathBuf, reason: String },
+    Project { path: PathBuf, reason: String, source: Option<Source> },
     #[error("cannot run `{program}` (Node.js 20 or later, with npm, builds TypeScript/JavaScript tools)")]
     Spawn { program: String, source: std::io::Error },
     #[error(
@@ -78,9 +81,15 @@ pub fn is_js_tool(dir: &Path) -> bool {
 impl JsProject {
     pub fn open(dir: &Path) -> Result<Self, JsBuildError> {
         let path = dir.join("package.json");
-        let project = |reason: String| JsBuildError::Project { path: path.clone(), reason };
-        let text = fs::read_to_string(&path).map_err(|e| project(e.to_string()))?;
-        let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| project(e.to_string()))?;
+        let project = |reason: String| JsBuildError::Project { path: path.clone(), reason, source: None };
+        let unreadable = |reason: &str, source: Source| JsBuildError::Project {
+            path: path.clone(),
+            reason: reason.into(),
+            source: Some(source),
+        };
+        let text = fs::read_to_string(&path).map_err(|e| unreadable("cannot be read", Source::new(e)))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| unreadable("is not JSON", Source::new(e)))?;
         let table = doc
             .get("toolhost")
             .ok_or_else(|| project("no `toolhost` field (it names the tool's main module)".into()))?;
@@ -232,7 +241,11 @@ pub fn test(dir: &Path, toolchain: &Path) -> Result<(), JsBuildError> {
         .map(|(_, path)| path)
         .collect();
     if tests.is_empty() {
-        return Err(JsBuildError::Project { path: dir.to_owned(), reason: "no *.test.ts or *.test.js files".into() });
+        return Err(JsBuildError::Project {
+            path: dir.to_owned(),
+            reason: "no *.test.ts or *.test.js files".into(),
+            source: None,
+        });
     }
     fs::create_dir_all(toolchain).map_err(io(toolchain))?;
     let script = ensure_toolchain(toolchain)?;

@@ -149,7 +149,7 @@ impl Drop for LeaseKeeper {
             let (store, session, token) = (self.store.clone(), self.session.clone(), self.token);
             runtime.spawn(async move {
                 if let Err(e) = store.release_lease(&session, token).await {
-                    tracing::debug!(session, error = %e, "could not release a lease; it will expire");
+                    tracing::debug!(session, error = %crate::source::chain(&e), "could not release a lease; it will expire");
                 }
             });
         }
@@ -178,7 +178,9 @@ async fn renew(
                 return;
             }
             // The lease may still be ours: keep trying while it runs out locally.
-            Err(e) => tracing::warn!(session, token, error = %e, "could not renew the session's lease"),
+            Err(e) => {
+                tracing::warn!(session, token, error = %crate::source::chain(&e), "could not renew the session's lease")
+            }
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod python_build;
 pub mod run;
 mod runtime;
 pub mod session;
+pub mod source;
 pub mod store;
 pub mod tool;
 pub mod tool_build;

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::build_inputs::{self, Sources};
+use crate::source::Source;
 
 /// The pinned toolchain, installed with `pip --require-hashes`.
 pub const REQUIREMENTS: &str = include_str!("../scripts/requirements-sdk.txt");
@@ -36,8 +37,10 @@ const STAMP: &str = ".toolhost-sdk";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PythonBuildError {
+    /// `reason` says what is wrong with the project file; `source`, if any, why (the read's
+    /// or the TOML parser's error).
     #[error("{path}: {reason}")]
-    Project { path: PathBuf, reason: String },
+    Project { path: PathBuf, reason: String, source: Option<Source> },
     #[error("cannot run `{program}`")]
     Spawn { program: String, source: std::io::Error },
     #[error(
@@ -71,9 +74,14 @@ pub fn is_python_tool(dir: &Path) -> bool {
 impl PythonProject {
     pub fn open(dir: &Path) -> Result<Self, PythonBuildError> {
         let path = dir.join("pyproject.toml");
-        let project = |reason: String| PythonBuildError::Project { path: path.clone(), reason };
-        let text = fs::read_to_string(&path).map_err(|e| project(e.to_string()))?;
-        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| project(e.to_string()))?;
+        let project = |reason: String| PythonBuildError::Project { path: path.clone(), reason, source: None };
+        let unreadable = |reason: &str, source: Source| PythonBuildError::Project {
+            path: path.clone(),
+            reason: reason.into(),
+            source: Some(source),
+        };
+        let text = fs::read_to_string(&path).map_err(|e| unreadable("cannot be read", Source::new(e)))?;
+        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| unreadable("is not TOML", Source::new(e)))?;
         let table = doc
             .get("tool")
             .and_then(|t| t.get("toolhost"))
@@ -200,7 +208,8 @@ fn detect_world(project: &PythonProject, venv: &Path, stage: &Path) -> Result<St
     let mut python = Command::new(venv.join("bin/python"));
     let path = std::env::join_paths([stage, &project.dir]).map_err(|e| PythonBuildError::Project {
         path: project.dir.clone(),
-        reason: format!("unusable as PYTHONPATH: {e}"),
+        reason: "unusable as PYTHONPATH".into(),
+        source: Some(Source::new(e)),
     })?;
     python.env("PYTHONPATH", path).env("PYTHONDONTWRITEBYTECODE", "1").args([
         "-c",

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use crate::budget::{Live, Slot};
 use crate::contract::{OnUpgrade, Upgrade, UpgradeVia};
-use crate::error::{CallError, ToolFailure};
+use crate::error::{CallError, Source, ToolFailure, chain};
 use crate::instance::{Instance, InstanceEnv};
 use crate::journal::{RandomState, StepInFlight, lock};
 use crate::lease::LeaseKeeper;
@@ -108,10 +108,10 @@ impl Session {
             lease.mark_lost(reason.clone());
         }
         match error {
-            StoreError::LeaseLost { reason, .. } => {
-                CallError::LeaseLost { tool: tool.to_owned(), session: self.record.id.clone(), reason }
+            e @ StoreError::LeaseLost { .. } => {
+                CallError::LeaseLost { tool: tool.to_owned(), session: self.record.id.clone(), source: e }
             }
-            e => CallError::Store { tool: tool.to_owned(), reason: e.to_string() },
+            e => CallError::Store { tool: tool.to_owned(), source: e },
         }
     }
 
@@ -154,7 +154,7 @@ impl Session {
         let (mut instance, _) = self.check_out(tool).await?;
         let seq = self.record.last_step + 1;
         let store = self.runtime.store();
-        let store_error = |e: StoreError| CallError::Store { tool: name.clone(), reason: e.to_string() };
+        let store_error = |e: StoreError| CallError::Store { tool: name.clone(), source: e };
 
         // A step that crashed before commit left its journal: re-run it from there, so the
         // model answers it already paid for are not asked for again.
@@ -192,6 +192,7 @@ impl Session {
                     session: self.record.id.clone(),
                     step: seq,
                     reason,
+                    source: None,
                 };
                 return Err(self.abort(&name, instance, diverged).await);
             }
@@ -253,8 +254,8 @@ impl Session {
         };
         if let Err(e) = store.commit_step(commit).await {
             let error = match e {
-                StoreError::Conflict { .. } => {
-                    CallError::Conflict { tool: name.clone(), session: self.record.id.clone(), reason: e.to_string() }
+                e @ StoreError::Conflict { .. } => {
+                    CallError::Conflict { tool: name.clone(), session: self.record.id.clone(), source: e }
                 }
                 e @ StoreError::LeaseLost { .. } => self.lease_lost(&name, e),
                 e => store_error(e),
@@ -316,19 +317,15 @@ impl Session {
         };
         if let Err(e) = self.runtime.store().commit_step(commit).await {
             return Err(match e {
-                StoreError::Conflict { .. } => {
+                e @ StoreError::Conflict { .. } => {
                     self.drop_instances();
-                    CallError::Conflict {
-                        tool: actor.to_owned(),
-                        session: self.record.id.clone(),
-                        reason: e.to_string(),
-                    }
+                    CallError::Conflict { tool: actor.to_owned(), session: self.record.id.clone(), source: e }
                 }
                 e @ StoreError::LeaseLost { .. } => {
                     self.drop_instances();
                     self.lease_lost(actor, e)
                 }
-                e => CallError::Store { tool: actor.to_owned(), reason: e.to_string() },
+                e => CallError::Store { tool: actor.to_owned(), source: e },
             });
         }
         self.record.last_step = seq;
@@ -373,6 +370,7 @@ impl Session {
             return Err(CallError::Instantiate {
                 tool: name.to_owned(),
                 reason: "the tool was loaded by another host".into(),
+                source: None,
             });
         }
         let place = budget.admit().await.map_err(|busy| CallError::Busy {
@@ -436,13 +434,11 @@ impl Session {
         if let Err(e) = self.runtime.store().commit_step(commit).await {
             self.drop_instances();
             return Err(match e {
-                StoreError::Conflict { .. } => CallError::Conflict {
-                    tool: name.to_owned(),
-                    session: self.record.id.clone(),
-                    reason: e.to_string(),
-                },
+                e @ StoreError::Conflict { .. } => {
+                    CallError::Conflict { tool: name.to_owned(), session: self.record.id.clone(), source: e }
+                }
                 e @ StoreError::LeaseLost { .. } => self.lease_lost(name, e),
-                e => CallError::Store { tool: name.to_owned(), reason: e.to_string() },
+                e => CallError::Store { tool: name.to_owned(), source: e },
             });
         }
         // The commit deleted any pending journal with it.
@@ -480,13 +476,13 @@ impl Session {
             reason,
         };
         if let Err(e) = self.runtime.store().record_audit(&event).await {
-            tracing::warn!(session = %self.record.id, tool, error = %e, "could not audit a tool upgrade");
+            tracing::warn!(session = %self.record.id, tool, error = %crate::source::chain(&e), "could not audit a tool upgrade");
         }
     }
 
     /// Drops the instance of `tool` with everything its aborted call did.
     async fn abort(&mut self, tool: &str, instance: Live, why: CallError) -> CallError {
-        tracing::warn!(session = %self.record.id, tool, error = %why, "call aborted; dropping the instance");
+        tracing::warn!(session = %self.record.id, tool, error = %chain(&why), "call aborted; dropping the instance");
         drop(instance);
         if self.lease.as_ref().is_some_and(LeaseKeeper::is_lost) {
             // The pending journal now belongs to the lease's new holder.
@@ -501,7 +497,7 @@ impl Session {
                 }
             }
             Err(e) => {
-                tracing::warn!(session = %self.record.id, error = %e, "could not clear the aborted step's journal")
+                tracing::warn!(session = %self.record.id, error = %chain(&e), "could not clear the aborted step's journal")
             }
         }
         why
@@ -549,7 +545,7 @@ impl Rebuilder<'_> {
                 .store()
                 .last_step_of(&self.record.id, name, at)
                 .await
-                .map_err(|e| CallError::Store { tool: name.to_owned(), reason: e.to_string() })?,
+                .map_err(|e| CallError::Store { tool: name.to_owned(), source: e })?,
         };
         let Some(from) = previous.as_ref().map(|s| s.digest.as_str()).filter(|d| *d != tool.digest()) else {
             let (instance, rebuild, _) = self.restore_and_replay(tool, previous.as_ref(), None, started).await?;
@@ -579,9 +575,9 @@ impl Rebuilder<'_> {
                 | CallError::Instantiate { .. }
                 | CallError::UpgradeRefused { .. }),
             ) => Err(e),
-            Err(e) => {
-                Err(upgrading.refused(format!("bringing the new component to the session's last step failed: {e}")))
-            }
+            // The cause goes in the reason, not a source: the message ends with what to do.
+            Err(e) => Err(upgrading
+                .refused(format!("bringing the new component to the session's last step failed: {}", chain(&e)))),
         }
     }
 
@@ -597,7 +593,7 @@ impl Rebuilder<'_> {
         let name = tool.name();
         let store = self.runtime.store();
         let id = &self.record.id;
-        let store_error = |e: StoreError| CallError::Store { tool: name.to_owned(), reason: e.to_string() };
+        let store_error = |e: StoreError| CallError::Store { tool: name.to_owned(), source: e };
         let mut instance = self.instantiate(tool).await?;
         let zero = std::time::Duration::ZERO;
         let fresh = |instance, via| {
@@ -662,7 +658,7 @@ impl Rebuilder<'_> {
             steps.into_iter().filter(|s| s.seq >= replay_after && s.seq <= self.record.last_step).peekable();
         if replay_after > 0 {
             let snapshot_step = steps.next().filter(|s| s.seq == replay_after).ok_or_else(|| {
-                store_error(StoreError::Corrupt(format!(
+                store_error(StoreError::corrupt(format!(
                     "the step of `{name}`'s snapshot at {replay_after} is missing"
                 )))
             })?;
@@ -691,6 +687,7 @@ impl Rebuilder<'_> {
                 session: id.clone(),
                 step: self.record.last_step,
                 reason,
+                source: None,
             })?;
         }
         let rebuild = Rebuild {
@@ -715,7 +712,7 @@ impl Rebuilder<'_> {
     async fn materialize(&self, instance: &mut Instance, tool: &str, at: u64) -> Result<(), CallError> {
         let Some(workspace) = instance.workspace() else { return Ok(()) };
         let store = self.runtime.store();
-        let store_error = |e: StoreError| CallError::Store { tool: tool.to_owned(), reason: e.to_string() };
+        let store_error = |e: StoreError| CallError::Store { tool: tool.to_owned(), source: e };
         let manifest = store.workspace_at(&self.record.id, tool, at).await.map_err(store_error)?;
         workspace.materialize(store.as_ref(), manifest).await.map_err(store_error)
     }
@@ -732,12 +729,14 @@ impl Rebuilder<'_> {
 
     /// Re-runs a committed step against its journal and checks it ends the same way.
     async fn replay_step(&self, instance: &mut Instance, tool: &Tool, step: &StepRecord) -> Result<(), CallError> {
-        let diverged = |reason: String| CallError::ReplayDiverged {
+        let diverged_by = |reason: String, source: Option<Source>| CallError::ReplayDiverged {
             tool: tool.name().to_owned(),
             session: self.record.id.clone(),
             step: step.seq,
             reason,
+            source,
         };
+        let diverged = |reason: String| diverged_by(reason, None);
         // Streams switch seeds at a fork point: a step draws from the seed it recorded.
         if instance.random_state().seed != step.random.seed {
             instance.seek_random(&RandomState { seed: step.random.seed, secure: 0, insecure: 0 });
@@ -757,7 +756,7 @@ impl Rebuilder<'_> {
         if let Some(workspace) = instance.workspace() {
             workspace.replayed();
         }
-        let outcome = outcome.map_err(|e| diverged(format!("the replay failed: {e}")))?;
+        let outcome = outcome.map_err(|e| diverged_by("the replay failed".into(), Some(Source::new(e))))?;
         journal.map_err(diverged)?;
         let matches = match (&outcome, &step.outcome) {
             (Ok(text), StepOutcome::Output(recorded)) => text == recorded,

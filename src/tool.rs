@@ -10,7 +10,7 @@ use crate::bindings::{self, stateful, tool as tool_export, types as wit};
 use crate::contract::{Access, CapabilityRow};
 pub use crate::contract::{Capabilities, Descriptor, FilesystemRequest, StateRequest};
 use crate::engine::CacheStatus;
-use crate::error::LoadError;
+use crate::error::{LoadError, Source};
 use crate::instance::{Blueprint, CallBounds, InstanceState};
 use crate::policy::ToolGrants;
 
@@ -230,7 +230,12 @@ pub(crate) fn parse_descriptor(
     path: &Path,
     raw: bindings::types::Descriptor,
 ) -> Result<(Descriptor, jsonschema::Validator, Option<jsonschema::Validator>), LoadError> {
-    let invalid = |reason: String| LoadError::InvalidDescriptor { path: path.to_owned(), reason };
+    let invalid = |reason: String| LoadError::InvalidDescriptor { path: path.to_owned(), reason, source: None };
+    let unparsed = |reason: String, source: Source| LoadError::InvalidDescriptor {
+        path: path.to_owned(),
+        reason,
+        source: Some(source),
+    };
     if !valid_name(&raw.name) {
         return Err(invalid(format!(
             "name `{}` must be 1-{MAX_NAME_CHARS} chars of [a-z0-9_-]",
@@ -239,9 +244,9 @@ pub(crate) fn parse_descriptor(
     }
     let schema = |which: &str, text: &str| -> Result<(serde_json::Value, jsonschema::Validator), LoadError> {
         let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| invalid(format!("{which} schema is not JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| unparsed(format!("{which} schema is not JSON"), Source::new(e)))?;
         let validator = jsonschema::validator_for(&value)
-            .map_err(|e| invalid(format!("{which} schema is not a valid JSON Schema: {e}")))?;
+            .map_err(|e| unparsed(format!("{which} schema is not a valid JSON Schema"), Source::new(e)))?;
         Ok((value, validator))
     };
     let (input_schema, input_validator) = schema("input", &raw.input_schema)?;

@@ -8,6 +8,7 @@ use std::process::Command;
 use crate::guest_build::{self, GuestBuildError};
 use crate::js_build::{self, JsBuildError};
 use crate::python_build::{self, PythonBuildError};
+use crate::source::Source;
 
 /// The languages `toolhost build` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +28,10 @@ pub enum BuildError {
          (pyproject.toml with [tool.toolhost]) or a TypeScript/JavaScript tool (package.json with \"toolhost\")"
     )]
     Unknown(PathBuf),
+    /// `reason` says what is wrong with `Cargo.toml`; `source`, if any, why (the read's, the
+    /// TOML parser's, or starting cargo's error).
     #[error("{path}: {reason}")]
-    Manifest { path: PathBuf, reason: String },
+    Manifest { path: PathBuf, reason: String, source: Option<Source> },
     #[error(transparent)]
     Rust(#[from] GuestBuildError),
     #[error(transparent)]
@@ -76,9 +79,14 @@ pub fn build(dir: &Path, venv: Option<&Path>, js_toolchain: Option<&Path>) -> Re
 /// The workspace root and package name of the crate in `dir`.
 fn cargo_package(dir: &Path) -> Result<(PathBuf, String), BuildError> {
     let manifest = dir.join("Cargo.toml");
-    let bad = |reason: String| BuildError::Manifest { path: manifest.clone(), reason };
-    let text = std::fs::read_to_string(&manifest).map_err(|e| bad(e.to_string()))?;
-    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    let bad = |reason: String| BuildError::Manifest { path: manifest.clone(), reason, source: None };
+    let failed = |reason: &str, source: Source| BuildError::Manifest {
+        path: manifest.clone(),
+        reason: reason.into(),
+        source: Some(source),
+    };
+    let text = std::fs::read_to_string(&manifest).map_err(|e| failed("cannot be read", Source::new(e)))?;
+    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| failed("is not TOML", Source::new(e)))?;
     let package = doc
         .get("package")
         .and_then(|p| p.get("name"))
@@ -90,7 +98,7 @@ fn cargo_package(dir: &Path) -> Result<(PathBuf, String), BuildError> {
         .current_dir(dir)
         .args(["locate-project", "--workspace", "--message-format", "plain"])
         .output()
-        .map_err(|e| bad(format!("cannot run cargo: {e}")))?;
+        .map_err(|e| failed("cannot run cargo", Source::new(e)))?;
     if !out.status.success() {
         return Err(bad(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
     }

@@ -43,6 +43,7 @@ use crate::host::Host;
 use crate::journal::{JournalEntry, request_digest};
 use crate::model::{ChatResponse, ModelError, ModelProvider};
 use crate::session::Session;
+use crate::source::chain;
 use crate::store::StoreError;
 use crate::tool::Tool;
 use action::{Action, PlannedCall};
@@ -61,8 +62,9 @@ pub enum AgentError {
     SessionNotEmpty { session: String, steps: u64 },
     #[error("session `{session}` is not an agent run: {reason}")]
     NotAnAgentSession { session: String, reason: String },
+    /// `reason` says what is wrong with the step; `source`, if any, is the JSON error.
     #[error("the agent run in session `{session}` cannot be read back at step {step}: {reason}")]
-    Record { session: String, step: u64, reason: String },
+    Record { session: String, step: u64, reason: String, source: Option<crate::source::Source> },
     #[error("session `{session}` was started {reason}")]
     Mismatch { session: String, reason: String },
     /// The model call of turn `turn` failed; nothing of that turn was committed, so resuming
@@ -643,7 +645,7 @@ impl Agent {
                     return Ok(Executed::Failed(failure));
                 }
                 // The tool misbehaved on this input: the model hears why and may try otherwise.
-                Err(e) if e.kind().fault() == Fault::Tool => e.to_string(),
+                Err(e) if e.kind().fault() == Fault::Tool => chain(&e).to_string(),
                 // The host failed, or the session moved on: stop at the last committed step.
                 Err(e) => return Err(e.into()),
             },

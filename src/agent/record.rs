@@ -21,6 +21,7 @@ use super::config::{Goal, ToolCalling};
 use super::waits::{self, MAX_TOOL_RETRIES, Outcome, ResolvedStep, Wait, WaitStep};
 use crate::error::ToolFailure;
 use crate::model::ChatResponse;
+use crate::source::Source;
 use crate::store::{StepOutcome, StepRecord};
 
 pub(crate) const GOAL: &str = "agent.goal";
@@ -221,7 +222,15 @@ impl Transcript {
     /// Reads a run from the steps of its session. Stored responses are parsed by the same
     /// function the live run used, so both see the same actions.
     pub fn read(session: &str, steps: &[StepRecord]) -> Result<Option<Self>, AgentError> {
-        let corrupt = |seq: u64, reason: String| AgentError::Record { session: session.to_owned(), step: seq, reason };
+        let record_error = |seq: u64, reason: String, source: Option<Source>| AgentError::Record {
+            session: session.to_owned(),
+            step: seq,
+            reason,
+            source,
+        };
+        let corrupt = |seq: u64, reason: String| record_error(seq, reason, None);
+        let unparsed =
+            |seq: u64, what: &str, e: serde_json::Error| record_error(seq, what.into(), Some(Source::new(e)));
         let Some(first) = steps.first() else { return Ok(None) };
         if first.tool != GOAL {
             return Err(AgentError::NotAnAgentSession {
@@ -229,8 +238,7 @@ impl Transcript {
                 reason: format!("its first step is a call to `{}`, not an agent's goal", first.tool),
             });
         }
-        let goal: Goal =
-            serde_json::from_str(&first.input).map_err(|e| corrupt(first.seq, format!("the goal: {e}")))?;
+        let goal: Goal = serde_json::from_str(&first.input).map_err(|e| unparsed(first.seq, "the goal", e))?;
         let settings: GoalOutput = output_text(first)
             .and_then(|t| serde_json::from_str(t).ok())
             .ok_or_else(|| corrupt(first.seq, "the goal step has no settings".into()))?;
@@ -251,7 +259,7 @@ impl Transcript {
                 }
                 let text = output_text(step).ok_or_else(|| corrupt(step.seq, "the model turn has no output".into()))?;
                 let response: ChatResponse =
-                    serde_json::from_str(text).map_err(|e| corrupt(step.seq, format!("the model response: {e}")))?;
+                    serde_json::from_str(text).map_err(|e| unparsed(step.seq, "the model response", e))?;
                 let action = judge(settings.tool_calling, &response, &goal, &turns);
                 turns.push(Turn::new(response, action));
                 continue;
@@ -269,7 +277,7 @@ impl Transcript {
             }
             let result = if step.tool == TOOL_ERROR {
                 let input: ToolErrorInput =
-                    serde_json::from_str(&step.input).map_err(|e| corrupt(step.seq, format!("a tool error: {e}")))?;
+                    serde_json::from_str(&step.input).map_err(|e| unparsed(step.seq, "a tool error", e))?;
                 if input.call != call.id {
                     return Err(corrupt(
                         step.seq,
@@ -295,7 +303,7 @@ impl Transcript {
                     // As the live run saw it: the output parsed, then printed compactly.
                     StepOutcome::Output(text) => match serde_json::from_str::<serde_json::Value>(text) {
                         Ok(value) => CallResult::Output(value.to_string()),
-                        Err(e) => return Err(corrupt(step.seq, format!("the output of `{}`: {e}", step.tool))),
+                        Err(e) => return Err(unparsed(step.seq, &format!("the output of `{}`", step.tool), e)),
                     },
                     StepOutcome::Failed(failure) => match turn.retry_wait(&step.tool, failure, step.committed_at_ms) {
                         Some(wait) => {

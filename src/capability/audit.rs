@@ -104,7 +104,7 @@ impl Auditor {
         };
         if let Err(e) = store.record_audit(&event).await {
             // The decision stands; only its persisted record is lost, and the log has it.
-            tracing::error!(target: "toolhost::audit", session, tool, error = %e, "could not persist an audit event");
+            tracing::error!(target: "toolhost::audit", session, tool, error = %crate::source::chain(&e), "could not persist an audit event");
         }
     }
 }

@@ -35,7 +35,7 @@ impl InFlight {
             && let Err(e) = self.store.put_pending(&self.session, &pending).await
         {
             // The call still succeeds; only its crash-safety is lost.
-            tracing::warn!(session = %self.session, tool = %self.tool, error = %e,
+            tracing::warn!(session = %self.session, tool = %self.tool, error = %crate::source::chain(&e),
                 "could not persist {what} ahead of the step's commit");
         }
     }

@@ -72,7 +72,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
     let (id, step) = (session.id().to_owned(), session.last_step());
     // Gives up the session's lease (on a shared store) so the next command can take it now.
     if let Err(e) = session.close().await {
-        tracing::warn!(session = %id, error = %e, "could not release the session's lease; it will expire");
+        tracing::warn!(session = %id, error = %toolhost::error::chain(&e), "could not release the session's lease; it will expire");
     }
     match result {
         Ok(output) => {

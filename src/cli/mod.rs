@@ -112,7 +112,8 @@ pub fn main() -> ExitCode {
 }
 
 fn fail(error: anyhow::Error) -> ExitCode {
-    eprintln!("error: {error:#}");
+    // `chain`, not `{:#}`: it also drops a cause a message already ends with.
+    eprintln!("error: {}", toolhost::error::chain(error.as_ref()));
     ExitCode::FAILURE
 }
 

@@ -120,7 +120,7 @@ impl CompileCache {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "unreadable compile cache entry; recompiling");
+                tracing::warn!(path = %path.display(), error = %crate::source::chain(&e), "unreadable compile cache entry; recompiling");
                 return None;
             }
         };
@@ -142,7 +142,7 @@ impl CompileCache {
         match unsafe { Component::deserialize(engine, artifact) } {
             Ok(component) => Some(component),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "unusable compile cache entry; recompiling");
+                tracing::warn!(path = %path.display(), error = format!("{e:#}"), "unusable compile cache entry; recompiling");
                 let _ = std::fs::remove_file(&path);
                 None
             }
@@ -169,7 +169,7 @@ impl CompileCache {
             std::fs::rename(&tmp.0, self.artifact_path(digest))
         })();
         if let Err(e) = result {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "could not write compile cache entry");
+            tracing::warn!(dir = %self.dir.display(), error = %crate::source::chain(&e), "could not write compile cache entry");
         }
     }
 }

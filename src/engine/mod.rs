@@ -103,18 +103,20 @@ pub(crate) struct Engine {
 /// Why an engine could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("invalid engine configuration: {0}")]
-    Invalid(String),
+    /// `reason` says what is wrong; `source`, if any, is wasmtime's refusal.
+    #[error("invalid engine configuration: {reason}")]
+    Invalid { reason: String, source: Option<crate::source::Source> },
     #[error(transparent)]
     Cache(#[from] CacheError),
 }
 
 /// A component cranelift refused (the host reports it as `LoadError::Compile`).
 #[derive(Debug, thiserror::Error)]
-#[error("{} does not compile: {reason}", path.display())]
+#[error("{} does not compile", path.display())]
 pub struct CompileError {
     pub path: PathBuf,
-    pub reason: String,
+    /// wasmtime's error.
+    pub source: crate::source::Source,
 }
 
 impl Engine {
@@ -141,11 +143,17 @@ impl Engine {
                 .max_memory_size(config.max_memory_bytes as usize);
             wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
-        let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| EngineError::Invalid(format!("{e:#}")))?;
+        let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| EngineError::Invalid {
+            reason: "wasmtime refused the configuration".into(),
+            source: Some(crate::source::Source::new(e)),
+        })?;
         let cache = match &config.cache_dir {
             Some(dir) => {
                 let key = config.cache_key.clone().or_else(EngineConfig::default_cache_key).ok_or_else(|| {
-                    EngineError::Invalid("no per-user data folder for the compile cache key; set `cache_key`".into())
+                    EngineError::Invalid {
+                        reason: "no per-user data folder for the compile cache key; set `cache_key`".into(),
+                        source: None,
+                    }
                 })?;
                 Some(CompileCache::open(dir, &key, &wasmtime)?)
             }
@@ -197,7 +205,7 @@ impl Engine {
         }
         let started = std::time::Instant::now();
         let component = Component::new(&self.wasmtime, bytes)
-            .map_err(|e| CompileError { path: path.to_owned(), reason: format!("{e:#}") })?;
+            .map_err(|e| CompileError { path: path.to_owned(), source: crate::source::Source::new(e) })?;
         tracing::debug!(path = %path.display(), %digest, elapsed = ?started.elapsed(), "compiled component");
         let status = match &self.cache {
             Some(cache) => {

@@ -19,6 +19,7 @@ use super::tasks::{Progress, StoredTask};
 use crate::agent::{Goal, Wait, Waiting};
 use crate::host::Host;
 use crate::run::{Run, RunError, Runs};
+use crate::source::chain;
 use crate::store::RunStatus;
 
 /// An agent served as a tool: a call of it starts a run of agent `name` (the name workers
@@ -61,7 +62,10 @@ impl AgentEntry {
     pub async fn start(&self, arguments: &JsonObject) -> Result<Run, String> {
         let goal = arguments.get("goal").and_then(Value::as_str).filter(|g| !g.trim().is_empty());
         let goal = goal.ok_or("`goal` must be a non-empty string")?;
-        self.runs().create(&self.agent.host, None, &self.agent.name, Goal::new(goal)).await.map_err(|e| e.to_string())
+        self.runs()
+            .create(&self.agent.host, None, &self.agent.name, Goal::new(goal))
+            .await
+            .map_err(|e| chain(&e).to_string())
     }
 }
 
@@ -168,7 +172,9 @@ pub(crate) async fn wait_blocking(runs: &Runs, id: &str) -> CallToolResult {
     loop {
         let run = match runs.get(id).await {
             Ok(run) => run,
-            Err(e) => return CallToolResult::error(vec![ContentBlock::text(format!("cannot read run {id}: {e}"))]),
+            Err(e) => {
+                return CallToolResult::error(vec![ContentBlock::text(format!("cannot read run {id}: {}", chain(&e)))]);
+            }
         };
         if run.status.is_final() {
             return ended(&run);

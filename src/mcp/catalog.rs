@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::{HANDLE_ARGUMENT, HANDLE_META_KEY, McpError};
 use crate::error::CallError;
+use crate::source::chain;
 use crate::tool::Tool;
 
 /// One served tool: the host's tool and its MCP definition.
@@ -173,7 +174,7 @@ pub(crate) fn success(entry: &Entry, handle: &str, step: u64, output: Value) -> 
 /// A call that did not produce output: the tool's own error, a denial, a trap, a limit.
 /// Reported to the client as a tool error (`isError`), which the model can read and act on.
 pub(crate) fn failure(handle: Option<&str>, error: &CallError) -> CallToolResult {
-    error_result(handle, error.kind().code(), &error.to_string())
+    error_result(handle, error.kind().code(), &chain(error).to_string())
 }
 
 /// A tool error the server raises itself (an unknown or malformed handle, a busy server).
@@ -193,6 +194,18 @@ pub(crate) fn error_result(handle: Option<&str>, kind: &str, message: &str) -> C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_call_tells_the_client_its_whole_chain() {
+        let io = std::io::Error::other("the disk is full");
+        let store = crate::store::StoreError::backend("sqlite", io);
+        let error = CallError::Store { tool: "notes".into(), source: store };
+        let result = serde_json::to_value(failure(Some("h1"), &error)).unwrap();
+        assert_eq!(result["isError"], true, "{result}");
+        assert_eq!(result["_meta"]["dev.toolhost/error"], "store", "{result}");
+        let text = result["content"][0]["text"].as_str().unwrap();
+        assert_eq!(text, "the store failed during a call to `notes`: store backend: sqlite: the disk is full");
+    }
 
     #[test]
     fn handle_goes_into_closed_alternatives_and_the_root() {

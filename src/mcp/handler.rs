@@ -22,6 +22,7 @@ use super::sessions::{HandleError, SessionPool, SharedSession};
 use super::tasks::{self, Progress, StoredTask, TaskBoard, Work};
 use super::{HANDLE_ARGUMENT, HANDLE_META_KEY};
 use crate::error::Fault;
+use crate::source::chain;
 use crate::store::StepOutcome;
 
 /// What every connection of one server shares.
@@ -69,7 +70,9 @@ impl Connection {
                     .default_session
                     .get_or_try_init(|| async { pool.create().await.map(|(handle, _)| handle) })
                     .await
-                    .map_err(|e| catalog::error_result(None, "store", &format!("cannot create a session: {e}")))?;
+                    .map_err(|e| {
+                        catalog::error_result(None, "store", &format!("cannot create a session: {}", chain(&e)))
+                    })?;
                 minted.clone()
             }
         };
@@ -82,7 +85,7 @@ impl Connection {
                     HandleError::Leased { .. } => "leased",
                     HandleError::Store { .. } => "store",
                 };
-                Err(catalog::error_result(None, kind, &e.to_string()))
+                Err(catalog::error_result(None, kind, &chain(&e).to_string()))
             }
         }
     }
@@ -130,7 +133,9 @@ impl Connection {
                     return Ok(CallToolResponse::Task(CreateTaskResult::new(task.view(None))));
                 }
                 // No durable task, no handle: the client waits for the result instead.
-                Err(e) => tracing::warn!(error = %e, "cannot create a task; answering when the call ends"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::source::chain(&e), "cannot create a task; answering when the call ends")
+                }
             }
         }
         joined(step.await).map(Into::into)
@@ -163,7 +168,10 @@ impl Connection {
     }
 
     async fn run_of(&self, run: &str) -> Result<crate::run::Run, ErrorData> {
-        self.runs().get(run).await.map_err(|e| ErrorData::internal_error(format!("cannot read run {run}: {e}"), None))
+        self.runs()
+            .get(run)
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("cannot read run {run}: {}", chain(&e)), None))
     }
 }
 
@@ -213,7 +221,7 @@ impl Call {
                 if error.kind().fault() == Fault::StaleSession {
                     self.shared.pool.forget(&self.handle);
                 }
-                tracing::info!(session = %self.handle, tool = %self.tool, %error, "call failed");
+                tracing::info!(session = %self.handle, tool = %self.tool, error = %crate::source::chain(&error), "call failed");
                 catalog::failure(Some(&self.handle), &error)
             }
         })
@@ -230,7 +238,7 @@ impl Call {
         let steps = match store.steps(&self.handle, Some(&self.tool), at - 1).await {
             Ok(steps) => steps,
             Err(e) => {
-                tracing::warn!(session = %self.handle, error = %e, "cannot read a task's step; calling again");
+                tracing::warn!(session = %self.handle, error = %crate::source::chain(&e), "cannot read a task's step; calling again");
                 return None;
             }
         };
@@ -255,8 +263,8 @@ impl Call {
 /// A call task's outcome as a result or the JSON-RPC error it ended in.
 fn joined(joined: Result<Result<CallToolResult, ErrorData>, JoinError>) -> Result<CallToolResult, ErrorData> {
     joined.map_err(|e| {
-        tracing::error!(error = %e, "a tool call task failed");
-        ErrorData::internal_error(format!("the call failed inside the server: {e}"), None)
+        tracing::error!(error = %crate::source::chain(&e), "a tool call task failed");
+        ErrorData::internal_error(format!("the call failed inside the server: {}", chain(&e)), None)
     })?
 }
 
@@ -280,13 +288,13 @@ async fn drive(
                 if let Ok(at) = started
                     && let Err(e) = board.started(id, at).await
                 {
-                    tracing::warn!(task = %id, error = %e, "cannot record a task's step");
+                    tracing::warn!(task = %id, error = %crate::source::chain(&e), "cannot record a task's step");
                 }
             }
             _ = renew.tick() => match board.renew(id).await {
                 Ok(true) => {}
                 Ok(false) => tracing::info!(task = %id, "the task was cancelled or taken over; its result will be dropped"),
-                Err(e) => tracing::warn!(task = %id, error = %e, "cannot renew a task's claim"),
+                Err(e) => tracing::warn!(task = %id, error = %crate::source::chain(&e), "cannot renew a task's claim"),
             },
         }
     };
@@ -300,7 +308,9 @@ async fn drive(
     match board.finish(id, progress).await {
         Ok(true) => tracing::info!(task = %id, "task finished"),
         Ok(false) => tracing::info!(task = %id, "dropped the result of a task cancelled or taken over"),
-        Err(e) => tracing::warn!(task = %id, error = %e, "cannot record a task's result; it will be run again"),
+        Err(e) => {
+            tracing::warn!(task = %id, error = %crate::source::chain(&e), "cannot record a task's result; it will be run again")
+        }
     }
 }
 
@@ -311,11 +321,11 @@ async fn resume(shared: Arc<Shared>, task: StoredTask) {
         Ok(session) => session,
         Err(e @ HandleError::Leased { .. }) => {
             // Its dead server's session lease has not run out yet: a later poll retries.
-            tracing::info!(task = %task.id, error = %e, "cannot take over a task yet");
+            tracing::info!(task = %task.id, error = %crate::source::chain(&e), "cannot take over a task yet");
             return;
         }
         Err(e) => {
-            let result = catalog::error_result(Some(&handle), "unknown-handle", &e.to_string());
+            let result = catalog::error_result(Some(&handle), "unknown-handle", &chain(&e).to_string());
             let result = serde_json::to_value(result).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default();
             let _ = shared.tasks.finish(&task.id, Progress::Completed { result }).await;
             return;
@@ -410,7 +420,7 @@ impl ServerHandler for Connection {
         let run = self.run_of(&run).await?;
         agents::answer(&self.runs(), &run, &request.input_responses, &by)
             .await
-            .map_err(|e| ErrorData::internal_error(format!("cannot record the decision: {e}"), None))
+            .map_err(|e| ErrorData::internal_error(format!("cannot record the decision: {}", chain(&e)), None))
     }
 
     async fn cancel_task(
@@ -425,7 +435,9 @@ impl ServerHandler for Connection {
         if let Work::Run { run } = &task.body.work {
             match self.runs().cancel(run, "cancelled by the MCP client").await {
                 Ok(_) | Err(crate::run::RunError::WrongState { .. }) => {}
-                Err(e) => return Err(ErrorData::internal_error(format!("cannot cancel run {run}: {e}"), None)),
+                Err(e) => {
+                    return Err(ErrorData::internal_error(format!("cannot cancel run {run}: {}", chain(&e)), None));
+                }
             }
         }
         Ok(())
@@ -443,7 +455,7 @@ fn no_task(id: &str) -> ErrorData {
 }
 
 fn store_failed(e: crate::store::StoreError) -> ErrorData {
-    ErrorData::internal_error(format!("the task store failed: {e}"), None)
+    ErrorData::internal_error(format!("the task store failed: {}", chain(&e)), None)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::{McpError, McpServer};
+use crate::source::Source;
 
 /// How the HTTP endpoint is exposed.
 #[derive(Debug, Clone)]
@@ -83,8 +84,8 @@ impl HttpServer {
 
     /// Waits until the server stops (after [`HttpServer::shutdown`] or a failure).
     pub async fn wait(self) -> Result<(), McpError> {
-        let failed = |reason: String| McpError::Transport { transport: "http", reason };
-        self.task.await.map_err(|e| failed(e.to_string()))?.map_err(|e| failed(e.to_string()))
+        let failed = |source: Source| McpError::Transport { transport: "http", source };
+        self.task.await.map_err(|e| failed(Source::new(e)))?.map_err(|e| failed(Source::new(e)))
     }
 
     /// A token that stops the server when cancelled (for signal handlers).
@@ -128,7 +129,7 @@ pub(super) async fn start(server: McpServer, options: HttpOptions) -> Result<Htt
     // with Nagle's algorithm on, each waits for the client's delayed ACK, ~40 ms a call.
     let listener = listener.tap_io(|stream| {
         if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY on an MCP connection");
+            tracing::debug!(error = %crate::source::chain(&e), "could not set TCP_NODELAY on an MCP connection");
         }
     });
     let stop = shutdown.clone();

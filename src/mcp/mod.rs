@@ -55,8 +55,9 @@ pub enum McpError {
     UnsupportedTool { name: String, reason: String },
     #[error("cannot listen on {addr}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
-    #[error("the {transport} transport failed: {reason}")]
-    Transport { transport: &'static str, reason: String },
+    /// `source`: the transport's (rmcp's, the socket's) error.
+    #[error("the {transport} transport failed")]
+    Transport { transport: &'static str, source: crate::source::Source },
 }
 
 /// Limits of one server, over all its connections.
@@ -174,10 +175,12 @@ impl McpServer {
         // Lines reaching rmcp are already checked against the limit.
         let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(rmcp_read, rmcp_write)
             .with_max_line_length(max.saturating_add(2));
-        let failed = |e: &dyn std::fmt::Display| McpError::Transport { transport: "stdio", reason: e.to_string() };
-        let running = self.connection().serve(transport).await.map_err(|e| failed(&e))?;
-        running.waiting().await.map_err(|e| failed(&e))?;
-        pump.await.map_err(|e| failed(&e))?.map_err(|e| failed(&e))?;
+        let failed = |source: crate::source::Source| McpError::Transport { transport: "stdio", source };
+        let running = self.connection().serve(transport).await.map_err(|e| failed(crate::source::Source::new(e)))?;
+        running.waiting().await.map_err(|e| failed(crate::source::Source::new(e)))?;
+        pump.await
+            .map_err(|e| failed(crate::source::Source::new(e)))?
+            .map_err(|e| failed(crate::source::Source::new(e)))?;
         Ok(())
     }
 

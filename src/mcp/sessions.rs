@@ -33,9 +33,9 @@ pub(crate) enum HandleError {
     #[error("no session with handle `{0}`: it was never minted by this server's store or has been deleted")]
     Unknown(String),
     /// Another server runs the session (it holds its lease).
-    #[error("session `{handle}` is in use on another server: {source}; retry when it is released")]
+    #[error("session `{handle}` is in use on another server; retry when it is released")]
     Leased { handle: String, source: SessionError },
-    #[error("cannot open session `{handle}`: {source}")]
+    #[error("cannot open session `{handle}`")]
     Store { handle: String, source: SessionError },
 }
 

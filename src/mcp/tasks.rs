@@ -88,7 +88,7 @@ pub(crate) struct StoredTask {
 impl StoredTask {
     fn decode(record: TaskRecord) -> Result<Self, StoreError> {
         let body = serde_json::from_str(&record.body)
-            .map_err(|e| StoreError::Corrupt(format!("task `{}`: {e}", record.id)))?;
+            .map_err(|e| StoreError::corrupt_by(format!("task `{}`", record.id), e))?;
         Ok(Self {
             id: record.id,
             version: record.version,
@@ -239,7 +239,7 @@ impl TaskBoard {
                 Err(e) => return Err(e),
             }
         }
-        Err(StoreError::Backend(format!("task `{id}` kept changing")))
+        Err(StoreError::backend_refused(format!("task `{id}` kept changing")))
     }
 
     fn is_mine(&self, body: &TaskBody) -> bool {

@@ -175,22 +175,25 @@ pub struct ModelsConfig {
 pub enum ModelConfigError {
     #[error("cannot read the model configuration {path}")]
     Read { path: std::path::PathBuf, source: std::io::Error },
-    #[error("the model configuration {origin} is not valid TOML for this schema: {reason}")]
-    Parse { origin: String, reason: String },
+    /// `source`: the TOML error, with the line and the key.
+    #[error("the model configuration {origin} is not valid TOML for this schema")]
+    Parse { origin: String, source: crate::source::Source },
     #[error("alias `{alias}` names provider `{provider}`, which is not configured")]
     UnknownProvider { alias: String, provider: String },
     #[error("provider `{provider}`: base_url `{url}` is not an http(s) URL")]
     BadUrl { provider: String, url: String },
     #[error("provider `{provider}`: the API key variable `{var}` is not set (or not UTF-8)")]
     MissingKey { provider: String, var: String },
-    #[error("cannot build the HTTP client: {0}")]
-    Client(String),
+    /// `source`: reqwest's error.
+    #[error("cannot build the HTTP client")]
+    Client(#[source] crate::source::Source),
 }
 
 impl ModelsConfig {
     /// Parses TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ModelConfigError> {
-        toml::from_str(text).map_err(|e| ModelConfigError::Parse { origin: origin.into(), reason: e.to_string() })
+        toml::from_str(text)
+            .map_err(|e| ModelConfigError::Parse { origin: origin.into(), source: crate::source::Source::new(e) })
     }
 
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ModelConfigError> {

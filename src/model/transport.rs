@@ -81,7 +81,7 @@ impl Transport {
             .timeout(config.timeout())
             .connect_timeout(config.timeout().min(Duration::from_secs(10)))
             .build()
-            .map_err(|e| ModelConfigError::Client(e.to_string()))?;
+            .map_err(|e| ModelConfigError::Client(crate::source::Source::new(e)))?;
         Ok(Self { name: name.to_owned(), config: config.clone(), client, key, key_header })
     }
 

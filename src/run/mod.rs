@@ -52,8 +52,9 @@ pub enum RunError {
     Invalid { what: &'static str, reason: String },
     #[error("run `{0}` kept changing; try again")]
     Busy(String),
-    #[error("run `{run}` has an unreadable record: {reason}")]
-    Corrupt { run: String, reason: String },
+    /// `source`: the JSON error.
+    #[error("run `{run}` has an unreadable record")]
+    Corrupt { run: String, source: serde_json::Error },
     #[error(transparent)]
     Session(#[from] SessionError),
     /// The drive of a run in this process failed (see [`Runs::drive`]); its row says so.
@@ -107,7 +108,7 @@ pub struct Run {
 impl Run {
     fn from_record(record: RunRecord) -> Result<Self, RunError> {
         let body = serde_json::from_str(&record.body)
-            .map_err(|e| RunError::Corrupt { run: record.id.clone(), reason: e.to_string() })?;
+            .map_err(|source| RunError::Corrupt { run: record.id.clone(), source })?;
         Ok(Self {
             id: record.id,
             agent: record.agent,

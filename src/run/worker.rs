@@ -20,6 +20,7 @@ use super::{CHANGE_ATTEMPTS, Run, RunError, Runs};
 use crate::agent::{Agent, AgentError, AgentOutcome, Inbox, Stop, Wait};
 use crate::error::CallError;
 use crate::host::Host;
+use crate::source::chain;
 use crate::store::{Lease, RunStatus, Store, StoreError, timestamp_ms};
 
 /// How a worker paces itself.
@@ -129,7 +130,7 @@ impl Worker {
                 Vec::new()
             } else {
                 store.claim_runs(&names, &holder, ttl, free).await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "cannot claim runs");
+                    tracing::warn!(error = %crate::source::chain(&e), "cannot claim runs");
                     Vec::new()
                 })
             };
@@ -186,12 +187,12 @@ impl Worker {
     async fn drive_claimed(&self, lease: Lease) -> Result<Driven, RunError> {
         let driven = self.drive_leased(&lease.session).await;
         if let Err(e) = &driven {
-            tracing::warn!(run = %lease.session, error = %e, "drive failed");
+            tracing::warn!(run = %lease.session, error = %crate::source::chain(e), "drive failed");
         }
         // Gives the claim back if the session was never opened under it (else a no-op: the
         // session's own lease superseded it and was released on close).
         if let Err(e) = self.store().release_lease(&lease.session, lease.token).await {
-            tracing::debug!(run = %lease.session, error = %e, "could not release a claim; it will expire");
+            tracing::debug!(run = %lease.session, error = %crate::source::chain(&e), "could not release a claim; it will expire");
         }
         driven
     }
@@ -255,11 +256,12 @@ fn apply(config: &WorkerConfig, run: &mut Run, result: &Result<AgentOutcome, Age
         Ok(outcome) => outcome,
         Err(error) => {
             run.body.failed_attempts += 1;
-            run.body.last_error = Some(error.to_string());
+            run.body.last_error = Some(chain(error).to_string());
             if is_permanent(error) || run.body.failed_attempts >= config.max_failed_attempts {
                 run.status = RunStatus::Failed;
                 run.ready_at_ms = None;
-                run.body.outcome = Some(format!("gave up after {} failed drives: {error}", run.body.failed_attempts));
+                run.body.outcome =
+                    Some(format!("gave up after {} failed drives: {}", run.body.failed_attempts, chain(error)));
                 return Driven::Status(RunStatus::Failed);
             }
             let delay = config.retry_after.saturating_mul(1 << (run.body.failed_attempts - 1).min(16));

@@ -260,7 +260,7 @@ impl Store for MemoryStore {
         if let Some(step) =
             source.steps_through(at).iter().find(|s| s.journal_pruned && !covered(&s.record.tool, s.record.seq))
         {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::backend_refused(format!(
                 "cannot fork `{parent}` at step {at}: the history of step {} was pruned; fork at a later step",
                 step.record.seq
             )));
@@ -405,7 +405,7 @@ impl Store for MemoryStore {
             let chunk = inner
                 .chunks
                 .get(hash)
-                .ok_or_else(|| StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} misses a chunk")))?;
+                .ok_or_else(|| StoreError::corrupt(format!("snapshot of `{tool}` at step {seq} misses a chunk")))?;
             bytes.extend_from_slice(&chunk.data);
         }
         Ok(Some((*seq, bytes)))
@@ -420,7 +420,7 @@ impl Store for MemoryStore {
                     .chunks
                     .get(hash)
                     .map(|c| c.data.to_vec())
-                    .ok_or_else(|| StoreError::Corrupt("a workspace file misses a chunk".into()))
+                    .ok_or_else(|| StoreError::corrupt("a workspace file misses a chunk"))
             })
             .collect()
     }

@@ -23,6 +23,8 @@ mod url;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::source::Source;
+
 pub use chunks::{Chunk, chunk_snapshot};
 pub use lease::Lease;
 pub use memory::MemoryStore;
@@ -41,37 +43,34 @@ pub(crate) fn timestamp_ms() -> i64 {
 
 use crate::contract::workspace::{FileChange, Manifest, manifest_at, valid_path};
 
-/// A format error as a [`StoreError::Corrupt`], its cause kept in the text.
-fn corrupt(what: &str, e: &dyn std::error::Error) -> StoreError {
-    match e.source() {
-        Some(cause) => StoreError::Corrupt(format!("{what}: {e}: {cause}")),
-        None => StoreError::Corrupt(format!("{what}: {e}")),
-    }
+/// A format error as a [`StoreError::Corrupt`] about `what`, the error kept as its source.
+fn corrupt<E: std::error::Error + Send + Sync + 'static>(what: &str) -> impl FnOnce(E) -> StoreError + '_ {
+    move |e| StoreError::corrupt_by(what, e)
 }
 
 /// A step column or pending record in the current format (see [`crate::contract::record`]).
 pub(crate) fn encode_record<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreError> {
-    crate::contract::encode_record(value).map_err(|e| corrupt("encoding", &e))
+    crate::contract::encode_record(value).map_err(corrupt("encoding a record"))
 }
 
 /// A stored step column or pending record, in any format this toolhost reads.
 pub(crate) fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
-    crate::contract::decode_record(bytes).map_err(|e| corrupt(what, &e))
+    crate::contract::decode_record(bytes).map_err(corrupt(what))
 }
 
 /// A stored step's random position, in any format this toolhost reads.
 pub(crate) fn decode_random(bytes: &[u8]) -> Result<RandomState, StoreError> {
-    crate::contract::decode_random(bytes).map_err(|e| corrupt("step random position", &e))
+    crate::contract::decode_random(bytes).map_err(corrupt("step random position"))
 }
 
 /// A step's journal in the current format (see [`crate::contract::journal`]).
 pub(crate) fn encode_journal(journal: &[JournalEntry]) -> Result<Vec<u8>, StoreError> {
-    crate::contract::encode_journal(journal).map_err(|e| corrupt("encoding", &e))
+    crate::contract::encode_journal(journal).map_err(corrupt("encoding a step journal"))
 }
 
 /// A stored step journal, in any format this toolhost reads.
 pub(crate) fn decode_journal(bytes: &[u8]) -> Result<Vec<JournalEntry>, StoreError> {
-    crate::contract::decode_journal(bytes).map_err(|e| corrupt("step journal", &e))
+    crate::contract::decode_journal(bytes).map_err(corrupt("step journal"))
 }
 use crate::contract::{JournalEntry, RandomState, ToolFailure, Upgrade};
 
@@ -102,9 +101,11 @@ pub struct StateUsage {
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// I/O, corruption, a lost connection.
-    #[error("store backend: {0}")]
-    Backend(String),
+    /// I/O, a database error, a lost connection, or an operation the store cannot do:
+    /// `context` says what the store was doing, `source` (the rusqlite, tokio-postgres or
+    /// I/O error) why it failed.
+    #[error("store backend: {context}")]
+    Backend { context: String, source: Option<Source> },
     /// Another writer advanced the session first (two hosts on one session).
     #[error("session `{session}` is at step {found}, not {expected}: another host advanced it")]
     Conflict { session: String, expected: u64, found: u64 },
@@ -114,9 +115,10 @@ pub enum StoreError {
     SessionExists(String),
     #[error("session `{session}` has no step {step}")]
     StepNotFound { session: String, step: u64 },
-    /// Stored data does not decode (written by an incompatible version, or corrupted).
-    #[error("stored data is unreadable: {0}")]
-    Corrupt(String),
+    /// Stored data does not decode (written by an incompatible version, or corrupted): `what`
+    /// names the data, `source` is the decoder's error if one failed.
+    #[error("stored data is unreadable: {what}")]
+    Corrupt { what: String, source: Option<Source> },
     /// Another host holds the session's lease and it has not expired.
     #[error("session `{session}` is leased by `{holder}` for another {expires_in_ms} ms")]
     LeaseHeld { session: String, holder: String, expires_in_ms: u64 },
@@ -141,6 +143,29 @@ pub enum StoreError {
     /// Someone else changed the task first (another server taking it over, a cancel).
     #[error("task `{task}` is at version {found}, not {expected}: it was changed meanwhile")]
     TaskConflict { task: String, expected: u64, found: u64 },
+}
+
+impl StoreError {
+    /// A backend failure while doing `context`, caused by `source`.
+    pub fn backend(context: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Backend { context: context.into(), source: Some(Source::new(source)) }
+    }
+
+    /// A backend refusal with no underlying error (the store is closed; a fork would need
+    /// pruned history).
+    pub fn backend_refused(context: impl Into<String>) -> Self {
+        Self::Backend { context: context.into(), source: None }
+    }
+
+    /// Unreadable data, described by `what`.
+    pub fn corrupt(what: impl Into<String>) -> Self {
+        Self::Corrupt { what: what.into(), source: None }
+    }
+
+    /// Unreadable data, `what`, which `source` (a decoder's error) refused.
+    pub fn corrupt_by(what: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Corrupt { what: what.into(), source: Some(Source::new(source)) }
+    }
 }
 
 /// A session as stored.
@@ -201,7 +226,7 @@ impl StepRecord {
     pub(crate) fn check_files(&self) -> Result<(), StoreError> {
         match self.files.iter().find(|c| !valid_path(&c.path)) {
             Some(c) => {
-                Err(StoreError::Corrupt(format!("step {} changes an invalid workspace path {:?}", self.seq, c.path)))
+                Err(StoreError::corrupt(format!("step {} changes an invalid workspace path {:?}", self.seq, c.path)))
             }
             None => Ok(()),
         }

@@ -182,25 +182,13 @@ impl Failure {
     }
 }
 
+/// A tokio-postgres error, kept as the source; a database error's SQLSTATE code is in the
+/// context (its message is the source's).
 fn pg_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
-        Some(db) => StoreError::Backend(format!("postgres: {} ({})", db.message(), db.code().code())),
-        None => StoreError::Backend(format!("postgres: {}", with_causes(&e))),
+        Some(db) => StoreError::backend(format!("postgres ({})", db.code().code()), e),
+        None => StoreError::backend("postgres", e),
     }
-}
-
-/// `error: its cause: the cause's cause`, so "error connecting to server" says why.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        let shown = next.to_string();
-        if !text.ends_with(&shown) {
-            text = format!("{text}: {shown}");
-        }
-        cause = next.source();
-    }
-    text
 }
 
 use super::{decode_journal, decode_random, decode_record as decode, encode_journal, encode_record as encode};
@@ -230,7 +218,7 @@ impl PostgresStore {
             .create_timeout(Some(Duration::from_secs(10)))
             .wait_timeout(Some(Duration::from_secs(60)))
             .build()
-            .map_err(|e| StoreError::Backend(format!("postgres pool for {shown}: {e}")))?;
+            .map_err(|e| StoreError::backend(format!("postgres pool for {shown}"), e))?;
         let store = Self { pool, url: shown, config, listener: tokio::sync::Mutex::new(None) };
         store.migrate().await?;
         Ok(store)
@@ -242,13 +230,7 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(|e| {
-            let reason = match &e {
-                deadpool_postgres::PoolError::Backend(e) => with_causes(e),
-                e => with_causes(e),
-            };
-            StoreError::Backend(format!("postgres at {}: {reason}", self.url))
-        })
+        self.pool.get().await.map_err(|e| StoreError::backend(format!("postgres at {}", self.url), e))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -262,13 +244,13 @@ impl PostgresStore {
         let current: i64 =
             tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[]).await.map_err(pg_error)?.get(0);
         if current as usize > MIGRATIONS.len() {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::corrupt(format!(
                 "the database has schema version {current}; this toolhost knows up to {}",
                 MIGRATIONS.len()
             )));
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            tx.batch_execute(sql).await.map_err(|e| StoreError::Backend(format!("migration {}: {e}", index + 1)))?;
+            tx.batch_execute(sql).await.map_err(|e| StoreError::backend(format!("migration {}", index + 1), e))?;
             tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&(index as i64 + 1)])
                 .await
                 .map_err(pg_error)?;
@@ -355,7 +337,7 @@ async fn adjust_chunks(
     let mut inserts: Vec<(&[u8], &[u8], i64)> = Vec::new();
     for (hash, delta) in missing.iter().filter(|(_, d)| *d > 0) {
         let data = new_data.get(*hash).ok_or_else(|| {
-            StoreError::Corrupt(format!("a reference to chunk {} that the store does not hold", hex::encode(hash)))
+            StoreError::corrupt(format!("a reference to chunk {} that the store does not hold", hex::encode(hash)))
         })?;
         inserts.push((&hash[..], *data, *delta));
     }
@@ -400,7 +382,7 @@ async fn count_file_refs(
 
 fn count_hashes(deltas: &mut BTreeMap<[u8; 32], i64>, hashes: &[u8], delta: i64) -> Result<(), StoreError> {
     if !hashes.len().is_multiple_of(32) {
-        return Err(StoreError::Corrupt("a snapshot's chunk list is not a list of sha256 hashes".into()));
+        return Err(StoreError::corrupt("a snapshot's chunk list is not a list of sha256 hashes"));
     }
     for hash in hashes.chunks(32) {
         *deltas.entry(hash.try_into().expect("32 bytes")).or_default() += delta;
@@ -554,7 +536,7 @@ async fn fork_session(tx: &Transaction<'_>, parent: &str, at: i64, child: &Sessi
         .await?;
     if let Some(row) = unreplayable {
         let seq: i64 = row.get(0);
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::backend_refused(format!(
             "cannot fork `{parent}` at step {at}: the history of step {seq} was pruned; fork at a later step"
         ))
         .into());
@@ -844,11 +826,11 @@ impl Store for PostgresStore {
         for hash in &wanted {
             let chunk = data
                 .get(hash)
-                .ok_or_else(|| StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} misses a chunk")))?;
+                .ok_or_else(|| StoreError::corrupt(format!("snapshot of `{tool}` at step {seq} misses a chunk")))?;
             bytes.extend_from_slice(chunk);
         }
         if bytes.len() as i64 != size {
-            return Err(StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} has the wrong size")));
+            return Err(StoreError::corrupt(format!("snapshot of `{tool}` at step {seq} has the wrong size")));
         }
         Ok(Some((seq as u64, bytes)))
     }
@@ -865,9 +847,7 @@ impl Store for PostgresStore {
             rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
         wanted
             .iter()
-            .map(|hash| {
-                data.get(*hash).cloned().ok_or_else(|| StoreError::Corrupt("a workspace file misses a chunk".into()))
-            })
+            .map(|hash| data.get(*hash).cloned().ok_or_else(|| StoreError::corrupt("a workspace file misses a chunk")))
             .collect()
     }
 
@@ -1127,7 +1107,7 @@ impl Store for PostgresStore {
                 let _ = tokio::time::timeout(timeout, listener.changed.notified()).await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for run changes; polling instead");
+                tracing::warn!(error = %crate::source::chain(&e), "cannot listen for run changes; polling instead");
                 tokio::time::sleep(timeout).await;
             }
         }
@@ -1218,7 +1198,7 @@ fn run_from_row(r: &tokio_postgres::Row) -> Result<RunRecord, StoreError> {
     let id: String = r.get(0);
     let status: String = r.get(2);
     Ok(RunRecord {
-        status: status.parse().map_err(|e| StoreError::Corrupt(format!("run `{id}`: {e}")))?,
+        status: status.parse().map_err(|e| StoreError::corrupt(format!("run `{id}`: {e}")))?,
         id,
         agent: r.get(1),
         ready_at_ms: r.get(3),

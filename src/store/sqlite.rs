@@ -173,8 +173,9 @@ pub struct SqliteStore {
     _temp: Option<tempfile::TempDir>,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// A rusqlite (or other) error from the store's own work, kept as the source.
+fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::backend("sqlite", e)
 }
 
 use super::{decode_journal, decode_random, decode_record as decode, encode_journal, encode_record as encode};
@@ -191,15 +192,17 @@ impl SqliteStore {
 
     /// A database in a temporary folder, deleted when the store is dropped.
     pub fn temporary() -> Result<Self, StoreError> {
-        let dir = tempfile::tempdir().map_err(backend)?;
+        let dir = tempfile::tempdir().map_err(|e| StoreError::backend("creating a temporary folder", e))?;
         Self::open_inner(dir.path().join("toolhost.db"), Durability::Normal, Some(dir))
     }
 
     fn open_inner(path: PathBuf, durability: Durability, temp: Option<tempfile::TempDir>) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| backend(format!("creating {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::backend(format!("creating {}", parent.display()), e))?;
         }
-        let conn = Connection::open(&path).map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
+        let conn =
+            Connection::open(&path).map_err(|e| StoreError::backend(format!("opening {}", path.display()), e))?;
         let sync = match durability {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
@@ -235,10 +238,12 @@ impl SqliteStore {
         let (done, answer) = tokio::sync::oneshot::channel();
         {
             let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            let sender = writer.as_ref().ok_or_else(|| backend("the store is closed"))?;
-            sender.send(WriteRequest { job: Box::new(job), done }).map_err(|_| backend("the writer thread stopped"))?;
+            let sender = writer.as_ref().ok_or_else(|| StoreError::backend_refused("the store is closed"))?;
+            sender
+                .send(WriteRequest { job: Box::new(job), done })
+                .map_err(|_| StoreError::backend_refused("the writer thread stopped"))?;
         }
-        answer.await.map_err(|_| backend("the writer thread stopped"))?
+        answer.await.map_err(|_| StoreError::backend_refused("the writer thread stopped"))?
     }
 
     /// A write that answers with a value.
@@ -254,7 +259,7 @@ impl SqliteStore {
         })
         .await?;
         let value = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        value.ok_or_else(|| backend("the writer answered without a value"))
+        value.ok_or_else(|| StoreError::backend_refused("the writer answered without a value"))
     }
 
     async fn read<T: Send + 'static>(
@@ -301,14 +306,14 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let current: i64 =
         conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0)).map_err(backend)?;
     if current as usize > MIGRATIONS.len() {
-        return Err(StoreError::Corrupt(format!(
+        return Err(StoreError::corrupt(format!(
             "the database has schema version {current}; this toolhost knows up to {}",
             MIGRATIONS.len()
         )));
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.unchecked_transaction().map_err(backend)?;
-        tx.execute_batch(sql).map_err(|e| backend(format!("migration {}: {e}", index + 1)))?;
+        tx.execute_batch(sql).map_err(|e| StoreError::backend(format!("migration {}", index + 1), e))?;
         tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [index as i64 + 1]).map_err(backend)?;
         tx.commit().map_err(backend)?;
     }
@@ -326,8 +331,9 @@ fn write_loop(conn: Connection, requests: mpsc::Receiver<WriteRequest>) {
             }
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let error = StoreError::backend("beginning a write transaction", e);
             for request in group {
-                let _ = request.done.send(Err(backend(&e)));
+                let _ = request.done.send(Err(error.clone()));
             }
             continue;
         }
@@ -413,7 +419,7 @@ fn add_chunk_refs(conn: &Connection, hashes: &[u8], delta: i64) -> Result<(), St
     let mut sweep = conn.prepare_cached("DELETE FROM chunks WHERE hash = ?1 AND refs <= 0").map_err(backend)?;
     for hash in hashes.chunks(32) {
         if update.execute(params![hash, delta]).map_err(backend)? == 0 && delta > 0 {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::corrupt(format!(
                 "a reference to chunk {} that the store does not hold",
                 hex::encode(hash)
             )));
@@ -719,7 +725,7 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(backend)?;
             if let Some(seq) = unreplayable {
-                return Err(StoreError::Backend(format!(
+                return Err(StoreError::backend_refused(format!(
                     "cannot fork `{parent}` at step {at}: the history of step {seq} was pruned; fork at a later step"
                 )));
             }
@@ -922,10 +928,10 @@ impl Store for SqliteStore {
                     .optional()
                     .map_err(backend)?;
                 found
-                    .ok_or_else(|| StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} misses a chunk")))?;
+                    .ok_or_else(|| StoreError::corrupt(format!("snapshot of `{tool}` at step {seq} misses a chunk")))?;
             }
             if bytes.len() as i64 != size {
-                return Err(StoreError::Corrupt(format!("snapshot of `{tool}` at step {seq} has the wrong size")));
+                return Err(StoreError::corrupt(format!("snapshot of `{tool}` at step {seq} has the wrong size")));
             }
             Ok(Some((seq as u64, bytes)))
         })
@@ -942,7 +948,7 @@ impl Store for SqliteStore {
                     stmt.query_row([&hash[..]], |r| r.get(0))
                         .optional()
                         .map_err(backend)?
-                        .ok_or_else(|| StoreError::Corrupt("a workspace file misses a chunk".into()))
+                        .ok_or_else(|| StoreError::corrupt("a workspace file misses a chunk"))
                 })
                 .collect()
         })
@@ -1311,7 +1317,7 @@ fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
 }
 
 fn decode_run((mut record, status): (RunRecord, String)) -> Result<RunRecord, StoreError> {
-    record.status = status.parse().map_err(|e| StoreError::Corrupt(format!("run `{}`: {e}", record.id)))?;
+    record.status = status.parse().map_err(|e| StoreError::corrupt(format!("run `{}`: {e}", record.id)))?;
     Ok(record)
 }
 
@@ -1455,5 +1461,90 @@ impl SqliteStore {
 
     pub(super) async fn sqlite_wait_for_runs(&self, timeout: std::time::Duration) {
         let _ = tokio::time::timeout(timeout, self.runs_changed.notified()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::contract::{RandomState, RecordFormatError};
+    use crate::source::chain;
+    use crate::store::{SessionRecord, StepCommit, StepOutcome, StepRecord};
+
+    fn open_err(path: &Path) -> StoreError {
+        match SqliteStore::open(path, Durability::Normal) {
+            Ok(_) => panic!("opened {}", path.display()),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_created_keeps_the_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"not a folder").unwrap();
+        let err = open_err(&file.join("sub").join("toolhost.db"));
+        assert!(matches!(&err, StoreError::Backend { context, .. } if context.starts_with("creating ")), "{err:?}");
+        let io = err.source().and_then(|s| s.downcast_ref::<std::io::Error>()).expect("the io::Error as source");
+        // The message names the folder; the cause is the source's, shown once by `chain`.
+        assert!(!err.to_string().contains(&io.to_string()), "{err}");
+        assert_eq!(chain(&err).to_string(), format!("{err}: {io}"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_keeps_the_sqlite_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("toolhost.db");
+        std::fs::write(&path, vec![0x5a; 4096]).unwrap();
+        let err = open_err(&path);
+        let sqlite = err.source().and_then(|s| s.downcast_ref::<rusqlite::Error>()).expect("rusqlite::Error as source");
+        assert_eq!(sqlite.sqlite_error_code(), Some(rusqlite::ErrorCode::NotADatabase), "{sqlite:?}");
+        assert!(chain(&err).to_string().contains(&sqlite.to_string()), "{}", chain(&err));
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_row_keeps_the_decoders_error() {
+        let store = SqliteStore::temporary().unwrap();
+        let record = SessionRecord { id: "s".into(), seed: [0; 32], forked_from: None, created_at_ms: 0, last_step: 0 };
+        store.create_session(&record).await.unwrap();
+        let step = StepRecord {
+            seq: 1,
+            tool: "t".into(),
+            digest: "d".into(),
+            input: "{}".into(),
+            outcome: StepOutcome::Output("{}".into()),
+            journal: Vec::new(),
+            writes: Vec::new(),
+            random: RandomState { seed: [0; 32], secure: 0, insecure: 0 },
+            committed_at_ms: 0,
+            files: Vec::new(),
+        };
+        let commit = StepCommit {
+            session: "s".into(),
+            step,
+            snapshot: None,
+            file_chunks: Vec::new(),
+            keep_snapshots: 1,
+            lease: None,
+        };
+        store.commit_step(commit).await.unwrap();
+        assert_eq!(store.steps("s", None, 0).await.unwrap().len(), 1);
+
+        // The outcome column, tagged as the current format but not its JSON.
+        let conn = Connection::open(&store.path).unwrap();
+        let mut garbage = crate::contract::encode_record(&StepOutcome::Output("{}".into())).unwrap();
+        garbage.truncate(garbage.len() - 2);
+        conn.execute("UPDATE steps SET outcome = ?1", [&garbage]).unwrap();
+        let err = store.steps("s", None, 0).await.unwrap_err();
+        assert!(matches!(&err, StoreError::Corrupt { what, source: Some(_) } if what == "step outcome"), "{err:?}");
+        let format = err.source().and_then(|s| s.downcast_ref::<RecordFormatError>()).expect("the format error");
+        assert!(matches!(format, RecordFormatError::Json(_)), "{format:?}");
+        let json = format.source().and_then(|s| s.downcast_ref::<serde_json::Error>()).expect("serde_json's error");
+        assert!(json.is_eof(), "{json}");
+        let shown = chain(&err).to_string();
+        assert!(shown.starts_with("stored data is unreadable: step outcome: the record (format"), "{shown}");
+        assert!(shown.ends_with(&json.to_string()), "{shown}");
     }
 }

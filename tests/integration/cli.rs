@@ -40,6 +40,13 @@ fn sessions_are_durable_across_cli_invocations() {
     };
 
     assert_eq!(call("s1", r#"{"op": "add", "title": "alpha", "body": "first"}"#)["id"], 1);
+    // `sessions show` reports what the session stores: its steps' bytes and its snapshots'.
+    let stored = |shown: &Value| {
+        let bytes = &shown["stored_bytes"];
+        (bytes["steps"].as_u64().expect("steps bytes"), bytes["snapshots_logical"].as_u64().expect("snapshot bytes"))
+    };
+    let (one_step, _) = stored(&json(toolhost(&db, &cache, &["sessions", "show", "s1", "--json"])));
+    assert!(one_step > 0);
     assert_eq!(call("s1", r#"{"op": "add", "title": "beta", "body": "second"}"#)["id"], 2);
     // A third process sees both notes: state and the in-memory index came back from the store.
     let found = call("s1", r#"{"op": "search", "query": "second"}"#);
@@ -54,6 +61,11 @@ fn sessions_are_durable_across_cli_invocations() {
     let keys: Vec<&str> = shown["state_keys"].as_array().unwrap().iter().map(|k| k[2].as_str().unwrap()).collect();
     assert_eq!(keys.len(), 2, "{shown}");
     assert!(!shown["snapshots"].as_array().unwrap().is_empty(), "{shown}");
+    let (three_steps, snapshots) = stored(&shown);
+    assert!(three_steps > one_step && snapshots > 0, "{shown}");
+    let text = ok(toolhost(&db, &cache, &["sessions", "show", "s1"]));
+    let line = format!("stored: {three_steps} bytes of steps, {snapshots} bytes of snapshots (logical)");
+    assert!(text.contains(&line), "{text}");
 
     let resumed = ok(toolhost(&db, &cache, &["sessions", "resume", "--grant-requested", "s1", notes]));
     assert!(resumed.contains("snapshot of step 3, 0 steps replayed"), "{resumed}");
@@ -95,6 +107,22 @@ fn a_missing_session_is_a_clear_error() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn a_store_that_cannot_be_opened_says_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let db = file.join("sub").join("sessions.db");
+    let out = toolhost(&db, &dir.path().join("cache"), &["sessions", "list"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The store's context (which folder) and the OS's reason (its source), each once.
+    let folder = format!("creating {}", file.join("sub").display());
+    assert!(stderr.contains(&folder), "{stderr}");
+    let reason = std::io::Error::from_raw_os_error(20).to_string();
+    assert_eq!(stderr.matches(&reason).count(), 1, "{stderr}");
 }
 
 /// `toolhost run` on the shipped agent file, with the main job's local model: the file parses,

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::json;
+use toolhost::error::chain;
 use toolhost::store::Durability;
 use toolhost::{Host, HostConfig, Policy, SnapshotPolicy, SqliteStore, Store};
 
@@ -94,8 +95,10 @@ async fn a_journal_in_a_newer_format_is_refused_not_misread() {
     let host = host_on(&db);
     let notes = host.load_tool(&guests().notes).await.unwrap();
     let error = match host.open_session(&id).await {
-        Err(e) => e.to_string(),
-        Ok(mut session) => session.call(&notes, &json!({"op": "list"})).await.unwrap_err().to_string(),
+        Err(e) => chain(&e).to_string(),
+        Ok(mut session) => chain(&session.call(&notes, &json!({"op": "list"})).await.unwrap_err()).to_string(),
     };
+    // The format error is the cause, at the end of the chain: what was being read, then why.
+    assert!(error.contains("stored data is unreadable: step journal: "), "{error}");
     assert!(error.contains("format 2, newer than this toolhost reads"), "{error}");
 }

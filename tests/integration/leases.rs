@@ -218,7 +218,7 @@ async fn an_unrenewed_lease_is_taken_over_and_the_old_holder_is_refused(db: &Tes
     assert_eq!(listed, json!({"id": 2, "notes": 2}));
 
     match stale.call(&notes, &json!({"op": "add", "title": "stale", "body": "lost"})).await {
-        Err(CallError::LeaseLost { session, reason, .. }) => {
+        Err(CallError::LeaseLost { session, source: StoreError::LeaseLost { reason, .. }, .. }) => {
             assert_eq!(session, "taken");
             assert!(reason.contains("host-b"), "{reason}");
         }

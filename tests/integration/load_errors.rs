@@ -1,5 +1,8 @@
 //! Files that are not tools are refused with errors that say why.
 
+use std::error::Error as _;
+
+use toolhost::error::chain;
 use toolhost::{LoadError, Policy};
 
 use crate::support::{guests, host};
@@ -38,6 +41,16 @@ async fn each_kind_of_non_tool_gets_its_own_error() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let err = host.load_tool(&truncated).await.unwrap_err();
     assert!(matches!(err, LoadError::Compile { .. }), "{err:?}");
+    // Why it does not compile is wasmtime's error, kept as the source: the same words wasmtime
+    // says of these bytes, shown by `chain` after the path and not repeated by `Display`.
+    let cause = err.source().expect("wasmtime's error as the source").to_string();
+    let engine = wasmtime::Engine::new(wasmtime::Config::new().wasm_component_model(true)).unwrap();
+    let Err(direct) = wasmtime::component::Component::new(&engine, &bytes[..bytes.len() / 2]) else {
+        panic!("wasmtime compiled the truncated component");
+    };
+    assert_eq!(cause, direct.to_string());
+    assert_eq!(err.to_string(), format!("{} does not compile", truncated.display()));
+    assert!(chain(&err).to_string().starts_with(&format!("{err}: {cause}")), "{}", chain(&err));
 }
 
 fn engine_with(adjust: impl FnOnce(&mut toolhost::EngineConfig)) -> toolhost::Host {

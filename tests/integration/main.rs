@@ -10,6 +10,7 @@ mod cli;
 mod compat;
 mod crash;
 mod durable;
+mod error_chain;
 mod guest_checks;
 mod hostile;
 mod http_journal;

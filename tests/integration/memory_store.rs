@@ -139,7 +139,7 @@ fn answer<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
         Err(e @ (StoreError::SessionNotFound(_) | StoreError::SessionExists(_) | StoreError::StepNotFound { .. })) => {
             format!("error {e}")
         }
-        Err(StoreError::Backend(message)) => format!("backend {message}"),
+        Err(e @ StoreError::Backend { .. }) => format!("backend {}", toolhost::error::chain(&e)),
         Err(e) => format!("other {e}"),
     }
 }
@@ -280,7 +280,7 @@ async fn observe(store: &dyn Store) -> String {
         seen.push(answer(store.snapshots(&id).await));
         seen.push(answer(store.storage_stats(&id).await));
         seen.push(answer(store.pending(&id).await));
-        seen.push(lease_answer(store.lease(&id).await.and_then(|l| l.ok_or(StoreError::Backend("none".into())))));
+        seen.push(lease_answer(store.lease(&id).await.and_then(|l| l.ok_or(StoreError::backend_refused("none")))));
         seen.push(answer(store.audit_events(Some(&id)).await));
         let last = store.session(&id).await.ok().flatten().map_or(0, |r| r.last_step);
         for tool in TOOLS {

@@ -10,7 +10,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use crate::capability::workspace::WorkspaceGrant;
 use crate::capability::{Issues, with_access};
 use crate::contract::{Access, CapabilityRow, Coverage, FilesystemRequest};
-use crate::error::CallError;
+use crate::error::{CallError, Source};
 
 /// The capability's name in policies, rows and audit events.
 pub const NAME: &str = "filesystem";
@@ -121,11 +121,8 @@ pub(crate) fn configure(wasi: &mut WasiCtxBuilder, preopens: &[Preopen], tool: &
         };
         wasi.preopened_dir(&preopen.host, &preopen.guest, perms).map_err(|e| CallError::Instantiate {
             tool: tool.to_owned(),
-            reason: format!(
-                "cannot open the granted directory {} for {}: {e:#}",
-                preopen.host.display(),
-                preopen.guest
-            ),
+            reason: format!("cannot open the granted directory {} for {}", preopen.host.display(), preopen.guest),
+            source: Some(Source::new(e)),
         })?;
     }
     Ok(())

@@ -19,6 +19,7 @@ use crate::bindings::model as wit;
 use crate::contract::{ChatRequest, ChatResponse, ModelError, ProviderFailure};
 use crate::journal::{JournalEntry, SharedJournal, lock};
 use crate::model::ModelProvider;
+use crate::source::chain;
 use crate::store::{AuditEvent, Store};
 
 /// Per-instance model context.
@@ -79,7 +80,7 @@ fn parse_usage(reason: &str) -> Option<u64> {
 
 impl ModelCtx {
     async fn ledger(&self) -> Result<Ledger, String> {
-        let events = self.store.audit_events(Some(&self.session)).await.map_err(|e| e.to_string())?;
+        let events = self.store.audit_events(Some(&self.session)).await.map_err(|e| chain(&e).to_string())?;
         let since = crate::store::timestamp_ms() - 60_000;
         let mut ledger = Ledger { session_tokens: 0, recent_calls: 0 };
         for event in events.iter().filter(|e| e.capability == "model" && e.allowed && e.request.starts_with("chat ")) {
@@ -109,7 +110,7 @@ impl ModelCtx {
             reason: reason.to_owned(),
         };
         if let Err(e) = self.store.record_audit(&event).await {
-            tracing::warn!(session = %self.session, tool = %self.tool, error = %e, "could not record an audit event");
+            tracing::warn!(session = %self.session, tool = %self.tool, error = %crate::source::chain(&e), "could not record an audit event");
         }
     }
 

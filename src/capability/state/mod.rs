@@ -17,6 +17,7 @@ use crate::bindings::state as wit;
 use crate::contract::StateError;
 use crate::journal::within_limits;
 use crate::journal::{JournalEntry, SharedJournal, lock};
+use crate::source::chain;
 use crate::store::{StateScope, StateUsage, StateWrite, Store};
 
 /// Longest key, in bytes.
@@ -95,13 +96,14 @@ impl StateCtx {
         if let Some(usage) = self.usage {
             return Ok(usage);
         }
-        let mut usage = self.store.usage(&self.scope).await.map_err(|e| StateError::Unavailable(e.to_string()))?;
+        let mut usage =
+            self.store.usage(&self.scope).await.map_err(|e| StateError::Unavailable(chain(&e).to_string()))?;
         for ((namespace, key), value) in &self.pending {
             let before = self
                 .store
                 .get(&self.scope, namespace, key)
                 .await
-                .map_err(|e| StateError::Unavailable(e.to_string()))?;
+                .map_err(|e| StateError::Unavailable(chain(&e).to_string()))?;
             apply_delta(&mut usage, key, before.as_deref(), value.as_deref());
         }
         self.usage = Some(usage);
@@ -113,7 +115,7 @@ impl StateCtx {
         if let Some(pending) = self.pending.get(&(namespace.to_owned(), key.to_owned())) {
             return Ok(pending.clone());
         }
-        self.store.get(&self.scope, namespace, key).await.map_err(|e| StateError::Unavailable(e.to_string()))
+        self.store.get(&self.scope, namespace, key).await.map_err(|e| StateError::Unavailable(chain(&e).to_string()))
     }
 }
 
@@ -229,7 +231,7 @@ impl StateCtx {
             .store
             .list_keys(&self.scope, namespace, prefix)
             .await
-            .map_err(|e| StateError::Unavailable(e.to_string()))?
+            .map_err(|e| StateError::Unavailable(chain(&e).to_string()))?
             .into_iter()
             .collect();
         for ((ns, key), value) in &self.pending {

@@ -27,7 +27,7 @@ pub enum ExportError {
     BadToolName(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("writing the files: {0}")]
+    #[error("writing the files")]
     Io(#[from] std::io::Error),
 }
 

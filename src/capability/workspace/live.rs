@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::grant::WorkspaceGrant;
 use super::scan::{ScanError, Scanned, materialize, scan};
 use crate::contract::workspace::{FileChange, Manifest, diff};
-use crate::error::CallError;
+use crate::error::{CallError, Source};
 use crate::store::{Chunk, Store, StoreError};
 
 /// Up to this many bytes and paths (committed, plus what the step wrote), a scan runs on the
@@ -73,8 +73,8 @@ impl LiveWorkspace {
         let (root, manifest) = (self.staging.path().to_owned(), Arc::new(manifest));
         let written = manifest.clone();
         let materialized = tokio::task::spawn_blocking(move || materialize(&root, &written, &chunks)).await;
-        let corrupt = |e: String| StoreError::Corrupt(format!("materializing the workspace: {e}"));
-        materialized.map_err(|e| corrupt(e.to_string()))?.map_err(|e| corrupt(e.to_string()))?;
+        let what = "materializing the workspace";
+        materialized.map_err(|e| StoreError::corrupt_by(what, e))?.map_err(|e| StoreError::corrupt_by(what, e))?;
         self.committed = manifest;
         self.staged = None;
         self.dirty.store(false, Ordering::Relaxed);
@@ -115,7 +115,7 @@ impl LiveWorkspace {
             ScanError::Quota { resource, limit, used } => {
                 CallError::HostLimit { tool: tool.to_owned(), resource, limit, used }
             }
-            e => CallError::Workspace { tool: tool.to_owned(), reason: e.to_string() },
+            e => CallError::Workspace { tool: tool.to_owned(), source: Source::new(e) },
         })
     }
 
@@ -134,7 +134,7 @@ impl LiveWorkspace {
     /// After replaying steps: the staging directory must hold exactly `expected`, the
     /// manifest the store holds for the last step; it becomes the committed one.
     pub async fn verify(&mut self, expected: Manifest) -> Result<(), String> {
-        let scanned = self.scan(u64::MAX).await.map_err(|e| e.to_string())?;
+        let scanned = self.scan(u64::MAX).await.map_err(|e| crate::error::chain(&e).to_string())?;
         let differences = diff(&expected, &scanned.manifest);
         if let Some(first) = differences.first() {
             let what = if first.entry.is_some() { "holds" } else { "lacks" };

@@ -24,7 +24,7 @@ pub enum ScanError {
     /// Something a workspace cannot keep: a symlink, a special file, a name that is not UTF-8.
     #[error("the workspace holds {what} at `{path}`, which it cannot keep")]
     Unsupported { path: String, what: &'static str },
-    #[error("reading the staging directory: {0}")]
+    #[error("reading the staging directory")]
     Io(#[from] io::Error),
 }
 

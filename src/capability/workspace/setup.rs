@@ -10,7 +10,7 @@ use super::{LiveWorkspace, WorkspaceGrant};
 use crate::capability::Issues;
 use crate::capability::filesystem::{Preopen, guest_path_problem, overlaps};
 use crate::contract::{CapabilityRow, Coverage, FilesystemRequest};
-use crate::error::CallError;
+use crate::error::{CallError, Source};
 
 /// The capability's name in policies, rows and audit events.
 pub const NAME: &str = "workspace";
@@ -47,15 +47,19 @@ pub(crate) fn configure(
     tool: &str,
 ) -> Result<Option<LiveWorkspace>, CallError> {
     let Some(grant) = grant else { return Ok(None) };
-    let fail = |reason: String| CallError::Instantiate { tool: tool.to_owned(), reason };
+    let fail = |reason: &str, source: Source| CallError::Instantiate {
+        tool: tool.to_owned(),
+        reason: reason.to_owned(),
+        source: Some(source),
+    };
     let live = LiveWorkspace::new(grant, dirty.clone())
-        .map_err(|e| fail(format!("cannot create the workspace's staging directory: {e}")))?;
+        .map_err(|e| fail("cannot create the workspace's staging directory", Source::new(e)))?;
     // The staging directory is local and private to the instance, and a step's writes into
     // it are bounded by the quota: its file calls run on the calling thread, not one hop to
     // the blocking pool each. Host preopens (possibly slow mounts) keep the hop.
     wasi.allow_blocking_current_thread(true);
     let preopened = wasi.preopened_dir(live.staging(), live.guest(), FsPerms::ReadWrite).map(|_| ());
     wasi.allow_blocking_current_thread(false);
-    preopened.map_err(|e| fail(format!("cannot open the workspace's staging directory: {e:#}")))?;
+    preopened.map_err(|e| fail("cannot open the workspace's staging directory", Source::new(e)))?;
     Ok(Some(live))
 }
