@@ -69,7 +69,7 @@ pub enum AgentError {
     Mismatch { session: String, reason: String },
     /// The model call of turn `turn` failed; nothing of that turn was committed, so resuming
     /// sends it again.
-    #[error("model turn {turn} failed: {}", describe_model_error(error))]
+    #[error("model turn {turn} failed: {error}")]
     Model { turn: u32, error: ModelError },
     /// The session's store failed, or the session was advanced elsewhere, or an instance could
     /// not be (re)built: the run stops at its last committed step.
@@ -77,21 +77,6 @@ pub enum AgentError {
     Call(#[from] CallError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// A one-line description of a model error.
-pub fn describe_model_error(error: &ModelError) -> String {
-    match error {
-        ModelError::Denied(m) => format!("denied: {m}"),
-        ModelError::BudgetExceeded(m) => format!("budget exceeded: {m}"),
-        ModelError::RateLimited(m) => format!("rate limited: {m}"),
-        ModelError::Timeout(m) => format!("timed out: {m}"),
-        ModelError::ProviderError(f) => match f.status {
-            Some(status) => format!("provider error (HTTP {status}): {}", f.message),
-            None => format!("provider error: {}", f.message),
-        },
-        ModelError::InvalidRequest(m) => format!("invalid request: {m}"),
-    }
 }
 
 /// Why a run stopped.

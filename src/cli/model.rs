@@ -102,7 +102,7 @@ async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("error: {}", toolhost::model::describe_error(&e));
+            eprintln!("error: {e}");
             Ok(ExitCode::FAILURE)
         }
     }

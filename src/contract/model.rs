@@ -133,6 +133,25 @@ pub enum ModelError {
     InvalidRequest(String),
 }
 
+/// One line, for logs, progress, the audit trail and the agent's errors.
+impl std::fmt::Display for ModelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Denied(m) => write!(f, "denied: {m}"),
+            Self::BudgetExceeded(m) => write!(f, "budget exceeded: {m}"),
+            Self::RateLimited(m) => write!(f, "rate limited: {m}"),
+            Self::Timeout(m) => write!(f, "timed out: {m}"),
+            Self::ProviderError(ProviderFailure { status: Some(status), message }) => {
+                write!(f, "provider error (HTTP {status}): {message}")
+            }
+            Self::ProviderError(ProviderFailure { status: None, message }) => write!(f, "provider error: {message}"),
+            Self::InvalidRequest(m) => write!(f, "invalid request: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ModelError {}
+
 impl ChatRequest {
     /// The replay fingerprint of a call of `model` with this request: sha256 of its canonical
     /// form (JSON with object keys sorted, members that are null or empty lists or objects

@@ -9,7 +9,7 @@ use super::progress::{Progress, ProgressListener};
 use super::transport::{KeyHeader, Transport};
 use super::{
     ChatRequest, ChatResponse, FinishReason, ModelConfigError, ModelError, ModelProvider, ModelsConfig, ProviderConfig,
-    ProviderKind, ToolMode, anthropic, describe_error, openai, structured,
+    ProviderKind, ToolMode, anthropic, openai, structured,
 };
 
 /// One OpenAI-compatible or Anthropic endpoint.
@@ -129,7 +129,7 @@ impl ModelProvider for ModelRouter {
         };
         let result = provider.chat(model, request, call_id, alias, self.listener.as_ref()).await;
         if let Err(e) = &result {
-            tracing::info!(alias, call_id, provider = %provider.transport.name, error = %describe_error(e),
+            tracing::info!(alias, call_id, provider = %provider.transport.name, error = %e,
                 "model call failed");
         }
         result

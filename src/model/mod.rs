@@ -50,16 +50,3 @@ pub trait ModelProvider: Send + Sync + 'static {
     /// should pass `call_id` as one, which makes the call exactly-once end to end.
     async fn chat(&self, alias: &str, request: &ChatRequest, call_id: &str) -> Result<ChatResponse, ModelError>;
 }
-
-/// A model error in one line, for logs, progress and the audit trail.
-pub fn describe_error(error: &ModelError) -> String {
-    match error {
-        ModelError::Denied(m) => format!("denied: {m}"),
-        ModelError::BudgetExceeded(m) => format!("budget exceeded: {m}"),
-        ModelError::RateLimited(m) => format!("rate limited: {m}"),
-        ModelError::Timeout(m) => format!("timeout: {m}"),
-        ModelError::ProviderError(ProviderFailure { status: Some(s), message }) => format!("HTTP {s}: {message}"),
-        ModelError::ProviderError(ProviderFailure { status: None, message }) => message.clone(),
-        ModelError::InvalidRequest(m) => format!("invalid request: {m}"),
-    }
-}

@@ -181,7 +181,7 @@ impl Transport {
                 return Err(error);
             }
             let delay = policy.delay(retry, retry_after);
-            let reason = super::describe_error(&error);
+            let reason = error.to_string();
             tracing::info!(provider = %self.name, call_id, retry = retry + 1, ?delay, reason = %reason, "retrying model call");
             progress.emit(ProgressKind::Retrying { attempt: retry + 2, delay, reason: &reason });
             tokio::time::sleep(delay).await;

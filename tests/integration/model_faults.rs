@@ -280,7 +280,7 @@ async fn provider_errors_are_typed_and_precise() {
     // 500 forever: bounded retries, then the provider's status and message.
     let broken = chat("broken").await.unwrap_err();
     assert_eq!(provider_status(&broken), Some(500));
-    assert!(toolhost::model::describe_error(&broken).contains("upstream exploded"), "{broken:?}");
+    assert!(broken.to_string().contains("upstream exploded"), "{broken:?}");
     assert_eq!(fake.hits("broken"), 3);
 
     // 4xx is not retried.
@@ -301,7 +301,7 @@ async fn provider_errors_are_typed_and_precise() {
         ("cut", "broke off"),
     ] {
         let error = chat(alias).await.unwrap_err();
-        let text = toolhost::model::describe_error(&error);
+        let text = error.to_string();
         assert!(matches!(error, ModelError::ProviderError(_)), "{alias}: {error:?}");
         assert!(text.contains(expected), "{alias}: {text}");
     }

@@ -224,7 +224,7 @@ impl ModelCtx {
         // is paid twice, and counted twice.
         let outcome = match &result {
             Ok(response) => usage_reason(&response.usage),
-            Err(e) => format!("failed: {}", crate::model::describe_error(e)),
+            Err(e) => format!("failed: {e}"),
         };
         self.record(&format!("chat {shown}"), true, &outcome).await;
         self.journal_and_return(model, digest, result.clone());
