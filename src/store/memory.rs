@@ -619,15 +619,19 @@ impl Store for MemoryStore {
     ) -> Result<Vec<Lease>, StoreError> {
         let mut inner = self.lock();
         let now = timestamp_ms();
-        let mut ready: Vec<(i64, String)> = inner
+        // Due waits first, as `DUE_WAITS_FIRST` orders the SQL stores' claims.
+        let mut ready: Vec<(bool, i64, String)> = inner
             .runs
             .values()
             .filter(|r| agents.contains(&r.agent))
-            .filter_map(|r| r.ready_at_ms.filter(|at| *at <= now).map(|at| (at, r.id.clone())))
+            .filter_map(|r| {
+                let at = r.ready_at_ms.filter(|at| *at <= now)?;
+                Some((r.status != RunStatus::Waiting, at, r.id.clone()))
+            })
             .collect();
         ready.sort();
         let mut claimed = Vec::new();
-        for (_, id) in ready {
+        for (_, _, id) in ready {
             if claimed.len() >= limit {
                 break;
             }

@@ -21,12 +21,13 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::lease::LeaseRow;
+use super::runs::{DUE_WAITS_FIRST, check_version};
 use super::url::redact_password;
 use super::{
     AuditEvent, AuditScope, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage,
     StateWrite, StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
-use super::{RunRecord, RunStatus, runs::check_version};
+use super::{RunRecord, RunStatus};
 use super::{TaskRecord, TaskScope, tasks::check_task_version};
 use crate::contract::workspace::{FileChange, Manifest, manifest_at};
 
@@ -1274,7 +1275,8 @@ async fn update_run(tx: &Transaction<'_>, run: &RunRecord, lease: Option<u64>) -
 }
 
 /// Locks the ready, unleased sessions with `SKIP LOCKED` (rows another claimer is taking are
-/// passed over, not waited for) and leases them in the same statement.
+/// passed over, not waited for) and leases them in the same statement; due waits first (see
+/// [`Store::claim_runs`]).
 async fn claim_runs(
     tx: &Transaction<'_>,
     agents: &[String],
@@ -1289,7 +1291,7 @@ async fn claim_runs(
                      SELECT s.id FROM runs r JOIN sessions s ON s.id = r.session
                      WHERE r.ready_at_ms <= {NOW_MS} AND r.agent = ANY($1)
                        AND (s.lease_holder IS NULL OR s.lease_expires_ms <= {NOW_MS})
-                     ORDER BY r.ready_at_ms LIMIT $2
+                     ORDER BY {DUE_WAITS_FIRST}, r.ready_at_ms LIMIT $2
                      FOR UPDATE OF s SKIP LOCKED)
                  UPDATE sessions SET lease_holder = $3, lease_token = lease_token + 1,
                      lease_expires_ms = {NOW_MS} + $4

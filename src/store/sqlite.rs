@@ -14,11 +14,12 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::lease::LeaseRow;
+use super::runs::{DUE_WAITS_FIRST, check_version};
 use super::{
     AuditEvent, AuditScope, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage,
     StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
-use super::{RunRecord, RunStatus, runs::check_version};
+use super::{RunRecord, RunStatus};
 use super::{TaskRecord, TaskScope, tasks::check_task_version};
 use crate::contract::workspace::{FileChange, Manifest, manifest_at};
 
@@ -1331,12 +1332,12 @@ fn claim_runs(conn: &Connection, agents: &str, holder: &str, ttl: i64, limit: us
     let now = now_ms();
     let ready: Vec<String> = {
         let mut stmt = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT r.session FROM runs r JOIN sessions s ON s.id = r.session
                  WHERE r.ready_at_ms <= ?1 AND r.agent IN (SELECT value FROM json_each(?2))
                    AND (s.lease_holder IS NULL OR s.lease_expires_ms <= ?1)
-                 ORDER BY r.ready_at_ms LIMIT ?3",
-            )
+                 ORDER BY {DUE_WAITS_FIRST}, r.ready_at_ms LIMIT ?3"
+            ))
             .map_err(backend)?;
         let rows = stmt.query_map(params![now, agents, limit as i64], |r| r.get(0)).map_err(backend)?;
         rows.collect::<Result<_, _>>().map_err(backend)?
