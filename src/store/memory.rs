@@ -692,6 +692,17 @@ impl Store for MemoryStore {
         });
         Ok((before - inner.tasks.len()) as u64)
     }
+
+    async fn orphaned_tasks(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let inner = self.lock();
+        let mut orphans: Vec<(i64, &String)> = inner
+            .tasks
+            .values()
+            .filter_map(|t| t.claimed_until_ms.filter(|until| *until <= now_ms).map(|until| (until, &t.id)))
+            .collect();
+        orphans.sort();
+        Ok(orphans.into_iter().take(limit).map(|(_, id)| id.clone()).collect())
+    }
 }
 
 /// Keeps the newest `keep` snapshots of `tool`, marks the journals of the steps the oldest

@@ -415,6 +415,10 @@ pub trait Store: Send + Sync + 'static {
     async fn update_task(&self, task: &TaskRecord) -> Result<(), StoreError>;
     /// Removes the tasks `scope` names; how many.
     async fn delete_tasks(&self, scope: TaskScope<'_>) -> Result<u64, StoreError>;
+    /// The ids of up to `limit` tasks whose claim ran out by `now_ms` (their server died
+    /// while they ran), the longest orphaned first: a server takes them over without waiting
+    /// for their client to poll.
+    async fn orphaned_tasks(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError>;
 }
 
 /// Whose audit events [`Store::delete_audit`] removes.

@@ -131,6 +131,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_session ON tasks (session) WHERE session IS NOT NULL;
     CREATE INDEX tasks_expiry ON tasks (expires_at_ms);
 "#,
+    // A task's claim in a column, so a server finds the orphans of a dead one.
+    r#"
+    ALTER TABLE tasks ADD COLUMN claimed_until_ms BIGINT;
+    CREATE INDEX tasks_claim ON tasks (claimed_until_ms) WHERE claimed_until_ms IS NOT NULL;
+"#,
 ];
 
 /// The server's clock in milliseconds since the Unix epoch (lease expiry).
@@ -1140,9 +1145,18 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let inserted = client
             .execute(
-                "INSERT INTO tasks (id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body)
-                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-                &[&task.id, &task.created_at_ms, &task.updated_at_ms, &task.session, &task.expires_at_ms, &task.body],
+                "INSERT INTO tasks
+                     (id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body, claimed_until_ms)
+                 VALUES ($1, 1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                &[
+                    &task.id,
+                    &task.created_at_ms,
+                    &task.updated_at_ms,
+                    &task.session,
+                    &task.expires_at_ms,
+                    &task.body,
+                    &task.claimed_until_ms,
+                ],
             )
             .await
             .map_err(pg_error)?;
@@ -1152,7 +1166,9 @@ impl Store for PostgresStore {
     async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body FROM tasks WHERE id = $1",
+            .query_opt(
+                "SELECT id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body, claimed_until_ms
+                 FROM tasks WHERE id = $1",
                 &[&id],
             )
             .await
@@ -1165,6 +1181,7 @@ impl Store for PostgresStore {
             session: r.get(4),
             expires_at_ms: r.get(5),
             body: r.get(6),
+            claimed_until_ms: r.get(7),
         }))
     }
 
@@ -1173,7 +1190,8 @@ impl Store for PostgresStore {
         // One statement: the version check and the write are atomic without a transaction.
         let updated = client
             .execute(
-                "UPDATE tasks SET version = $2::bigint, updated_at_ms = $3, session = $4, expires_at_ms = $5, body = $6
+                "UPDATE tasks SET version = $2::bigint, updated_at_ms = $3, session = $4, expires_at_ms = $5, body = $6,
+                     claimed_until_ms = $7
                  WHERE id = $1 AND version = $2::bigint - 1",
                 &[
                     &task.id,
@@ -1182,6 +1200,7 @@ impl Store for PostgresStore {
                     &task.session,
                     &task.expires_at_ms,
                     &task.body,
+                    &task.claimed_until_ms,
                 ],
             )
             .await
@@ -1206,6 +1225,18 @@ impl Store for PostgresStore {
             TaskScope::Session(s) => client.execute("DELETE FROM tasks WHERE session = $1", &[&s]).await,
         }
         .map_err(pg_error)
+    }
+
+    async fn orphaned_tasks(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id FROM tasks WHERE claimed_until_ms <= $1 ORDER BY claimed_until_ms, id LIMIT $2",
+                &[&now_ms, &(limit as i64)],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }
 

@@ -135,6 +135,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_session ON tasks (session) WHERE session IS NOT NULL;
     CREATE INDEX tasks_expiry ON tasks (expires_at_ms);
 "#,
+    // A task's claim in a column, so a server finds the orphans of a dead one.
+    r#"
+    ALTER TABLE tasks ADD COLUMN claimed_until_ms INTEGER;
+    CREATE INDEX tasks_claim ON tasks (claimed_until_ms) WHERE claimed_until_ms IS NOT NULL;
+"#,
 ];
 
 /// Writes that arrive while a group is committing join the next group, up to this many.
@@ -1213,9 +1218,18 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let inserted = conn
                 .execute(
-                    "INSERT OR IGNORE INTO tasks (id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body)
-                     VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6)",
-                    params![task.id, task.created_at_ms, task.updated_at_ms, task.session, task.expires_at_ms, task.body],
+                    "INSERT OR IGNORE INTO tasks
+                         (id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body, claimed_until_ms)
+                     VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        task.id,
+                        task.created_at_ms,
+                        task.updated_at_ms,
+                        task.session,
+                        task.expires_at_ms,
+                        task.body,
+                        task.claimed_until_ms
+                    ],
                 )
                 .map_err(backend)?;
             if inserted == 0 { Err(StoreError::TaskExists(task.id)) } else { Ok(()) }
@@ -1227,7 +1241,8 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.read(move |conn| {
             conn.query_row(
-                "SELECT id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body FROM tasks WHERE id = ?1",
+                "SELECT id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body, claimed_until_ms
+                 FROM tasks WHERE id = ?1",
                 [id],
                 |r| {
                     Ok(TaskRecord {
@@ -1238,6 +1253,7 @@ impl Store for SqliteStore {
                         session: r.get(4)?,
                         expires_at_ms: r.get(5)?,
                         body: r.get(6)?,
+                        claimed_until_ms: r.get(7)?,
                     })
                 },
             )
@@ -1256,9 +1272,18 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             check_task_version(&task, found.map(|v| v as u64))?;
             conn.execute(
-                "UPDATE tasks SET version = ?2, updated_at_ms = ?3, session = ?4, expires_at_ms = ?5, body = ?6
+                "UPDATE tasks SET version = ?2, updated_at_ms = ?3, session = ?4, expires_at_ms = ?5, body = ?6,
+                     claimed_until_ms = ?7
                  WHERE id = ?1",
-                params![task.id, task.version as i64, task.updated_at_ms, task.session, task.expires_at_ms, task.body],
+                params![
+                    task.id,
+                    task.version as i64,
+                    task.updated_at_ms,
+                    task.session,
+                    task.expires_at_ms,
+                    task.body,
+                    task.claimed_until_ms
+                ],
             )
             .map(drop)
             .map_err(backend)
@@ -1276,6 +1301,19 @@ impl Store for SqliteStore {
             }
         };
         self.write_value(move |conn| conn.execute(sql, [key]).map(|n| n as u64).map_err(backend)).await
+    }
+
+    async fn orphaned_tasks(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id FROM tasks WHERE claimed_until_ms <= ?1 ORDER BY claimed_until_ms, id LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![now_ms, limit as i64], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
+        .await
     }
 }
 

@@ -577,13 +577,13 @@ async fn a_database_from_before_workspaces_opens_and_gains_them(store: &TestStor
         call(&mut session, &notes, json!({"op": "add", "title": "old", "body": "schema"})).await;
         session.id().to_owned()
     };
-    // Back to the schema before the workspace migration: it and the runs and tasks tables',
-    // which came after it, undone.
+    // Back to the schema before the workspace migration: it and the runs and tasks tables'
+    // (and the tasks' claim column), which came after it, undone.
     store.execute("DROP TABLE tasks", &[]).await;
     store.execute("DROP TABLE runs", &[]).await;
     store.execute("ALTER TABLE steps DROP COLUMN files", &[]).await;
     let version = "(SELECT MAX(version) FROM schema_version)";
-    for _ in 0..3 {
+    for _ in 0..4 {
         store.execute(&format!("DELETE FROM schema_version WHERE version = {version}"), &[]).await;
     }
     let host = host_on(store.open().await, policy(), SnapshotPolicy::default());
