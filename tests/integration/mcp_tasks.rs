@@ -192,6 +192,45 @@ fn an_orphaned_task_is_taken_over_on_server_start_without_a_poll() {
     drop(second);
 }
 
+/// A flood of long tool calls from one client that takes tasks, against `toolhost serve
+/// --max-working-tasks 2`: two become tasks (and finish in the background); the others are
+/// not made tasks and answer when they end, so the store gets no more task rows than the limit.
+#[test]
+fn a_flood_of_long_calls_makes_no_more_tasks_than_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sessions.db");
+    let tools = ["--tools", &guests().hostile.display().to_string(), "--grant-requested"].map(String::from);
+    let limit = ["--max-working-tasks".to_owned(), "2".to_owned()];
+    let server = Server::serving(&db, "127.0.0.1:0", &[tools.as_slice(), limit.as_slice()].concat());
+    let args = ["flood", "--url", &server.url, "--tool", "hostile", "--ms", "1500", "--n", "6"];
+    let report = report(client(&args).output().unwrap());
+    let tasks: Vec<&str> = report["tasks"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(tasks.len(), 2, "{report}");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "{report}");
+    assert!(results.iter().all(|r| r["is_error"] == false && r["structured"]["echo"] == 1500), "{report}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let store: Arc<dyn Store> =
+            toolhost::store::StoreUrl::Sqlite(db.clone()).open().await.expect("opening the store");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for task in tasks {
+            loop {
+                let row = store.task(task).await.unwrap().expect("the task's row");
+                let body: Value = serde_json::from_str(&row.body).unwrap();
+                if body["progress"]["status"] == "completed" {
+                    assert_eq!(body["progress"]["result"]["structuredContent"]["echo"], 1500, "{body}");
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "a task did not finish: {body}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    drop(server);
+}
+
 #[test]
 fn clients_without_the_tasks_extension_wait_for_the_result_as_before() {
     let dir = tempfile::tempdir().unwrap();

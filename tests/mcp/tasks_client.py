@@ -27,6 +27,7 @@ line and exits non-zero (with a message) when the server misbehaves.
       SDK's own multi round-trip driver answers it through the elicitation callback. With
       `--mode legacy` (2025-11-25) the call just returns.
   tasks_client.py flood --url URL --tool AGENT --goal TEXT --n N
+  tasks_client.py flood --url URL --tool hostile --ms MS --n N
       N calls at once from one client that takes tasks: which got a task, which a result.
 """
 
@@ -244,11 +245,13 @@ async def ask(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def flood(args: argparse.Namespace) -> dict[str, Any]:
-    """--n calls of --tool toward --goal at once from one client that takes tasks; how each
-    came back: a task handle (not polled), or a result."""
+    """--n calls at once from one client that takes tasks (of agent --tool toward --goal, or
+    without --goal of the hostile tool sleeping --ms); how each came back: a task handle (not
+    polled), or a result."""
     report: dict[str, Any] = {"tasks": [], "results": []}
+    arguments = {"goal": args.goal} if args.goal else {"attack": "sleep", "ms": args.ms}
     async with http_client(args.url, "2026-07-28", [Tasks()]) as client:
-        calls = [client.session.call_tool(args.tool, {"goal": args.goal}, allow_claimed=True) for _ in range(args.n)]
+        calls = [client.session.call_tool(args.tool, arguments, allow_claimed=True) for _ in range(args.n)]
         for answer in await asyncio.gather(*calls):
             if isinstance(answer, CreateTaskResult):
                 report["tasks"].append(answer.task_id)
