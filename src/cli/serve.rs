@@ -69,9 +69,13 @@ pub struct Args {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     task_after_ms: u64,
     /// How long a task's server holds it without renewing; a task whose server died is
-    /// taken over by the first poll after this
+    /// taken over by the first server (or poll) that looks after this
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     task_lease_ms: u64,
+    /// Tasks this server runs at once; past it a long call answers when it ends instead of
+    /// becoming a task, and an agent's call is refused (`too-many-tasks`)
+    #[arg(long, value_name = "N", default_value_t = McpLimits::default().max_working_tasks)]
+    max_working_tasks: usize,
     /// How long a task is kept after it ended, for its client to read (its `ttlMs`);
     /// `sessions prune` and --prune-older-than then remove it
     #[arg(long, value_name = "SECS", default_value_t = 24 * 3600)]
@@ -125,6 +129,7 @@ pub async fn run(config: &CliHostConfig, args: Args) -> anyhow::Result<ExitCode>
         task_after: (args.task_after_ms > 0).then(|| std::time::Duration::from_millis(args.task_after_ms)),
         task_lease: std::time::Duration::from_millis(args.task_lease_ms.max(300)),
         task_ttl: std::time::Duration::from_secs(args.task_ttl_secs),
+        max_working_tasks: args.max_working_tasks,
     };
     let files = tool_files(&args.tools)?;
     // Each live session holds an instance per tool it used; leave room for them all.

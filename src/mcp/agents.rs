@@ -2,16 +2,23 @@
 //! gives, and its task follows the run. Workers drive the run, in this process or any other
 //! on the store; the MCP server only starts, shows, decides and cancels it.
 //!
-//! An approval the run waits for is asked of the client the 2026-07-28 way: the task turns
-//! `input_required` with an `elicitation/create` form in `inputRequests` (the multi round-trip
-//! request shape), keyed by the wait's step so a key is never reused; a `tasks/update`
-//! answering it with `accept` approves the call, `decline` (with an optional `reason`) or
-//! `cancel` denies it, and the denial reaches the model as the call's result.
+//! An approval the run waits for is asked of the client the 2026-07-28 way, as an
+//! `elicitation/create` form in `inputRequests` keyed by the wait's step (so a key is never
+//! reused): `accept` approves the call, `decline` (with an optional `reason`) or `cancel`
+//! denies it, and the denial reaches the model as the call's result. A client that takes
+//! tasks finds the request in its task (`input_required`) and answers with `tasks/update`.
+//! A 2026-07-28 client that does not gets the multi round-trip shape of SEP-2322 on the call
+//! itself: an `InputRequiredResult` (`resultType: "input_required"`) with the request and a
+//! `requestState` naming the run; it retries the call with `inputResponses` and that state,
+//! and the retry answers, waits again, and returns the result (or the next request). The run
+//! is in the store, so the retry may reach any server on it, also after a restart. Older
+//! clients, which have no such result, get where the run is when it suspends (as before).
 
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolResult, ContentBlock, DetailedTask, InputRequests, InputResponses, JsonObject, TaskPayload, Tool as McpTool,
+    CallToolResult, ContentBlock, DetailedTask, InputRequests, InputRequiredResult, InputResponses, JsonObject,
+    TaskPayload, Tool as McpTool,
 };
 use serde_json::{Value, json};
 
@@ -60,13 +67,50 @@ impl AgentEntry {
 
     /// Starts a run toward the call's `goal`.
     pub async fn start(&self, arguments: &JsonObject) -> Result<Run, String> {
-        let goal = arguments.get("goal").and_then(Value::as_str).filter(|g| !g.trim().is_empty());
-        let goal = goal.ok_or("`goal` must be a non-empty string")?;
-        self.runs()
-            .create(&self.agent.host, None, &self.agent.name, Goal::new(goal))
-            .await
-            .map_err(|e| chain(&e).to_string())
+        let goal = goal(arguments)?;
+        let run = self.runs().create(&self.agent.host, None, &self.agent.name, Goal::new(goal)).await;
+        let run = run.map_err(|e| chain(&e).to_string())?;
+        tracing::info!(run = %run.id, agent = %run.agent, "started a run over MCP");
+        Ok(run)
     }
+
+    /// The run a retried call's `requestState` names, checked as the untrusted input it is:
+    /// one this server could have minted, for a run of this agent toward the call's goal.
+    pub async fn resumed(&self, state: &str, arguments: &JsonObject) -> Result<Run, String> {
+        let refused = |why: &str| format!("invalid requestState: {why}");
+        let id = state.strip_prefix(STATE_PREFIX).ok_or_else(|| refused("not one this server issued"))?;
+        if id.is_empty() || id.len() > MAX_RUN_ID_BYTES || id.chars().any(char::is_control) {
+            return Err(refused("not one this server issued"));
+        }
+        let run = match self.runs().get(id).await {
+            Ok(run) => run,
+            Err(RunError::NotFound(_)) => return Err(refused("it names no run")),
+            Err(e) => return Err(format!("cannot read the run the requestState names: {}", chain(&e))),
+        };
+        if run.agent != self.agent.name || run.body.goal.text != goal(arguments)? {
+            return Err(refused("it names a run of another call"));
+        }
+        Ok(run)
+    }
+}
+
+fn goal(arguments: &JsonObject) -> Result<&str, String> {
+    let goal = arguments.get("goal").and_then(Value::as_str).filter(|g| !g.trim().is_empty());
+    Ok(goal.ok_or("`goal` must be a non-empty string")?)
+}
+
+/// What a `requestState` starts with; the rest is the run's id. It is a handle, not state:
+/// the run's record holds everything, so nothing in it needs sealing.
+const STATE_PREFIX: &str = "toolhost-run/1:";
+/// Longer ids are not ones [`Runs::create`] makes (nor a person would give).
+const MAX_RUN_ID_BYTES: usize = 256;
+
+/// The SEP-2322 answer to a call whose run waits for the client's approval: the question,
+/// and the state the client sends back with its answer.
+pub(crate) fn input_required(run: &Run) -> Option<InputRequiredResult> {
+    let (waiting, tool, input) = pending_approval(run)?;
+    let requests = ask_for_approval(run, waiting.step, tool, input);
+    Some(InputRequiredResult::new(Some(requests), Some(format!("{STATE_PREFIX}{}", run.id))))
 }
 
 /// The key of the input request that asks for the decision on the wait at `step`.
@@ -104,7 +148,7 @@ fn ask_for_approval(run: &Run, step: u64, tool: &str, input: &Value) -> InputReq
 }
 
 /// The call's result once the run ended: its answer, or why it failed (a tool error).
-fn ended(run: &Run) -> CallToolResult {
+pub(crate) fn ended(run: &Run) -> CallToolResult {
     let outcome = run.body.outcome.clone().unwrap_or_default();
     let structured = json!({"run": run.id, "status": run.status, "answer": outcome});
     let mut result = match run.status {
@@ -164,35 +208,55 @@ pub(crate) async fn answer(runs: &Runs, run: &Run, responses: &InputResponses, b
 /// How long a client without tasks waits for a run to end or suspend.
 pub(crate) const BLOCKING_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// For clients that take no tasks (all 2025-11-25 ones): waits until the run ends or
-/// suspends (at most [`BLOCKING_WAIT`]) and says where it is; a person decides an approval
-/// it waits for with `toolhost runs approve|deny`.
-pub(crate) async fn wait_blocking(runs: &Runs, id: &str) -> CallToolResult {
+/// Where a call of an agent's tool left its run, for a client that takes no tasks.
+pub(crate) enum Blocked {
+    /// The run ended, suspended on something else than the client, or is still running.
+    Result(CallToolResult),
+    /// The run waits for an approval nobody has given: see [`input_required`].
+    Approval(Box<Run>),
+}
+
+/// For clients that take no tasks: waits until the run ends or suspends (at most
+/// [`BLOCKING_WAIT`]). An approval it waits for comes back as [`Blocked::Approval`] for a
+/// client that can be asked; for others, [`suspended`] says where the run is.
+pub(crate) async fn wait_blocking(runs: &Runs, id: &str) -> Blocked {
     let deadline = tokio::time::Instant::now() + BLOCKING_WAIT;
     loop {
         let run = match runs.get(id).await {
             Ok(run) => run,
             Err(e) => {
-                return CallToolResult::error(vec![ContentBlock::text(format!("cannot read run {id}: {}", chain(&e)))]);
+                let error =
+                    CallToolResult::error(vec![ContentBlock::text(format!("cannot read run {id}: {}", chain(&e)))]);
+                return Blocked::Result(error);
             }
         };
         if run.status.is_final() {
-            return ended(&run);
+            return Blocked::Result(ended(&run));
         }
-        let suspended = run.status == RunStatus::Waiting;
-        if suspended || tokio::time::Instant::now() >= deadline {
-            let waits_for = run.body.waiting.as_ref().filter(|_| suspended).map(|w| w.wait.to_string());
-            let text = match &waits_for {
-                Some(wait) => format!(
-                    "run {id} is waiting for {wait}; it goes on once that arrives (an approval: \
-                     `toolhost runs approve {id}` or `toolhost runs deny {id} --reason ...`)"
-                ),
-                None => format!("run {id} is still running; see `toolhost runs show {id}`"),
-            };
-            let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
-            result.structured_content = Some(json!({"run": id, "status": run.status, "waits_for": waits_for}));
-            return result;
+        if pending_approval(&run).is_some() {
+            return Blocked::Approval(Box::new(run));
+        }
+        if run.status == RunStatus::Waiting || tokio::time::Instant::now() >= deadline {
+            return Blocked::Result(suspended(&run));
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// Where a run that has not ended is, for a client that cannot answer it: a person decides
+/// an approval it waits for with `toolhost runs approve|deny`.
+pub(crate) fn suspended(run: &Run) -> CallToolResult {
+    let id = &run.id;
+    let suspended = run.status == RunStatus::Waiting;
+    let waits_for = run.body.waiting.as_ref().filter(|_| suspended).map(|w| w.wait.to_string());
+    let text = match &waits_for {
+        Some(wait) => format!(
+            "run {id} is waiting for {wait}; it goes on once that arrives (an approval: \
+             `toolhost runs approve {id}` or `toolhost runs deny {id} --reason ...`)"
+        ),
+        None => format!("run {id} is still running; see `toolhost runs show {id}`"),
+    };
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(json!({"run": id, "status": run.status, "waits_for": waits_for}));
+    result
 }

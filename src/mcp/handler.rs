@@ -39,6 +39,41 @@ pub(crate) struct Shared {
     pub agents: std::collections::HashMap<String, AgentEntry>,
     /// How long a call of a client that takes tasks may run before it becomes one.
     pub task_after: Option<std::time::Duration>,
+    /// Set once the task keeper ([`start_task_keeper`]) runs.
+    pub keeping: std::sync::atomic::AtomicBool,
+}
+
+/// Starts, once per server, the loop that keeps its tasks: every renewal period it renews the
+/// run tasks it holds (ending those whose runs ended) and takes over the tasks of dead
+/// servers, running their calls again. The first pass is at once, so a restarted server
+/// finishes what its predecessor left without waiting for a client to poll.
+pub(crate) fn start_task_keeper(shared: &Arc<Shared>) {
+    if shared.keeping.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    let weak = Arc::downgrade(shared);
+    let period = shared.tasks.renew_every();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(shared) = weak.upgrade() else { return };
+            keep_tasks(&shared).await;
+        }
+    });
+}
+
+async fn keep_tasks(shared: &Arc<Shared>) {
+    shared.tasks.keep_runs(&crate::run::Runs::new(shared.pool.host().store())).await;
+    match shared.tasks.orphans().await {
+        Ok(won) => {
+            for task in won.into_iter().filter(|t| matches!(t.body.work, Work::ToolCall { .. })) {
+                tokio::spawn(resume(shared.clone(), task));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot look for orphaned tasks"),
+    }
 }
 
 /// The calls one tool may run at once out of `max_concurrent_calls`: all but a quarter.
@@ -90,13 +125,14 @@ impl Connection {
         }
     }
 
-    /// Runs a `tools/call`. With `as_task` (the client declared the tasks extension), a call
+    /// Runs a `tools/call`. With `client.tasks` (it declared the tasks extension), a call
     /// still running after [`super::McpLimits::task_after`] becomes a task: its row is
     /// written, the client gets the handle, and the call finishes in the background.
-    async fn call(&self, request: CallToolRequestParams, as_task: bool) -> Result<CallToolResponse, ErrorData> {
+    async fn call(&self, request: CallToolRequestParams, client: &Client) -> Result<CallToolResponse, ErrorData> {
         if let Some(agent) = self.shared.agents.get(request.name.as_ref()) {
-            return self.start_run(agent, request.arguments.unwrap_or_default(), as_task).await;
+            return self.call_agent(agent, request, client).await;
         }
+        let as_task = client.tasks;
         let entry = self
             .shared
             .catalog
@@ -120,6 +156,7 @@ impl Connection {
         let task_after = self.shared.task_after.filter(|_| as_task);
         if let Some(after) = task_after
             && tokio::time::timeout(after, &mut step).await.is_err()
+            && let Some(slot) = self.task_slot()
         {
             let known = step_number.try_recv().ok();
             let work = Work::ToolCall { tool: name, session: handle, input: arguments, step: known };
@@ -129,7 +166,7 @@ impl Connection {
                     let shared = self.shared.clone();
                     // A received number is gone from its channel: only an unreceived one is awaited.
                     let step_number = known.is_none().then_some(step_number);
-                    tokio::spawn(async move { drive(&shared, &id, step, step_number).await });
+                    tokio::spawn(async move { drive(&shared, &id, step, step_number, slot).await });
                     return Ok(CallToolResponse::Task(CreateTaskResult::new(task.view(None))));
                 }
                 // No durable task, no handle: the client waits for the result instead.
@@ -140,27 +177,93 @@ impl Connection {
         }
         joined(step.await).map(Into::into)
     }
+
+    /// The refusal of a call that would start a task past the limit.
+    fn too_many_tasks(&self) -> CallToolResult {
+        let working = self.shared.tasks.working();
+        let message = format!("this server runs {working} tasks, as many as it may; try again once some have ended");
+        catalog::error_result(None, "too-many-tasks", &message)
+    }
+
+    /// A slot for one more task, or `None` (logged) when this server runs as many as it may.
+    fn task_slot(&self) -> Option<tasks::Slot> {
+        let slot = self.shared.tasks.reserve();
+        if slot.is_none() {
+            tracing::info!(working = self.shared.tasks.working(), "at the task limit: no task for this call");
+        }
+        slot
+    }
+}
+
+/// What the client of one request can take besides a plain result, and who it is.
+pub(crate) struct Client {
+    /// A task handle (it declared the tasks extension).
+    tasks: bool,
+    /// An `InputRequiredResult` with an elicitation in it (SEP-2322: a 2026-07-28 client
+    /// that declares elicitation; rmcp refuses to send one to an older client).
+    input_requests: bool,
+    /// Who decides what it answers, in the audit trail.
+    name: String,
+}
+
+impl Client {
+    fn of(context: &RequestContext<RoleServer>) -> Self {
+        let capabilities = context.client_capabilities();
+        let modern = context.protocol_version().is_some_and(|v| !v.has_initialize());
+        Self {
+            tasks: capabilities.as_ref().is_some_and(|c| c.supports_tasks()),
+            input_requests: modern && capabilities.as_ref().is_some_and(|c| c.elicitation.is_some()),
+            name: format!("mcp:{}", context.client_info().map(|i| i.name).unwrap_or_else(|| "client".into())),
+        }
+    }
 }
 
 impl Connection {
-    /// Starts a run of `agent`: its task if the client takes tasks, else (as for any tool
-    /// without tasks) the result once the run ends or suspends.
-    async fn start_run(
+    /// A call of an agent's tool: starts a run (or, on a retry carrying a `requestState`,
+    /// takes up the run it names and applies the client's `inputResponses`). Then its task if
+    /// the client takes tasks, else (as for any tool without tasks) the result once the run
+    /// ends or suspends, or the approval it waits for as an input request.
+    async fn call_agent(
         &self,
         agent: &AgentEntry,
-        arguments: JsonObject,
-        as_task: bool,
+        request: CallToolRequestParams,
+        client: &Client,
     ) -> Result<CallToolResponse, ErrorData> {
-        let run = match agent.start(&arguments).await {
-            Ok(run) => run,
-            Err(message) => return Ok(catalog::error_result(None, "invalid-input", &message).into()),
+        let arguments = request.arguments.unwrap_or_default();
+        // Reserved before the run starts: a client at the limit gets no run (nor row) at all.
+        let slot = match client.tasks {
+            true => match self.task_slot() {
+                Some(slot) => Some(slot),
+                None => return Ok(self.too_many_tasks().into()),
+            },
+            false => None,
         };
-        tracing::info!(run = %run.id, agent = %run.agent, "started a run over MCP");
-        if as_task {
+        let run = match &request.request_state {
+            Some(state) => {
+                let run = agent.resumed(state, &arguments).await.map_err(|m| ErrorData::invalid_params(m, None))?;
+                let responses = request.input_responses.unwrap_or_default();
+                agents::answer(&agent.runs(), &run, &responses, &client.name).await.map_err(|e| {
+                    ErrorData::internal_error(format!("cannot record the decision: {}", chain(&e)), None)
+                })?;
+                run
+            }
+            None => match agent.start(&arguments).await {
+                Ok(run) => run,
+                Err(message) => return Ok(catalog::error_result(None, "invalid-input", &message).into()),
+            },
+        };
+        if let Some(slot) = slot {
             let task = self.shared.tasks.create(Work::Run { run: run.id.clone() }).await.map_err(store_failed)?;
+            self.shared.tasks.hold(&task, slot);
             return Ok(CallToolResponse::Task(CreateTaskResult::new(task.view(Some("running".into())))));
         }
-        Ok(agents::wait_blocking(&agent.runs(), &run.id).await.into())
+        Ok(match agents::wait_blocking(&agent.runs(), &run.id).await {
+            agents::Blocked::Result(result) => result.into(),
+            agents::Blocked::Approval(run) => match agents::input_required(&run).filter(|_| client.input_requests) {
+                Some(asked) => CallToolResponse::InputRequired(asked),
+                None => agents::suspended(&run).into(),
+            },
+        })
     }
 
     fn runs(&self) -> crate::run::Runs {
@@ -275,6 +378,7 @@ async fn drive(
     id: &str,
     mut step: JoinHandle<Result<CallToolResult, ErrorData>>,
     mut step_number: Option<oneshot::Receiver<u64>>,
+    _slot: tasks::Slot,
 ) {
     let board = &shared.tasks;
     let mut renew = tokio::time::interval(board.renew_every());
@@ -334,7 +438,7 @@ async fn resume(shared: Arc<Shared>, task: StoredTask) {
     let call = Call { shared: shared.clone(), tool, handle, session };
     let (started, step_number) = oneshot::channel();
     let running = tokio::spawn(call.run(input, step, started));
-    drive(&shared, &task.id, running, Some(step_number)).await;
+    drive(&shared, &task.id, running, Some(step_number), shared.tasks.slot()).await;
 }
 
 /// Takes the session handle out of the call: the `session_handle` argument, else the
@@ -388,8 +492,7 @@ impl ServerHandler for Connection {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let as_task = context.client_capabilities().is_some_and(|c| c.supports_tasks());
-        self.call(request, as_task).await
+        self.call(request, &Client::of(&context)).await
     }
 
     async fn get_task(
@@ -416,9 +519,8 @@ impl ServerHandler for Connection {
         // A tool call asks for no input: every response to one is to no outstanding request,
         // and is ignored as the extension says.
         let Work::Run { run } = self.task(&request.task_id).await?.body.work else { return Ok(()) };
-        let by = format!("mcp:{}", context.client_info().map(|i| i.name).unwrap_or_else(|| "client".into()));
         let run = self.run_of(&run).await?;
-        agents::answer(&self.runs(), &run, &request.input_responses, &by)
+        agents::answer(&self.runs(), &run, &request.input_responses, &Client::of(&context).name)
             .await
             .map_err(|e| ErrorData::internal_error(format!("cannot record the decision: {}", chain(&e)), None))
     }

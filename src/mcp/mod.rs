@@ -22,7 +22,10 @@
 //! request's capabilities (2026-07-28) gets a task handle (`resultType: "task"`) for a call
 //! still running after [`McpLimits::task_after`], and polls it with `tasks/get`. Tasks are
 //! rows in the host's store, so a handle outlives the server: see `tasks.rs`. Other clients
-//! (all 2025-11-25 ones) get the result when the call ends, as before.
+//! (all 2025-11-25 ones) get the result when the call ends, as before; an approval an agent's
+//! run waits for comes back to a 2026-07-28 one as the call's multi round-trip input request
+//! (SEP-2322, see `agents.rs`). Each server keeps its tasks alive, takes over those of dead
+//! servers without waiting for a poll, and runs at most [`McpLimits::max_working_tasks`].
 
 mod agents;
 mod catalog;
@@ -81,13 +84,20 @@ pub struct McpLimits {
     /// calls never become tasks.
     pub task_after: Option<std::time::Duration>,
     /// How long a task's server holds its claim without renewing it (it renews every third
-    /// of this while the task runs). A task whose server died is taken over by the first
-    /// `tasks/get` after its claim runs out.
+    /// of this while the task runs, an agent run's task for as long as the run goes on). A
+    /// task whose server died is taken over, once its claim ran out, by the first server on
+    /// the store that looks (each looks on start and every third of this) or by a `tasks/get`.
     pub task_lease: std::time::Duration,
     /// How long a task is kept after it ended (a working one: after its claim ran out);
     /// retention ([`crate::Host::prune_sessions`]) then removes it, and deleting its session
     /// removes it at once. Reported to clients as the task's `ttlMs`.
     pub task_ttl: std::time::Duration,
+    /// Tasks this server runs at once (calls in flight as tasks, agent runs it holds tasks
+    /// of; orphans it takes over count too). At the limit a long call is not made a task (its
+    /// client waits for the result, holding its request, which `max_concurrent_requests`
+    /// bounds), and an agent's call, which would start a run, is refused with a
+    /// `too-many-tasks` tool error: a client cannot flood the store with task and run rows.
+    pub max_working_tasks: usize,
 }
 
 impl Default for McpLimits {
@@ -100,6 +110,7 @@ impl Default for McpLimits {
             task_after: Some(std::time::Duration::from_secs(1)),
             task_lease: std::time::Duration::from_secs(10),
             task_ttl: std::time::Duration::from_secs(24 * 3600),
+            max_working_tasks: 256,
         }
     }
 }
@@ -118,11 +129,13 @@ impl McpServer {
         let share = handler::tool_share(limits.max_concurrent_calls);
         let tool_calls =
             tools.iter().map(|t| (t.name().to_owned(), Arc::new(tokio::sync::Semaphore::new(share)))).collect();
-        let tasks = tasks::TaskBoard::new(host.store(), limits.task_lease, limits.task_ttl);
+        let tasks = tasks::TaskBoard::new(host.store(), limits.task_lease, limits.task_ttl)
+            .with_max_working(limits.max_working_tasks);
         let shared = handler::Shared {
             catalog: catalog::Catalog::new(tools)?,
             tasks,
             task_after: limits.task_after,
+            keeping: std::sync::atomic::AtomicBool::new(false),
             agents: std::collections::HashMap::new(),
             pool: Arc::new(sessions::SessionPool::new(host, limits.max_live_sessions, limits.idle_session_timeout)),
             calls: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls.max(1))),
@@ -167,6 +180,7 @@ impl McpServer {
     {
         use rmcp::ServiceExt;
         self.shared.pool.start_sweeper();
+        handler::start_task_keeper(&self.shared);
         let max = self.limits.max_message_bytes;
         let (ours, theirs) = tokio::io::duplex(64 << 10);
         let (rmcp_read, rmcp_write) = tokio::io::split(theirs);
@@ -187,6 +201,7 @@ impl McpServer {
     /// Starts serving streamable HTTP as `options` say; see [`HttpServer`].
     pub async fn serve_http(&self, options: HttpOptions) -> Result<HttpServer, McpError> {
         self.shared.pool.start_sweeper();
+        handler::start_task_keeper(&self.shared);
         http::start(self.clone(), options).await
     }
 }

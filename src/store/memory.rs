@@ -619,15 +619,19 @@ impl Store for MemoryStore {
     ) -> Result<Vec<Lease>, StoreError> {
         let mut inner = self.lock();
         let now = timestamp_ms();
-        let mut ready: Vec<(i64, String)> = inner
+        // Due waits first, as `DUE_WAITS_FIRST` orders the SQL stores' claims.
+        let mut ready: Vec<(bool, i64, String)> = inner
             .runs
             .values()
             .filter(|r| agents.contains(&r.agent))
-            .filter_map(|r| r.ready_at_ms.filter(|at| *at <= now).map(|at| (at, r.id.clone())))
+            .filter_map(|r| {
+                let at = r.ready_at_ms.filter(|at| *at <= now)?;
+                Some((r.status != RunStatus::Waiting, at, r.id.clone()))
+            })
             .collect();
         ready.sort();
         let mut claimed = Vec::new();
-        for (_, id) in ready {
+        for (_, _, id) in ready {
             if claimed.len() >= limit {
                 break;
             }
@@ -687,6 +691,17 @@ impl Store for MemoryStore {
             TaskScope::Session(session) => t.session.as_deref() != Some(session),
         });
         Ok((before - inner.tasks.len()) as u64)
+    }
+
+    async fn orphaned_tasks(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let inner = self.lock();
+        let mut orphans: Vec<(i64, &String)> = inner
+            .tasks
+            .values()
+            .filter_map(|t| t.claimed_until_ms.filter(|until| *until <= now_ms).map(|until| (until, &t.id)))
+            .collect();
+        orphans.sort();
+        Ok(orphans.into_iter().take(limit).map(|(_, id)| id.clone()).collect())
     }
 }
 

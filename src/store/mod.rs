@@ -409,9 +409,10 @@ pub trait Store: Send + Sync + 'static {
     /// worker's write); without, not fenced (a decision or a cancel from outside).
     async fn update_run(&self, run: &RunRecord, lease: Option<u64>) -> Result<(), StoreError>;
     /// Takes, for `holder`, the session leases of up to `limit` runs of `agents` that are
-    /// ready (`ready_at_ms` passed on the store's clock) and not leased by anyone, earliest
-    /// first; each lease as [`Store::acquire_lease`] draws it. Concurrent claimers never
-    /// get the same run.
+    /// ready (`ready_at_ms` passed on the store's clock) and not leased by anyone: waiting
+    /// runs whose wait came due first, then the others, each earliest first (a due timer is
+    /// not held up behind a backlog of new runs); each lease as [`Store::acquire_lease`]
+    /// draws it. Concurrent claimers never get the same run.
     async fn claim_runs(
         &self,
         agents: &[String],
@@ -439,6 +440,10 @@ pub trait Store: Send + Sync + 'static {
     async fn update_task(&self, task: &TaskRecord) -> Result<(), StoreError>;
     /// Removes the tasks `scope` names; how many.
     async fn delete_tasks(&self, scope: TaskScope<'_>) -> Result<u64, StoreError>;
+    /// The ids of up to `limit` tasks whose claim ran out by `now_ms` (their server died
+    /// while they ran), the longest orphaned first: a server takes them over without waiting
+    /// for their client to poll.
+    async fn orphaned_tasks(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError>;
 }
 
 /// Whose audit events [`Store::delete_audit`] removes.

@@ -21,12 +21,13 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::lease::LeaseRow;
+use super::runs::{DUE_WAITS_FIRST, check_version};
 use super::url::redact_password;
 use super::{
     AuditEvent, AuditScope, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage,
     StateWrite, StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
-use super::{RunRecord, RunStatus, runs::check_version};
+use super::{RunRecord, RunStatus};
 use super::{TaskRecord, TaskScope, tasks::check_task_version};
 use crate::contract::workspace::{FileChange, Manifest, manifest_at};
 
@@ -129,6 +130,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX tasks_session ON tasks (session) WHERE session IS NOT NULL;
     CREATE INDEX tasks_expiry ON tasks (expires_at_ms);
+"#,
+    // A task's claim in a column, so a server finds the orphans of a dead one.
+    r#"
+    ALTER TABLE tasks ADD COLUMN claimed_until_ms BIGINT;
+    CREATE INDEX tasks_claim ON tasks (claimed_until_ms) WHERE claimed_until_ms IS NOT NULL;
 "#,
 ];
 
@@ -1119,9 +1125,18 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let inserted = client
             .execute(
-                "INSERT INTO tasks (id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body)
-                 VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-                &[&task.id, &task.created_at_ms, &task.updated_at_ms, &task.session, &task.expires_at_ms, &task.body],
+                "INSERT INTO tasks
+                     (id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body, claimed_until_ms)
+                 VALUES ($1, 1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                &[
+                    &task.id,
+                    &task.created_at_ms,
+                    &task.updated_at_ms,
+                    &task.session,
+                    &task.expires_at_ms,
+                    &task.body,
+                    &task.claimed_until_ms,
+                ],
             )
             .await
             .map_err(pg_error)?;
@@ -1131,7 +1146,9 @@ impl Store for PostgresStore {
     async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body FROM tasks WHERE id = $1",
+            .query_opt(
+                "SELECT id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body, claimed_until_ms
+                 FROM tasks WHERE id = $1",
                 &[&id],
             )
             .await
@@ -1144,6 +1161,7 @@ impl Store for PostgresStore {
             session: r.get(4),
             expires_at_ms: r.get(5),
             body: r.get(6),
+            claimed_until_ms: r.get(7),
         }))
     }
 
@@ -1152,7 +1170,8 @@ impl Store for PostgresStore {
         // One statement: the version check and the write are atomic without a transaction.
         let updated = client
             .execute(
-                "UPDATE tasks SET version = $2::bigint, updated_at_ms = $3, session = $4, expires_at_ms = $5, body = $6
+                "UPDATE tasks SET version = $2::bigint, updated_at_ms = $3, session = $4, expires_at_ms = $5, body = $6,
+                     claimed_until_ms = $7
                  WHERE id = $1 AND version = $2::bigint - 1",
                 &[
                     &task.id,
@@ -1161,6 +1180,7 @@ impl Store for PostgresStore {
                     &task.session,
                     &task.expires_at_ms,
                     &task.body,
+                    &task.claimed_until_ms,
                 ],
             )
             .await
@@ -1185,6 +1205,18 @@ impl Store for PostgresStore {
             TaskScope::Session(s) => client.execute("DELETE FROM tasks WHERE session = $1", &[&s]).await,
         }
         .map_err(pg_error)
+    }
+
+    async fn orphaned_tasks(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id FROM tasks WHERE claimed_until_ms <= $1 ORDER BY claimed_until_ms, id LIMIT $2",
+                &[&now_ms, &(limit as i64)],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }
 
@@ -1254,7 +1286,8 @@ async fn update_run(tx: &Transaction<'_>, run: &RunRecord, lease: Option<u64>) -
 }
 
 /// Locks the ready, unleased sessions with `SKIP LOCKED` (rows another claimer is taking are
-/// passed over, not waited for) and leases them in the same statement.
+/// passed over, not waited for) and leases them in the same statement; due waits first (see
+/// [`Store::claim_runs`]).
 async fn claim_runs(
     tx: &Transaction<'_>,
     agents: &[String],
@@ -1269,7 +1302,7 @@ async fn claim_runs(
                      SELECT s.id FROM runs r JOIN sessions s ON s.id = r.session
                      WHERE r.ready_at_ms <= {NOW_MS} AND r.agent = ANY($1)
                        AND (s.lease_holder IS NULL OR s.lease_expires_ms <= {NOW_MS})
-                     ORDER BY r.ready_at_ms LIMIT $2
+                     ORDER BY {DUE_WAITS_FIRST}, r.ready_at_ms LIMIT $2
                      FOR UPDATE OF s SKIP LOCKED)
                  UPDATE sessions SET lease_holder = $3, lease_token = lease_token + 1,
                      lease_expires_ms = {NOW_MS} + $4

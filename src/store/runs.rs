@@ -59,6 +59,12 @@ impl std::str::FromStr for RunStatus {
     }
 }
 
+/// The SQL sort key (over `runs r`) that puts claimable waiting runs, whose wait came due (a
+/// timer, a retry, an event's deadline), before running ones (new, decided, handed back): a
+/// due wait was promised a time, other work was not, so a backlog of runs that have not
+/// started never holds a timer up behind it.
+pub(crate) const DUE_WAITS_FIRST: &str = "CASE r.status WHEN 'waiting' THEN 0 ELSE 1 END";
+
 /// A run as stored. Its id is its session's id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRecord {

@@ -14,11 +14,12 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::lease::LeaseRow;
+use super::runs::{DUE_WAITS_FIRST, check_version};
 use super::{
     AuditEvent, AuditScope, Lease, PendingStep, SessionRecord, SessionSummary, SnapshotInfo, StateScope, StateUsage,
     StepCommit, StepRecord, StorageStats, Store, StoreError, chunk_snapshot,
 };
-use super::{RunRecord, RunStatus, runs::check_version};
+use super::{RunRecord, RunStatus};
 use super::{TaskRecord, TaskScope, tasks::check_task_version};
 use crate::contract::workspace::{FileChange, Manifest, manifest_at};
 
@@ -146,6 +147,11 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO chunks_by_rowid (hash, data, refs) SELECT hash, data, refs FROM chunks;
     DROP TABLE chunks;
     ALTER TABLE chunks_by_rowid RENAME TO chunks;
+"#,
+    // A task's claim in a column, so a server finds the orphans of a dead one.
+    r#"
+    ALTER TABLE tasks ADD COLUMN claimed_until_ms INTEGER;
+    CREATE INDEX tasks_claim ON tasks (claimed_until_ms) WHERE claimed_until_ms IS NOT NULL;
 "#,
 ];
 
@@ -1231,9 +1237,18 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let inserted = conn
                 .execute(
-                    "INSERT OR IGNORE INTO tasks (id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body)
-                     VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6)",
-                    params![task.id, task.created_at_ms, task.updated_at_ms, task.session, task.expires_at_ms, task.body],
+                    "INSERT OR IGNORE INTO tasks
+                         (id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body, claimed_until_ms)
+                     VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        task.id,
+                        task.created_at_ms,
+                        task.updated_at_ms,
+                        task.session,
+                        task.expires_at_ms,
+                        task.body,
+                        task.claimed_until_ms
+                    ],
                 )
                 .map_err(backend)?;
             if inserted == 0 { Err(StoreError::TaskExists(task.id)) } else { Ok(()) }
@@ -1245,7 +1260,8 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.read(move |conn| {
             conn.query_row(
-                "SELECT id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body FROM tasks WHERE id = ?1",
+                "SELECT id, version, created_at_ms, updated_at_ms, session, expires_at_ms, body, claimed_until_ms
+                 FROM tasks WHERE id = ?1",
                 [id],
                 |r| {
                     Ok(TaskRecord {
@@ -1256,6 +1272,7 @@ impl Store for SqliteStore {
                         session: r.get(4)?,
                         expires_at_ms: r.get(5)?,
                         body: r.get(6)?,
+                        claimed_until_ms: r.get(7)?,
                     })
                 },
             )
@@ -1274,9 +1291,18 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             check_task_version(&task, found.map(|v| v as u64))?;
             conn.execute(
-                "UPDATE tasks SET version = ?2, updated_at_ms = ?3, session = ?4, expires_at_ms = ?5, body = ?6
+                "UPDATE tasks SET version = ?2, updated_at_ms = ?3, session = ?4, expires_at_ms = ?5, body = ?6,
+                     claimed_until_ms = ?7
                  WHERE id = ?1",
-                params![task.id, task.version as i64, task.updated_at_ms, task.session, task.expires_at_ms, task.body],
+                params![
+                    task.id,
+                    task.version as i64,
+                    task.updated_at_ms,
+                    task.session,
+                    task.expires_at_ms,
+                    task.body,
+                    task.claimed_until_ms
+                ],
             )
             .map(drop)
             .map_err(backend)
@@ -1294,6 +1320,19 @@ impl Store for SqliteStore {
             }
         };
         self.write_value(move |conn| conn.execute(sql, [key]).map(|n| n as u64).map_err(backend)).await
+    }
+
+    async fn orphaned_tasks(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id FROM tasks WHERE claimed_until_ms <= ?1 ORDER BY claimed_until_ms, id LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![now_ms, limit as i64], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
+        .await
     }
 }
 
@@ -1350,12 +1389,12 @@ fn claim_runs(conn: &Connection, agents: &str, holder: &str, ttl: i64, limit: us
     let now = now_ms();
     let ready: Vec<String> = {
         let mut stmt = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT r.session FROM runs r JOIN sessions s ON s.id = r.session
                  WHERE r.ready_at_ms <= ?1 AND r.agent IN (SELECT value FROM json_each(?2))
                    AND (s.lease_holder IS NULL OR s.lease_expires_ms <= ?1)
-                 ORDER BY r.ready_at_ms LIMIT ?3",
-            )
+                 ORDER BY {DUE_WAITS_FIRST}, r.ready_at_ms LIMIT ?3"
+            ))
             .map_err(backend)?;
         let rows = stmt.query_map(params![now, agents, limit as i64], |r| r.get(0)).map_err(backend)?;
         rows.collect::<Result<_, _>>().map_err(backend)?

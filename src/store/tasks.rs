@@ -1,7 +1,8 @@
 //! Tasks as store records: work a client started and polls for by id (the MCP Tasks
 //! extension's task handles), kept so that a handle outlives the server that minted it.
 //!
-//! The store indexes nothing but the id; [`crate::mcp`] reads the opaque JSON body. Every
+//! The store indexes the id, the session and the claim; [`crate::mcp`] reads the opaque
+//! JSON body. Every
 //! change is a compare-and-set on [`TaskRecord::version`], so two servers that both try to
 //! take over an orphaned task, or a completion racing a cancel, never overwrite each other.
 
@@ -18,6 +19,10 @@ pub struct TaskRecord {
     pub session: Option<String>,
     /// When retention may remove the task (its TTL, renewed with every write).
     pub expires_at_ms: i64,
+    /// Until when the server running the task holds it (it renews this while it runs);
+    /// `None` once the task ended. A task whose claim ran out lost its server: see
+    /// [`super::Store::orphaned_tasks`].
+    pub claimed_until_ms: Option<i64>,
     /// JSON, read by [`crate::mcp`].
     pub body: String,
 }

@@ -1,7 +1,8 @@
 //! MCP Tasks (the 2026-07-28 `io.modelcontextprotocol/tasks` extension) driven by the official
 //! MCP Python SDK (tests/mcp/tasks_client.py): a long call's task handle polled to completion
-//! across a SIGKILL of its server, clients without the extension served as before, and an
-//! agent run started through a tool whose approval the client answers in the task.
+//! across a SIGKILL of its server, clients without the extension served as before, an agent
+//! run started through a tool whose approval the client answers in the task, and the same
+//! approval asked on a plain call as a multi round-trip input request (SEP-2322).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -141,6 +142,95 @@ fn a_long_calls_task_is_polled_to_completion_across_a_server_kill() {
     drop(second);
 }
 
+/// A task whose server died is finished by the next server on the store on its own: the
+/// client that started it is gone too and never polls again.
+#[test]
+fn an_orphaned_task_is_taken_over_on_server_start_without_a_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sessions.db");
+    let first = Server::start(&db, "127.0.0.1:0");
+    let mut polling = client(&["long-call", "--url", &first.url, "--ms", "2500"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the client");
+    let mut stdout = BufReader::new(polling.stdout.take().unwrap());
+    let mut line = String::new();
+    let task = loop {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the client ended without a task handle");
+        if let Some(id) = line.trim().strip_prefix("TASK ") {
+            break id.to_owned();
+        }
+    };
+    polling.kill().unwrap();
+    polling.wait().unwrap();
+    first.kill();
+    let second = Server::start(&db, "127.0.0.1:0");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let store: Arc<dyn Store> =
+            toolhost::store::StoreUrl::Sqlite(db.clone()).open().await.expect("opening the store");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let body = loop {
+            let row = store.task(&task).await.unwrap().expect("the task's row");
+            let body: Value = serde_json::from_str(&row.body).unwrap();
+            if body["progress"]["status"] != "working" {
+                assert_eq!(row.claimed_until_ms, None, "an ended task holds no claim");
+                break body;
+            }
+            assert!(std::time::Instant::now() < deadline, "nobody took the orphan over: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(body["progress"]["status"], "completed", "{body}");
+        assert_eq!(body["progress"]["result"]["structuredContent"]["echo"], 2500, "{body}");
+        assert!(body["takeovers"].as_u64().unwrap() >= 1, "{body}");
+        let session = body["work"]["session"].as_str().unwrap();
+        assert_eq!(store.steps(session, None, 0).await.unwrap().len(), 1, "the call committed once");
+    });
+    drop(second);
+}
+
+/// A flood of long tool calls from one client that takes tasks, against `toolhost serve
+/// --max-working-tasks 2`: two become tasks (and finish in the background); the others are
+/// not made tasks and answer when they end, so the store gets no more task rows than the limit.
+#[test]
+fn a_flood_of_long_calls_makes_no_more_tasks_than_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sessions.db");
+    let tools = ["--tools", &guests().hostile.display().to_string(), "--grant-requested"].map(String::from);
+    let limit = ["--max-working-tasks".to_owned(), "2".to_owned()];
+    let server = Server::serving(&db, "127.0.0.1:0", &[tools.as_slice(), limit.as_slice()].concat());
+    let args = ["flood", "--url", &server.url, "--tool", "hostile", "--ms", "1500", "--n", "6"];
+    let report = report(client(&args).output().unwrap());
+    let tasks: Vec<&str> = report["tasks"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(tasks.len(), 2, "{report}");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "{report}");
+    assert!(results.iter().all(|r| r["is_error"] == false && r["structured"]["echo"] == 1500), "{report}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let store: Arc<dyn Store> =
+            toolhost::store::StoreUrl::Sqlite(db.clone()).open().await.expect("opening the store");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for task in tasks {
+            loop {
+                let row = store.task(task).await.unwrap().expect("the task's row");
+                let body: Value = serde_json::from_str(&row.body).unwrap();
+                if body["progress"]["status"] == "completed" {
+                    assert_eq!(body["progress"]["result"]["structuredContent"]["echo"], 1500, "{body}");
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "a task did not finish: {body}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    drop(server);
+}
+
 #[test]
 fn clients_without_the_tasks_extension_wait_for_the_result_as_before() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,50 +274,84 @@ fn start_model() -> String {
     format!("http://{}/v1", rx.recv().unwrap())
 }
 
+/// An MCP server on SQLite serving agent `calc` (its calculator calls need approval) with
+/// an in-process worker driving its runs.
+struct AgentServer {
+    url: String,
+    store: Arc<dyn Store>,
+    http: toolhost::mcp::HttpServer,
+    stop: tokio::sync::oneshot::Sender<()>,
+    worker: tokio::task::JoinHandle<Result<toolhost::run::WorkerStats, toolhost::run::RunError>>,
+}
+
+impl AgentServer {
+    async fn start() -> Self {
+        Self::with_limits(McpLimits::default()).await
+    }
+
+    async fn with_limits(limits: McpLimits) -> Self {
+        let url = start_model();
+        let models = format!(
+            "[providers.fake]\nkind = \"openai\"\nbase_url = \"{url}\"\n\n[aliases.fake]\nprovider = \"fake\"\nmodel = \"scripted\"\n"
+        );
+        let models = ModelsConfig::from_toml(&models, "test").unwrap();
+        let store: Arc<dyn Store> = Arc::new(toolhost::SqliteStore::temporary().unwrap());
+        let config = HostConfig {
+            engine: crate::support::engine_config(),
+            policy: Policy::from_toml("[tools.calculator]\napproval = \"always\"\n", None).unwrap(),
+            models: Some(Arc::new(ModelRouter::from_config(&models).unwrap())),
+            leases: Some(LeaseConfig::new(Duration::from_secs(2))),
+            ..HostConfig::default()
+        };
+        let host = Host::with_store(config, store.clone()).unwrap();
+        let calculator = host.load_tool(&guests().calculator).await.unwrap();
+        let agent =
+            Agent::new(&host, AgentConfig { waits: true, ..AgentConfig::new("fake") }, vec![calculator]).unwrap();
+        let worker = Worker::new(WorkerConfig { poll: Duration::from_millis(100), ..WorkerConfig::default() })
+            .with_agent("calc", host.clone(), Arc::new(agent));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(Arc::new(worker).run_until(async move {
+            let _ = stopped.await;
+        }));
+        let agent = McpAgent { name: "calc".into(), description: "Does arithmetic.".into(), host: host.clone() };
+        let server = McpServer::new(host.clone(), Vec::new(), limits).unwrap().with_agents(vec![agent]).unwrap();
+        let http = server
+            .serve_http(HttpOptions { addr: "127.0.0.1:0".parse().unwrap(), ..HttpOptions::default() })
+            .await
+            .unwrap();
+        Self { url: http.url(), store, http, stop, worker }
+    }
+
+    /// Runs tasks_client.py `args` (after the scenario, `--url` is added) on a blocking thread.
+    fn client(&self, args: &[&str]) -> impl std::future::Future<Output = Value> + use<> {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.splice(1..1, ["--url".to_owned(), self.url.clone()]);
+        let running = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            report(client(&args).output().unwrap())
+        });
+        async move { running.await.unwrap() }
+    }
+
+    async fn approvals(&self) -> Vec<toolhost::store::AuditEvent> {
+        self.store.audit_events(None).await.unwrap().into_iter().filter(|e| e.capability == "approval").collect()
+    }
+
+    async fn stop(self) {
+        self.http.shutdown().await.unwrap();
+        drop(self.stop);
+        self.worker.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_asked_over_mcp_lets_the_run_finish_and_a_denial_reaches_the_model() {
-    let url = start_model();
-    let models = format!(
-        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{url}\"\n\n[aliases.fake]\nprovider = \"fake\"\nmodel = \"scripted\"\n"
-    );
-    let models = ModelsConfig::from_toml(&models, "test").unwrap();
-    let store: Arc<dyn Store> = Arc::new(toolhost::SqliteStore::temporary().unwrap());
-    let config = HostConfig {
-        engine: crate::support::engine_config(),
-        policy: Policy::from_toml("[tools.calculator]\napproval = \"always\"\n", None).unwrap(),
-        models: Some(Arc::new(ModelRouter::from_config(&models).unwrap())),
-        leases: Some(LeaseConfig::new(Duration::from_secs(2))),
-        ..HostConfig::default()
-    };
-    let host = Host::with_store(config, store.clone()).unwrap();
-    let calculator = host.load_tool(&guests().calculator).await.unwrap();
-    let agent = Agent::new(&host, AgentConfig { waits: true, ..AgentConfig::new("fake") }, vec![calculator]).unwrap();
-    let worker = Worker::new(WorkerConfig { poll: Duration::from_millis(100), ..WorkerConfig::default() }).with_agent(
-        "calc",
-        host.clone(),
-        Arc::new(agent),
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(Arc::new(worker).run_until(async move {
-        let _ = stopped.await;
-    }));
-    let agent = McpAgent { name: "calc".into(), description: "Does arithmetic.".into(), host: host.clone() };
-    let server =
-        McpServer::new(host.clone(), Vec::new(), McpLimits::default()).unwrap().with_agents(vec![agent]).unwrap();
-    let http = server
-        .serve_http(HttpOptions { addr: "127.0.0.1:0".parse().unwrap(), ..HttpOptions::default() })
-        .await
-        .unwrap();
-    let mcp_url = http.url();
-    let ask = move |decision: &'static str| {
-        let url = mcp_url.clone();
-        tokio::task::spawn_blocking(move || {
-            let args = ["approve", "--url", &url, "--tool", "calc", "--goal", "what is 6*7", "--decision", decision];
-            report(client(&args).output().unwrap())
-        })
+    let server = AgentServer::start().await;
+    let ask = |decision: &'static str| {
+        server.client(&["approve", "--tool", "calc", "--goal", "what is 6*7", "--decision", decision])
     };
 
-    let approved = ask("accept").await.unwrap();
+    let approved = ask("accept").await;
     assert_eq!(approved["result"]["is_error"], false, "{approved}");
     assert!(approved["result"]["text"].as_str().unwrap().contains("42"), "the approved call ran: {approved}");
     let statuses = approved["statuses"].as_array().unwrap();
@@ -237,24 +361,115 @@ async fn an_approval_asked_over_mcp_lets_the_run_finish_and_a_denial_reaches_the
     assert_eq!(question["mode"], "form", "{approved}");
     assert!(question["message"].as_str().unwrap().contains("`calculator`"), "{approved}");
 
-    let denied = ask("decline").await.unwrap();
+    let denied = ask("decline").await;
     assert_eq!(denied["result"]["is_error"], false, "{denied}");
     let text = denied["result"]["text"].as_str().unwrap();
     assert!(text.contains("denied") && text.contains("not today") && !text.contains("42"), "{denied}");
 
     // Both decisions are audited once, by the MCP client.
-    let decisions: Vec<_> =
-        store.audit_events(None).await.unwrap().into_iter().filter(|e| e.capability == "approval").collect();
+    let decisions = server.approvals().await;
     assert_eq!(decisions.len(), 2, "{decisions:?}");
     assert!(decisions.iter().all(|e| e.reason.contains("mcp:")), "{decisions:?}");
     assert_eq!(decisions.iter().filter(|e| e.allowed).count(), 1, "{decisions:?}");
-    let runs = toolhost::run::Runs::new(store.clone()).list(None).await.unwrap();
+    let runs = toolhost::run::Runs::new(server.store.clone()).list(None).await.unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|r| r.status == toolhost::store::RunStatus::Done), "{runs:?}");
+    server.stop().await;
+}
 
-    http.shutdown().await.unwrap();
-    drop(stop);
-    worker.await.unwrap().unwrap();
+/// SEP-2322 on a plain `tools/call` (no tasks): a 2026-07-28 client gets the approval as the
+/// call's `InputRequiredResult`, a tampered `requestState` is refused, a retry without the
+/// answer is asked again, and the SDK's driver answers it and gets the run's result; a
+/// denial reaches the model. A 2025-11-25 client gets where the run is, as before, and the
+/// run finishes once a person approves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_call_asks_for_its_approval_as_an_input_request_and_legacy_clients_still_work() {
+    let server = AgentServer::start().await;
+    let ask = |decision: &'static str, mode: &'static str| {
+        let args = ["ask", "--tool", "calc", "--goal", "what is 6*7", "--decision", decision, "--mode", mode];
+        server.client(&args)
+    };
+
+    let approved = ask("accept", "2026-07-28").await;
+    assert_eq!(approved["protocol_version"], "2026-07-28", "{approved}");
+    let first = &approved["first"];
+    assert_eq!(first["resultType"], "input_required", "{approved}");
+    let requests = first["inputRequests"].as_object().unwrap();
+    assert_eq!(requests.len(), 1, "{approved}");
+    let (key, request) = requests.iter().next().unwrap();
+    assert!(key.starts_with("approval-"), "{approved}");
+    assert_eq!(request["method"], "elicitation/create", "{approved}");
+    assert!(request["params"]["message"].as_str().unwrap().contains("`calculator`"), "{approved}");
+    assert!(first["requestState"].as_str().unwrap().starts_with("toolhost-run/1:"), "{approved}");
+    assert_eq!(approved["tampered"]["code"], -32602, "{approved}");
+    assert_eq!(approved["asked_again"], json!([key]), "a retry without the answer is asked the same: {approved}");
+    assert_eq!(approved["asked"].as_array().unwrap().len(), 1, "{approved}");
+    assert_eq!(approved["result"]["is_error"], false, "{approved}");
+    assert!(approved["result"]["text"].as_str().unwrap().contains("42"), "the approved call ran: {approved}");
+
+    let denied = ask("decline", "2026-07-28").await;
+    let text = denied["result"]["text"].as_str().unwrap();
+    assert!(text.contains("denied") && text.contains("not today") && !text.contains("42"), "{denied}");
+
+    let legacy = ask("accept", "legacy").await;
+    assert_eq!(legacy["protocol_version"], "2025-11-25", "{legacy}");
+    assert_eq!(legacy["asked"], json!([]), "{legacy}");
+    let structured = &legacy["result"]["structured"];
+    assert_eq!(structured["status"], "waiting", "{legacy}");
+    assert!(legacy["result"]["text"].as_str().unwrap().contains("toolhost runs approve"), "{legacy}");
+    let runs = toolhost::run::Runs::new(server.store.clone());
+    let id = structured["run"].as_str().unwrap();
+    runs.approve(id, None, "alice").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !runs.get(id).await.unwrap().status.is_final() {
+        assert!(std::time::Instant::now() < deadline, "the approved run did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(runs.get(id).await.unwrap().body.outcome.unwrap().contains("42"));
+
+    // Each decision is audited once: two by the MCP client, one by the person.
+    let decisions = server.approvals().await;
+    assert_eq!(decisions.len(), 3, "{decisions:?}");
+    assert_eq!(decisions.iter().filter(|e| e.reason.contains("mcp:")).count(), 2, "{decisions:?}");
+    assert!(runs.list(None).await.unwrap().iter().all(|r| r.status == toolhost::store::RunStatus::Done));
+    server.stop().await;
+}
+
+/// A hostile client floods the server with calls that would each start a run and get a task:
+/// past `max_working_tasks` they are refused with a typed error, before any run (or row)
+/// exists; a task that ends frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_task_calls_stays_within_the_task_limit() {
+    let limits = McpLimits { max_working_tasks: 3, task_lease: Duration::from_millis(600), ..McpLimits::default() };
+    let server = AgentServer::with_limits(limits).await;
+    let flood = |n: &'static str| server.client(&["flood", "--tool", "calc", "--goal", "what is 6*7", "--n", n]);
+
+    let first = flood("12").await;
+    assert_eq!(first["tasks"].as_array().unwrap().len(), 3, "{first}");
+    let refused = first["results"].as_array().unwrap();
+    assert_eq!(refused.len(), 9, "{first}");
+    assert!(refused.iter().all(|r| r["is_error"] == true && r["kind"] == "too-many-tasks"), "{first}");
+    let runs = toolhost::run::Runs::new(server.store.clone());
+    let started = runs.list(None).await.unwrap();
+    assert_eq!(started.len(), 3, "a refused call started a run: {started:?}");
+
+    // Still full (the runs wait for approvals): refused again.
+    let full = flood("1").await;
+    assert_eq!(full["results"][0]["kind"], "too-many-tasks", "{full}");
+    // One run ends; its task ends with it and frees a place.
+    runs.cancel(&started[0].id, "enough").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let freed = loop {
+        let again = flood("1").await;
+        if again["tasks"].as_array().unwrap().len() == 1 {
+            break again;
+        }
+        assert!(std::time::Instant::now() < deadline, "the ended run's task kept its place: {again}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(freed["results"], json!([]), "{freed}");
+    assert_eq!(runs.list(None).await.unwrap().len(), 4);
+    server.stop().await;
 }
 
 /// `toolhost serve --agent calc.toml`, end to end: the real binary serves the agent (its
@@ -328,6 +543,7 @@ async fn task_rows_are_compare_and_set(db: &crate::backends::TestStore) {
         updated_at_ms: 5,
         session: Some("s1".into()),
         expires_at_ms: 100,
+        claimed_until_ms: Some(50),
         body: "{}".into(),
     };
     store.create_task(&task).await.unwrap();
@@ -340,7 +556,19 @@ async fn task_rows_are_compare_and_set(db: &crate::backends::TestStore) {
     assert!(matches!(store.update_task(&next).await, Err(StoreError::TaskConflict { found: 2, .. })));
     let missing = TaskRecord { id: "t2".into(), ..next.clone() };
     assert!(matches!(store.update_task(&missing).await, Err(StoreError::TaskNotFound(_))));
-    assert_eq!(store.task("t1").await.unwrap(), Some(next));
+    assert_eq!(store.task("t1").await.unwrap(), Some(next.clone()));
+
+    // Orphans: working tasks whose claim ran out, the longest orphaned first; an ended task
+    // (no claim) is none, nor is one whose claim holds.
+    for (id, claim) in [("t3", Some(20)), ("t4", None), ("t5", Some(70))] {
+        store.create_task(&TaskRecord { id: id.into(), claimed_until_ms: claim, ..task.clone() }).await.unwrap();
+    }
+    assert_eq!(store.orphaned_tasks(60, 10).await.unwrap(), ["t3", "t1"]);
+    assert_eq!(store.orphaned_tasks(60, 1).await.unwrap(), ["t3"]);
+    assert_eq!(store.orphaned_tasks(10, 10).await.unwrap(), Vec::<String>::new());
+    let ended = TaskRecord { version: 3, claimed_until_ms: None, ..next };
+    store.update_task(&ended).await.unwrap();
+    assert_eq!(store.orphaned_tasks(100, 10).await.unwrap(), ["t3", "t5"]);
 }
 
 /// Task retention: deleting a session removes its tasks; a prune removes the tasks whose TTL
@@ -364,6 +592,7 @@ async fn tasks_go_with_their_session_and_when_their_ttl_runs_out(db: &crate::bac
         updated_at_ms: now,
         session: session.map(Into::into),
         expires_at_ms,
+        claimed_until_ms: None,
         body: "{}".into(),
     };
     let later = now + 3_600_000;

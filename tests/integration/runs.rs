@@ -750,6 +750,39 @@ async fn the_memory_store_keeps_the_runs_contract() {
     the_store_keeps_the_runs_contract(Arc::new(toolhost::MemoryStore::new())).await;
 }
 
+/// Claims take runs whose wait came due before runs that have work to do now, however much
+/// earlier those became ready: a backlog of runs that have not started never holds a due
+/// timer up (the runs benchmark's timer lateness).
+async fn due_waits_are_claimed_before_new_runs(store: Arc<dyn Store>) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    for i in 0..5 {
+        session(store.as_ref(), &format!("new{i}")).await;
+        store.create_run(&record(&format!("new{i}"), Some(i))).await.unwrap();
+    }
+    for (id, due) in [("due", now - 50), ("later", now + 60_000)] {
+        session(store.as_ref(), id).await;
+        let waiting = toolhost::store::RunRecord { status: RunStatus::Waiting, ..record(id, Some(due)) };
+        store.create_run(&waiting).await.unwrap();
+    }
+    let agents = ["calc".to_owned()];
+    let first = store.claim_runs(&agents, "w", Duration::from_secs(30), 1).await.unwrap();
+    assert_eq!(first.iter().map(|l| l.session.as_str()).collect::<Vec<_>>(), ["due"]);
+    let rest = store.claim_runs(&agents, "w", Duration::from_secs(30), 10).await.unwrap();
+    let rest: Vec<&str> = rest.iter().map(|l| l.session.as_str()).collect();
+    assert_eq!(rest, ["new0", "new1", "new2", "new3", "new4"], "then the others, earliest first; a wait not due stays");
+}
+
+async fn due_waits_are_claimed_before_new_runs_on(db: &TestStore) {
+    due_waits_are_claimed_before_new_runs(db.open().await).await;
+}
+
+on_both_backends!(due_waits_are_claimed_before_new_runs_on);
+
+#[tokio::test]
+async fn due_waits_are_claimed_before_new_runs_in_memory() {
+    due_waits_are_claimed_before_new_runs(Arc::new(toolhost::MemoryStore::new())).await;
+}
+
 /// A run its agent cannot start (its plan names a tool the agent lacks) fails at once, with
 /// the reason; the model is never asked.
 #[tokio::test]

@@ -577,14 +577,14 @@ async fn a_database_from_before_workspaces_opens_and_gains_them(store: &TestStor
         call(&mut session, &notes, json!({"op": "add", "title": "old", "body": "schema"})).await;
         session.id().to_owned()
     };
-    // Back to the schema before the workspace migration: it and the runs and tasks tables',
-    // which came after it, undone; on SQLite also the move of `chunks` to a rowid table,
-    // which works on either kind of table when it runs again.
+    // Back to the schema before the workspace migration: it and the runs and tasks tables'
+    // (and the tasks' claim column), which came after it, undone; on SQLite also the move of
+    // `chunks` to a rowid table, which works on either kind of table when it runs again.
     store.execute("DROP TABLE tasks", &[]).await;
     store.execute("DROP TABLE runs", &[]).await;
     store.execute("ALTER TABLE steps DROP COLUMN files", &[]).await;
     let version = "(SELECT MAX(version) FROM schema_version)";
-    let later_migrations = if store.url.starts_with("sqlite:") { 4 } else { 3 };
+    let later_migrations = if store.url.starts_with("sqlite:") { 5 } else { 4 };
     for _ in 0..later_migrations {
         store.execute(&format!("DELETE FROM schema_version WHERE version = {version}"), &[]).await;
     }

@@ -20,6 +20,15 @@ line and exits non-zero (with a message) when the server misbehaves.
       The same call from a client without the extension: an ordinary result.
   tasks_client.py approve --url URL --tool AGENT --goal TEXT --decision accept|decline
       Starts an agent run through its tool; answers the approval the task asks for.
+  tasks_client.py ask --url URL --tool AGENT --goal TEXT --decision accept|decline [--mode M]
+      The same from a client without the extension: on 2026-07-28 the approval comes back as
+      the call's `InputRequiredResult` (SEP-2322). One round is driven by hand (the result's
+      shape, a tampered `requestState` refused, a retry without answers asked again), then the
+      SDK's own multi round-trip driver answers it through the elicitation callback. With
+      `--mode legacy` (2025-11-25) the call just returns.
+  tasks_client.py flood --url URL --tool AGENT --goal TEXT --n N
+  tasks_client.py flood --url URL --tool hostile --ms MS --n N
+      N calls at once from one client that takes tasks: which got a task, which a result.
 """
 
 from __future__ import annotations
@@ -194,6 +203,65 @@ async def approve(args: argparse.Namespace) -> dict[str, Any]:
     return {**tasks.report, "asked": asked, "result": result_report(result)}
 
 
+async def ask(args: argparse.Namespace) -> dict[str, Any]:
+    from mcp.shared.exceptions import MCPError
+    from mcp_types import InputRequiredResult
+
+    asked: list[dict[str, Any]] = []
+
+    async def elicit(context: ClientRequestContext, params: Any) -> ElicitResult:
+        asked.append(params.model_dump(by_alias=True, mode="json", exclude_none=True))
+        if args.decision == "accept":
+            return ElicitResult(action="accept", content={})
+        return ElicitResult(action="decline", content={"reason": args.reason})
+
+    report: dict[str, Any] = {}
+    arguments = {"goal": args.goal}
+    async with http_client(args.url, args.mode, [], elicitation_callback=elicit) as client:
+        report["protocol_version"] = client.protocol_version
+        if args.mode == "legacy":
+            report["result"] = result_report(await client.call_tool(args.tool, arguments))
+            report["asked"] = asked
+            return report
+        first = await client.session.call_tool(args.tool, arguments, allow_input_required=True)
+        check(isinstance(first, InputRequiredResult), f"the first round is not input_required: {first}")
+        assert isinstance(first, InputRequiredResult)
+        report["first"] = first.model_dump(by_alias=True, mode="json", exclude_none=True)
+        state = first.request_state
+        check(bool(state), f"no requestState: {report['first']}")
+        try:
+            await client.session.call_tool(args.tool, arguments, request_state=f"{state}-tampered")
+            fail("a tampered requestState was accepted")
+        except MCPError as e:
+            report["tampered"] = {"code": e.code, "message": e.message}
+        again = await client.session.call_tool(args.tool, arguments, request_state=state, allow_input_required=True)
+        check(isinstance(again, InputRequiredResult), f"a retry without answers was not asked again: {again}")
+        assert isinstance(again, InputRequiredResult)
+        report["asked_again"] = sorted((again.input_requests or {}).keys())
+        result = await client.call_tool(args.tool, arguments, request_state=state)
+    report["asked"] = asked
+    report["result"] = result_report(result)
+    return report
+
+
+async def flood(args: argparse.Namespace) -> dict[str, Any]:
+    """--n calls at once from one client that takes tasks (of agent --tool toward --goal, or
+    without --goal of the hostile tool sleeping --ms); how each came back: a task handle (not
+    polled), or a result."""
+    report: dict[str, Any] = {"tasks": [], "results": []}
+    arguments = {"goal": args.goal} if args.goal else {"attack": "sleep", "ms": args.ms}
+    async with http_client(args.url, "2026-07-28", [Tasks()]) as client:
+        calls = [client.session.call_tool(args.tool, arguments, allow_claimed=True) for _ in range(args.n)]
+        for answer in await asyncio.gather(*calls):
+            if isinstance(answer, CreateTaskResult):
+                report["tasks"].append(answer.task_id)
+            else:
+                check(isinstance(answer, CallToolResult), f"neither a task nor a result: {answer}")
+                meta = answer.meta or {}
+                report["results"].append({**result_report(answer), "kind": meta.get("dev.toolhost/error")})
+    return report
+
+
 async def get(args: argparse.Namespace) -> dict[str, Any]:
     """One tasks/get of task --task: its status, or the JSON-RPC error it got."""
     from mcp.shared.exceptions import MCPError
@@ -208,7 +276,7 @@ async def get(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["long-call", "plain", "approve", "get"])
+    parser.add_argument("scenario", choices=["long-call", "plain", "approve", "ask", "flood", "get"])
     parser.add_argument("--url", required=True)
     parser.add_argument("--ms", type=int, default=3000)
     parser.add_argument("--mode", default="2026-07-28")
@@ -217,8 +285,9 @@ def main() -> None:
     parser.add_argument("--decision", choices=["accept", "decline"], default="accept")
     parser.add_argument("--reason", default="not today")
     parser.add_argument("--task")
+    parser.add_argument("--n", type=int, default=10)
     args = parser.parse_args()
-    run = {"long-call": long_call, "plain": plain, "approve": approve, "get": get}[args.scenario]
+    run = {"long-call": long_call, "plain": plain, "approve": approve, "ask": ask, "flood": flood, "get": get}[args.scenario]
     report = asyncio.run(run(args))
     print(json.dumps(report, default=str))
 
