@@ -74,3 +74,55 @@ pub(crate) mod optional {
         Ok(Option::<In>::deserialize(d)?.map(|b| b.0))
     }
 }
+
+/// sha256 hashes (a workspace file's chunks): in a human-readable format, one base64 string of
+/// the hashes end to end (43 bytes a hash; record format 1 wrote an array of 32 numbers per
+/// hash, about 110 bytes, and that still decodes); a sequence of 32-byte arrays otherwise.
+pub(crate) mod hashes {
+    use std::fmt;
+
+    use base64::Engine as _;
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::STANDARD;
+
+    pub(crate) fn serialize<S: Serializer>(hashes: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&STANDARD.encode(hashes.as_flattened()))
+        } else {
+            hashes.serialize(s)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
+        if d.is_human_readable() { d.deserialize_any(Hashes) } else { Vec::<[u8; 32]>::deserialize(d) }
+    }
+
+    /// Either form a human-readable record holds.
+    struct Hashes;
+
+    impl<'de> Visitor<'de> for Hashes {
+        type Value = Vec<[u8; 32]>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("sha256 hashes end to end in base64, or an array of 32-byte arrays")
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<Self::Value, E> {
+            let bytes = STANDARD.decode(text).map_err(E::custom)?;
+            if bytes.len() % 32 != 0 {
+                return Err(E::invalid_length(bytes.len(), &self));
+            }
+            Ok(bytes.chunks_exact(32).map(|hash| hash.try_into().expect("32 bytes")).collect())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut hashes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(hash) = seq.next_element::<[u8; 32]>()? {
+                hashes.push(hash);
+            }
+            Ok(hashes)
+        }
+    }
+}

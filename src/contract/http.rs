@@ -36,7 +36,15 @@ impl fmt::Display for HttpRequestPrint {
 
 /// sha256 of `bytes`, hex.
 pub(crate) fn digest(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex_hash(Sha256::digest(bytes).into())
+}
+
+/// A sha256 hash as hex (`hex::encode` goes a `char` at a time; this is on every request's
+/// path, replayed or live).
+pub(crate) fn hex_hash(hash: [u8; 32]) -> String {
+    let mut text = [0; 64];
+    hex::encode_to_slice(hash, &mut text).expect("64 hex digits for 32 bytes");
+    String::from_utf8(text.to_vec()).expect("hex digits are ASCII")
 }
 
 /// A response, whole: what the guest reads (as a stream) live and on replay.

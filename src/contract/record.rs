@@ -15,8 +15,13 @@ use serde::de::DeserializeOwned;
 
 use super::RandomState;
 
-/// The version of the record encoding this toolhost writes.
-pub const RECORD_FORMAT: u8 = 1;
+/// The version of the record encoding this toolhost writes. Format 2 stores a workspace
+/// file's chunk hashes as one base64 string, where format 1 wrote 32 numbers per hash (3x the
+/// bytes); both are read.
+pub const RECORD_FORMAT: u8 = 2;
+
+/// The first tagged format, still read.
+const FIRST_FORMAT: u8 = 1;
 
 const TAG: [u8; 2] = [0x80, 0x00];
 
@@ -28,7 +33,7 @@ const LEGACY_RANDOM_MAX: usize = 32 + 2 * 19;
 pub enum RecordFormatError {
     #[error("the record was written in format {found}, newer than this toolhost reads (up to {RECORD_FORMAT})")]
     Newer { found: u8 },
-    #[error("the record (format {RECORD_FORMAT}) does not decode")]
+    #[error("the record (JSON, format {FIRST_FORMAT} to {RECORD_FORMAT}) does not decode")]
     Json(#[source] serde_json::Error),
     #[error("the record (postcard, before formats were versioned) does not decode")]
     Postcard(#[source] postcard::Error),
@@ -48,7 +53,9 @@ pub fn encode_record<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Record
 /// versions. Not for [`RandomState`]: see [`decode_random`].
 pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordFormatError> {
     match bytes {
-        [0x80, 0x00, RECORD_FORMAT, json @ ..] => serde_json::from_slice(json).map_err(RecordFormatError::Json),
+        [0x80, 0x00, FIRST_FORMAT..=RECORD_FORMAT, json @ ..] => {
+            serde_json::from_slice(json).map_err(RecordFormatError::Json)
+        }
         [0x80, 0x00, found, ..] => Err(RecordFormatError::Newer { found: *found }),
         legacy => postcard::from_bytes(legacy).map_err(RecordFormatError::Postcard),
     }
@@ -64,6 +71,8 @@ pub fn decode_random(bytes: &[u8]) -> Result<RandomState, RecordFormatError> {
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
     use crate::contract::ToolFailure;
 
@@ -112,6 +121,38 @@ mod tests {
             assert!(current.len() > LEGACY_RANDOM_MAX);
             assert_eq!(decode_random(&current).unwrap(), random);
         }
+    }
+
+    #[test]
+    fn workspace_changes_store_chunk_hashes_compactly_and_format_1_still_decodes() {
+        use crate::contract::workspace::{FileChange, WorkspaceEntry};
+        let hashes: Vec<[u8; 32]> = (0..400u32).map(|i| Sha256::digest(i.to_le_bytes()).into()).collect();
+        let changes = vec![
+            FileChange { path: "big.bin".into(), entry: Some(WorkspaceEntry::File { size: 1 << 20, chunks: hashes }) },
+            FileChange { path: "empty".into(), entry: Some(WorkspaceEntry::File { size: 0, chunks: Vec::new() }) },
+            FileChange { path: "d".into(), entry: Some(WorkspaceEntry::Dir) },
+            FileChange { path: "gone".into(), entry: None },
+        ];
+        let current = encode_record(&changes).unwrap();
+        assert_eq!(decode_record::<Vec<FileChange>>(&current).unwrap(), changes);
+        assert!(current.len() < 400 * 44 + 200, "{} bytes for 400 hashes", current.len());
+        // Format 1 as it was written: each hash an array of 32 numbers.
+        let mut json: serde_json::Value = serde_json::from_slice(&current[3..]).unwrap();
+        for (stored, change) in json.as_array_mut().unwrap().iter_mut().zip(&changes) {
+            if let Some(WorkspaceEntry::File { chunks, .. }) = &change.entry {
+                stored["entry"]["File"]["chunks"] = serde_json::json!(chunks);
+            }
+        }
+        let mut format_1 = vec![0x80, 0x00, 1];
+        serde_json::to_writer(&mut format_1, &json).unwrap();
+        assert!(format_1.len() > 2 * current.len());
+        assert_eq!(decode_record::<Vec<FileChange>>(&format_1).unwrap(), changes);
+        assert_eq!(decode_record::<Vec<FileChange>>(&postcard::to_stdvec(&changes).unwrap()).unwrap(), changes);
+        // A string that is not whole hashes is an error, not a truncated list.
+        let broken = br#"[{"path":"a","entry":{"File":{"size":1,"chunks":"AAAA"}}}]"#;
+        let mut record = vec![0x80, 0x00, RECORD_FORMAT];
+        record.extend_from_slice(broken);
+        assert!(matches!(decode_record::<Vec<FileChange>>(&record), Err(RecordFormatError::Json(_))));
     }
 
     #[test]

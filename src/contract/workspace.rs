@@ -13,6 +13,7 @@ pub enum WorkspaceEntry {
     /// A regular file: its size and the sha256 of its chunks, in order.
     File {
         size: u64,
+        #[serde(with = "super::bytes::hashes")]
         chunks: Vec<[u8; 32]>,
     },
 }

@@ -4,6 +4,7 @@
 //! every request carries the host's idempotency key.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use toolhost::{CallError, Host, HostConfig, Policy, SnapshotPolicy, Tool, ToolFailure};
@@ -182,6 +183,40 @@ async fn large_bodies_stream_both_ways_and_replay_whole() {
     let mut session = host.open_session(&id).await.unwrap();
     session.call(&hostile, &serde_json::from_str(ECHO).unwrap()).await.unwrap();
     assert_eq!(server.log().received, 2, "both large exchanges replayed from the journal");
+}
+
+#[tokio::test]
+async fn a_response_at_the_grant_bound_replays_whole_and_one_byte_over_is_refused_live() {
+    const MAX: usize = 1 << 20;
+    let (db, server) = (TestStore::sqlite(), CountingServer::start());
+    let mut policy = http_policy(&server, Some(MAX));
+    let limits = &mut policy.tools.get_mut("hostile").unwrap().limits;
+    (limits.max_output_bytes, limits.memory_bytes, limits.cpu_time) = (2 << 20, 64 << 20, Duration::from_secs(5));
+    let get = |n: usize| json!({"attack": "http-get", "url": server.url(&format!("/bytes/{n}"))});
+    let id = {
+        let (host, hostile) = host_on(&db, policy.clone()).await;
+        let mut session = host.new_session().await.unwrap();
+        let out = session.call(&hostile, &get(MAX)).await.unwrap();
+        assert_eq!(out["padding"].as_str().unwrap(), reply_for(&format!("GET /bytes/{MAX}"), 1));
+        match session.call(&hostile, &get(MAX + 1)).await {
+            Err(CallError::Tool { failure: ToolFailure::Failed(m), .. }) => {
+                assert!(m.contains(&format!("HttpResponseBodySize(Some({MAX}))")), "{m}")
+            }
+            other => panic!("expected the guest's body-size error, got {other:?}"),
+        }
+        session.id().to_owned()
+    };
+    assert_eq!(server.log().received, 2);
+    // The rebuild replays both steps from the journal: a GET is whole at `handle`, so its
+    // recorded 1 MiB comes back as a ready response, and the host checks the step returns
+    // the very body it returned live; the refused one fails the same way again.
+    let (host, hostile) = host_on(&db, policy).await;
+    let mut session = host.open_session(&id).await.unwrap();
+    let rebuild = session.prewarm(&hostile).await.unwrap().expect("a fresh host rebuilds the instance");
+    assert_eq!(rebuild.replayed, 2);
+    assert_eq!(server.log().received, 2, "the replay sent nothing");
+    let out = session.call(&hostile, &serde_json::from_str(ECHO).unwrap()).await.unwrap();
+    assert_eq!(out["echo"], 1);
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
 use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
-use crate::exchange::{HttpFailure, HttpRequestPrint, HttpResponseRecord, digest};
+use crate::exchange::{HttpFailure, HttpRequestPrint, HttpResponseRecord, digest, hex_hash};
 
 /// The header the host sets on every outgoing request (replacing the guest's own).
 pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -25,7 +25,7 @@ pub(crate) fn head_print(request: &http::Request<WasiBody>) -> HttpRequestPrint 
     HttpRequestPrint {
         method: request.method().to_string(),
         url: request.uri().to_string(),
-        headers: hex::encode(headers.finalize()),
+        headers: hex_hash(headers.finalize().into()),
         body: None,
     }
 }

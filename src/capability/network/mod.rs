@@ -44,11 +44,12 @@ pub struct HttpGate {
     flight: InFlight,
     /// Requests sent outside any step (a restore or snapshot export), for their keys.
     unjournaled: usize,
+    idle_workers: outgoing::IdleWorkers,
 }
 
 impl HttpGate {
     pub(crate) fn new(grant: Arc<NetworkGrant>, audit: Auditor, flight: InFlight) -> Self {
-        Self { sender: Sender { grant, audit }, flight, unjournaled: 0 }
+        Self { sender: Sender { grant, audit }, flight, unjournaled: 0, idle_workers: Default::default() }
     }
 }
 

@@ -5,7 +5,9 @@
 //! whose body is complete: none, or written before `handle`) becomes a ready response, which
 //! the guest's wait returns at once (the connection's future, already finished, is left to a
 //! task nobody waits on); only a request that has to wait (a live send, a body still being
-//! written) gets a task for its response, as with wasi-http.
+//! written) gets a task for its response, as with wasi-http. A ready response still needs a
+//! task handle (wasi-http's type keeps the connection's task alive with the body): one from
+//! [`IdleWorkers`], which wakes no thread.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -62,13 +64,78 @@ impl OutgoingHttp<'_> {
         let request = to_http(request, self.gate)?;
         let answer = Box::into_pin(self.gate.send_request(request, options, Box::new(std::future::ready(Ok(())))));
         let response = match poll_once(answer) {
-            Polled::Ready(answer) => HostFutureIncomingResponse::Ready(answer.map(|(res, io)| (res, drive(io)))),
+            Polled::Ready(answer) => {
+                HostFutureIncomingResponse::Ready(answer.map(|(res, io)| (res, self.gate.idle_workers.worker(io))))
+            }
             Polled::Pending(answer) => HostFutureIncomingResponse::Pending(spawn(async move {
                 let (res, io) = answer.await?;
-                Ok((res, drive(io)))
+                Ok((res, drive(Box::into_pin(io))))
             })),
         };
         Ok(self.table.push(response)?)
+    }
+}
+
+/// Handles for responses whose connection has finished (every replayed one). wasi-http's
+/// ready response must hold a task handle, and a task spawned on the host's runtime wakes a
+/// worker thread to run it (a futex and an eventfd write when spawned off the runtime's
+/// workers, as `toolhost call`'s `block_on` does): that was three quarters of a replayed
+/// exchange's host time. These tasks have nothing to do, so they go to a current-thread
+/// runtime without drivers that nobody runs, where a spawn only queues the task. The
+/// runtime is replaced (dropping what it queued) every [`IDLE_RECYCLE`] handles, which
+/// bounds what it holds; a body still holding a handle of a dropped one is unaffected.
+#[derive(Default)]
+pub(crate) struct IdleWorkers {
+    runtime: Option<tokio::runtime::Runtime>,
+    spawned: usize,
+}
+
+const IDLE_RECYCLE: usize = 256;
+
+impl IdleWorkers {
+    /// The task that drives `io`: an idle one if `io` is already finished.
+    fn worker(&mut self, io: IoFuture) -> AbortOnDropJoinHandle<()> {
+        match poll_once(Box::into_pin(io)) {
+            Polled::Ready(finished) => {
+                if let Err(e) = finished {
+                    tracing::warn!("an HTTP connection ended with an error: {e}");
+                }
+                self.idle()
+            }
+            Polled::Pending(io) => drive(io),
+        }
+    }
+
+    fn idle(&mut self) -> AbortOnDropJoinHandle<()> {
+        if self.spawned >= IDLE_RECYCLE {
+            self.retire();
+        }
+        if self.runtime.is_none() {
+            match tokio::runtime::Builder::new_current_thread().build() {
+                Ok(runtime) => self.runtime = Some(runtime),
+                // Not expected (no driver to start), and a task on the host's runtime serves too.
+                Err(e) => {
+                    tracing::warn!("no runtime for idle HTTP workers: {e}");
+                    return spawn(async {});
+                }
+            }
+        }
+        self.spawned += 1;
+        self.runtime.as_ref().expect("just created").spawn(async {}).into()
+    }
+
+    /// Drops the runtime and its queued tasks without waiting (this may run in async code).
+    fn retire(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+        self.spawned = 0;
+    }
+}
+
+impl Drop for IdleWorkers {
+    fn drop(&mut self) {
+        self.retire();
     }
 }
 
@@ -88,9 +155,9 @@ fn poll_once<F: Future + ?Sized>(mut future: Pin<Box<F>>) -> Polled<F::Output, P
 }
 
 /// The connection's task, which the response body keeps alive while it is read.
-fn drive(io: IoFuture) -> AbortOnDropJoinHandle<()> {
+fn drive(io: Pin<IoFuture>) -> AbortOnDropJoinHandle<()> {
     spawn(async move {
-        if let Err(e) = Pin::from(io).await {
+        if let Err(e) = io.await {
             tracing::warn!("an HTTP connection ended with an error: {e}");
         }
     })
@@ -180,6 +247,27 @@ mod tests {
             headers.insert(http::header::CONTENT_LENGTH, bad.parse().unwrap());
             assert!(content_length(&headers).is_err(), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_finished_connection_gets_an_idle_worker_and_a_running_one_its_own() {
+        let mut idle = IdleWorkers::default();
+        let mut held = Vec::new();
+        for _ in 0..IDLE_RECYCLE + 1 {
+            held.push(idle.worker(Box::new(std::future::ready(Ok(())))));
+        }
+        assert_eq!(idle.spawned, 1, "the runtime was replaced after {IDLE_RECYCLE} handles");
+        drop(held); // aborting tasks of a retired runtime and of the live one
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let running: IoFuture = Box::new(async move {
+            let _ = rx.await;
+            Ok(())
+        });
+        let driver = idle.worker(running);
+        assert_eq!(idle.spawned, 1, "a connection still running is driven on the host's runtime");
+        tx.send(()).unwrap();
+        driver.await;
+        drop(idle); // in async code, as an instance is dropped
     }
 
     #[test]
