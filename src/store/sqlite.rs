@@ -1583,7 +1583,7 @@ mod tests {
         let json = format.source().and_then(|s| s.downcast_ref::<serde_json::Error>()).expect("serde_json's error");
         assert!(json.is_eof(), "{json}");
         let shown = chain(&err).to_string();
-        assert!(shown.starts_with("stored data is unreadable: step outcome: the record (format"), "{shown}");
+        assert!(shown.starts_with("stored data is unreadable: step outcome: the record (JSON, format"), "{shown}");
         assert!(shown.ends_with(&json.to_string()), "{shown}");
     }
 }
