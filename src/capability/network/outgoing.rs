@@ -110,18 +110,21 @@ impl IdleWorkers {
         if self.spawned >= IDLE_RECYCLE {
             self.retire();
         }
-        if self.runtime.is_none() {
-            match tokio::runtime::Builder::new_current_thread().build() {
-                Ok(runtime) => self.runtime = Some(runtime),
+        let runtime = match self.runtime.take() {
+            Some(runtime) => runtime,
+            None => match tokio::runtime::Builder::new_current_thread().build() {
+                Ok(runtime) => runtime,
                 // Not expected (no driver to start), and a task on the host's runtime serves too.
                 Err(e) => {
                     tracing::warn!("no runtime for idle HTTP workers: {e}");
                     return spawn(async {});
                 }
-            }
-        }
+            },
+        };
         self.spawned += 1;
-        self.runtime.as_ref().expect("just created").spawn(async {}).into()
+        let handle = runtime.spawn(async {}).into();
+        self.runtime = Some(runtime);
+        handle
     }
 
     /// Drops the runtime and its queued tasks without waiting (this may run in async code).
