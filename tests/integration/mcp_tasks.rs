@@ -30,6 +30,18 @@ fn client(args: &[&str]) -> Command {
     command
 }
 
+/// The task id a client prints (`TASK <id>`) once its call became a task.
+fn task_handle(stdout: &mut BufReader<std::process::ChildStdout>) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the client ended without a task handle");
+        if let Some(id) = line.trim().strip_prefix("TASK ") {
+            return id.to_owned();
+        }
+    }
+}
+
 /// The last stdout line of a finished client, as JSON; panics with its output if it failed.
 fn report(output: std::process::Output) -> Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -100,14 +112,7 @@ fn a_long_calls_task_is_polled_to_completion_across_a_server_kill() {
         .spawn()
         .expect("starting the client");
     let mut stdout = BufReader::new(polling.stdout.take().unwrap());
-    let mut line = String::new();
-    let task = loop {
-        line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "the client ended without a task handle");
-        if let Some(id) = line.trim().strip_prefix("TASK ") {
-            break id.to_owned();
-        }
-    };
+    let task = task_handle(&mut stdout);
     // The call sleeps 4 s in the first server: kill it mid-call, start another on the store.
     first.kill();
     let second = Server::start(&db, &addr);
@@ -116,7 +121,7 @@ fn a_long_calls_task_is_polled_to_completion_across_a_server_kill() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut polling.stderr.take().unwrap(), &mut stderr).unwrap();
     let status = polling.wait().unwrap();
-    assert!(status.success(), "the client failed ({status}):\n{line}{rest}\n{stderr}");
+    assert!(status.success(), "the client failed ({status}):\nTASK {task}\n{rest}\n{stderr}");
     let report: Value = serde_json::from_str(rest.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("no report ({e}):\n{rest}\n{stderr}"));
 
@@ -155,14 +160,7 @@ fn an_orphaned_task_is_taken_over_on_server_start_without_a_poll() {
         .spawn()
         .expect("starting the client");
     let mut stdout = BufReader::new(polling.stdout.take().unwrap());
-    let mut line = String::new();
-    let task = loop {
-        line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "the client ended without a task handle");
-        if let Some(id) = line.trim().strip_prefix("TASK ") {
-            break id.to_owned();
-        }
-    };
+    let task = task_handle(&mut stdout);
     polling.kill().unwrap();
     polling.wait().unwrap();
     first.kill();

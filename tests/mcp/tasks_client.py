@@ -187,8 +187,8 @@ async def plain(args: argparse.Namespace) -> dict[str, Any]:
         return {"protocol_version": client.protocol_version, "waited_s": waited, "result": result_report(result)}
 
 
-async def approve(args: argparse.Namespace) -> dict[str, Any]:
-    asked: list[dict[str, Any]] = []
+def answering(args: argparse.Namespace, asked: list[dict[str, Any]]):
+    """An elicitation callback that records each question and answers with `args.decision`."""
 
     async def elicit(context: ClientRequestContext, params: Any) -> ElicitResult:
         asked.append(params.model_dump(by_alias=True, mode="json", exclude_none=True))
@@ -196,6 +196,12 @@ async def approve(args: argparse.Namespace) -> dict[str, Any]:
             return ElicitResult(action="accept", content={})
         return ElicitResult(action="decline", content={"reason": args.reason})
 
+    return elicit
+
+
+async def approve(args: argparse.Namespace) -> dict[str, Any]:
+    asked: list[dict[str, Any]] = []
+    elicit = answering(args, asked)
     tasks = Tasks()
     async with http_client(args.url, "2026-07-28", [tasks], elicitation_callback=elicit) as client:
         result = await client.call_tool(args.tool, {"goal": args.goal})
@@ -208,13 +214,7 @@ async def ask(args: argparse.Namespace) -> dict[str, Any]:
     from mcp_types import InputRequiredResult
 
     asked: list[dict[str, Any]] = []
-
-    async def elicit(context: ClientRequestContext, params: Any) -> ElicitResult:
-        asked.append(params.model_dump(by_alias=True, mode="json", exclude_none=True))
-        if args.decision == "accept":
-            return ElicitResult(action="accept", content={})
-        return ElicitResult(action="decline", content={"reason": args.reason})
-
+    elicit = answering(args, asked)
     report: dict[str, Any] = {}
     arguments = {"goal": args.goal}
     async with http_client(args.url, args.mode, [], elicitation_callback=elicit) as client:
