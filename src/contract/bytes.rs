@@ -111,10 +111,10 @@ pub(crate) mod hashes {
 
         fn visit_str<E: Error>(self, text: &str) -> Result<Self::Value, E> {
             let bytes = STANDARD.decode(text).map_err(E::custom)?;
-            if bytes.len() % 32 != 0 {
-                return Err(E::invalid_length(bytes.len(), &self));
+            match bytes.as_chunks::<32>() {
+                (hashes, []) => Ok(hashes.to_vec()),
+                _ => Err(E::invalid_length(bytes.len(), &self)),
             }
-            Ok(bytes.chunks_exact(32).map(|hash| hash.try_into().expect("32 bytes")).collect())
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
