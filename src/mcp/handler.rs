@@ -171,7 +171,7 @@ impl Connection {
                 }
                 // No durable task, no handle: the client waits for the result instead.
                 Err(e) => {
-                    tracing::warn!(error = %crate::source::chain(&e), "cannot create a task; answering when the call ends")
+                    tracing::warn!(error = %chain(&e), "cannot create a task; answering when the call ends")
                 }
             }
         }
@@ -324,7 +324,7 @@ impl Call {
                 if error.kind().fault() == Fault::StaleSession {
                     self.shared.pool.forget(&self.handle);
                 }
-                tracing::info!(session = %self.handle, tool = %self.tool, error = %crate::source::chain(&error), "call failed");
+                tracing::info!(session = %self.handle, tool = %self.tool, error = %chain(&error), "call failed");
                 catalog::failure(Some(&self.handle), &error)
             }
         })
@@ -341,7 +341,7 @@ impl Call {
         let steps = match store.steps(&self.handle, Some(&self.tool), at - 1).await {
             Ok(steps) => steps,
             Err(e) => {
-                tracing::warn!(session = %self.handle, error = %crate::source::chain(&e), "cannot read a task's step; calling again");
+                tracing::warn!(session = %self.handle, error = %chain(&e), "cannot read a task's step; calling again");
                 return None;
             }
         };
@@ -366,7 +366,7 @@ impl Call {
 /// A call task's outcome as a result or the JSON-RPC error it ended in.
 fn joined(joined: Result<Result<CallToolResult, ErrorData>, JoinError>) -> Result<CallToolResult, ErrorData> {
     joined.map_err(|e| {
-        tracing::error!(error = %crate::source::chain(&e), "a tool call task failed");
+        tracing::error!(error = %chain(&e), "a tool call task failed");
         ErrorData::internal_error(format!("the call failed inside the server: {}", chain(&e)), None)
     })?
 }
@@ -392,13 +392,13 @@ async fn drive(
                 if let Ok(at) = started
                     && let Err(e) = board.started(id, at).await
                 {
-                    tracing::warn!(task = %id, error = %crate::source::chain(&e), "cannot record a task's step");
+                    tracing::warn!(task = %id, error = %chain(&e), "cannot record a task's step");
                 }
             }
             _ = renew.tick() => match board.renew(id).await {
                 Ok(true) => {}
                 Ok(false) => tracing::info!(task = %id, "the task was cancelled or taken over; its result will be dropped"),
-                Err(e) => tracing::warn!(task = %id, error = %crate::source::chain(&e), "cannot renew a task's claim"),
+                Err(e) => tracing::warn!(task = %id, error = %chain(&e), "cannot renew a task's claim"),
             },
         }
     };
@@ -413,7 +413,7 @@ async fn drive(
         Ok(true) => tracing::info!(task = %id, "task finished"),
         Ok(false) => tracing::info!(task = %id, "dropped the result of a task cancelled or taken over"),
         Err(e) => {
-            tracing::warn!(task = %id, error = %crate::source::chain(&e), "cannot record a task's result; it will be run again")
+            tracing::warn!(task = %id, error = %chain(&e), "cannot record a task's result; it will be run again")
         }
     }
 }
@@ -425,7 +425,7 @@ async fn resume(shared: Arc<Shared>, task: StoredTask) {
         Ok(session) => session,
         Err(e @ HandleError::Leased { .. }) => {
             // Its dead server's session lease has not run out yet: a later poll retries.
-            tracing::info!(task = %task.id, error = %crate::source::chain(&e), "cannot take over a task yet");
+            tracing::info!(task = %task.id, error = %chain(&e), "cannot take over a task yet");
             return;
         }
         Err(e) => {

@@ -130,7 +130,7 @@ impl Worker {
                 Vec::new()
             } else {
                 store.claim_runs(&names, &holder, ttl, free).await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %crate::source::chain(&e), "cannot claim runs");
+                    tracing::warn!(error = %chain(&e), "cannot claim runs");
                     Vec::new()
                 })
             };
@@ -187,12 +187,12 @@ impl Worker {
     async fn drive_claimed(&self, lease: Lease) -> Result<Driven, RunError> {
         let driven = self.drive_leased(&lease.session).await;
         if let Err(e) = &driven {
-            tracing::warn!(run = %lease.session, error = %crate::source::chain(e), "drive failed");
+            tracing::warn!(run = %lease.session, error = %chain(e), "drive failed");
         }
         // Gives the claim back if the session was never opened under it (else a no-op: the
         // session's own lease superseded it and was released on close).
         if let Err(e) = self.store().release_lease(&lease.session, lease.token).await {
-            tracing::debug!(run = %lease.session, error = %crate::source::chain(&e), "could not release a claim; it will expire");
+            tracing::debug!(run = %lease.session, error = %chain(&e), "could not release a claim; it will expire");
         }
         driven
     }

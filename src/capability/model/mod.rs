@@ -110,7 +110,7 @@ impl ModelCtx {
             reason: reason.to_owned(),
         };
         if let Err(e) = self.store.record_audit(&event).await {
-            tracing::warn!(session = %self.session, tool = %self.tool, error = %crate::source::chain(&e), "could not record an audit event");
+            tracing::warn!(session = %self.session, tool = %self.tool, error = %chain(&e), "could not record an audit event");
         }
     }
 
