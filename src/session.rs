@@ -103,15 +103,17 @@ impl Session {
         }
     }
 
-    fn lease_lost(&self, tool: &str, error: StoreError) -> CallError {
+    /// The call error for a store error in `tool`'s step: a lost lease (marked on the
+    /// keeper, so the session stops working), another writer's step, or the store's failure.
+    fn store_failed(&self, tool: &str, error: StoreError) -> CallError {
         if let (Some(lease), StoreError::LeaseLost { reason, .. }) = (&self.lease, &error) {
             lease.mark_lost(reason.clone());
         }
+        let (tool, session) = (tool.to_owned(), self.record.id.clone());
         match error {
-            e @ StoreError::LeaseLost { .. } => {
-                CallError::LeaseLost { tool: tool.to_owned(), session: self.record.id.clone(), source: e }
-            }
-            e => CallError::Store { tool: tool.to_owned(), source: e },
+            e @ StoreError::LeaseLost { .. } => CallError::LeaseLost { tool, session, source: e },
+            e @ StoreError::Conflict { .. } => CallError::Conflict { tool, session, source: e },
+            e => CallError::Store { tool, source: e },
         }
     }
 
@@ -149,7 +151,7 @@ impl Session {
             && let Err(e) = lease.ensure_valid().await
         {
             self.drop_instances();
-            return Err(self.lease_lost(&name, e));
+            return Err(self.store_failed(&name, e));
         }
         let (mut instance, _) = self.check_out(tool).await?;
         let seq = self.record.last_step + 1;
@@ -253,13 +255,7 @@ impl Session {
             lease: self.lease.as_ref().map(LeaseKeeper::token),
         };
         if let Err(e) = store.commit_step(commit).await {
-            let error = match e {
-                e @ StoreError::Conflict { .. } => {
-                    CallError::Conflict { tool: name.clone(), session: self.record.id.clone(), source: e }
-                }
-                e @ StoreError::LeaseLost { .. } => self.lease_lost(&name, e),
-                e => store_error(e),
-            };
+            let error = self.store_failed(&name, e);
             // The instance ran ahead of what is stored: it must be rebuilt from the store.
             drop(instance);
             self.drop_instances();
@@ -316,17 +312,11 @@ impl Session {
             lease: self.lease.as_ref().map(LeaseKeeper::token),
         };
         if let Err(e) = self.runtime.store().commit_step(commit).await {
-            return Err(match e {
-                e @ StoreError::Conflict { .. } => {
-                    self.drop_instances();
-                    CallError::Conflict { tool: actor.to_owned(), session: self.record.id.clone(), source: e }
-                }
-                e @ StoreError::LeaseLost { .. } => {
-                    self.drop_instances();
-                    self.lease_lost(actor, e)
-                }
-                e => CallError::Store { tool: actor.to_owned(), source: e },
-            });
+            // Someone else holds the session now: what is live ran ahead of the store.
+            if matches!(e, StoreError::Conflict { .. } | StoreError::LeaseLost { .. }) {
+                self.drop_instances();
+            }
+            return Err(self.store_failed(actor, e));
         }
         self.record.last_step = seq;
         Ok(seq)
@@ -433,13 +423,7 @@ impl Session {
         };
         if let Err(e) = self.runtime.store().commit_step(commit).await {
             self.drop_instances();
-            return Err(match e {
-                e @ StoreError::Conflict { .. } => {
-                    CallError::Conflict { tool: name.to_owned(), session: self.record.id.clone(), source: e }
-                }
-                e @ StoreError::LeaseLost { .. } => self.lease_lost(name, e),
-                e => CallError::Store { tool: name.to_owned(), source: e },
-            });
+            return Err(self.store_failed(name, e));
         }
         // The commit deleted any pending journal with it.
         self.pending_possible = false;
@@ -476,7 +460,7 @@ impl Session {
             reason,
         };
         if let Err(e) = self.runtime.store().record_audit(&event).await {
-            tracing::warn!(session = %self.record.id, tool, error = %crate::source::chain(&e), "could not audit a tool upgrade");
+            tracing::warn!(session = %self.record.id, tool, error = %chain(&e), "could not audit a tool upgrade");
         }
     }
 
